@@ -1,0 +1,385 @@
+"""Typed configuration: dataclasses grouped by concern, presets, YAML/JSON in, resolved config out.
+
+Layering (lowest to highest priority): preset -> ``--config FILE`` -> ``--set key=value`` / named CLI options.
+Every number of DESIGN.md §3 lives here, never as a literal in the training code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "CamConfig",
+    "DecomposeConfig",
+    "LossTerm",
+    "LossConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "SecoConfig",
+    "PRESETS",
+    "get_preset",
+    "list_presets",
+    "load_config_file",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "save_config",
+]
+
+
+@dataclass
+class DataConfig:
+    """Where the images and tags are, and how training views are made (DESIGN.md §3)."""
+
+    root: str = ""  #: dataset root folder
+    layout: str = "voc"  #: reader name: voc | coco | coco-seco
+    train_split: str = "train_aug"
+    val_split: str = "val"
+    num_classes: int = 21  #: including background (class 0)
+    ignore_index: int = 255
+    crop_size: int = 448  #: side of the square training crop, pixels
+    rescale_range: tuple[float, float] = (0.5, 2.0)  #: random rescale factor of the training image
+    global_crop_scale: tuple[float, float] = (0.4, 1.0)  #: area fraction of the second global view's crop
+    strong_flip_p: float = 0.5  #: published code flips the strong view independently; 0 keeps crops aligned
+    batch_size: int = 4  #: images per step (per process)
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """The SeCo network (DESIGN.md §2)."""
+
+    backbone: str = "vit_base_patch16_224"  #: any timm ViT with a class token
+    backbone_weights: str | None = None  #: local weights file; None = random init (nothing downloads)
+    backbone_kwargs: dict = field(default_factory=dict)  #: extra timm kwargs, e.g. {"depth": 4} in tests
+    aux_layer: int = -3  #: block whose (un-normed) tokens feed the aux classifier
+    proj_hidden: int = 2048  #: hidden width of the projection MLP; output width = embed dim
+    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
+    ema_momentum: float = 0.999  #: local teacher EMA
+    reservoir_size: int = 4608  #: FIFO of teacher keys; must be a multiple of batch_size * (2 + num_local_crops)
+    proto_momentum: float = 0.9  #: eta of the prototype EMA
+    proto_start: int = 600  #: first iteration that updates the prototypes
+
+
+@dataclass
+class CamConfig:
+    """Online CAMs, PAR and background thresholds (DESIGN.md §4)."""
+
+    scales: tuple[float, ...] = (1.0, 0.5, 0.75, 1.5)  #: training-time multi-scale CAM scales
+    bkg_thre: float = 0.5
+    high_thre: float = 0.7
+    low_thre: float = 0.25
+    par_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    par_iters: int = 10
+    par_downscale: int = 2
+    roi_final_cam_from: int = 10000  #: decomposition uses the aux CAM before this iteration, the final CAM after
+    seg_final_cam_from: int = 0  #: decoder pseudo labels use the aux CAM before this iteration (COCO: 12000)
+
+
+@dataclass
+class DecomposeConfig:
+    """Patch decomposition: local crops and their tags (DESIGN.md §3 steps 1-3)."""
+
+    num_local_crops: int = 10
+    local_crop_size: int = 64  #: pixels
+    bg_fraction: float = 0.2  #: phi: a crop with at most this much fg+uncertain is background
+    area_rule: str = "label_sum"  #: "label_sum" (published code) or "fraction" (paper)
+
+
+@dataclass
+class LossTerm:
+    """One term of the objective: ``weight`` applies from iteration ``start`` (0-based) on; weight 0 turns it off."""
+
+    weight: float = 1.0
+    start: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Weights, schedules and hyper-parameters of every loss (DESIGN.md §3)."""
+
+    cls: LossTerm = field(default_factory=lambda: LossTerm(1.0, 0))
+    aux: LossTerm = field(default_factory=lambda: LossTerm(1.0, 0))
+    ptc: LossTerm = field(default_factory=lambda: LossTerm(0.3, 0))
+    # Published code gates with `n_iter <= 1000`, i.e. active from iteration 1001.
+    lig: LossTerm = field(default_factory=lambda: LossTerm(0.5, 1001))
+    lil: LossTerm = field(default_factory=lambda: LossTerm(0.5, 1001))
+    seg: LossTerm = field(default_factory=lambda: LossTerm(0.12, 2001))
+    reg: LossTerm = field(default_factory=lambda: LossTerm(0.05, 2001))
+    lig_tau: float = 0.1
+    lil_tau: float = 0.08
+    rectify: bool = True  #: re-tag crops whose positives look like noise as background
+    rectify_ratio: float = 10.0
+    lil_variant: str = "code"  #: "code" (published normalisation) or "supcon" (paper, mean over positives)
+    energy_weight: float = 1e-7  #: inner scale of the CRF energy (published DenseEnergyLoss weight)
+    energy_sigma_rgb: float = 15.0
+    energy_sigma_xy: float = 100.0  #: pixels at crop resolution
+    energy_scale: float = 0.5  #: the energy is computed on an image downscaled by this factor
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up then poly decay; heads at ``head_lr_mult`` x lr."""
+
+    lr: float = 6e-5
+    head_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6  #: lr multiplier at step 0 of the warm-up
+    power: float = 0.9
+
+
+@dataclass
+class TrainConfig:
+    """Loop length, checkpoints, logging and validation."""
+
+    iters: int = 20000
+    seed: int = 0
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    amp: str = "auto"  #: auto (bf16 if supported else fp16 on CUDA, off on CPU) | bf16 | fp16 | off
+    ckpt_every: int = 1000
+    val_every: int = 2000
+    log_every: int = 20
+    val_max_images: int = 0  #: 0 = the whole val split
+
+
+@dataclass
+class SecoConfig:
+    """The whole resolved configuration of a run; saved as ``RUN_DIR/config.yaml``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "voc"
+
+    def validate(self) -> "SecoConfig":
+        """Raise :class:`ConfigError` naming the key of the first inconsistent value; return self."""
+        d, m, c, k = self.data, self.model, self.cam, self.decompose
+        if d.num_classes < 2:
+            raise ConfigError(f"data.num_classes={d.num_classes}: need background plus at least one class")
+        if not 0 <= c.low_thre <= c.high_thre <= 1:
+            raise ConfigError(
+                f"cam.low_thre={c.low_thre} and cam.high_thre={c.high_thre} must satisfy 0 <= low <= high <= 1"
+            )
+        if k.area_rule not in ("label_sum", "fraction"):
+            raise ConfigError(f"decompose.area_rule={k.area_rule!r}: choose 'label_sum' or 'fraction'")
+        if self.loss.lil_variant not in ("code", "supcon"):
+            raise ConfigError(f"loss.lil_variant={self.loss.lil_variant!r}: choose 'code' or 'supcon'")
+        if k.local_crop_size >= d.crop_size:
+            raise ConfigError(
+                f"decompose.local_crop_size={k.local_crop_size} must be smaller than data.crop_size={d.crop_size}"
+            )
+        keys_per_step = d.batch_size * (2 + k.num_local_crops)
+        if m.reservoir_size % keys_per_step:
+            raise ConfigError(
+                f"model.reservoir_size={m.reservoir_size} must be a multiple of "
+                f"data.batch_size * (2 + decompose.num_local_crops) = {keys_per_step}"
+            )
+        if self.train.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"train.amp={self.train.amp!r}: choose auto, bf16, fp16 or off")
+        if not c.scales or any(s <= 0 for s in c.scales):
+            raise ConfigError(f"cam.scales={c.scales}: give one or more positive scales")
+        return self
+
+
+def _voc() -> SecoConfig:
+    return SecoConfig(preset="voc").validate()
+
+
+def _coco() -> SecoConfig:
+    # Values of the published scripts/train_coco.py.
+    cfg = SecoConfig(preset="coco")
+    cfg.data.layout = "coco-seco"
+    cfg.data.num_classes = 81
+    cfg.data.train_split = "train"
+    cfg.cam.high_thre = 0.65
+    cfg.cam.bkg_thre = 0.45
+    cfg.cam.scales = (1.0, 0.5, 0.75, 1.25, 1.5)
+    cfg.cam.roi_final_cam_from = 50000
+    cfg.cam.seg_final_cam_from = 12000
+    cfg.model.proto_momentum = 0.99
+    cfg.model.proto_start = 6000
+    cfg.loss.ptc = LossTerm(0.2, 8001)
+    cfg.loss.lig = LossTerm(0.5, 12001)
+    cfg.loss.lil = LossTerm(0.3, 12001)
+    cfg.loss.seg = LossTerm(0.12, 16001)
+    cfg.loss.reg = LossTerm(0.05, 16001)
+    cfg.train.iters = 80000
+    return cfg.validate()
+
+
+def _demo() -> SecoConfig:
+    """A tiny ViT on small crops: the whole schedule of the VOC preset compressed into 300 CPU iterations."""
+    cfg = SecoConfig(preset="demo")
+    cfg.data.root = str(Path(__file__).resolve().parent / "demo_data" / "voc-demo")
+    cfg.data.train_split = "train"
+    cfg.data.crop_size = 128
+    cfg.data.num_workers = 0
+    cfg.model.backbone = "vit_tiny_patch16_224"
+    cfg.model.proj_hidden = 256
+    cfg.model.reservoir_size = 4 * 12 * 10
+    cfg.model.proto_start = 40
+    cfg.cam.scales = (1.0, 0.5, 1.5)
+    cfg.cam.roi_final_cam_from = 150
+    cfg.decompose.local_crop_size = 32
+    cfg.loss.lig = LossTerm(0.5, 61)
+    cfg.loss.lil = LossTerm(0.5, 61)
+    cfg.loss.seg = LossTerm(0.12, 121)
+    cfg.loss.reg = LossTerm(0.05, 121)
+    cfg.optim.lr = 2e-4
+    cfg.optim.warmup_iters = 30
+    cfg.train.iters = 300
+    cfg.train.ckpt_every = 50
+    cfg.train.val_every = 100
+    cfg.train.log_every = 10
+    return cfg.validate()
+
+
+PRESETS: dict[str, Callable[[], SecoConfig]] = {"voc": _voc, "coco": _coco, "demo": _demo}
+
+
+def list_presets() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> SecoConfig:
+    """A fresh config for preset ``name``; raises :class:`ConfigError` listing the presets on a miss."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}") from None
+
+
+def config_to_dict(cfg: SecoConfig) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) suitable for YAML, JSON and ``torch.save``."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(asdict(cfg))
+
+
+def _coerce(value: Any, target_type: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the dataclass field's declared type."""
+    t = str(target_type)
+    if value is None:
+        return None
+    try:
+        if t.startswith("tuple"):
+            if isinstance(value, str):
+                value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+            inner = float if "float" in t else int
+            return tuple(inner(v) for v in value)
+        if t == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if t == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if t == "float":
+            return float(value)
+        if t in ("str", "str | None"):
+            return str(value)
+        if t == "dict":
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a valid {t}") from None
+    return value
+
+
+def _update(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    known = {f.name: f for f in fields(obj)}
+    for key, value in updates.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"unknown config key {path!r}; known keys here: {', '.join(sorted(known))}")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if isinstance(value, dict):
+                _update(current, value, prefix=f"{path}.")
+            elif isinstance(current, LossTerm) and isinstance(value, (int, float)):
+                current.weight = float(value)
+            else:
+                raise ConfigError(f"{path} is a section; give a mapping, e.g. {path}.<key>=value")
+        else:
+            setattr(obj, key, _coerce(value, known[key].type, path))
+
+
+def config_from_dict(data: dict[str, Any], base: SecoConfig | None = None) -> SecoConfig:
+    """Apply a nested mapping onto ``base`` (default: the preset named in ``data`` or 'voc')."""
+    data = dict(data)
+    if base is None:
+        base = get_preset(str(data.get("preset", "voc")))
+    data.pop("preset", None)
+    _update(base, data)
+    return base
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a nested mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found")
+    try:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise ConfigError(f"config file {p} could not be parsed: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(cfg: SecoConfig, overrides: list[str] | tuple[str, ...]) -> SecoConfig:
+    """Apply ``section.key=value`` strings (``--set``); values are parsed as YAML scalars."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.iters=100")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        nested: dict[str, Any] = {}
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        _update(cfg, nested)
+    return cfg
+
+
+def save_config(cfg: SecoConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from .io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,80 @@
+"""SeCo's two memories: the FIFO key reservoir with its tags, and the class prototypes (DESIGN.md §3 steps 4-5).
+
+Both keep their state in ``register_buffer``s, so it is checkpointed with the model. Both take the keys of
+*this process*; ``gather`` (identity in a single process, an all-gather under torch.distributed) is applied
+first, so that every rank applies the same update and keeps identical state.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["KeyReservoir", "ClassPrototypes", "identity_gather"]
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def identity_gather(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+class KeyReservoir(nn.Module):
+    """FIFO queue of ``size`` teacher keys (size, dim) and their tags (size,): -1 uncertain, 0 bg, k class.
+
+    Initial content follows the published code: random keys (normalised along the queue axis, as written
+    there) tagged 0, so early background crops already have positives.
+    """
+
+    def __init__(self, size: int, dim: int, gather: Gather = identity_gather) -> None:
+        super().__init__()
+        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=0))
+        self.register_buffer("tags", torch.zeros(size, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.gather = gather
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+    @torch.no_grad()
+    def push(self, keys: torch.Tensor, tags: torch.Tensor) -> None:
+        """Enqueue keys (n, dim) with tags (n,), overwriting the oldest entries."""
+        keys, tags = self.gather(keys.detach()), self.gather(tags)
+        n = keys.shape[0]
+        if self.size % n:
+            raise ValueError(
+                f"reservoir size {self.size} is not a multiple of the {n} keys pushed per step; "
+                "set model.reservoir_size to a multiple of batch_size * (2 + num_local_crops) * world_size"
+            )
+        p = int(self.ptr)
+        self.keys[p : p + n] = keys.to(self.keys.dtype)
+        self.tags[p : p + n] = tags
+        self.ptr.fill_((p + n) % self.size)
+
+
+class ClassPrototypes(nn.Module):
+    """One L2-normalised vector per foreground class, an EMA of single-label images' class tokens.
+
+    ``update`` applies ``p <- momentum * p + (1 - momentum) * f`` for each single-label image in order
+    (``label_idx`` in 1..C; -1 = multi-label, skipped), then re-normalises every prototype (published code).
+    """
+
+    def __init__(self, num_classes: int, dim: int, momentum: float = 0.9, gather: Gather = identity_gather) -> None:
+        super().__init__()
+        self.register_buffer("vectors", torch.randn(num_classes, dim))
+        self.momentum = momentum
+        self.gather = gather
+
+    @torch.no_grad()
+    def update(self, embeds: torch.Tensor, label_idx: torch.Tensor) -> None:
+        """embeds (B, dim) class tokens of the global teacher; label_idx (B,) long, class 1..C or -1."""
+        embeds, label_idx = self.gather(embeds.detach().float()), self.gather(label_idx.reshape(-1))
+        m = self.momentum
+        for feat, label in zip(embeds, label_idx.tolist()):
+            if label > 0:
+                self.vectors[label - 1] = self.vectors[label - 1] * m + (1 - m) * feat
+        self.vectors.copy_(F.normalize(self.vectors, dim=1))

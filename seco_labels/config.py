@@ -31,6 +31,7 @@ __all__ = [
     "list_presets",
     "load_config_file",
     "apply_overrides",
+    "set_values",
     "config_from_dict",
     "config_to_dict",
     "save_config",
@@ -361,13 +362,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(cfg: SecoConfig, overrides: list[str] | tuple[str, ...]) -> SecoConfig:
-    """Apply ``section.key=value`` strings (``--set``); values are parsed as YAML scalars."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.iters=100")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+def set_values(cfg: SecoConfig, values: dict[str, Any]) -> SecoConfig:
+    """Set dotted keys (``{"train.iters": 100}``) to already-typed values (coerced to the field type)."""
+    for key, value in values.items():
         nested: dict[str, Any] = {}
         node = nested
         parts = key.strip().split(".")
@@ -375,6 +372,20 @@ def apply_overrides(cfg: SecoConfig, overrides: list[str] | tuple[str, ...]) -> 
             node = node.setdefault(part, {})
         node[parts[-1]] = value
         _update(cfg, nested)
+    return cfg
+
+
+def apply_overrides(cfg: SecoConfig, overrides: list[str] | tuple[str, ...]) -> SecoConfig:
+    """Apply ``section.key=value`` strings (``--set``); values are parsed as YAML scalars."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.iters=100")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
+        set_values(cfg, {key: value})
     return cfg
 
 

@@ -1,0 +1,42 @@
+"""Options shared by several commands, and the preset -> file -> --set -> option layering of the config."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from ..config import SecoConfig, apply_overrides, set_values, config_from_dict, get_preset, list_presets, load_config_file
+
+
+def config_options(func: Callable) -> Callable:
+    """--preset, --config, --set, --seed, --device, --quiet."""
+    options = [
+        click.option("--preset", type=click.Choice(list_presets()), default=None,
+                     help="Starting values (default: the file's 'preset' key, else voc)."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                     help="YAML/JSON file overriding the preset."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override any config value, e.g. --set loss.lig.weight=0 (repeatable)."),
+        click.option("--seed", type=int, default=None, help="Random seed (train.seed)."),
+        click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (train.device)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def resolve_config(
+    preset: str | None, config_file: str | None, overrides: tuple[str, ...], **named: Any
+) -> SecoConfig:
+    """Preset, then the config file, then ``--set`` items, then the named options that are not None.
+
+    ``named`` maps dotted config keys to option values, e.g. ``{"train.iters": 100}``.
+    """
+    data = load_config_file(config_file) if config_file else {}
+    base = get_preset(preset or str(data.get("preset", "voc")))
+    cfg = config_from_dict({k: v for k, v in data.items() if k != "preset"}, base=base)
+    apply_overrides(cfg, list(overrides))
+    set_values(cfg, {k: v for k, v in named.items() if v is not None})
+    return cfg.validate()

@@ -1,0 +1,485 @@
+"""SeCo training: one step of the objective, the loop, validation, checkpoints and resume (DESIGN.md §3, §6).
+
+Reads top-down like torchvision's reference scripts: ``resolve_device`` -> ``build_loaders`` ->
+``seco_step`` (the objective) -> ``evaluate`` -> :class:`Trainer` (loop, checkpoints, resume, logging).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from .cams import cam_to_label, cam_to_roi_mask, decompose, multi_scale_cams
+from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import SecoConfig, config_to_dict, save_config
+from .data import EvalDataset, TrainDataset, TrainViews, build_reader, denormalize
+from .errors import CheckpointError, ConfigError, DataError
+from .io import atomic_write_text
+from .losses import cls_loss, crf_energy_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
+from .metrics import ConfusionMatrix
+from .models import SeCoNet, build_seco
+from .refine import PAR, refine_with_background
+from .schedule import lr_multiplier
+
+__all__ = ["Trainer", "seco_step", "evaluate", "resolve_device", "resolve_amp", "StepBatchSampler", "LOSS_TERMS"]
+
+#: Every term of the objective, in the order they are logged.
+LOSS_TERMS = ("cls", "aux", "ptc", "lig", "lil", "seg", "reg")
+
+PhaseTimer = Callable[[str], ContextManager[Any]]
+
+
+def _no_timer(name: str) -> ContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda``/``cuda:N`` fail clearly without a GPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32. AMP is CUDA-only; on CPU everything runs in fp32."""
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Endless batches of ``(epoch, index)`` pairs, a pure function of (seed, step).
+
+    Each epoch is a fresh permutation drawn from ``seed + epoch``; incomplete last batches are dropped.
+    Starting at ``start_step`` reproduces exactly the batches an uninterrupted run would have seen, which is
+    what makes ``--resume`` lose nothing. The epoch travels with the index so that per-sample augmentation
+    is seeded by (seed, epoch, index) inside DataLoader workers too.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+        if num_items < batch_size:
+            raise DataError(
+                f"the training split has {num_items} images, fewer than data.batch_size={batch_size}; "
+                "add images or lower the batch size"
+            )
+        self.n, self.batch_size, self.seed, self.start_step = num_items, batch_size, seed, start_step
+        self.steps_per_epoch = num_items // batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while True:
+            epoch, pos = divmod(step, self.steps_per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+            for b in range(pos, self.steps_per_epoch):
+                yield [(epoch, int(i)) for i in perm[b * self.batch_size : (b + 1) * self.batch_size]]
+            step = (epoch + 1) * self.steps_per_epoch
+
+
+def _token_box(box: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """Map a pixel box [h0, h1, w0, w1] (B, 4) to the token grid, keeping every token that overlaps it.
+
+    The published code applies the pixel box to the token-resolution label directly, which silently
+    ignores whole images whose padding starts below row/column h; we scale it instead.
+    """
+    sh, sw = grid[0] / size[0], grid[1] / size[1]
+    h0 = torch.floor(box[:, 0] * sh)
+    h1 = torch.ceil(box[:, 1] * sh)
+    w0 = torch.floor(box[:, 2] * sw)
+    w1 = torch.ceil(box[:, 3] * sw)
+    return torch.stack([h0, h1, w0, w1], dim=1).long()
+
+
+def _box_mask(box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 4) pixel boxes -> (B, H, W) float {0, 1} masks of the valid image region."""
+    rows = torch.arange(size[0], device=box.device)
+    cols = torch.arange(size[1], device=box.device)
+    in_r = (rows[None] >= box[:, :1]) & (rows[None] < box[:, 1:2])
+    in_c = (cols[None] >= box[:, 2:3]) & (cols[None] < box[:, 3:4])
+    return (in_r[:, :, None] & in_c[:, None, :]).float()
+
+
+@dataclass
+class StepOutput:
+    """The loss to back-propagate and the value of every term computed this step (None = inactive)."""
+
+    loss: torch.Tensor
+    terms: dict[str, float | None] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def seco_step(
+    model: SeCoNet,
+    batch: dict[str, Any],
+    step: int,
+    cfg: SecoConfig,
+    par: PAR,
+    generator: torch.Generator,
+    *,
+    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+    timer: PhaseTimer = _no_timer,
+) -> StepOutput:
+    """The whole SeCo objective for one batch (DESIGN.md §3), with the memories updated as a side effect.
+
+    ``batch`` holds ``image``/``global2``/``strong`` (B, 3, S, S), ``box`` (B, 4), ``tags`` (B, K-1),
+    ``label_idx`` (B,), all on the model's device. Terms whose weight is 0 at ``step`` are not computed.
+    """
+    lc, cc, dc = cfg.loss, cfg.cam, cfg.decompose
+    x, tags, box = batch["image"], batch["tags"], batch["box"]
+    size = (x.shape[-2], x.shape[-1])
+    w = {name: weight_at(step, getattr(lc, name).weight, getattr(lc, name).start) for name in LOSS_TERMS}
+    terms: dict[str, torch.Tensor] = {}
+
+    with timer("student_forward"), autocast():
+        out = model(x)
+    with timer("cam_inference"), autocast():
+        # Scale 1.0 reuses the CAM of the training forward: same weights, same input, one pass saved.
+        cams, cams_aux = multi_scale_cams(model.cams, x, cc.scales, base=(out.cam, out.cam_aux))
+    cams, cams_aux = cams.float(), cams_aux.float()
+
+    with timer("crop_sampling"):
+        roi_cam = cams if step >= cc.roi_final_cam_from else cams_aux
+        roi = cam_to_roi_mask(
+            roi_cam, tags, box=box, bkg_thre=cc.bkg_thre, high_thre=cc.high_thre, low_thre=cc.low_thre,
+            ignore_index=cfg.data.ignore_index,
+        )
+        parts = decompose(
+            [x, batch["strong"]], roi, num_crops=dc.num_local_crops, crop_size=dc.local_crop_size,
+            bg_fraction=dc.bg_fraction, area_rule=dc.area_rule, generator=generator,
+            ignore_index=cfg.data.ignore_index,
+        )
+        crops_q, crops_k = parts.crops
+        b, n = parts.crop_tags.shape
+        view_tags = torch.cat([parts.global_tags[:, None].expand(b, 2), parts.crop_tags], dim=1).reshape(-1)
+
+    with timer("student_forward"), autocast():
+        # Global view 1 is the training image itself: its class token is out.cls_token (DESIGN §3 step 2).
+        g2 = model.embed(batch["global2"])
+        local_q = model.embed(crops_q).reshape(b, n, -1)
+        feats = torch.cat([out.cls_token[:, None], g2[:, None], local_q], dim=1)  # (B, 2+n, D), image-major
+        q = model.proj_head(feats.reshape(b * (n + 2), -1)).float()
+
+    with timer("teacher_forward"), autocast():
+        if step >= cfg.model.proto_start:
+            model.prototypes.update(out.cls_token.detach(), batch["label_idx"])
+        prototypes = model.prototypes.vectors.clone()
+        model.update_teacher()
+        local_k = model.teacher_embed(crops_k).reshape(b, n, -1)
+        keys = torch.cat([feats[:, :2], local_k], dim=1).reshape(b * (n + 2), -1)
+        k = model.teacher_project(keys).float()
+        # Published order: this step's keys enter the reservoir before LIL reads it.
+        model.reservoir.push(k, view_tags)
+        all_keys = torch.cat([k, model.reservoir.keys.clone().float()])
+        all_key_tags = torch.cat([view_tags, model.reservoir.tags.clone()])
+
+    with timer("losses"):
+        terms["cls"] = cls_loss(out.logits.float(), tags)
+        terms["aux"] = cls_loss(out.aux_logits.float(), tags)
+        if w["ptc"] > 0:
+            grid = tuple(out.tokens.shape[-2:])
+            small_aux = F.interpolate(cams_aux, size=grid, mode="bilinear", align_corners=False)
+            _, aux_label = cam_to_label(
+                small_aux, tags, box=_token_box(box, size, grid), bkg_thre=cc.bkg_thre, high_thre=cc.high_thre,
+                low_thre=cc.low_thre, ignore_index=cfg.data.ignore_index, ignore_mid=True,
+            )
+            terms["ptc"] = ptc_loss(out.tokens.float(), label_to_affinity(aux_label, cfg.data.ignore_index))
+        if w["lil"] > 0 or w["lig"] > 0:
+            terms["lil"], revised = lil_loss(
+                q, all_keys, view_tags, all_key_tags, lc.lil_tau, rectify=lc.rectify,
+                rectify_ratio=lc.rectify_ratio, variant=lc.lil_variant,
+            )
+            terms["lig"] = lig_loss(q, prototypes.float(), revised, lc.lig_tau)
+        if w["seg"] > 0 or w["reg"] > 0:
+            seg_cam = cams if step >= cc.seg_final_cam_from else cams_aux
+            valid_cam, _ = cam_to_label(
+                seg_cam, tags, box=box, bkg_thre=cc.bkg_thre, high_thre=cc.high_thre, low_thre=cc.low_thre,
+                ignore_index=cfg.data.ignore_index, ignore_mid=True,
+            )
+            image_255 = denormalize(x)
+            pseudo = refine_with_background(
+                par, image_255.clamp(0, 255).floor() / 255.0, valid_cam, tags, high_thre=cc.high_thre,
+                low_thre=cc.low_thre, ignore_index=cfg.data.ignore_index, box=box, down_scale=cc.par_downscale,
+            )
+            seg = F.interpolate(out.seg.float(), size=size, mode="bilinear", align_corners=False)
+            terms["seg"] = seg_loss(seg, pseudo, cfg.data.ignore_index)
+            if w["reg"] > 0:
+                terms["reg"] = crf_energy_loss(
+                    image_255, seg.softmax(1), _box_mask(box, size), pseudo, sigma_rgb=lc.energy_sigma_rgb,
+                    sigma_xy=lc.energy_sigma_xy, scale=lc.energy_scale, weight=lc.energy_weight,
+                    ignore_index=cfg.data.ignore_index,
+                )
+        loss = sum((w[name] * value for name, value in terms.items() if w[name] > 0), x.new_zeros(()))
+
+    return StepOutput(
+        loss=loss,
+        terms={name: (float(terms[name].detach()) if name in terms and w[name] > 0 else None) for name in LOSS_TERMS},
+        weights=w,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: SeCoNet,
+    loader: DataLoader,
+    cfg: SecoConfig,
+    device: torch.device,
+    *,
+    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+    max_images: int = 0,
+    quiet: bool = True,
+) -> dict[str, float]:
+    """Single-scale segmentation mIoU and multi-scale CAM mIoU (final and aux) against the GT masks.
+
+    Images are resized to ``crop_size`` like the published validation; scores are at mask resolution.
+    """
+    was_training = model.training
+    model.eval()
+    k = cfg.data.num_classes
+    mats = {name: ConfusionMatrix(k, cfg.data.ignore_index) for name in ("cam", "cam_aux", "seg")}
+    total = min(len(loader), max_images) if max_images else len(loader)
+    for i, item in enumerate(tqdm(loader, total=total, desc="val", disable=quiet, leave=False)):
+        if max_images and i >= max_images:
+            break
+        x = item["image"].to(device)
+        tags = item["tags"].to(device)
+        gt = item["mask"]
+        with autocast():
+            out = model(x)
+            cams, cams_aux = multi_scale_cams(model.cams, x, cfg.cam.scales, base=(out.cam, out.cam_aux))
+        size = tuple(gt.shape[-2:])
+        for name, cam in (("cam", cams), ("cam_aux", cams_aux)):
+            cam = F.interpolate(cam.float(), size=size, mode="bilinear", align_corners=False)
+            _, label = cam_to_label(
+                cam, tags, box=None, bkg_thre=cfg.cam.bkg_thre, high_thre=cfg.cam.high_thre,
+                low_thre=cfg.cam.low_thre, ignore_index=cfg.data.ignore_index, ignore_mid=False,
+            )
+            mats[name].update(gt, label.cpu())
+        seg = F.interpolate(out.seg.float(), size=size, mode="bilinear", align_corners=False)
+        mats["seg"].update(gt, seg.argmax(1).cpu())
+    model.train(was_training)
+    return {f"{name}_miou": m.miou() for name, m in mats.items()}
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+class Trainer:
+    """Owns a run folder: builds data, model and optimiser from a resolved config, trains, checkpoints,
+    validates, and resumes from ``RUN_DIR/last.pt``.
+
+    Files written in ``run_dir``: ``config.yaml`` (resolved config), ``last.pt`` (every ``ckpt_every`` steps
+    and at the end), ``metrics.jsonl`` (one JSON record per step and per validation).
+    """
+
+    def __init__(self, cfg: SecoConfig, run_dir: str | Path, *, quiet: bool = False) -> None:
+        self.cfg = cfg.validate()
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet
+        self.device = resolve_device(cfg.train.device)
+        self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
+        d = cfg.data
+        if not d.root:
+            raise ConfigError("no dataset: pass --data-root DIR (or data.root in the config file)")
+        self.reader = build_reader(d.layout, d.root, d.train_split, num_classes=d.num_classes, ignore_index=d.ignore_index)
+        views = TrainViews(d.crop_size, d.rescale_range, d.global_crop_scale, d.strong_flip_p)
+        self.dataset = TrainDataset(self.reader, views, seed=cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_seco(cfg.model, d.num_classes).to(self.device)
+        self.par = PAR(cfg.cam.par_dilations, cfg.cam.par_iters).to(self.device)
+        groups = self.model.param_groups()
+        o = cfg.optim
+        lr_mult = {"backbone": 1.0, "backbone_norm": 1.0, "heads": o.head_lr_mult, "decoder": o.head_lr_mult}
+        self.optimizer = torch.optim.AdamW(
+            [{"params": ps, "lr": o.lr * lr_mult[name], "name": name} for name, ps in groups.items()],
+            lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=1e-8,
+        )
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.crop_generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.step = 0
+        self._val_loader: DataLoader | None = None
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "config": config_to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "crops": self.crop_generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            },
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any], source: str | Path) -> None:
+        check_compatible(ckpt.get("config", {}), config_to_dict(self.cfg), source)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {source} does not fit this model: {e}") from None
+        if ckpt.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        rng = ckpt.get("rng", {})
+        if rng.get("torch") is not None:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("crops") is not None:
+            self.crop_generator.set_state(rng["crops"])
+        if rng.get("cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.step = int(ckpt["step"])
+
+    def resume(self, spec: str | None) -> bool:
+        """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if
+        present; a path: continue from that checkpoint. Returns whether a checkpoint was loaded."""
+        last = latest_checkpoint(self.run_dir)
+        if spec is None:
+            if last is not None:
+                raise ConfigError(
+                    f"{self.run_dir} already holds a run ({last}); pass --resume auto to continue it "
+                    "or choose another --out"
+                )
+            return False
+        path = last if spec == "auto" else Path(spec)
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
+        self._truncate_log(self.step)
+        return True
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir / "last.pt", self.state_dict())
+
+    # -- logging -------------------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop records of steps >= ``step`` (they are re-run after a resume)."""
+        if not self.log_path.exists():
+            return
+        kept = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
+        atomic_write_text(self.log_path, "".join(ln + "\n" for ln in kept))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- loop ----------------------------------------------------------------------------------------------
+    def _autocast(self) -> ContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _train_loader(self) -> DataLoader:
+        d = self.cfg.data
+        sampler = StepBatchSampler(len(self.dataset), d.batch_size, self.cfg.train.seed, start_step=self.step)
+        return DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=d.num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=d.num_workers > 0,
+        )
+
+    def val_loader(self) -> DataLoader | None:
+        d = self.cfg.data
+        if self._val_loader is None and d.val_split:
+            reader = build_reader(
+                d.layout, d.root, d.val_split, num_classes=d.num_classes, ignore_index=d.ignore_index,
+                require_masks=True,
+            )
+            self._val_loader = DataLoader(EvalDataset(reader, size=d.crop_size), batch_size=1, num_workers=d.num_workers)
+        return self._val_loader
+
+    def train_step(self, batch: dict[str, Any], timer: PhaseTimer = _no_timer) -> StepOutput:
+        """One optimiser step at ``self.step`` (lr set from the schedule first)."""
+        mult = lr_multiplier(self.step, self.cfg.optim, self.cfg.train.iters)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * mult
+        batch = _to_device(batch, self.device)
+        out = seco_step(
+            self.model, batch, self.step, self.cfg, self.par, self.crop_generator, autocast=self._autocast, timer=timer
+        )
+        if not torch.isfinite(out.loss):
+            bad = {k: v for k, v in out.terms.items() if v is not None and not math.isfinite(v)}
+            raise FloatingPointError(f"non-finite loss at step {self.step}: {bad or out.terms}; lower optim.lr")
+        with timer("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.loss).backward()
+        with timer("optimizer_step"):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return out
+
+    def validate(self) -> dict[str, float]:
+        loader = self.val_loader()
+        if loader is None:
+            return {}
+        return evaluate(
+            self.model, loader, self.cfg, self.device, autocast=self._autocast,
+            max_images=self.cfg.train.val_max_images, quiet=self.quiet or not sys.stderr.isatty(),
+        )
+
+    def fit(self) -> dict[str, Any]:
+        """Train from ``self.step`` to ``train.iters``; returns the last step's terms and validation scores."""
+        t = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        self.model.train()
+        last: dict[str, Any] = {}
+        bar = tqdm(
+            total=t.iters, initial=self.step, desc="train", dynamic_ncols=True,
+            disable=self.quiet or not sys.stderr.isatty(),
+        )
+        loader = iter(self._train_loader()) if self.step < t.iters else iter(())
+        while self.step < t.iters:
+            start = time.perf_counter()
+            batch = next(loader)
+            out = self.train_step(batch)
+            record = {
+                "step": self.step,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "loss": float(out.loss.detach()),
+                **{f"loss_{k}": v for k, v in out.terms.items()},
+                "time": time.perf_counter() - start,
+            }
+            self._log(record)
+            last = record
+            self.step += 1
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == t.iters:
+                bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss_") and v is not None})
+            if t.val_every and (self.step % t.val_every == 0 or self.step == t.iters):
+                scores = self.validate()
+                if scores:
+                    self._log({"step": self.step - 1, "split": self.cfg.data.val_split, **scores})
+                    last = {**last, **scores}
+                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            if self.step % t.ckpt_every == 0 or self.step == t.iters:
+                self.save()
+        bar.close()
+        return last

@@ -1,0 +1,462 @@
+"""SeCo's loss terms as pure functions (DESIGN.md §2-3).
+
+Every function is device-agnostic and vectorised over rows; docstrings give the shapes. Defaults reproduce the
+published SeCo code (github.com/zwyang6/SeCo, ``model/losses.py``), quirks included and documented where they
+happen; where the code departs from the paper, the paper's variant is an option (``lil_loss(variant="supcon")``).
+
+Terms: multi-label classification (:func:`cls_loss`), ToCo's token contrast (:func:`label_to_affinity`,
+:func:`ptc_loss`), the bg/fg-balanced segmentation CE (:func:`seg_loss`), local-to-local and local-to-global
+contrast (:func:`lil_loss`, :func:`lig_loss`), the dense CRF-energy regulariser in pure torch
+(:func:`crf_energy_loss`, :func:`dense_gaussian_filter`), and the per-term schedule (:func:`weight_at`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "cls_loss",
+    "label_to_affinity",
+    "ptc_loss",
+    "seg_loss",
+    "lil_loss",
+    "lig_loss",
+    "dense_gaussian_filter",
+    "crf_energy_loss",
+    "weight_at",
+]
+
+UNCERTAIN = -1  #: crop tag of an uncertain crop (DESIGN.md §3 step 3); 0 is background, k >= 1 a class
+
+
+def _check_dims(name: str, t: torch.Tensor, dims: int, shape: str) -> None:
+    if t.dim() != dims:
+        raise ValueError(f"{name} must be {shape}, got shape {tuple(t.shape)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classification and token contrast
+# --------------------------------------------------------------------------------------------------------------
+
+
+def cls_loss(logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+    """Multi-label soft-margin loss of the image classifier (DESIGN.md §2 "Classifiers").
+
+    Shape:
+        - logits: (B, C) foreground class logits, C = K - 1.
+        - tags: (B, C) float multi-hot image-level labels.
+        - output: scalar, mean over images and classes.
+    """
+    _check_dims("logits", logits, 2, "(B, C)")
+    if tags.shape != logits.shape:
+        raise ValueError(f"tags shape {tuple(tags.shape)} must equal logits shape {tuple(logits.shape)}")
+    # mean_c -[y log s(x) + (1 - y) log s(-x)]  (DESIGN.md §2; F.multilabel_soft_margin_loss)
+    return F.multilabel_soft_margin_loss(logits, tags.to(logits.dtype))
+
+
+def label_to_affinity(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Pairwise affinity labels of a token-grid pseudo label (ToCo's ``label_to_aff_mask``).
+
+    ``aff[b, i, j]`` is 1 when pixels i and j share a label, 0 when they differ, and ``ignore_index`` when either
+    is ignored and on the diagonal (a token is never its own pair).
+
+    Shape:
+        - label: (B, h, w) long, values 0..K-1 or ``ignore_index``.
+        - output: (B, h*w, h*w) long.
+    """
+    _check_dims("label", label, 3, "(B, h, w)")
+    flat = label.flatten(1)  # (B, h, w) -> (B, hw)
+    aff = (flat[:, :, None] == flat[:, None, :]).long()  # (B, hw, hw): 1 same label, 0 different
+    ignored = flat == ignore_index  # (B, hw)
+    aff = aff.masked_fill(ignored[:, :, None] | ignored[:, None, :], ignore_index)
+    aff.diagonal(dim1=1, dim2=2).fill_(ignore_index)
+    return aff
+
+
+def ptc_loss(tokens: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
+    """ToCo's masked patch-token contrast (DESIGN.md §3 "PTC"; published ``get_masked_ptc_loss``).
+
+    With ``cos`` the absolute cosine similarity of every token pair of an image, and the positive/negative pair
+    counts taken over the whole batch:
+    ``0.5 * (1 - sum(pos * cos) / (npos + 1)) + 0.5 * sum(neg * cos) / (nneg + 1)``.
+    Pairs whose affinity is neither 0 nor 1 (ignored) do not count.
+
+    Shape:
+        - tokens: (B, D, h, w) patch tokens.
+        - affinity: (B, h*w, h*w), 1 positive pair, 0 negative pair, anything else ignored
+          (:func:`label_to_affinity`).
+        - output: scalar.
+    """
+    _check_dims("tokens", tokens, 4, "(B, D, h, w)")
+    b, _, h, w = tokens.shape
+    if affinity.shape != (b, h * w, h * w):
+        raise ValueError(
+            f"affinity shape {tuple(affinity.shape)} must be (B, h*w, h*w) = {(b, h * w, h * w)} for tokens "
+            f"of shape {tuple(tokens.shape)}"
+        )
+    x = F.normalize(tokens.flatten(2), p=2, dim=1, eps=1e-8)  # (B, D, hw), unit tokens
+    cos = torch.matmul(x.transpose(1, 2), x).abs()  # (B, hw, hw) |cosine| of every token pair
+    pos = (affinity == 1).to(cos.dtype)
+    neg = (affinity == 0).to(cos.dtype)
+    # ToCo / SeCo: pull positives to |cos| 1, push negatives to 0, each half normalised by its pair count (+1)
+    return 0.5 * (1 - (pos * cos).sum() / (pos.sum() + 1)) + 0.5 * (neg * cos).sum() / (neg.sum() + 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Segmentation cross entropy
+# --------------------------------------------------------------------------------------------------------------
+
+
+def seg_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Cross entropy averaged separately over background and foreground pixels (published ``get_seg_loss``).
+
+    ``0.5 * (sum_bg ce / (n_bg + 1e-6) + sum_fg ce / (n_fg + 1e-6))``: background (label 0) and foreground
+    (labels 1..K-1) each weigh one half whatever their pixel counts; ignored pixels count in neither. The
+    ``1e-6`` (as published) keeps an empty set at 0 instead of NaN; with every pixel ignored the result is
+    exactly 0 and still carries a graph (zero gradient).
+
+    Shape:
+        - logits: (B, K, H, W) decoder logits.
+        - label: (B, H, W) long, 0..K-1 or ``ignore_index``.
+        - output: scalar.
+    """
+    _check_dims("logits", logits, 4, "(B, K, H, W)")
+    if label.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(
+            f"label shape {tuple(label.shape)} must be (B, H, W) = "
+            f"{(logits.shape[0], *logits.shape[2:])} for logits of shape {tuple(logits.shape)}"
+        )
+    label = label.long()
+    ce = F.cross_entropy(logits, label, ignore_index=ignore_index, reduction="none")  # (B, H, W), 0 where ignored
+    valid = label != ignore_index
+    bg = (valid & (label == 0)).to(ce.dtype)
+    fg = (valid & (label != 0)).to(ce.dtype)
+    bg_loss = (ce * bg).sum() / (bg.sum() + 1e-6)  # published get_seg_loss: mean over bg pixels, guarded
+    fg_loss = (ce * fg).sum() / (fg.sum() + 1e-6)  # mean over fg pixels, guarded
+    return 0.5 * (bg_loss + fg_loss)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tag-guided contrast: LIL and LIG
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _rectify(
+    pos_logits: torch.Tensor, pos: torch.Tensor, tags: torch.Tensor, ratio: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Re-tag as background the rows whose positives look like noise (DESIGN.md §3 step 6; published LIL).
+
+    For each row, the mean is taken over ALL columns of ``pos_logits`` (positives' max-shifted logits, 0 for
+    every non-positive column). Since the shifted logits are <= 0, every non-positive column counts as "at or
+    above the mean"; a row is re-tagged 0 when ``#below / (#at_or_above + 1e-6) > ratio``, i.e. when more than
+    ratio/(ratio+1) of all columns are positives with a logit below the mean. Its positives are then dropped.
+
+    Shape: pos_logits (N, M), pos (N, M) bool, tags (N,) -> (pos_logits, pos, revised tags), all new tensors.
+    """
+    mean = pos_logits.mean(dim=1, keepdim=True)  # (N, 1) mean over all M columns, as published
+    at_or_above = (pos_logits >= mean).sum(dim=1)
+    below = (pos_logits < mean).sum(dim=1)
+    # The published ratio is a Python float64 division of two counts; keep float64 where the device has it.
+    dt = torch.float32 if pos_logits.device.type == "mps" else torch.float64
+    flip = below.to(dt) / (at_or_above.to(dt) + 1e-6) > ratio  # (N,) DESIGN.md §3 step 6: ratio > 10
+    revised = torch.where(flip, torch.zeros_like(tags), tags)
+    pos = pos & ~flip[:, None]
+    pos_logits = torch.where(flip[:, None], torch.zeros_like(pos_logits), pos_logits)
+    return pos_logits, pos, revised
+
+
+def lil_loss(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    q_tags: torch.Tensor,
+    key_tags: torch.Tensor,
+    tau: float,
+    *,
+    rectify: bool = True,
+    rectify_ratio: float = 10.0,
+    variant: Literal["code", "supcon"] = "code",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local-to-local supervised contrast of student crops against teacher keys (LIL, DESIGN.md §3 step 5).
+
+    Tags: -1 uncertain, 0 background, k >= 1 class k. A pair (i, j) is positive when ``q_tags[i] ==
+    key_tags[j]`` (background-background pairs are positives) and row i is not uncertain. Rows tagged -1
+    contribute nothing; key columns tagged -1 never enter a denominator. With ``rectify`` a row whose positives
+    look like noise is re-tagged 0 and loses its positives (see ``_rectify``); the revised tags are returned
+    (a new tensor; the inputs are never modified) and are what LIG should use.
+
+    ``variant="code"`` (default) reproduces the published ``LIL_Loss`` exactly. With ``l`` the logits minus
+    each row's max (the max is taken over ALL columns, uncertain ones included, and detached):
+
+    - ``D_i = sum_j exp(l_ij)`` over columns with key tag != -1, except that every entry whose exp is exactly
+      1.0 is dropped (published ``exp_logits != 1``): this removes the row's max column(s) (logit 0 after the
+      shift, even when it is a positive) and, incidentally, logits so close to 0 that exp rounds to 1.
+    - ``log_prob_ij = l_ij * pos_ij - log(D_i + 1e-12)``: for NON-positive columns this is ``-log D_i``, not 0,
+      so the row sum is ``sum_{j pos} l_ij - M * log D_i`` (M = all columns, uncertain ones included).
+    - ``P`` = number of non-zero positive logits in the whole batch (a positive on the max column has logit 0
+      and is not counted).
+    - loss = ``-(1/N) * sum_i rowsum_i / P`` over rows with ``D_i > 0`` (uncertain rows have ``D_i = 0``)
+      and ``rowsum_i < 0``; rows without positives (e.g. rectified ones) still add ``-M log D_i`` when that is
+      negative. N counts every row, uncertain ones included. Multiplied by ``tau / base_tau`` = 1.
+    - Because of the max column and the ``M log D`` term the value depends on the row max, which an uncertain
+      column can set; only the denominators exclude uncertain columns.
+
+    ``variant="supcon"`` is the paper's form (Khosla et al. 2020): for each row with at least one positive,
+    ``-mean_{j pos} log softmax_j(l_i)`` with the softmax over the non-uncertain columns; averaged over those
+    rows. Same masks and rectification.
+
+    Returns 0 (with a graph, zero gradient), not NaN, when no row has a usable positive.
+
+    Args:
+        q: (N, D) student crop embeddings (L2-normalised by the projection head).
+        keys: (M, D) teacher keys: this step's keys followed by the reservoir.
+        q_tags: (N,) long crop tags.
+        key_tags: (M,) long key tags.
+        tau: temperature (0.08 in SeCo).
+        rectify: re-tag noisy rows as background (DESIGN.md §3 step 6).
+        rectify_ratio: the below/above-mean count ratio that triggers rectification (10).
+        variant: ``"code"`` (published normalisation) or ``"supcon"`` (paper).
+
+    Returns:
+        ``(loss, revised_tags)``: a scalar and an (N,) long tensor.
+
+    Raises:
+        ValueError: on mismatched shapes, a non-positive ``tau`` or an unknown ``variant``.
+    """
+    _check_dims("q", q, 2, "(N, D)")
+    _check_dims("keys", keys, 2, "(M, D)")
+    if keys.shape[1] != q.shape[1]:
+        raise ValueError(f"keys dim {keys.shape[1]} must equal q dim {q.shape[1]} (q {tuple(q.shape)})")
+    if q_tags.shape != (q.shape[0],):
+        raise ValueError(f"q_tags shape {tuple(q_tags.shape)} must be (N,) = ({q.shape[0]},)")
+    if key_tags.shape != (keys.shape[0],):
+        raise ValueError(f"key_tags shape {tuple(key_tags.shape)} must be (M,) = ({keys.shape[0]},)")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if variant not in ("code", "supcon"):
+        raise ValueError(f"variant={variant!r}: choose 'code' (published) or 'supcon' (paper)")
+
+    if keys.shape[0] == 0:
+        raise ValueError("keys is empty (M = 0): LIL needs at least this step's teacher keys")
+
+    n, m = q.shape[0], keys.shape[0]
+    q_tags, key_tags = q_tags.long(), key_tags.long()
+    row_ok = q_tags != UNCERTAIN  # (N,)
+    col_ok = key_tags != UNCERTAIN  # (M,)
+
+    logits = torch.matmul(q, keys.T) / tau  # (N, M) scaled similarities (DESIGN.md §3 step 5)
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()  # published: max over all columns, <= 0
+    zero = torch.zeros_like(logits)
+    logits = torch.where(row_ok[:, None], logits, zero)  # published zeroes uncertain rows before masking
+    pos = (q_tags[:, None] == key_tags[None, :]) & row_ok[:, None]  # (N, M) same tag; bg-bg pairs included
+    pos_logits = torch.where(pos, logits, zero)  # (N, M) positives' logits, 0 elsewhere
+    revised = q_tags.clone()
+    if rectify:
+        pos_logits, pos, revised = _rectify(pos_logits, pos, q_tags, rectify_ratio)
+    den_logits = torch.where(col_ok[None, :], logits, zero)  # published zeroes uncertain columns
+
+    if variant == "supcon":
+        # Khosla et al. eq. 2: -1/|P(i)| sum_{p in P(i)} log(exp(l_ip) / sum_{a in A(i)} exp(l_ia))
+        masked = den_logits.masked_fill(~col_ok[None, :], torch.finfo(logits.dtype).min)
+        log_prob = logits - torch.logsumexp(masked, dim=1, keepdim=True)  # (N, M)
+        n_pos = pos.sum(dim=1)  # (N,)
+        has_pos = n_pos > 0
+        row_loss = -torch.where(pos, log_prob, zero).sum(dim=1) / n_pos.clamp(min=1)  # (N,)
+        row_loss = torch.where(has_pos, row_loss, torch.zeros_like(row_loss))
+        return row_loss.sum() / has_pos.sum().clamp(min=1), revised
+
+    exp_l = torch.exp(den_logits)
+    exp_l = torch.where(exp_l != 1.0, exp_l, zero)  # published: drop entries with exp == 1 (logit 0)
+    denom = exp_l.sum(dim=1)  # (N,) 0 for uncertain rows (all their entries were zeroed)
+    # published log_prob: the positive logit minus log D for EVERY column (non-positives hold -log D, not 0)
+    row_sum = pos_logits.sum(dim=1) - m * torch.log(denom + 1e-12)  # (N,) = sum_j log_prob_ij
+    n_nonzero = (pos_logits != 0).sum()  # batch-wide count of non-zero positive logits
+    take = (denom > 0) & (row_sum < 0) & (n_nonzero > 0)
+    # published: loss = -(tau/base_tau) * (1/N) * sum_{taken rows} rowsum_i / P, with tau/base_tau = 1
+    loss = torch.where(take, -row_sum, torch.zeros_like(row_sum)).sum() / n_nonzero.clamp(min=1) / max(n, 1)
+    return loss, revised
+
+
+def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau: float) -> torch.Tensor:
+    """Local-to-global contrast of student crops against class prototypes (LIG, DESIGN.md §3 step 4).
+
+    Reproduces the published ``LIG_Loss``. With ``l = q @ prototypes.T / tau`` (raw logits: the published code
+    computes a max shift and then discards it), a crop tagged k >= 1 has the single positive prototype k-1;
+    tags 0 and -1 have none. The denominator of every row covers only the prototypes of classes present among
+    this batch's class tags; as published, an entry whose exp is exactly 1.0 (logit exactly 0, e.g. a crop
+    orthogonal to a present prototype) is dropped from it too, and a positive whose logit is exactly 0
+    contributes nothing to the sum while still counting in the divisor.
+    loss = ``-sum_{i,j pos} (l_ij - log D_i) / #positives`` (rows with ``D_i > 0``), times ``tau/base_tau`` = 1.
+    Returns 0, not NaN, when no crop has a class tag.
+
+    Shape:
+        - q: (N, D) student crop embeddings.
+        - prototypes: (C, D) class prototypes, C = K - 1 (prototype c is class c + 1).
+        - tags: (N,) long, -1..C (use the tags revised by :func:`lil_loss`).
+        - output: scalar.
+
+    Raises:
+        ValueError: on mismatched shapes, a non-positive ``tau`` or a tag outside -1..C.
+    """
+    _check_dims("q", q, 2, "(N, D)")
+    _check_dims("prototypes", prototypes, 2, "(C, D)")
+    if prototypes.shape[1] != q.shape[1]:
+        raise ValueError(f"prototypes dim {prototypes.shape[1]} must equal q dim {q.shape[1]}")
+    if tags.shape != (q.shape[0],):
+        raise ValueError(f"tags shape {tuple(tags.shape)} must be (N,) = ({q.shape[0]},)")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    c = prototypes.shape[0]
+    tags = tags.long()
+    if tags.numel() and (int(tags.min()) < UNCERTAIN or int(tags.max()) > c):
+        raise ValueError(f"tags must lie in -1..{c} (C = {c} prototypes), got {tags.tolist()}")
+
+    logits = torch.matmul(q, prototypes.T) / tau  # (N, C) (DESIGN.md §3 step 4)
+    classes = torch.arange(1, c + 1, device=tags.device)  # prototype column j is class j + 1
+    pos = tags[:, None] == classes[None, :]  # (N, C) own-class prototype; tags 0 / -1 match none
+    present = pos.any(dim=0)  # (C,) classes tagged somewhere in this batch
+    zero = torch.zeros_like(logits)
+    exp_l = torch.exp(torch.where(present[None, :], logits, zero))
+    exp_l = torch.where(exp_l != 1.0, exp_l, zero)  # published: absent classes (set to 0) and exp == 1 dropped
+    denom = exp_l.sum(dim=1, keepdim=True)  # (N, 1)
+    pos_logits = torch.where(pos, logits, zero)
+    log_prob = pos_logits - torch.log(denom + 1e-12)  # (N, C) published log-softmax over present classes
+    log_prob = torch.where(pos_logits != 0, log_prob, zero)  # published: keep only non-zero positive entries
+    row = torch.where(denom[:, 0] > 0, log_prob.sum(dim=1), zero[:, 0])  # (N,)
+    # published: -(tau/base_tau) * sum / #positives, tau/base_tau = 1; 0 when there is no positive
+    return (-row).sum() / pos.sum().clamp(min=1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dense CRF-energy regulariser (Tang et al., ECCV 2018), pure torch
+# --------------------------------------------------------------------------------------------------------------
+
+
+def dense_gaussian_filter(features: torch.Tensor, values: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """Exact dense Gaussian filtering: ``out[b, k, i] = sum_j exp(-|f_bi - f_bj|^2 / 2) * values[b, k, j]``.
+
+    Every pair (i, j) of an item is included, i == j too. Query pixels are processed ``chunk_size`` at a time,
+    one item at a time, so memory is O(chunk_size * N), never N^2; squared distances come from the expansion
+    ``|a|^2 + |b|^2 - 2 a.b`` as one matmul per chunk (features are centred per item first, which leaves the
+    distances unchanged and limits cancellation). Differentiable, but intended to run under ``torch.no_grad``.
+
+    Shape:
+        - features: (B, F, N), already divided by their bandwidths (sigmas).
+        - values: (B, K, N).
+        - output: (B, K, N), in the promoted dtype of features and values.
+    """
+    _check_dims("features", features, 3, "(B, F, N)")
+    _check_dims("values", values, 3, "(B, K, N)")
+    if values.shape[0] != features.shape[0] or values.shape[2] != features.shape[2]:
+        raise ValueError(
+            f"values shape {tuple(values.shape)} must be (B, K, N) with B, N of features {tuple(features.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    dtype = torch.promote_types(features.dtype, values.dtype)
+    f = features.to(dtype)
+    f = f - f.mean(dim=2, keepdim=True)  # (B, F, N) centred; the kernel only sees differences
+    half_sq = 0.5 * (f * f).sum(dim=1, keepdim=True)  # (B, 1, N) |f|^2 / 2
+    ones = torch.ones_like(half_sq)
+    # -|a - b|^2 / 2 = a.b - |a|^2/2 - |b|^2/2 = [a; -|a|^2/2; 1] . [b; 1; -|b|^2/2]
+    query = torch.cat([f, -half_sq, ones], dim=1)  # (B, F+2, N)
+    key = torch.cat([f, ones, -half_sq], dim=1)  # (B, F+2, N)
+    v = values.to(dtype)
+    n = f.shape[2]
+    items = []
+    for b in range(f.shape[0]):
+        parts = []
+        for start in range(0, n, chunk_size):
+            qc = query[b, :, start : start + chunk_size]  # (F+2, c)
+            w = torch.matmul(qc.T, key[b])  # (c, N) = -|f_i - f_j|^2 / 2
+            w = w.clamp_(max=0.0).exp_()  # (c, N) Gaussian kernel (Tang et al. 2018 eq. 7); clamp: d^2 >= 0
+            parts.append(torch.matmul(v[b], w.T))  # (K, N) @ (N, c) -> (K, c)
+        items.append(torch.cat(parts, dim=1))
+    return torch.stack(items)
+
+
+def crf_energy_loss(
+    image: torch.Tensor,
+    probs: torch.Tensor,
+    roi: torch.Tensor,
+    label: torch.Tensor,
+    *,
+    sigma_rgb: float = 15.0,
+    sigma_xy: float = 100.0,
+    scale: float = 0.5,
+    weight: float = 1e-7,
+    ignore_index: int = 255,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """Dense CRF-energy regulariser of Tang et al. (ECCV 2018) as the published ``DenseEnergyLoss`` computes it.
+
+    Image, ROI and label are downscaled by ``scale`` with nearest neighbours and the probabilities bilinearly
+    (the published ``F.interpolate`` calls, ``recompute_scale_factor=True``); ``sigma_xy`` is scaled with them.
+    With ``S = probs * roi``, ``W_ij = exp(-|p_i - p_j|^2 / (2 sigma_xy^2) - |I_i - I_j|^2 / (2 sigma_rgb^2))``
+    over all pixel pairs of an image (exact, i == j included), ``Gate = max(roi - max_k probs, 0)`` set to 1
+    where the label is ``ignore_index`` (before clamping), and ``AS = Gate * (W S)`` per class:
+
+        loss = -weight * sum(S * AS) / B
+
+    Gradient: the published backward returns ``-2 * weight * AS * roi / B`` for the (scaled) probabilities. That
+    is the exact gradient of ``-S^T W S`` only when the gate is constant and ``Gate W`` symmetric (true for
+    Tang's ungated loss); the true gradient is ``-(Gate * (W S) + W (Gate * S))`` plus a term from the gate's
+    dependence on ``max_k probs``. We reproduce the published gradient: the value is computed from a detached
+    ``AS``, and a straight-through term ``-2 * weight / B * sum((p - p.detach()) * roi * AS)`` (exactly 0 in
+    value) carries it. The gradient then flows through the bilinear downscale to ``probs`` as in the published
+    code. The kernel is exact where the published code used an approximate permutohedral lattice.
+
+    Shape:
+        - image: (B, 3, H, W) float RGB in 0..255 (not normalised).
+        - probs: (B, K, H, W) softmax probabilities.
+        - roi: (B, H, W) float {0, 1}, 1 on valid (non-padding) pixels.
+        - label: (B, H, W) long pseudo label, ``ignore_index`` where uncertain.
+        - output: scalar.
+    """
+    _check_dims("image", image, 4, "(B, 3, H, W)")
+    _check_dims("probs", probs, 4, "(B, K, H, W)")
+    b, k, h, w = probs.shape
+    if image.shape != (b, 3, h, w):
+        raise ValueError(f"image shape {tuple(image.shape)} must be (B, 3, H, W) = {(b, 3, h, w)}")
+    if roi.shape != (b, h, w):
+        raise ValueError(f"roi shape {tuple(roi.shape)} must be (B, H, W) = {(b, h, w)}")
+    if label.shape != (b, h, w):
+        raise ValueError(f"label shape {tuple(label.shape)} must be (B, H, W) = {(b, h, w)}")
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    dtype = torch.promote_types(probs.dtype, torch.float32)
+
+    # Published DenseEnergyLoss.forward: nearest for image / ROI / label, bilinear for the probabilities.
+    size_kw = dict(scale_factor=scale, recompute_scale_factor=True)
+    image_s = F.interpolate(image.to(dtype), mode="nearest", **size_kw)  # (B, 3, h', w')
+    probs_s = F.interpolate(probs.to(dtype), mode="bilinear", align_corners=False, **size_kw)  # (B, K, h', w')
+    roi_s = F.interpolate(roi.to(dtype)[:, None], mode="nearest", **size_kw)  # (B, 1, h', w')
+    label_s = F.interpolate(label[:, None].to(dtype), mode="nearest", **size_kw)[:, 0].long()  # (B, h', w')
+    hs, ws = probs_s.shape[-2:]
+
+    with torch.no_grad():
+        s = probs_s * roi_s  # (B, K, h', w') S = probs * ROI
+        gate = roi_s[:, 0] - probs_s.max(dim=1).values  # published Gate = ROI - max_k probs
+        gate = torch.where(label_s == ignore_index, torch.ones_like(gate), gate).clamp(min=0)  # (B, h', w')
+        ys, xs = torch.meshgrid(
+            torch.arange(hs, device=probs.device, dtype=dtype),
+            torch.arange(ws, device=probs.device, dtype=dtype),
+            indexing="ij",
+        )
+        sxy = sigma_xy * scale  # published: sigma_xy scaled with the image
+        pos = torch.stack([xs, ys]).reshape(1, 2, hs * ws).expand(b, 2, hs * ws) / sxy  # (B, 2, N)
+        feats = torch.cat([pos, image_s.reshape(b, 3, hs * ws) / sigma_rgb], dim=1)  # (B, 5, N)
+        a_s = dense_gaussian_filter(feats, s.reshape(b, k, hs * ws), chunk_size)  # (B, K, N) W S
+        a_s = a_s.reshape(b, k, hs, ws) * gate[:, None]  # AS = Gate * (W S)
+        value = -weight * (s * a_s).sum() / b  # Tang et al. 2018 / published: -sum(S * AS) / B
+
+    # Straight-through: 0 in value, d/d probs_s = -2 * weight * AS * roi / B (the published backward).
+    surrogate = -2.0 * weight / b * ((probs_s - probs_s.detach()) * roi_s * a_s).sum()
+    return value + surrogate
+
+
+def weight_at(step: int, weight: float, start: int) -> float:
+    """A loss term's weight at ``step``: ``weight`` from ``start`` on, 0 before (DESIGN.md §3 schedule)."""
+    return float(weight) if step >= start else 0.0

@@ -12,6 +12,7 @@ contrast (:func:`lil_loss`, :func:`lig_loss`), the dense CRF-energy regulariser 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -361,17 +362,27 @@ def dense_gaussian_filter(features: torch.Tensor, values: torch.Tensor, chunk_si
     half_sq = 0.5 * (f * f).sum(dim=1, keepdim=True)  # (B, 1, N) |f|^2 / 2
     ones = torch.ones_like(half_sq)
     # -|a - b|^2 / 2 = a.b - |a|^2/2 - |b|^2/2 = [a; -|a|^2/2; 1] . [b; 1; -|b|^2/2]
-    query = torch.cat([f, -half_sq, ones], dim=1)  # (B, F+2, N)
+    query = torch.cat([f, -half_sq, ones], dim=1).transpose(1, 2).contiguous()  # (B, N, F+2)
     key = torch.cat([f, ones, -half_sq], dim=1)  # (B, F+2, N)
     v = values.to(dtype)
     n = f.shape[2]
+    # Without autograd, one (chunk, N) buffer is reused: allocating (and first touching) a fresh one per chunk
+    # costs more than the matmul itself on CPU.
+    # Clamp the exponent to [log(tiny) + 1, 0]: d^2 >= 0, and kernel values that would underflow to subnormals
+    # (which make exp ~8x slower on CPU) become ~3e-38 (float32) instead: the sums move by at most N * 3e-38.
+    floor = math.log(torch.finfo(dtype).tiny) + 1.0
+    needs_graph = torch.is_grad_enabled() and (features.requires_grad or values.requires_grad)
+    buf = None if needs_graph else f.new_empty(min(chunk_size, n), n)
     items = []
     for b in range(f.shape[0]):
         parts = []
         for start in range(0, n, chunk_size):
-            qc = query[b, :, start : start + chunk_size]  # (F+2, c)
-            w = torch.matmul(qc.T, key[b])  # (c, N) = -|f_i - f_j|^2 / 2
-            w = w.clamp_(max=0.0).exp_()  # (c, N) Gaussian kernel (Tang et al. 2018 eq. 7); clamp: d^2 >= 0
+            qc = query[b, start : start + chunk_size]  # (c, F+2)
+            if buf is None:
+                w = torch.matmul(qc, key[b])  # (c, N) = -|f_i - f_j|^2 / 2
+            else:
+                w = torch.matmul(qc, key[b], out=buf[: qc.shape[0]])
+            w = w.clamp_(min=floor, max=0.0).exp_()  # (c, N) Gaussian kernel (Tang et al. 2018 eq. 7)
             parts.append(torch.matmul(v[b], w.T))  # (K, N) @ (N, c) -> (K, c)
         items.append(torch.cat(parts, dim=1))
     return torch.stack(items)

@@ -361,6 +361,13 @@ def test_dense_gaussian_filter_matches_double_loop():
         assert torch.allclose(dense_gaussian_filter(feats, values, chunk), expected, rtol=1e-10, atol=1e-12)
 
 
+def test_dense_gaussian_filter_is_differentiable():
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(2, 3, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    values = torch.rand(2, 2, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, v: dense_gaussian_filter(f, v, 4), (feats, values))
+
+
 def _energy_reference(image, probs, roi, label, sigma_rgb, sigma_xy, scale, weight):
     """Published DenseEnergyLoss forward with explicit loops; also returns the gated AS (scaled grid)."""
     if scale == 0.5:  # nearest picks the even pixels; bilinear at an exact factor 2 averages 2x2 blocks

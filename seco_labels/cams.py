@@ -1,0 +1,359 @@
+"""Multi-scale CAMs, CAM thresholds and patch decomposition (DESIGN.md §3 steps 1-3, §4).
+
+Defaults reproduce the published SeCo code (github.com/zwyang6/SeCo, ``utils/camutils.py``: ``multi_scale_cam2``,
+``cam_to_label``, ``cam_to_roi_mask``, ``assign_csc_tags``), quirks included and documented where they happen;
+where the code departs from the paper, the paper's variant is an option (``decompose(area_rule="fraction")``).
+Everything is device-agnostic; randomness comes only from a ``torch.Generator`` argument.
+
+Label conventions: class maps are (B, H, W) long with 0 = background, k >= 1 = foreground class k (CAM channel
+k - 1), :data:`UNCERTAIN` (-1) for uncertain pixels in a ROI mask, and ``ignore_index`` (255) for ignored pixels
+(outside the image box of a padded crop). Boxes are (B, 4) long ``[h0, h1, w0, w1]`` in pixels, end-exclusive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "UNCERTAIN",
+    "multi_scale_cams",
+    "cam_to_label",
+    "cam_to_roi_mask",
+    "box_mask",
+    "Decomposition",
+    "decompose",
+]
+
+UNCERTAIN = -1  #: ROI value of an uncertain pixel and tag of an uncertain crop/view (DESIGN.md §3 steps 1, 3)
+
+CamFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Multi-scale CAMs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _upsample_max_flip(raw: torch.Tensor, size: tuple[int, int], b: int, flip: bool) -> torch.Tensor:
+    """(B or 2B, C, h, w) raw CAMs -> (B, C, H, W): upsample, max with the un-flipped flipped half, ReLU."""
+    up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)  # (nB, C, H, W)
+    if flip:
+        up = torch.max(up[:b], up[b:].flip(-1))  # DESIGN §4: max of image and flipped CAM
+    return F.relu(up)
+
+
+@torch.no_grad()
+def multi_scale_cams(
+    cam_fn: CamFn,
+    images: torch.Tensor,
+    scales: Sequence[float],
+    *,
+    flip: bool = True,
+    base: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-scale (and flipped) CAMs, min-max normalised per image and class (DESIGN.md §4; ``multi_scale_cam2``).
+
+    For each scale ``s`` the images are resized (bilinear, ``align_corners=False``) to ``(int(s*H), int(s*W))``;
+    the image and its horizontal flip go through ``cam_fn`` in one call (batch 2B); both CAMs are upsampled to
+    (H, W), the flipped one is flipped back, and their elementwise max is ReLU'd. The scales' maps are summed and
+    each (image, class) map is min-max normalised exactly as published: ``cam - min``, then ``/ (max + 1e-5)``,
+    so values lie in [0, 1) and a present (non-constant) class peaks at ``max / (max + 1e-5)``, about 1.
+
+    Calls to ``cam_fn``: one per distinct resized size (scales that round to the same size share one call and
+    its result). Every call holds 2B images with ``flip`` and B without. With ``base`` and a scale of size
+    (H, W), that scale's call holds only the B flipped images with ``flip``, and there is no call for it at all
+    without ``flip``. Different sizes cannot share a call (a ViT's CAM depends on the token grid).
+
+    Args:
+        cam_fn: ``x (n, 3, h, w) -> (cam, cam_aux)``, raw CAMs (n, C, h', w') at token resolution, e.g.
+            :meth:`seco_labels.models.SeCoNet.cams`. Must be deterministic for ``base`` to be exact.
+        images: (B, 3, H, W) normalised images.
+        scales: resize factors, e.g. ``(1.0, 0.5, 0.75, 1.5)``. Used as given: unlike the published code, which
+            always adds scale 1.0 (and skips every 1.0 in ``scales``), a list without 1.0 has no scale 1.0.
+        flip: also use the horizontal flip at every scale (published: always).
+        base: optional ``(cam, cam_aux)``, each (B, C, h', w'), the raw CAMs of ``images`` at scale 1.0 unflipped
+            that the caller already has (e.g. from its training forward). Gives the same result as without it
+            (bit-identical when ``cam_fn`` is deterministic per sample); ignored when no scale resizes to (H, W).
+
+    Returns:
+        ``(cam, cam_aux)``, each (B, C, H, W) in [0, 1), for every class (not only the image's tags).
+
+    Raises:
+        ValueError: ``scales`` is empty, a scale resizes to zero pixels, or ``base`` has the wrong batch size.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    if len(scales) == 0:
+        raise ValueError("scales is empty; pass at least one scale, e.g. (1.0,)")
+    b, _, h, w = images.shape
+    if base is not None and (len(base) != 2 or any(t.shape[0] != b for t in base)):
+        raise ValueError(f"base must be (cam, cam_aux), each with batch size {b} like images")
+
+    per_size: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    cam_list: list[torch.Tensor] = []
+    aux_list: list[torch.Tensor] = []
+    for s in scales:
+        size = (int(s * h), int(s * w))
+        if min(size) < 1:
+            raise ValueError(f"scale {s} resizes {h}x{w} images to {size}; use a larger scale")
+        if size not in per_size:
+            x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            if base is not None and size == (h, w):
+                raw_cam, raw_aux = (t.detach() for t in base)  # (B, C, h', w') each
+                if flip:
+                    f_cam, f_aux = cam_fn(x.flip(-1))
+                    raw_cam, raw_aux = torch.cat([raw_cam, f_cam]), torch.cat([raw_aux, f_aux])  # (2B, C, h', w')
+            else:
+                raw_cam, raw_aux = cam_fn(torch.cat([x, x.flip(-1)]) if flip else x)  # (2B or B, C, h', w')
+            per_size[size] = (
+                _upsample_max_flip(raw_cam, (h, w), b, flip),
+                _upsample_max_flip(raw_aux, (h, w), b, flip),
+            )
+        cam_list.append(per_size[size][0])
+        aux_list.append(per_size[size][1])
+
+    out = []
+    for maps in (cam_list, aux_list):
+        cam = torch.stack(maps).sum(0)  # (B, C, H, W), sum over scales (DESIGN §4)
+        cam = cam - cam.amin(dim=(-2, -1), keepdim=True)  # published: cam + maxpool(-cam)
+        cam = cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)  # published epsilon, per (image, class)
+        out.append(cam)
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Thresholds: labels and ROI masks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def box_mask(box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 4) long ``[h0, h1, w0, w1]`` (end-exclusive pixels) -> (B, H, W) bool, True inside the box."""
+    if box.dim() != 2 or box.shape[1] != 4:
+        raise ValueError(f"box must be (B, 4) [h0, h1, w0, w1], got shape {tuple(box.shape)}")
+    h, w = size
+    ys = torch.arange(h, device=box.device)
+    xs = torch.arange(w, device=box.device)
+    rows = (ys >= box[:, 0:1]) & (ys < box[:, 1:2])  # (B, H)
+    cols = (xs >= box[:, 2:3]) & (xs < box[:, 3:4])  # (B, W)
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def _threshold(
+    cam: torch.Tensor,
+    tags: torch.Tensor,
+    box: torch.Tensor | None,
+    bkg_thre: float,
+    high_thre: float,
+    low_thre: float,
+    mid_value: int,
+    ignore_index: int,
+    ignore_mid: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if cam.dim() != 4:
+        raise ValueError(f"cam must be (B, C, H, W), got shape {tuple(cam.shape)}")
+    if tags.shape != cam.shape[:2]:
+        raise ValueError(f"tags shape {tuple(tags.shape)} must be (B, C) = {tuple(cam.shape[:2])} like cam")
+    valid_cam = cam * tags[:, :, None, None].to(cam.dtype)  # (B, C, H, W), untagged classes zeroed
+    score, label = valid_cam.max(dim=1)  # (B, H, W) top tagged score and its channel
+    label = label + 1  # channel c is class c + 1
+    # Published order of assignments, kept so that unusual threshold orders behave the same.
+    label[score <= bkg_thre] = 0
+    if ignore_mid:
+        label[score <= high_thre] = mid_value  # DESIGN §4: between the thresholds -> uncertain
+        label[score <= low_thre] = 0
+    if box is not None:
+        label = label.masked_fill(~box_mask(box.to(label.device), label.shape[-2:]), ignore_index)
+    return valid_cam, label
+
+
+def cam_to_label(
+    cam: torch.Tensor,
+    tags: torch.Tensor,
+    *,
+    box: torch.Tensor | None = None,
+    bkg_thre: float,
+    high_thre: float,
+    low_thre: float,
+    ignore_index: int = 255,
+    ignore_mid: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo label of normalised CAMs by thresholds (published ``cam_to_label``).
+
+    ``valid_cam = cam * tags``; label = argmax channel + 1; top score ``<= bkg_thre`` -> 0. With ``ignore_mid``:
+    top score ``<= high_thre`` -> ``ignore_index``, then ``<= low_thre`` -> 0 (so with the usual
+    low < bkg < high, ``bkg_thre`` has no effect). Outside ``box`` -> ``ignore_index``.
+
+    The published code skips ``ignore_mid`` (and returns only the label) when there is no box; here ``box=None``
+    means only "no box masking".
+
+    Shape:
+        - cam: (B, C, H, W) normalised CAMs, C = K - 1 foreground classes.
+        - tags: (B, C) multi-hot image-level labels (any dtype).
+        - box: (B, 4) long ``[h0, h1, w0, w1]`` or None.
+        - output: ``(valid_cam (B, C, H, W), label (B, H, W) long)``.
+    """
+    return _threshold(cam, tags, box, bkg_thre, high_thre, low_thre, ignore_index, ignore_index, ignore_mid)
+
+
+def cam_to_roi_mask(
+    cam: torch.Tensor,
+    tags: torch.Tensor,
+    *,
+    box: torch.Tensor | None = None,
+    bkg_thre: float,
+    high_thre: float,
+    low_thre: float,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """ROI mask for patch decomposition (DESIGN.md §3 step 1; published ``cam_to_roi_mask``).
+
+    Like :func:`cam_to_label` with ``ignore_mid``, but uncertain pixels (``low_thre < score <= high_thre``) get
+    :data:`UNCERTAIN` (-1): 0 background, k confident class k, -1 uncertain, ``ignore_index`` outside ``box``.
+
+    Shape:
+        - cam: (B, C, H, W) normalised CAMs; tags: (B, C); box: (B, 4) long or None.
+        - output: (B, H, W) long.
+    """
+    return _threshold(cam, tags, box, bkg_thre, high_thre, low_thre, UNCERTAIN, ignore_index, True)[1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Patch decomposition
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decomposition:
+    """Local crops and tags of a batch (DESIGN.md §3 steps 2-3); output of :func:`decompose`.
+
+    Tags: 0 background, k >= 1 class k, :data:`UNCERTAIN` (-1) uncertain.
+    """
+
+    crops: list[torch.Tensor]  #: one per input view, each (B*n, 3, cs, cs), image-major (image 0's n crops first)
+    crop_tags: torch.Tensor  #: (B, n) long
+    global_tags: torch.Tensor  #: (B,) long, tag of the image's global views
+    centers: torch.Tensor  #: (B, n, 2) long (row, col) pixel of each crop's centre; crop = centre - cs//2 + [0, cs)
+
+
+def _sample_tops(
+    roi: torch.Tensor, n: int, cs: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(H, W) ROI of one image -> (n, 2) long top-left corners whose centres (+cs//2) sit on uncertain pixels."""
+    m = cs // 2
+    h, w = roi.shape
+    inner = roi[m : h - m, m : w - m]  # centres allowed here; index (i, j) <-> top-left corner (i, j)
+    cand = (inner == UNCERTAIN).nonzero()  # (N, 2)
+    if cand.shape[0] < n:  # too few uncertain pixels: uniform over the inner region (published fallback)
+        hi, wi = inner.shape
+        rng = torch.randperm(hi * wi, generator=generator) if hi * wi >= n else None
+        if rng is None:  # region smaller than n: with replacement
+            rng = torch.randint(hi * wi, (n,), generator=generator)
+        flat = rng[:n].to(roi.device)
+        return torch.stack([flat // wi, flat % wi], dim=1)
+    pick = torch.randperm(cand.shape[0], generator=generator)[:n].to(roi.device)  # without replacement
+    return cand[pick]
+
+
+def decompose(
+    views: Sequence[torch.Tensor],
+    roi: torch.Tensor,
+    *,
+    num_crops: int = 10,
+    crop_size: int = 64,
+    bg_fraction: float = 0.2,
+    area_rule: Literal["label_sum", "fraction"] = "label_sum",
+    generator: torch.Generator | None = None,
+    ignore_index: int = 255,
+) -> Decomposition:
+    """Cut local crops around uncertain pixels and tag them (DESIGN.md §3 steps 1-3; published ``assign_csc_tags``).
+
+    Crop centres are sampled, without replacement, among the uncertain pixels (``roi == -1``) of the inner region
+    ``[cs//2, H - cs//2) x [cs//2, W - cs//2)``; with fewer than ``num_crops`` of them, uniformly over the inner
+    region (with replacement only if it has fewer than ``num_crops`` pixels). The same crops are cut from every
+    view, so a weak (student) and a strong (teacher) view stay aligned.
+
+    Tags. Let ``r`` be ``roi`` with ignored and uncertain pixels set to 0 (confident classes only).
+
+    - Global tag: exactly one class in ``r`` -> that class; two or more -> -1; none -> -1. (The published code
+      leaves such an image at its initial flag 1, i.e. "aeroplane"; not reproduced.)
+    - Single-class image (class k): its uncertain pixels count as k for the crop tags.
+    - Crop area ``<= bg_fraction`` -> 0, where the area is, with ``area_rule``:
+
+      - ``"label_sum"`` (published code, the default): ``sum(r + [roi == -1]) / cs**2``, i.e. class *indices*
+        are summed (before the single-class fill), so a crop that is 5% class 15 has "area" 0.75. A quirk of
+        the published code, kept for fidelity: for any class > 4 almost every crop touching it is non-background.
+      - ``"fraction"`` (paper): fraction of crop pixels that are confident foreground or uncertain.
+    - Otherwise: exactly one class among the crop's (filled) confident pixels -> that class; else -1.
+
+    Args:
+        views: tensors (B, 3, H, W) (any channels) aligned with ``roi``; e.g. ``[weak_view, strong_view]``.
+        roi: (B, H, W) long ROI mask from :func:`cam_to_roi_mask`.
+        num_crops: crops per image (n).
+        crop_size: crop side ``cs`` in pixels; needs ``H, W >= cs``.
+        bg_fraction: phi (DESIGN §3 step 3).
+        area_rule: ``"label_sum"`` or ``"fraction"``, see above.
+        generator: source of randomness (the published code reseeds the global RNG with 0 for every image; we
+            don't, so crop positions differ between steps).
+        ignore_index: value of ignored ROI pixels.
+
+    Returns:
+        :class:`Decomposition`: ``crops`` (one (B*n, 3, cs, cs) per view), ``crop_tags`` (B, n),
+        ``global_tags`` (B,), ``centers`` (B, n, 2).
+    """
+    if roi.dim() != 3:
+        raise ValueError(f"roi must be (B, H, W), got shape {tuple(roi.shape)}")
+    b, h, w = roi.shape
+    for i, v in enumerate(views):
+        if v.dim() != 4 or v.shape[0] != b or tuple(v.shape[-2:]) != (h, w):
+            raise ValueError(f"views[{i}] has shape {tuple(v.shape)}; expected (B, 3, H, W) = ({b}, 3, {h}, {w})")
+    if crop_size > min(h, w) or crop_size < 1:
+        raise ValueError(f"crop_size {crop_size} must be in [1, min(H, W)] = [1, {min(h, w)}]")
+    if num_crops < 1:
+        raise ValueError(f"num_crops must be >= 1, got {num_crops}")
+    if area_rule not in ("label_sum", "fraction"):
+        raise ValueError(f"area_rule must be 'label_sum' or 'fraction', got {area_rule!r}")
+    n, cs = num_crops, crop_size
+
+    roi = roi.long()
+    uncertain = roi == UNCERTAIN  # (B, H, W)
+    r = roi.masked_fill(uncertain | (roi == ignore_index), 0)  # confident classes only
+
+    # Global tags and the single-class fill (DESIGN §3 step 3, "global view").
+    global_tags = torch.full((b,), UNCERTAIN, dtype=torch.long, device=roi.device)
+    for i in range(b):
+        classes = torch.unique(r[i])
+        classes = classes[classes != 0]
+        if classes.numel() == 1:
+            global_tags[i] = classes[0]
+    single = global_tags > 0  # (B,)
+    filled = torch.where(uncertain & single[:, None, None], global_tags[:, None, None], r)  # (B, H, W)
+
+    tops = torch.stack([_sample_tops(roi[i], n, cs, generator) for i in range(b)])  # (B, n, 2)
+    offs = torch.arange(cs, device=roi.device)
+    rows = (tops[..., 0, None] + offs)[:, :, :, None]  # (B, n, cs, 1)
+    cols = (tops[..., 1, None] + offs)[:, :, None, :]  # (B, n, 1, cs)
+    bidx = torch.arange(b, device=roi.device)[:, None, None, None]  # (B, 1, 1, 1)
+
+    crops = []
+    for v in views:
+        patches = v.permute(0, 2, 3, 1)[bidx.to(v.device), rows.to(v.device), cols.to(v.device)]  # (B, n, cs, cs, 3)
+        crops.append(patches.permute(0, 1, 4, 2, 3).reshape(b * n, v.shape[1], cs, cs))
+
+    r_c = r[bidx, rows, cols]  # (B, n, cs, cs) confident classes, unfilled
+    unc_c = uncertain[bidx, rows, cols]
+    fill_c = filled[bidx, rows, cols]
+    if area_rule == "label_sum":
+        area = (r_c + unc_c.long()).sum(dim=(-2, -1)).float() / (cs * cs)  # published: summed class indices
+    else:
+        area = ((r_c > 0) | unc_c).float().mean(dim=(-2, -1))  # fraction of fg + uncertain pixels
+    hi_cls = fill_c.amax(dim=(-2, -1))  # (B, n), 0 if no class
+    lo_cls = torch.where(fill_c > 0, fill_c, torch.iinfo(torch.long).max).amin(dim=(-2, -1))
+    one_class = (hi_cls > 0) & (lo_cls == hi_cls)
+    crop_tags = torch.where(one_class, hi_cls, torch.full_like(hi_cls, UNCERTAIN))
+    crop_tags = torch.where(area <= bg_fraction, torch.zeros_like(crop_tags), crop_tags)  # DESIGN §3 step 3
+
+    return Decomposition(crops=crops, crop_tags=crop_tags, global_tags=global_tags, centers=tops + cs // 2)

@@ -293,7 +293,7 @@ def decompose(
         views: tensors (B, 3, H, W) (any channels) aligned with ``roi``; e.g. ``[weak_view, strong_view]``.
         roi: (B, H, W) long ROI mask from :func:`cam_to_roi_mask`.
         num_crops: crops per image (n).
-        crop_size: crop side ``cs`` in pixels; needs ``H, W >= cs``.
+        crop_size: crop side ``cs`` in pixels; needs ``H, W > 2 * (cs // 2)`` (the inner region is not empty).
         bg_fraction: phi (DESIGN §3 step 3).
         area_rule: ``"label_sum"`` or ``"fraction"``, see above.
         generator: source of randomness (the published code reseeds the global RNG with 0 for every image; we
@@ -310,8 +310,10 @@ def decompose(
     for i, v in enumerate(views):
         if v.dim() != 4 or v.shape[0] != b or tuple(v.shape[-2:]) != (h, w):
             raise ValueError(f"views[{i}] has shape {tuple(v.shape)}; expected (B, 3, H, W) = ({b}, 3, {h}, {w})")
-    if crop_size > min(h, w) or crop_size < 1:
-        raise ValueError(f"crop_size {crop_size} must be in [1, min(H, W)] = [1, {min(h, w)}]")
+    if crop_size < 1 or min(h, w) - 2 * (crop_size // 2) < 1:
+        raise ValueError(
+            f"crop_size {crop_size} leaves no crop centre in {h}x{w} images; it needs H, W > 2 * (crop_size // 2)"
+        )
     if num_crops < 1:
         raise ValueError(f"num_crops must be >= 1, got {num_crops}")
     if area_rule not in ("label_sum", "fraction"):

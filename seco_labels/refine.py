@@ -68,18 +68,23 @@ class PAR(nn.Module):
     def extra_repr(self) -> str:
         return f"dilations={self.dilations}, num_iter={self.num_iter}, w_rgb={self.w_rgb}, w_pos={self.w_pos}"
 
-    def neighbours(self, x: torch.Tensor) -> torch.Tensor:
-        """Dilated 8-neighbours with replicate padding: (B, C, h, w) -> (B, C, N, h, w)."""
+    def shifted(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The N dilated 8-neighbour maps of x, replicate-padded at the borders: N views (B, C, h, w), no copies.
+
+        ``shifted(x)[j][..., y, x] == x[..., clamp(y + dy_j), clamp(x + dx_j)]``; one pad by the largest dilation
+        serves every dilation, because replicate padding is index clamping.
+        """
         h, w = x.shape[-2:]
         p = max(self.dilations)
-        xp = F.pad(x, [p] * 4, mode="replicate")  # one pad covers every dilation (replicate = clamp indices)
-        return torch.stack([xp[..., p + dy : p + dy + h, p + dx : p + dx + w] for dy, dx in self.offsets], dim=2)
+        xp = F.pad(x, [p] * 4, mode="replicate")
+        return [xp[..., p + dy : p + dy + h, p + dx : p + dx + w] for dy, dx in self.offsets]
 
     def affinity(self, images: torch.Tensor) -> torch.Tensor:
         """Propagation weights (B, 1, N, h, w) of images (B, 3, h, w); each pixel's weights sum to 1 + w_pos."""
-        nb = self.neighbours(images)  # (B, 3, N, h, w)
-        std = nb.std(dim=2, keepdim=True)  # (B, 3, 1, h, w) unbiased, over neighbours
-        rgb = -(((nb - images.unsqueeze(2)).abs() / (std + 1e-8) / self.w_rgb) ** 2)  # DESIGN §4 RGB affinity
+        diff = torch.stack([nb - images for nb in self.shifted(images)], dim=2)  # (B, 3, N, h, w) I_j - I
+        # std over neighbours is shift-invariant: std_j(I_j - I) = std_j(I_j) (published: std of the neighbours)
+        std = diff.std(dim=2, keepdim=True)  # (B, 3, 1, h, w), unbiased
+        rgb = -((diff.abs() / (std + 1e-8) / self.w_rgb) ** 2)  # DESIGN §4 RGB affinity
         rgb = rgb.mean(dim=1, keepdim=True).softmax(dim=2)  # (B, 1, N, h, w)
         dist = self.distance.to(images.dtype)  # (N,) pixels
         pos = (-((dist / (dist.std() + 1e-8) / self.w_rgb) ** 2)).softmax(dim=0)  # DESIGN §4 positional affinity
@@ -100,8 +105,13 @@ class PAR(nn.Module):
             )
         masks = F.interpolate(masks.to(images.dtype), size=images.shape[-2:], mode="bilinear", align_corners=True)
         aff = self.affinity(images)  # (B, 1, N, h, w)
+        weights = aff.movedim(2, 0).contiguous().unbind(0)  # N x (B, 1, h, w), each contiguous
         for _ in range(self.num_iter):
-            masks = (self.neighbours(masks) * aff).sum(dim=2)  # (B, C, h, w), sum over neighbours
+            # masks = sum_j a[j] * masks_j, accumulated in place: O(B C h w) memory instead of N times that
+            out = torch.zeros_like(masks)
+            for nb, a in zip(self.shifted(masks), weights):
+                out.addcmul_(nb, a)
+            masks = out
         return masks
 
 

@@ -288,6 +288,8 @@ def _coerce(value: Any, target_type: Any, key: str) -> Any:
         if t.startswith("tuple"):
             if isinstance(value, str):
                 value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+            elif not isinstance(value, (list, tuple)):
+                value = [value]
             inner = float if "float" in t else int
             return tuple(inner(v) for v in value)
         if t == "bool":

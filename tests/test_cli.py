@@ -1,0 +1,66 @@
+"""The `seco` command line: exit codes, messages naming the fault, and a short real training run."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from click.testing import CliRunner
+
+from seco_labels.cli import cli
+
+FAST = ["--set", "data.crop_size=64", "--set", "decompose.local_crop_size=16", "--set", "model.backbone_kwargs={depth: 2}",
+        "--set", "model.aux_layer=-1", "--set", "cam.scales=1.0", "--set", "train.val_max_images=2"]
+
+
+def test_help_lists_the_commands():
+    res = CliRunner().invoke(cli, ["--help"])
+    assert res.exit_code == 0
+    assert "train" in res.output and "demo" in res.output
+
+
+def test_unknown_preset_is_a_usage_error():
+    res = CliRunner().invoke(cli, ["train", "--preset", "nope", "--out", "x"])
+    assert res.exit_code == 2 and "'nope' is not one of" in res.output
+
+
+def test_bad_override_is_a_usage_error_naming_the_key(tmp_path):
+    res = CliRunner().invoke(cli, ["train", "--preset", "demo", "--out", str(tmp_path / "r"), "--set", "loss.lgi.weight=0"])
+    assert res.exit_code == 2 and "unknown config key 'loss.lgi'" in res.output
+
+
+def test_missing_data_root_is_a_runtime_error_naming_the_folder(tmp_path):
+    res = CliRunner().invoke(cli, ["train", "--preset", "demo", "--data-root", str(tmp_path / "nowhere"),
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "nowhere is not a folder" in res.output
+
+
+def test_cuda_without_a_gpu_is_explained(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    res = CliRunner().invoke(cli, ["train", "--preset", "demo", "--device", "cuda", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "CUDA is not available" in res.output
+
+
+def test_train_runs_and_writes_the_run_folder(voc_root, tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"preset": "demo", "train": {"iters": 3, "val_every": 3, "ckpt_every": 2}}))
+    out = tmp_path / "run"
+    args = ["train", "--config", str(cfg_file), "--data-root", str(voc_root), "--split", "train", "--out", str(out),
+            "--batch-size", "2", "--set", "model.reservoir_size=48", "--quiet", *FAST]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "trained 3 steps" in res.output and "seg_miou" in res.output
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["train"]["iters"] == 3 and resolved["data"]["root"] == str(voc_root)
+    assert resolved["data"]["batch_size"] == 2 and resolved["preset"] == "demo"
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [0, 1, 2]
+    assert (out / "last.pt").is_file()
+    # a second plain run refuses to clobber it; --resume auto finds it finished
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "--resume auto" in again.output
+    resumed = CliRunner().invoke(cli, [*args, "--resume", "auto"])
+    assert resumed.exit_code == 0 and "resuming" in resumed.output

@@ -53,7 +53,7 @@ def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dilations,num_iter", [((1, 2, 4, 8, 12, 24), 10), ((1, 3), 4)])
+@pytest.mark.parametrize("dilations,num_iter", [((1, 2, 4, 8, 12, 24), 3), ((1, 3), 2)])
 def test_par_matches_reference(dilations, num_iter) -> None:
     imgs = _rand(2, 3, 20, 27)  # smaller than the largest dilation: replicate padding clamps
     masks = _rand(2, 4, 10, 14, seed=1)  # resized to the image size inside
@@ -207,8 +207,3 @@ def test_refine_with_background_on_a_real_image(voc_root: Path) -> None:
     near_fg = F.max_pool2d(fg, 2 * 16 + 1, stride=1, padding=16)[0, 0] > 0  # within 16 px of an object
     assert (ignored & ~near_fg).float().sum() / ignored.sum() < 0.02
 
-    box = torch.tensor([[40, h - 20, 0, w - 100]])
-    boxed = refine_with_background(PAR(), image, cam, tags, high_thre=0.7, low_thre=0.25, box=box)[0]
-    inside = torch.zeros(h, w, dtype=torch.bool)
-    inside[40 : h - 20, : w - 100] = True
-    assert torch.equal(boxed[inside], label[inside]) and torch.all(boxed[~inside] == X)

@@ -206,4 +206,3 @@ def test_refine_with_background_on_a_real_image(voc_root: Path) -> None:
     fg = ((gt > 0) & (gt != X)).float()[None, None]
     near_fg = F.max_pool2d(fg, 2 * 16 + 1, stride=1, padding=16)[0, 0] > 0  # within 16 px of an object
     assert (ignored & ~near_fg).float().sum() / ignored.sum() < 0.02
-

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from .cams import cam_to_label, cam_to_roi_mask, decompose, multi_scale_cams
+from .cams import box_mask, cam_to_label, cam_to_roi_mask, decompose, multi_scale_cams
 from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import SecoConfig, config_to_dict, save_config
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, denormalize
@@ -109,15 +109,6 @@ def _token_box(box: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]) 
     w0 = torch.floor(box[:, 2] * sw)
     w1 = torch.ceil(box[:, 3] * sw)
     return torch.stack([h0, h1, w0, w1], dim=1).long()
-
-
-def _box_mask(box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, 4) pixel boxes -> (B, H, W) float {0, 1} masks of the valid image region."""
-    rows = torch.arange(size[0], device=box.device)
-    cols = torch.arange(size[1], device=box.device)
-    in_r = (rows[None] >= box[:, :1]) & (rows[None] < box[:, 1:2])
-    in_c = (cols[None] >= box[:, 2:3]) & (cols[None] < box[:, 3:4])
-    return (in_r[:, :, None] & in_c[:, None, :]).float()
 
 
 @dataclass
@@ -225,7 +216,7 @@ def seco_step(
             terms["seg"] = seg_loss(seg, pseudo, cfg.data.ignore_index)
             if w["reg"] > 0:
                 terms["reg"] = crf_energy_loss(
-                    image_255, seg.softmax(1), _box_mask(box, size), pseudo, sigma_rgb=lc.energy_sigma_rgb,
+                    image_255, seg.softmax(1), box_mask(box, size).float(), pseudo, sigma_rgb=lc.energy_sigma_rgb,
                     sigma_xy=lc.energy_sigma_xy, scale=lc.energy_scale, weight=lc.energy_weight,
                     ignore_index=cfg.data.ignore_index,
                 )

@@ -154,3 +154,14 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(voc_root, tmp_path)
     sb = load_checkpoint(ckpt)["model"]
     for key in ("classifier.weight", "reservoir.keys", "prototypes.vectors"):
         torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6)
+
+
+def test_classification_loss_falls(voc_root, tmp_path):
+    cfg = tiny_config(voc_root, iters=24)
+    cfg.train.val_every = 0
+    cfg.optim.lr = 5e-4
+    trainer = Trainer(cfg, tmp_path / "run", quiet=True)
+    trainer.fit()
+    cls = [r["loss_cls"] for r in read_log(tmp_path / "run")]
+    first, last = sum(cls[:6]) / 6, sum(cls[-6:]) / 6
+    assert last < first - 0.1, cls

@@ -1,12 +1,48 @@
-"""Dataset readers, training views and torch Datasets."""
+"""Dataset readers, training views and torch Datasets (DESIGN.md §3, §5)."""
 
 from .classes import COCO_CLASSES, VOC_CLASSES, voc_palette
-from .datasets import EvalDataset, TrainDataset, single_label_index
-from .readers import READERS, SegmentationReader, build_reader, load_tags_file
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainViews, denormalize, normalize
+from .datasets import EvalDataset, TrainDataset, collate_eval, single_label_index
+from .readers import READERS, SegmentationReader, build_reader, load_tags_file, tags_from_mask
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TrainViews,
+    colour_jitter,
+    denormalize,
+    normalize,
+    random_crop_with_box,
+    random_gaussian_blur,
+    random_grayscale,
+    random_hflip,
+    random_rescale,
+    random_resized_crop,
+    random_solarize,
+)
 
 __all__ = [
-    "VOC_CLASSES", "COCO_CLASSES", "voc_palette", "READERS", "SegmentationReader", "build_reader", "load_tags_file",
-    "TrainViews", "TrainDataset", "EvalDataset", "single_label_index", "normalize", "denormalize",
-    "IMAGENET_MEAN", "IMAGENET_STD",
+    "VOC_CLASSES",
+    "COCO_CLASSES",
+    "voc_palette",
+    "READERS",
+    "SegmentationReader",
+    "build_reader",
+    "load_tags_file",
+    "tags_from_mask",
+    "TrainViews",
+    "TrainDataset",
+    "EvalDataset",
+    "collate_eval",
+    "single_label_index",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "normalize",
+    "denormalize",
+    "random_rescale",
+    "random_hflip",
+    "random_crop_with_box",
+    "random_resized_crop",
+    "colour_jitter",
+    "random_grayscale",
+    "random_gaussian_blur",
+    "random_solarize",
 ]

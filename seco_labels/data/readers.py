@@ -1,8 +1,9 @@
 """Dataset readers: ids, images, masks and class tags of one split, with errors that name the file or id.
 
-A registry maps layout names to reader classes (``build_reader("voc", root, "train")``). Every reader checks at
+A registry maps layout names to reader classes (``build_reader("voc", root, "train")``). A reader checks at
 construction what is cheap to check (split list, files present, tags complete and of the right length) and at
-load time what needs decoding (corrupt or truncated files, mask size and values).
+load time what needs decoding (corrupt or truncated files, mask size and values). Readers keep no open file
+handles, so a Dataset holding one can be sent to DataLoader workers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Callable
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -18,84 +19,166 @@ from PIL import Image
 from ..errors import ConfigError, DataError
 from .classes import COCO_CLASSES, VOC_CLASSES
 
-__all__ = ["SegmentationReader", "VOCReader", "COCOReader", "SeCoCOCOReader", "READERS", "build_reader",
-           "load_tags_file"]
+__all__ = [
+    "SegmentationReader",
+    "VOCReader",
+    "COCOReader",
+    "SeCoCOCOReader",
+    "READERS",
+    "build_reader",
+    "load_tags_file",
+    "tags_from_mask",
+]
+
+_LABELS_FILE = "cls_labels_onehot.npy"
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles dicts of numpy arrays and nothing else: the labels file cannot run code."""
+    """Unpickles (dicts of) numpy arrays and nothing else, so a labels file cannot run code."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("builtins", "dict"),
-    }
+    _ALLOWED = frozenset({
+        # numpy >= 2 and numpy 1.x spell the array reconstruction helpers differently
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        # protocol-2 pickles written by Python 3 store the raw array bytes via _codecs.encode(str, "latin1")
+        ("_codecs", "encode"),
+    })
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"it references {module}.{name}, which a labels file never needs")
+        return super().find_class(module, name)
 
 
-def load_tags_file(path: Path) -> dict[str, np.ndarray]:
-    """Read ``cls_labels_onehot.npy`` (a pickled ``{id: float32 multi-hot}``) without executing code."""
+def _skip_npy_header(buf: io.BytesIO) -> None:
+    """Advance ``buf`` past the ``.npy`` magic and header; the pickled payload follows (object arrays)."""
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        np.lib.format.read_array_header_1_0(buf)
+    else:  # 2.0 and 3.0 share the 4-byte header length; 3.0 only allows utf8 in it
+        np.lib.format.read_array_header_2_0(buf)
+
+
+def load_tags_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Read ``cls_labels_onehot.npy``, a pickled ``{image_id: float32 (K-1,) multi-hot}``, without executing code.
+
+    Accepts the ``np.save`` form of the published WSSS code (a 0-d object array wrapping the dict) and a bare
+    pickled dict. Keys are returned as ``str``; values as flat float32 arrays.
+
+    Raises:
+        DataError: the file is missing, not a pickle of numpy arrays, or not a dict (names the file).
+    """
+    path = Path(path)
     try:
-        buf = io.BytesIO(path.read_bytes())
-        version = np.lib.format.read_magic(buf)
-        # skip the header of the 0-d object array; the pickle follows
-        (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(buf)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"labels file {path} could not be read ({e.strerror or e}); check --data-root") from None
+    buf = io.BytesIO(raw)
+    try:
+        if raw.startswith(b"\x93NUMPY"):
+            _skip_npy_header(buf)
         obj = _NumpyOnlyUnpickler(buf).load()
-    except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
-        raise DataError(f"labels file {path} could not be read ({e}); it must be a pickled dict "
-                        "{image_id: multi-hot float array} as written by the published WSSS code") from None
+    except Exception as e:  # a malformed pickle can fail with almost any exception type
+        raise DataError(
+            f"labels file {path} is not a pickled {{image_id: multi-hot array}} dict ({e}); regenerate it with "
+            "the published WSSS tooling or remove it to derive the tags from the masks"
+        ) from None
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()
     if not isinstance(obj, dict):
         raise DataError(f"labels file {path} holds a {type(obj).__name__}, expected a dict {{image_id: multi-hot}}")
-    return {str(k): np.asarray(v, dtype=np.float32).reshape(-1) for k, v in obj.items()}
+    try:
+        return {str(k): np.asarray(v, dtype=np.float32).reshape(-1) for k, v in obj.items()}
+    except (TypeError, ValueError) as e:
+        raise DataError(f"labels file {path} has a non-numeric label vector ({e})") from None
 
 
-def _open_checked(path: Path, what: str) -> Image.Image:
-    """Open and fully decode an image, turning any decoder failure into a DataError naming the file."""
+def tags_from_mask(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """(K-1,) float32 multi-hot of the classes present in a (H, W) mask; background (0) and ignore excluded."""
+    values = np.unique(mask)
+    fg = values[(values != 0) & (values != ignore_index)].astype(np.int64)
+    tags = np.zeros(num_classes - 1, dtype=np.float32)
+    tags[fg - 1] = 1.0
+    return tags
+
+
+def _decode(path: Path, what: str) -> Image.Image:
+    """Open and fully decode an image file; any decoder failure becomes a DataError naming the file."""
+    img = None
     try:
         img = Image.open(path)
-        img.load()  # forces decoding: a truncated file fails here, not later in a worker
+        img.load()  # decode now (and release the file): a truncated file must fail here, not as a grey strip
+        return img
     except FileNotFoundError:
         raise DataError(f"{what} {path} not found; check --data-root") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{what} {path} is unreadable or truncated ({e}); re-copy the file or remove its id "
-                        "from the split list") from None
-    return img
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        if img is not None:
+            img.close()
+        raise DataError(
+            f"{what} {path} is unreadable; it may be corrupt or truncated ({e}). Re-copy the file, or remove its "
+            "id from the split list"
+        ) from None
 
 
 class SegmentationReader:
-    """Base reader. Subclasses set the paths; this class does the checks and the decoding.
+    """Base reader: subclasses name the paths of a layout; this class does the checks and the decoding.
 
-    Attributes: ``ids`` (list of str), ``num_classes`` (K, with background), ``class_names``, ``root``,
-    ``split``, ``ignore_index``, ``has_masks``.
+    Attributes:
+        ids: image ids of the split, in list order.
+        num_classes: K, background included.
+        class_names: K names, background first.
+        root, split, ignore_index: as given.
+        split_file: the list file the ids came from.
+        has_masks: every listed id has a mask file.
+
+    Tags come from ``cls_labels_onehot.npy``; without that file they are derived from the masks (on first
+    use of each id, then cached).
+
+    Raises:
+        DataError: the root, split list, a listed image (or mask, with ``require_masks``) is missing, the split
+            is empty, or the labels file lacks ids or has vectors of the wrong length.
     """
 
-    layout = ""
-    default_classes: tuple[str, ...] = VOC_CLASSES
+    layout: ClassVar[str] = ""
+    default_classes: ClassVar[tuple[str, ...]] = VOC_CLASSES
 
-    def __init__(self, root: str | Path, split: str, *, num_classes: int | None = None, ignore_index: int = 255,
-                 require_masks: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        *,
+        num_classes: int | None = None,
+        ignore_index: int = 255,
+        require_masks: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.split = split
         self.ignore_index = ignore_index
         if not self.root.is_dir():
             raise DataError(f"dataset root {self.root} is not a folder; check --data-root")
-        self.num_classes = num_classes or len(self.default_classes)
-        self.class_names = list(self.default_classes) if self.num_classes == len(self.default_classes) else [
-            f"class_{i}" for i in range(self.num_classes)]
-        self.split_file = self._split_file()
+        self.num_classes = len(self.default_classes) if num_classes is None else int(num_classes)
+        if self.num_classes < 2:
+            raise ConfigError(f"num_classes must count background plus at least one class, got {self.num_classes}")
+        if self.num_classes == len(self.default_classes):
+            self.class_names = list(self.default_classes)
+        else:
+            self.class_names = ["background"] + [f"class_{i}" for i in range(1, self.num_classes)]
+        self.split_file = self._find_split_file()
         self.ids = self._read_split()
-        self._check_files_exist(require_masks)
+        self._check_files(require_masks)
         self.has_masks = all(self.mask_path(i).is_file() for i in self.ids)
+        self.labels_file: Path | None = self.root / _LABELS_FILE
+        if not self.labels_file.is_file():
+            self.labels_file = None
         self._tags = self._load_tags()
 
-    # -- layout-specific ---------------------------------------------------------------------------------
+    # -- layout-specific -----------------------------------------------------------------------------------
     def _split_candidates(self) -> list[Path]:
+        """Where the split list may be, preferred first."""
         raise NotImplementedError
 
     def image_path(self, image_id: str) -> Path:
@@ -104,88 +187,124 @@ class SegmentationReader:
     def mask_path(self, image_id: str) -> Path:
         raise NotImplementedError
 
-    def _tags_path(self) -> Path:
-        return self.root / "cls_labels_onehot.npy"
-
-    # -- checks --------------------------------------------------------------------------------------------
-    def _split_file(self) -> Path:
+    # -- construction checks -------------------------------------------------------------------------------
+    def _find_split_file(self) -> Path:
         candidates = self._split_candidates()
         for c in candidates:
             if c.is_file():
                 return c
-        existing = sorted({p.stem for c in candidates if c.parent.is_dir() for p in c.parent.glob("*.txt")})
-        raise DataError(f"split list {candidates[0]} not found for split {self.split!r}; "
-                        f"splits found there: {', '.join(existing) or 'none'}")
+        found = sorted({p.name for c in candidates if c.parent.is_dir() for p in c.parent.glob("*.txt")})
+        raise DataError(
+            f"split list {candidates[0]} not found for split {self.split!r} (layout {self.layout!r}); "
+            f"split files there: {', '.join(found) or 'none'}"
+        )
 
     def _read_split(self) -> list[str]:
+        # a line may carry extra columns (some lists append a label); the id is the first field
         ids = [ln.split()[0] for ln in self.split_file.read_text().splitlines() if ln.strip()]
         if not ids:
             raise DataError(f"split {self.split!r} is empty ({self.split_file}); list one image id per line")
         return ids
 
-    def _check_files_exist(self, require_masks: bool) -> None:
-        for image_id in self.ids:
-            for path, needed in ((self.image_path(image_id), True), (self.mask_path(image_id), require_masks)):
-                if needed and not path.is_file():
-                    raise DataError(f"{path} (listed in {self.split_file}) not found; check --data-root")
+    def _check_files(self, require_masks: bool) -> None:
+        kinds = [("image", self.image_path)] + ([("mask", self.mask_path)] if require_masks else [])
+        for what, path_of in kinds:
+            missing = [path_of(i) for i in self.ids if not path_of(i).is_file()]
+            if missing:
+                more = f" ({len(missing)} of {len(self.ids)} listed {what}s are missing)" if len(missing) > 1 else ""
+                raise DataError(f"{missing[0]} (listed in {self.split_file}) not found; check --data-root{more}")
 
     def _load_tags(self) -> dict[str, np.ndarray]:
-        path = self._tags_path()
-        k = self.num_classes - 1
-        if not path.is_file():
+        if self.labels_file is None:
             if not self.has_masks:
-                raise DataError(f"no labels file {path} and no masks to derive the tags from; "
-                                "provide one of them")
-            return {i: self._tags_from_mask(i) for i in self.ids}
-        tags = load_tags_file(path)
+                absent = next(self.mask_path(i) for i in self.ids if not self.mask_path(i).is_file())
+                raise DataError(
+                    f"no labels file {self.root / _LABELS_FILE} and mask {absent} is missing, so the tags of "
+                    f"split {self.split!r} cannot be derived; provide the labels file or the masks"
+                )
+            return {}  # derived from the masks on demand
+        tags = load_tags_file(self.labels_file)
         missing = [i for i in self.ids if i not in tags]
         if missing:
-            raise DataError(f"{len(missing)} id(s) of split {self.split!r} are missing from {path}, e.g. "
-                            f"{', '.join(missing[:5])}; regenerate the labels file or fix the split list")
+            raise DataError(
+                f"{len(missing)} id(s) of split {self.split!r} are missing from {self.labels_file}: "
+                f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}; regenerate the labels file "
+                "or fix the split list"
+            )
+        want = self.num_classes - 1
         for i in self.ids:
-            if tags[i].shape[0] != k:
-                raise DataError(f"labels of {i} in {path} have length {tags[i].shape[0]}, expected "
-                                f"num_classes - 1 = {k}; check --layout / data.num_classes")
+            n = tags[i].shape[0]
+            if n != want:
+                raise DataError(
+                    f"label vector of {i} in {self.labels_file} has length {n}, expected num_classes - 1 = {want}; "
+                    f"the file implies num_classes = {n + 1}: check --layout / data.num_classes"
+                )
         return {i: tags[i] for i in self.ids}
-
-    def _tags_from_mask(self, image_id: str) -> np.ndarray:
-        values = np.unique(self.load_mask(image_id))
-        tags = np.zeros(self.num_classes - 1, dtype=np.float32)
-        fg = values[(values != 0) & (values != self.ignore_index)]
-        tags[fg.astype(np.int64) - 1] = 1.0
-        return tags
 
     # -- loading -------------------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.ids)
 
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        """(H, W) of an image from its header, without decoding the pixels."""
+        path = self.image_path(image_id)
+        try:
+            with Image.open(path) as img:
+                return img.height, img.width
+        except FileNotFoundError:
+            raise DataError(f"image {path} not found; check --data-root") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataError(f"image {path} is unreadable; it may be corrupt or truncated ({e}). Re-copy it") from None
+
     def load_image(self, image_id: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB (grey, RGBA, CMYK and palette images are converted)."""
-        return np.asarray(_open_checked(self.image_path(image_id), "image").convert("RGB"))
+        """(H, W, 3) uint8 RGB; grey, RGBA, CMYK and palette images are converted."""
+        img = _decode(self.image_path(image_id), "image")
+        return np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
 
     def load_mask(self, image_id: str, image_size: tuple[int, int] | None = None) -> np.ndarray:
-        """(H, W) uint8 class indices; 'P' PNGs give their palette indices, not colours.
+        """(H, W) uint8 class indices in 0..K-1 or ``ignore_index``; 'P' PNGs give their palette indices.
 
-        ``image_size`` (H, W), when given, must match the mask's size.
+        The mask must have the size of its image: ``image_size`` (H, W) when the caller already knows it,
+        else read from the image header.
         """
         path = self.mask_path(image_id)
-        img = _open_checked(path, "mask")
+        img = _decode(path, "mask")
         if img.mode not in ("P", "L", "I", "I;16"):
-            raise DataError(f"mask {path} of {image_id} has mode {img.mode}; masks must be single-channel class "
-                            "indices (palette 'P' or 'L' PNG), not colour images")
+            raise DataError(
+                f"mask {path} of {image_id} has mode {img.mode}; masks must hold class indices in one channel "
+                "(palette 'P' or grey 'L' PNG), not colours"
+            )
         mask = np.asarray(img)
-        if image_size is not None and tuple(mask.shape) != tuple(image_size):
-            raise DataError(f"mask of {image_id} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                            f"{image_size[1]}x{image_size[0]} (WxH); masks must match their images")
+        h, w = image_size if image_size is not None else self.image_size(image_id)
+        if mask.shape != (h, w):
+            raise DataError(
+                f"mask of {image_id} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image is {w}x{h}; "
+                f"masks must match their images ({path})"
+            )
         bad = np.setdiff1d(np.unique(mask), [*range(self.num_classes), self.ignore_index])
         if bad.size:
-            raise DataError(f"mask {path} of {image_id} has values {bad.tolist()[:8]} outside 0..{self.num_classes - 1}"
-                            f" and {self.ignore_index}; is the palette/num_classes right?")
+            hint = (
+                "the PNG's palette indices are read as classes, so it was written with another class numbering"
+                if img.mode == "P"
+                else "if it was converted from a colour (palette) mask the values are grey levels, not classes; "
+                "save masks as palette 'P' PNGs of class indices"
+            )
+            raise DataError(
+                f"mask {path} of {image_id} has values {bad.tolist()[:8]} outside 0..{self.num_classes - 1} and "
+                f"{self.ignore_index}; {hint} (or num_classes is wrong)"
+            )
         return mask.astype(np.uint8)
 
     def tags(self, image_id: str) -> np.ndarray:
-        """(K-1,) float32 multi-hot, background excluded."""
-        return self._tags[image_id]
+        """(K-1,) float32 multi-hot of the classes present, background excluded."""
+        try:
+            return self._tags[image_id]
+        except KeyError:
+            if self.labels_file is not None or image_id not in self.ids:
+                raise DataError(f"image id {image_id!r} is not in split {self.split!r} ({self.split_file})") from None
+        tags = tags_from_mask(self.load_mask(image_id), self.num_classes, self.ignore_index)
+        self._tags[image_id] = tags
+        return tags
 
 
 class VOCReader(SegmentationReader):
@@ -204,7 +323,7 @@ class VOCReader(SegmentationReader):
 
 
 class COCOReader(SegmentationReader):
-    """``images/<split>/<id>.jpg``, ``masks/<split>/<id>.png``, ``<split>.txt`` (the coco-mini layout)."""
+    """``images/<split>/<id>.jpg``, ``masks/<split>/<id>.png``, ``<split>.txt`` (the coco-mini layout), 81 classes."""
 
     layout = "coco"
     default_classes = COCO_CLASSES
@@ -220,34 +339,61 @@ class COCOReader(SegmentationReader):
 
 
 class SeCoCOCOReader(COCOReader):
-    """The published SeCo COCO layout: ``JPEGImages/<split>/COCO_train2014_<n>.jpg`` with masks
-    ``SegmentationClass/<split>/<n>.png`` (the ``COCO_<set>_`` prefix dropped), lists ``<split>.txt``."""
+    """The published SeCo COCO layout, 81 classes.
+
+    Images ``JPEGImages/<folder>/COCO_train2014_<n>.jpg``, masks ``SegmentationClass/<folder>/<n>.png`` (the
+    ``COCO_<set>_`` prefix dropped), lists ``<split>.txt`` or ``ImageSets/<split>.txt``. ``<folder>`` is the
+    split name when ``JPEGImages/<split>`` exists; otherwise, as in the published code, where lists such as
+    ``val_part`` read from ``val``, it comes from the id's prefix (``COCO_val2014_...`` -> ``val``).
+    """
 
     layout = "coco-seco"
 
     def _split_candidates(self) -> list[Path]:
         return [self.root / f"{self.split}.txt", self.root / "ImageSets" / f"{self.split}.txt"]
 
+    def _folder(self, image_id: str) -> str:
+        if (self.root / "JPEGImages" / self.split).is_dir():
+            return self.split
+        if image_id.startswith("COCO_"):
+            return image_id.split("_")[1].rstrip("0123456789")  # COCO_val2014_... -> val
+        return self.split
+
     def image_path(self, image_id: str) -> Path:
-        return self.root / "JPEGImages" / self.split / f"{image_id}.jpg"
+        return self.root / "JPEGImages" / self._folder(image_id) / f"{image_id}.jpg"
 
     def mask_path(self, image_id: str) -> Path:
         number = image_id.rsplit("_", 1)[-1] if image_id.startswith("COCO_") else image_id
-        return self.root / "SegmentationClass" / self.split / f"{number}.png"
+        return self.root / "SegmentationClass" / self._folder(image_id) / f"{number}.png"
 
 
-READERS: dict[str, Callable[..., SegmentationReader]] = {
-    "voc": VOCReader,
-    "coco": COCOReader,
-    "coco-seco": SeCoCOCOReader,
+READERS: dict[str, type[SegmentationReader]] = {
+    VOCReader.layout: VOCReader,
+    COCOReader.layout: COCOReader,
+    SeCoCOCOReader.layout: SeCoCOCOReader,
 }
 
 
-def build_reader(layout: str, root: str | Path, split: str, *, num_classes: int | None = None,
-                 ignore_index: int = 255, require_masks: bool = False) -> SegmentationReader:
-    """Reader for ``layout`` (see :data:`READERS`); raises :class:`ConfigError` listing layouts on a miss."""
+def build_reader(
+    layout: str,
+    root: str | Path,
+    split: str,
+    *,
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+    require_masks: bool = False,
+) -> SegmentationReader:
+    """The reader of ``layout`` (a key of :data:`READERS`) for ``split`` under ``root``.
+
+    ``num_classes=None`` takes the layout's default (voc 21, coco 81); ``require_masks`` makes a missing mask
+    an error at construction (evaluation needs them, training does not).
+
+    Raises:
+        ConfigError: unknown layout (lists the valid ones).
+        DataError: see :class:`SegmentationReader`.
+    """
     try:
         cls = READERS[layout]
     except KeyError:
-        raise ConfigError(f"unknown dataset layout {layout!r}; available: {', '.join(sorted(READERS))}") from None
+        raise ConfigError(f"unknown dataset layout {layout!r}; valid layouts: {', '.join(sorted(READERS))}") from None
     return cls(root, split, num_classes=num_classes, ignore_index=ignore_index, require_masks=require_masks)

@@ -259,7 +259,7 @@ class SegmentationReader:
     def load_image(self, image_id: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB; grey, RGBA, CMYK and palette images are converted."""
         img = _decode(self.image_path(image_id), "image")
-        return np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+        return np.array(img.convert("RGB") if img.mode != "RGB" else img)  # writable, unlike np.asarray
 
     def load_mask(self, image_id: str, image_size: tuple[int, int] | None = None) -> np.ndarray:
         """(H, W) uint8 class indices in 0..K-1 or ``ignore_index``; 'P' PNGs give their palette indices.

@@ -143,7 +143,8 @@ def seco_step(
     terms: dict[str, torch.Tensor] = {}
 
     with timer("student_forward"), autocast():
-        out = model(x)
+        # The second global view has x's size: one encoder batch, as the published code batches its globals.
+        out = model(x, extra=batch["global2"])
     with timer("cam_inference"), autocast():
         # Scale 1.0 reuses the CAM of the training forward: same weights, same input, one pass saved.
         cams, cams_aux = multi_scale_cams(model.cams, x, cc.scales, base=(out.cam, out.cam_aux))
@@ -166,7 +167,7 @@ def seco_step(
 
     with timer("student_forward"), autocast():
         # Global view 1 is the training image itself: its class token is out.cls_token (DESIGN §3 step 2).
-        g2 = model.embed(batch["global2"])
+        g2 = out.extra_cls
         local_q = model.embed(crops_q).reshape(b, n, -1)
         feats = torch.cat([out.cls_token[:, None], g2[:, None], local_q], dim=1)  # (B, 2+n, D), image-major
         q = model.proj_head(feats.reshape(b * (n + 2), -1)).float()

@@ -111,3 +111,12 @@ def test_bad_backbone_and_aux_layer_are_config_errors():
         ViTEncoder("vit_nope")
     with pytest.raises(ConfigError, match="aux_layer=-9 is out of range"):
         ViTEncoder("vit_tiny_patch16_224", depth=4, aux_layer=-9)
+
+
+def test_extra_views_share_the_encoder_batch_without_changing_results(net):
+    x, g = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    alone, joint = net(x), net(x, extra=g)
+    torch.testing.assert_close(joint.logits, alone.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(joint.seg, alone.seg, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(joint.extra_cls, net.embed(g), rtol=1e-5, atol=1e-5)
+    assert alone.extra_cls is None

@@ -30,6 +30,7 @@ class SeCoOutput:
     seg: torch.Tensor  #: (B, K, h, w) decoder logits
     cam: torch.Tensor  #: (B, K-1, h, w) raw CAM, detached
     cam_aux: torch.Tensor  #: (B, K-1, h, w) raw aux CAM, detached
+    extra_cls: torch.Tensor | None = None  #: (B', D) class tokens of ``extra`` images, if any
 
 
 class SeCoNet(nn.Module):
@@ -75,16 +76,23 @@ class SeCoNet(nn.Module):
         self.prototypes = ClassPrototypes(num_classes - 1, dim, proto_momentum)
 
     # -- student -----------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> SeCoOutput:
-        """x: (B, 3, H, W) normalised images."""
-        cls_token, tokens, aux_tokens = self.encoder(x)
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> SeCoOutput:
+        """x: (B, 3, H, W) normalised images.
+
+        ``extra``: (B', 3, H, W) more images of the same size (the second global view) that only need their
+        class token; they share x's encoder batch (one launch, same results, the heads run on x only).
+        """
+        b = x.shape[0]
+        enc = self.encoder(x if extra is None else torch.cat([x, extra]))
+        cls_token, tokens, aux_tokens = enc.cls_token[:b], enc.tokens[:b], enc.aux_tokens[:b]
+        extra_cls = None if extra is None else enc.cls_token[b:]
         # Global max pooling then the 1x1 conv equals max over the CAM only for the pooled logits (DESIGN §2).
         logits = self.classifier(F.adaptive_max_pool2d(tokens, 1)).flatten(1)
         aux_logits = self.aux_classifier(F.adaptive_max_pool2d(aux_tokens, 1)).flatten(1)
         with torch.no_grad():
             cam = F.conv2d(tokens.detach(), self.classifier.weight)
             cam_aux = F.conv2d(aux_tokens.detach(), self.aux_classifier.weight)
-        return SeCoOutput(cls_token, tokens, logits, aux_logits, self.decoder(tokens), cam, cam_aux)
+        return SeCoOutput(cls_token, tokens, logits, aux_logits, self.decoder(tokens), cam, cam_aux, extra_cls)
 
     @torch.no_grad()
     def cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

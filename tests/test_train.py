@@ -165,3 +165,16 @@ def test_classification_loss_falls(voc_root, tmp_path):
     cls = [r["loss_cls"] for r in read_log(tmp_path / "run")]
     first, last = sum(cls[:6]) / 6, sum(cls[-6:]) / 6
     assert last < first - 0.1, cls
+
+
+def test_precision_and_device_resolution():
+    from seco_labels.train import resolve_amp, resolve_device
+
+    cpu = torch.device("cpu")
+    assert resolve_device("cpu") == cpu
+    assert all(resolve_amp(mode, cpu) is None for mode in ("auto", "bf16", "fp16", "off"))  # fp32 on CPU
+    cuda = torch.device("cuda")
+    assert resolve_amp("fp16", cuda) is torch.float16 and resolve_amp("off", cuda) is None
+    assert resolve_amp("bf16", cuda) is torch.bfloat16
+    with pytest.raises(ConfigError, match="not a device"):
+        resolve_device("tpu:0")

@@ -33,7 +33,7 @@ from seco_labels.cams import multi_scale_cams  # noqa: E402
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.data import TrainDataset, TrainViews, build_reader  # noqa: E402
 from seco_labels.losses import cls_loss  # noqa: E402
-from seco_labels.train import Trainer, _to_device  # noqa: E402
+from seco_labels.train import Trainer, batch_to_device  # noqa: E402
 
 PHASES = ("cam_inference", "crop_sampling", "student_forward", "teacher_forward", "losses", "backward", "optimizer_step")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-mini"
@@ -136,7 +136,7 @@ def run(name: str, steps: int, device_spec: str) -> None:
     device = trainer.device
     all_on = max(getattr(cfg.loss, t).start for t in ("cls", "aux", "ptc", "lig", "lil", "seg", "reg"))
     trainer.step = max(all_on, cfg.cam.roi_final_cam_from)
-    batch = _to_device(one_batch(cfg, 0), device)
+    batch = batch_to_device(one_batch(cfg, 0), device)
 
     trainer.train_step(batch)  # warm-up: allocator, kernels, lazy init
     timer = PhaseTimer(device)

@@ -32,7 +32,10 @@ from .models import SeCoNet, build_seco
 from .refine import PAR, refine_with_background
 from .schedule import lr_multiplier
 
-__all__ = ["Trainer", "seco_step", "evaluate", "resolve_device", "resolve_amp", "StepBatchSampler", "LOSS_TERMS"]
+__all__ = [
+    "Trainer", "seco_step", "evaluate", "resolve_device", "resolve_amp", "StepBatchSampler", "LOSS_TERMS",
+    "batch_to_device",
+]
 
 #: Every term of the objective, in the order they are logged.
 LOSS_TERMS = ("cls", "aux", "ptc", "lig", "lil", "seg", "reg")
@@ -273,7 +276,8 @@ def evaluate(
     return {f"{name}_miou": m.miou() for name, m in mats.items()}
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of a collated batch to ``device``; other values (ids) stay as they are."""
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
@@ -412,7 +416,7 @@ class Trainer:
         mult = lr_multiplier(self.step, self.cfg.optim, self.cfg.train.iters)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * mult
-        batch = _to_device(batch, self.device)
+        batch = batch_to_device(batch, self.device)
         out = seco_step(
             self.model, batch, self.step, self.cfg, self.par, self.crop_generator, autocast=self._autocast, timer=timer
         )

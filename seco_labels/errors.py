@@ -6,7 +6,7 @@ Each names the file, image id or option at fault and says what to do next. The C
 
 from __future__ import annotations
 
-__all__ = ["SecoError", "DataError", "ConfigError", "CheckpointError"]
+__all__ = ["SecoError", "DataError", "ConfigError", "CheckpointError", "CrfUnavailableError"]
 
 
 class SecoError(Exception):
@@ -23,3 +23,7 @@ class ConfigError(SecoError, ValueError):
 
 class CheckpointError(SecoError, ValueError):
     """A checkpoint is unreadable or was written for another configuration."""
+
+
+class CrfUnavailableError(SecoError, ImportError):
+    """The optional dense-CRF package (pydensecrf2) is not installed; the message says how to install it."""

@@ -150,7 +150,7 @@ def open_ground_truth(
         raise ConfigError(f"unknown dataset layout {layout!r}; valid layouts: {', '.join(sorted(READERS))}") from None
 
     class _MasksOnly(base):  # type: ignore[valid-type,misc]
-        def _check_files(self, require_masks: bool) -> None:
+        def _check_files(self, require_masks: bool, require_images: bool = True) -> None:
             # masks are what evaluation reads; images are not needed
             missing = [self.mask_path(i) for i in self.ids if not self.mask_path(i).is_file()]
             if missing:
@@ -390,8 +390,9 @@ def sweep_cam_threshold(
 
 
 # -- reports -------------------------------------------------------------------------------------------------
-def write_reports(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``metrics.json`` (summary, conventions, per-class rows) and ``per_class.csv``, each atomically.
+def write_reports(result: EvalResult, out_dir: str | Path, *, prefix: str = "") -> tuple[Path, Path]:
+    """Write ``<prefix>metrics.json`` (summary, conventions, per-class rows) and ``<prefix>per_class.csv``, each
+    atomically.
 
     Returns the two paths.
     """
@@ -410,8 +411,8 @@ def write_reports(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
         },
         "per_class": rows,
     }
-    json_path = out / "metrics.json"
-    csv_path = out / "per_class.csv"
+    json_path = out / f"{prefix}metrics.json"
+    csv_path = out / f"{prefix}per_class.csv"
     atomic_write_text(json_path, json.dumps(doc, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(PER_CLASS_COLUMNS), lineterminator="\n")

@@ -37,5 +37,6 @@ def main() -> None:
 from . import demo as _demo  # noqa: E402  (commands register themselves on import)
 from . import train as _train  # noqa: E402,F401
 from . import evaluate as _evaluate  # noqa: E402,F401
+from . import export as _export  # noqa: E402,F401
 
 __all__ = ["cli", "main"]

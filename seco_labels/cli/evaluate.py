@@ -22,38 +22,59 @@ def _art_config(folders: list[Path]) -> dict:
     return {}
 
 
+def _resolve_pred(pred: Path, split: str, want_cams: bool):
+    """(mask source or None, CAM source or None, artifact folder) for --pred: an ART folder (masks_<split>/ or
+    cams_<split>.h5), a cams_<split>.h5 file, or a folder of <id>.png masks."""
+    from ..artifacts import ArtifactFile, h5_path, masks_dir
+    from ..evaluate import PngMaskFolder
+
+    if pred.is_file():
+        if pred.suffix != ".h5":
+            raise click.BadParameter(f"{pred} is neither a folder nor an .h5 artifact", param_hint="--pred")
+        h5 = ArtifactFile(pred)
+        return h5, (h5 if want_cams else None), pred.parent
+    if not pred.is_dir():
+        raise click.BadParameter(f"{pred} not found", param_hint="--pred")
+    h5_file = h5_path(pred, split)
+    h5 = ArtifactFile(h5_file) if h5_file.is_file() else None
+    cams = h5 if want_cams else None
+    if want_cams and h5 is None:
+        raise click.ClickException(f"--cams needs {h5_file} (CAMs are only in the HDF5 artifact); export with "
+                                   "--format h5 or h5,png")
+    if masks_dir(pred, split).is_dir():
+        return PngMaskFolder(masks_dir(pred, split)), cams, pred
+    if h5 is not None:
+        return h5, cams, pred
+    if any(pred.glob("*.png")):
+        art = pred.parent if pred.name == f"masks_{split}" else pred
+        return PngMaskFolder(pred), None, art
+    raise click.ClickException(
+        f"no predictions for split {split!r} in {pred}: expected {masks_dir(pred, split)}/, {h5_file} or <id>.png "
+        "files; run seco export-masks first"
+    )
+
+
 @cli.command("evaluate")
-@click.option("--pred", "pred", type=click.Path(file_okay=False), required=True,
-              help="Artifact folder holding masks_<split>/, or a folder of <id>.png masks.")
+@click.option("--pred", "pred", type=click.Path(), required=True,
+              help="Artifact folder (masks_<split>/ or cams_<split>.h5), a cams_<split>.h5 file, or a folder of "
+                   "<id>.png masks.")
 @click.option("--split", required=True, help="Split whose ids are scored (a list file of the GT dataset).")
 @click.option("--gt", "gt_root", type=click.Path(file_okay=False), default=None,
               help="Ground-truth dataset root (default: data.root of ART_DIR/config.yaml).")
 @click.option("--layout", default=None, help="GT layout: voc | coco | coco-seco (default: config's, else voc).")
 @click.option("--num-classes", type=int, default=None, help="K, background included (default: config's/layout's).")
+@click.option("--cams", "with_cams", is_flag=True,
+              help="Also score the raw CAMs of cams_<split>.h5, sweeping the background threshold "
+                   "(writes cams_metrics.json and cams_per_class.csv).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where metrics.json and per_class.csv go (default: ART_DIR).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no table (the mIoU line is still printed).")
-def evaluate_cmd(pred, split, gt_root, layout, num_classes, out_dir, quiet):
+def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, quiet):
     """Per-class IoU, precision, recall and FP/TP of pseudo masks; writes metrics.json and per_class.csv."""
-    from ..evaluate import PngMaskFolder, evaluate_masks, open_ground_truth, write_reports
+    from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
 
-    pred = Path(pred)
-    if not pred.is_dir():
-        raise click.BadParameter(f"{pred} is not a folder", param_hint="--pred")
-    masks_dir = pred / f"masks_{split}"
-    if masks_dir.is_dir():
-        art_dir = pred
-    elif any(pred.glob("*.png")):
-        masks_dir = pred
-        art_dir = pred.parent if pred.name == f"masks_{split}" else pred
-    else:
-        h5 = pred / f"cams_{split}.h5"
-        hint = (f"; {h5} exists but HDF5 input is not supported yet: export with --format png"
-                if h5.is_file() else "")
-        raise click.ClickException(
-            f"no predictions in {pred}: expected {masks_dir}/ or <id>.png files in {pred}{hint}"
-        )
-    data = _art_config([art_dir, masks_dir])
+    masks, cams, art_dir = _resolve_pred(Path(pred), split, with_cams)
+    data = _art_config([art_dir, Path(pred)])
     if gt_root is None:
         gt_root = data.get("root") or None
         if gt_root is None:
@@ -66,11 +87,18 @@ def evaluate_cmd(pred, split, gt_root, layout, num_classes, out_dir, quiet):
 
     reader = open_ground_truth(gt_root, split, layout=layout, num_classes=num_classes)
     show_bar = not quiet and sys.stderr.isatty()
-    result = evaluate_masks(PngMaskFolder(masks_dir), reader, progress=show_bar)
-    json_path, csv_path = write_reports(result, out_dir or art_dir)
-    if quiet:
-        s = result.summary()
-        click.echo(f"mIoU {100 * s['miou']:.2f}" if s["miou"] is not None else "mIoU -")
-    else:
-        click.echo(result.format_table())
-    click.echo(f"wrote {json_path} and {csv_path}", err=True)
+    out = out_dir or art_dir
+    results = [("", "pseudo masks", "", evaluate_masks(masks, reader, progress=show_bar))]
+    if cams is not None:
+        sweep = sweep_cam_threshold(cams, reader, progress=show_bar)
+        results.append(("cams_", f"raw CAMs, best background threshold {sweep.best_threshold:.2f}",
+                        f"CAM (threshold {sweep.best_threshold:.2f}) ", sweep.best))
+    for prefix, what, short, result in results:
+        json_path, csv_path = write_reports(result, out, prefix=prefix)
+        miou = result.summary()["miou"]
+        if quiet:
+            click.echo(f"{short}mIoU {100 * miou:.2f}" if miou is not None else f"{short}mIoU -")
+        else:
+            click.echo(f"== {what} ==")
+            click.echo(result.format_table())
+        click.echo(f"wrote {json_path} and {csv_path}", err=True)

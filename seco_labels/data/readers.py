@@ -136,7 +136,9 @@ class SegmentationReader:
         has_masks: every listed id has a mask file.
 
     Tags come from ``cls_labels_onehot.npy``; without that file they are derived from the masks (on first
-    use of each id, then cached).
+    use of each id, then cached). ``require_tags=False`` accepts a split without tags (a labels file or masks),
+    for exports that predict the tags; ``require_images=False`` defers a missing image to its loading, so a
+    caller can skip it (``export-masks --skip-bad``).
 
     Raises:
         DataError: the root, split list, a listed image (or mask, with ``require_masks``) is missing, the split
@@ -154,6 +156,8 @@ class SegmentationReader:
         num_classes: int | None = None,
         ignore_index: int = 255,
         require_masks: bool = False,
+        require_images: bool = True,
+        require_tags: bool = True,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -169,12 +173,12 @@ class SegmentationReader:
             self.class_names = ["background"] + [f"class_{i}" for i in range(1, self.num_classes)]
         self.split_file = self._find_split_file()
         self.ids = self._read_split()
-        self._check_files(require_masks)
+        self._check_files(require_masks, require_images)
         self.has_masks = all(self.mask_path(i).is_file() for i in self.ids)
         self.labels_file: Path | None = self.root / _LABELS_FILE
         if not self.labels_file.is_file():
             self.labels_file = None
-        self._tags = self._load_tags()
+        self._tags = self._load_tags(require_tags)
 
     # -- layout-specific -----------------------------------------------------------------------------------
     def _split_candidates(self) -> list[Path]:
@@ -206,17 +210,18 @@ class SegmentationReader:
             raise DataError(f"split {self.split!r} is empty ({self.split_file}); list one image id per line")
         return ids
 
-    def _check_files(self, require_masks: bool) -> None:
-        kinds = [("image", self.image_path)] + ([("mask", self.mask_path)] if require_masks else [])
+    def _check_files(self, require_masks: bool, require_images: bool = True) -> None:
+        kinds = ([("image", self.image_path)] if require_images else []) + (
+            [("mask", self.mask_path)] if require_masks else [])
         for what, path_of in kinds:
             missing = [path_of(i) for i in self.ids if not path_of(i).is_file()]
             if missing:
                 more = f" ({len(missing)} of {len(self.ids)} listed {what}s are missing)" if len(missing) > 1 else ""
                 raise DataError(f"{missing[0]} (listed in {self.split_file}) not found; check --data-root{more}")
 
-    def _load_tags(self) -> dict[str, np.ndarray]:
+    def _load_tags(self, require_tags: bool = True) -> dict[str, np.ndarray]:
         if self.labels_file is None:
-            if not self.has_masks:
+            if not self.has_masks and require_tags:
                 absent = next(self.mask_path(i) for i in self.ids if not self.mask_path(i).is_file())
                 raise DataError(
                     f"no labels file {self.root / _LABELS_FILE} and mask {absent} is missing, so the tags of "
@@ -225,7 +230,7 @@ class SegmentationReader:
             return {}  # derived from the masks on demand
         tags = load_tags_file(self.labels_file)
         missing = [i for i in self.ids if i not in tags]
-        if missing:
+        if missing and require_tags:
             raise DataError(
                 f"{len(missing)} id(s) of split {self.split!r} are missing from {self.labels_file}: "
                 f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}; regenerate the labels file "
@@ -233,13 +238,15 @@ class SegmentationReader:
             )
         want = self.num_classes - 1
         for i in self.ids:
+            if i not in tags:
+                continue
             n = tags[i].shape[0]
             if n != want:
                 raise DataError(
                     f"label vector of {i} in {self.labels_file} has length {n}, expected num_classes - 1 = {want}; "
                     f"the file implies num_classes = {n + 1}: check --layout / data.num_classes"
                 )
-        return {i: tags[i] for i in self.ids}
+        return {i: tags[i] for i in self.ids if i in tags}
 
     # -- loading -------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -382,6 +389,8 @@ def build_reader(
     num_classes: int | None = None,
     ignore_index: int = 255,
     require_masks: bool = False,
+    require_images: bool = True,
+    require_tags: bool = True,
 ) -> SegmentationReader:
     """The reader of ``layout`` (a key of :data:`READERS`) for ``split`` under ``root``.
 
@@ -396,4 +405,5 @@ def build_reader(
         cls = READERS[layout]
     except KeyError:
         raise ConfigError(f"unknown dataset layout {layout!r}; valid layouts: {', '.join(sorted(READERS))}") from None
-    return cls(root, split, num_classes=num_classes, ignore_index=ignore_index, require_masks=require_masks)
+    return cls(root, split, num_classes=num_classes, ignore_index=ignore_index, require_masks=require_masks,
+               require_images=require_images, require_tags=require_tags)

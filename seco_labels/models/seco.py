@@ -86,15 +86,23 @@ class SeCoNet(nn.Module):
         enc = self.encoder(x if extra is None else torch.cat([x, extra]))
         cls_token, tokens, aux_tokens = enc.cls_token[:b], enc.tokens[:b], enc.aux_tokens[:b]
         extra_cls = None if extra is None else enc.cls_token[b:]
-        # Global max pooling then the 1x1 conv equals max over the CAM only for the pooled logits (DESIGN §2).
-        logits = self.classifier(F.adaptive_max_pool2d(tokens, 1)).flatten(1)
-        aux_logits = self.aux_classifier(F.adaptive_max_pool2d(aux_tokens, 1)).flatten(1)
+        logits, aux_logits = self._pooled_logits(tokens, aux_tokens)
         with torch.no_grad():
             cam = F.conv2d(tokens.detach(), self.classifier.weight)
             cam_aux = F.conv2d(aux_tokens.detach(), self.aux_classifier.weight)
         return SeCoOutput(cls_token, tokens, logits, aux_logits, self.decoder(tokens), cam, cam_aux, extra_cls)
 
     @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits (logits, aux_logits), each (B, K-1), without the decoder (used to predict tags)."""
+        _, tokens, aux_tokens = self.encoder(x)
+        return self._pooled_logits(tokens, aux_tokens)
+
+    def _pooled_logits(self, tokens: torch.Tensor, aux_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Global max pooling then the 1x1 conv equals max over the CAM only for the pooled logits (DESIGN §2).
+        return (self.classifier(F.adaptive_max_pool2d(tokens, 1)).flatten(1),
+                self.aux_classifier(F.adaptive_max_pool2d(aux_tokens, 1)).flatten(1))
+
     def cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw CAMs (cam, cam_aux), each (B, K-1, h, w); the ``cam_fn`` of :func:`seco_labels.cams.multi_scale_cams`."""
         _, tokens, aux_tokens = self.encoder(x)

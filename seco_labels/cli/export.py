@@ -1,0 +1,72 @@
+"""``seco export-masks``: CAMs and pseudo masks of a split from a trained checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+from . import cli
+
+
+def _scales(ctx, param, value: str) -> tuple[float, ...]:
+    from ..export import SCALE_PRESETS
+
+    if value in SCALE_PRESETS:
+        return SCALE_PRESETS[value]
+    try:
+        scales = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        scales = ()
+    if not scales or any(s <= 0 for s in scales):
+        raise click.BadParameter(f"{value!r}: give positive numbers like 1.0,0.5,1.5 or one of {', '.join(SCALE_PRESETS)}")
+    return scales
+
+
+def _formats(ctx, param, value: str) -> tuple[str, ...]:
+    formats = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not formats or set(formats) - {"h5", "png"}:
+        raise click.BadParameter(f"{value!r}: choose h5, png or h5,png")
+    return formats
+
+
+@cli.command("export-masks")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="RUN_DIR/last.pt of seco train.")
+@click.option("--split", required=True, help="Split to export, e.g. train.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Artifact folder.")
+@click.option("--data-root", default=None, help="Dataset root (default: the training run's).")
+@click.option("--layout", default=None, help="Dataset layout (default: the training run's).")
+@click.option("--format", "formats", default="h5,png", show_default=True, callback=_formats,
+              help="h5 (CAMs + masks in cams_<split>.h5), png (masks_<split>/<id>.png) or both.")
+@click.option("--scales", default="default", show_default=True, callback=_scales,
+              help="CAM scales, comma-separated, or a preset: default, seeds, train-voc, published-ms.")
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Add horizontally flipped CAMs.")
+@click.option("--cam-source", type=click.Choice(["final", "aux"]), default="final", show_default=True)
+@click.option("--tags", type=click.Choice(["given", "predicted"]), default="given", show_default=True,
+              help="given: the dataset's class tags; predicted: the classifier's (for untagged images).")
+@click.option("--tag-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Sigmoid score above which a class counts as present with --tags predicted.")
+@click.option("--bkg-thre", type=float, default=None, help="Default: the checkpoint's cam.bkg_thre.")
+@click.option("--high-thre", type=float, default=None, help="Default: the checkpoint's cam.high_thre.")
+@click.option("--low-thre", type=float, default=None, help="Default: the checkpoint's cam.low_thre.")
+@click.option("--input-size", type=int, default=None, help="Images are resized to this square (default: crop size).")
+@click.option("--overwrite", is_flag=True, help="Redo ids finished by an earlier run.")
+@click.option("--skip-bad", is_flag=True, help="Log unreadable images and go on instead of stopping.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--num-workers", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def export_cmd(checkpoint, split, out_dir, data_root, layout, formats, scales, flip, cam_source, tags, tag_threshold,
+               bkg_thre, high_thre, low_thre, input_size, overwrite, skip_bad, batch_size, num_workers, device, quiet):
+    """Export refined CAMs and pseudo masks; resumable (finished ids are skipped unless --overwrite)."""
+    from ..export import ExportOptions, export_split
+
+    options = ExportOptions(scales=scales, flip=flip, cam_source=cam_source, tags=tags, tag_threshold=tag_threshold,
+                            bkg_thre=bkg_thre, high_thre=high_thre,
+                            low_thre=low_thre, input_size=input_size, formats=formats, overwrite=overwrite,
+                            skip_bad=skip_bad, batch_size=batch_size, num_workers=num_workers, device=device)
+    result = export_split(checkpoint, split, out_dir, data_root=data_root, layout=layout, options=options,
+                          quiet=quiet)
+    bad = f", {len(result['bad'])} bad image(s) skipped" if result["bad"] else ""
+    secs = result["seconds"]
+    rate = result["exported"] / secs["total"] if secs["total"] > 0 else 0.0
+    click.echo(f"exported {result['exported']} image(s) of {split} to {out_dir} "
+               f"({result['skipped_done']} already done{bad}; {rate:.2f} img/s)")

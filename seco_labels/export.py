@@ -1,0 +1,259 @@
+"""``export-masks``: a trained checkpoint -> multi-scale CAMs, PAR-refined pseudo masks, written as artifacts.
+
+Per image (DESIGN.md §4): resize to the training crop size (as the published inference does), multi-scale +
+flip CAMs of the image's tagged classes, upsample to the original size, constant background at the high and
+low thresholds, PAR, argmax; pixels that are foreground only under the low threshold are ignored (255).
+Writing (``artifacts.ArtifactWriter``) is resumable: finished ids are skipped unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from . import __version__
+from .artifacts import ArtifactWriter
+from .cams import multi_scale_cams
+from .checkpoint import load_checkpoint
+from .config import SecoConfig, config_from_dict, config_to_dict, save_config
+from .data import build_reader, normalize
+from .errors import CheckpointError, ConfigError, DataError
+from .io import atomic_write_text
+from .models import SeCoNet, build_seco
+from .refine import PAR, refine_with_background
+from .train import resolve_amp, resolve_device
+
+__all__ = ["SCALE_PRESETS", "ExportOptions", "load_trained_model", "export_split"]
+
+log = logging.getLogger(__name__)
+
+#: Named multi-scale CAM sets: ours, the published training scales, the published multi-scale inference.
+SCALE_PRESETS: dict[str, tuple[float, ...]] = {
+    "default": (1.0, 0.5, 0.75, 1.25, 1.5),
+    "seeds": (1.0,),
+    "train-voc": (1.0, 0.5, 0.75, 1.5),
+    "published-ms": (1.0, 0.5, 0.75, 1.25, 1.5, 1.75, 2.0),
+}
+
+
+@dataclass
+class ExportOptions:
+    """How to turn CAMs into pseudo masks; ``None`` thresholds come from the checkpoint's config."""
+
+    scales: tuple[float, ...] = SCALE_PRESETS["default"]
+    flip: bool = True
+    cam_source: str = "final"  #: final | aux classifier
+    bkg_thre: float | None = None
+    high_thre: float | None = None
+    low_thre: float | None = None
+    input_size: int | None = None  #: square side the image is resized to; None = the training crop size
+    tags: str = "given"  #: given (the dataset's tags) | predicted (classifier scores above tag_threshold)
+    tag_threshold: float = 0.5  #: sigmoid score a class needs to count as present with tags="predicted"
+    formats: tuple[str, ...] = ("h5", "png")
+    overwrite: bool = False
+    skip_bad: bool = False
+    batch_size: int = 4
+    num_workers: int = 2
+    device: str = "auto"
+    amp: str = "auto"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_trained_model(checkpoint: str | Path, device: torch.device) -> tuple[SeCoNet, SecoConfig]:
+    """Build the network from the checkpoint's own config and load its weights strictly."""
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    cfg = config_from_dict(ckpt["config"])
+    cfg.model.backbone_weights = None  # the checkpoint holds the trained weights
+    model = build_seco(cfg.model, cfg.data.num_classes)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {checkpoint} does not match its own config: {e}") from None
+    return model.to(device).eval(), cfg
+
+
+class _ExportImages(Dataset):
+    """Items: ``id``, ``image`` (3, S, S) normalised and resized, ``rgb`` (H, W, 3) uint8 original, ``tags``;
+    or ``id`` and ``error`` when the image can't be read (so ``--skip-bad`` can go on)."""
+
+    def __init__(self, reader, ids: list[str], size: int, with_tags: bool) -> None:
+        self.reader, self.ids, self.size, self.with_tags = reader, ids, size, with_tags
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image_id = self.ids[i]
+        try:
+            rgb = self.reader.load_image(image_id)
+        except DataError as e:
+            return {"id": image_id, "error": str(e)}
+        x = F.interpolate(normalize(rgb)[None], size=(self.size, self.size), mode="bilinear", align_corners=False)
+        item = {"id": image_id, "image": x[0], "rgb": torch.from_numpy(np.ascontiguousarray(rgb))}
+        if self.with_tags:
+            item["tags"] = torch.from_numpy(self.reader.tags(image_id).copy())
+        return item
+
+
+def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items
+
+
+def _check_dataset(cfg: SecoConfig, checkpoint: str | Path, layout: str) -> None:
+    """A dataset whose layout has another class count than the checkpoint's classifier cannot be exported."""
+    from .data.readers import READERS
+
+    if layout in READERS and layout != cfg.data.layout:
+        k = len(READERS[layout].default_classes)
+        if k != cfg.data.num_classes:
+            raise CheckpointError(
+                f"checkpoint {checkpoint} was trained on {cfg.data.num_classes} classes ({cfg.data.layout} layout) but "
+                f"--layout {layout} has {k}; export with a checkpoint trained on this dataset's classes"
+            )
+
+
+def export_split(
+    checkpoint: str | Path,
+    split: str,
+    out_dir: str | Path,
+    *,
+    data_root: str | None = None,
+    layout: str | None = None,
+    options: ExportOptions | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Export CAMs and pseudo masks of every image of ``split``; returns counts and timings.
+
+    ``data_root``/``layout`` default to the training run's; any dataset with the same classes works.
+
+    Raises:
+        ConfigError: bad options, or ``out_dir`` holds this split exported with other settings.
+        CheckpointError: unreadable checkpoint, or one trained on another number of classes.
+        DataError: an unreadable image (unless ``skip_bad``), a missing split or tags.
+    """
+    opt = options or ExportOptions()
+    if opt.cam_source not in ("final", "aux"):
+        raise ConfigError(f"--cam-source {opt.cam_source!r}: choose final or aux")
+    if opt.tags not in ("given", "predicted"):
+        raise ConfigError(f"--tags {opt.tags!r}: choose given or predicted")
+    device = resolve_device(opt.device)
+    amp_dtype = resolve_amp(opt.amp, device)
+    model, cfg = load_trained_model(checkpoint, device)
+    c = cfg.cam
+    bkg, high, low = (c.bkg_thre if opt.bkg_thre is None else opt.bkg_thre,
+                      c.high_thre if opt.high_thre is None else opt.high_thre,
+                      c.low_thre if opt.low_thre is None else opt.low_thre)
+    if not 0 <= low <= high <= 1:
+        raise ConfigError(f"thresholds low={low}, high={high} must satisfy 0 <= low <= high <= 1")
+    root, lay = data_root or cfg.data.root, layout or cfg.data.layout
+    size = opt.input_size or cfg.data.crop_size
+    _check_dataset(cfg, checkpoint, lay)
+    patch = model.encoder.patch_size
+    uneven = [sc for sc in opt.scales if int(sc * size) % patch]
+    if uneven:
+        raise ConfigError(
+            f"input size {size} at scale {uneven[0]} gives {int(uneven[0] * size)} px, not a multiple of the "
+            f"backbone's {patch} px patches; pick --input-size so that every scale gives a multiple of {patch} "
+            f"(e.g. {patch * 4 * 7}) or other --scales"
+        )
+    predicted = opt.tags == "predicted"
+    reader = build_reader(lay, root, split, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
+                          require_images=not opt.skip_bad, require_tags=not predicted)
+    attrs = {
+        "dataset_root": str(Path(root).resolve()), "layout": lay,
+        "class_names": list(reader.class_names), "num_classes": cfg.data.num_classes,
+        "ignore_index": cfg.data.ignore_index, "background_policy": "constant high/low thresholds + PAR",
+        "backbone": cfg.model.backbone, "checkpoint_sha256": _sha256(Path(checkpoint)),
+        "scales": list(opt.scales), "flip": opt.flip, "cam_source": opt.cam_source,
+        "tags_source": f"predicted>{opt.tag_threshold}" if predicted else "given",
+        "bkg_thre": bkg, "high_thre": high, "low_thre": low, "input_size": size,
+        "package_version": __version__, "config": config_to_dict(cfg),
+    }
+    par = PAR(c.par_dilations, c.par_iters).to(device)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    pick = 0 if opt.cam_source == "final" else 1
+    bad: list[str] = []
+    timing = {"cam": 0.0, "refine": 0.0, "write": 0.0}
+    t_start = time.perf_counter()
+    with ArtifactWriter(out_dir, split, attrs, formats=opt.formats, overwrite=opt.overwrite) as writer:
+        done = writer.done_ids()
+        todo = [i for i in reader.ids if i not in done]
+        loader = DataLoader(_ExportImages(reader, todo, size, with_tags=not predicted), batch_size=opt.batch_size,
+                            num_workers=opt.num_workers, collate_fn=_collate)
+        bar = tqdm(total=len(reader.ids), initial=len(done), desc=f"export {split}", unit="img",
+                   disable=quiet or not sys.stderr.isatty())
+        with torch.no_grad():
+            for items in loader:
+                good = []
+                for item in items:
+                    if "error" in item:
+                        if not opt.skip_bad:
+                            raise DataError(f"{item['error']} (pass --skip-bad to log such images and go on)")
+                        log.warning("skipping %s: %s", item["id"], item["error"])
+                        bad.append(item["id"])
+                    else:
+                        good.append(item)
+                if not good:
+                    continue
+                t0 = time.perf_counter()
+                x = torch.stack([it["image"] for it in good]).to(device)
+                with autocast():
+                    cams = multi_scale_cams(model.cams, x, opt.scales, flip=opt.flip)[pick].float()  # (b, C, S, S)
+                    if predicted:
+                        scores = torch.sigmoid(model.classify(x)[pick].float())  # (b, C)
+                        for it, s in zip(good, scores):
+                            it["tags"] = (s > opt.tag_threshold).float()
+                t1 = time.perf_counter()
+                timing["cam"] += t1 - t0
+                for cam, it in zip(cams, good):
+                    tags = it["tags"].to(device)
+                    keys = torch.nonzero(tags).flatten() + 1  # mask values of the tagged classes
+                    h, w = it["rgb"].shape[:2]
+                    full = F.interpolate(cam[None], size=(h, w), mode="bilinear", align_corners=False)  # (1, C, H, W)
+                    valid = full * tags[None, :, None, None]
+                    rgb = it["rgb"].to(device).permute(2, 0, 1)[None].float() / 255.0
+                    mask = refine_with_background(par, rgb, valid, tags[None], high_thre=high, low_thre=low,
+                                                  ignore_index=cfg.data.ignore_index)[0]
+                    cam_k, mask_np = full[0, keys - 1].cpu().numpy(), mask.cpu().numpy().astype(np.uint8)
+                    t2 = time.perf_counter()
+                    writer.add(it["id"], cam_k, keys.cpu().numpy(), mask_np)
+                    t3 = time.perf_counter()
+                    timing["refine"] += t2 - t1
+                    timing["write"] += t3 - t2
+                    t1 = t3
+                bar.update(len(items))
+                bar.set_postfix(img_s=f"{bar.n / max(time.perf_counter() - t_start, 1e-9):.2f}", refresh=False)
+        bar.close()
+        t_flush = time.perf_counter()
+    timing["write"] += time.perf_counter() - t_flush  # the queue's tail and assembling the HDF5 file
+    timing["total"] = time.perf_counter() - t_start
+    # The training config pointed at the exported dataset, next to the outputs: `seco evaluate` reads it.
+    cfg.data.root, cfg.data.layout = str(root), lay
+    save_config(cfg, Path(out_dir) / "config.yaml")
+    result = {
+        "split": split, "images": len(reader.ids), "exported": len(todo) - len(bad), "skipped_done": len(done),
+        "bad": bad, "seconds": {k: round(v, 4) for k, v in timing.items()}, "bkg_thre": bkg, "high_thre": high,
+        "low_thre": low, "formats": list(opt.formats), "out_dir": str(out_dir),
+    }
+    atomic_write_text(Path(out_dir) / f"export_{split}.json", json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,183 @@
+"""The artifact format: HDF5 schema, crash-safe writer, resume, and the Dataset reader other projects use."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from seco_labels.artifacts import (
+    FORMAT_VERSION,
+    GZIP_LEVEL,
+    ArtifactFile,
+    ArtifactWriter,
+    open_pseudo_labels,
+)
+from seco_labels.data import build_reader
+from seco_labels.data.classes import VOC_CLASSES, voc_palette
+from seco_labels.errors import ConfigError, DataError
+
+
+def _attrs(voc_root, **extra):
+    return {"dataset_root": str(voc_root), "layout": "voc", "class_names": list(VOC_CLASSES), "num_classes": 21,
+            "ignore_index": 255, "scales": [1.0, 0.5], "flip": True, "high_thre": 0.7, "low_thre": 0.25,
+            "config": {"model": {"backbone": "vit_tiny_patch16_224"}}, **extra}
+
+
+def _fake_outputs(reader, image_id, seed=0):
+    """A CAM over the image's tagged classes and a mask of those classes with an ignore band (real sizes)."""
+    h, w = reader.image_size(image_id)
+    keys = np.nonzero(reader.tags(image_id))[0] + 1
+    rng = np.random.default_rng(seed)
+    cam = rng.random((len(keys), h, w), dtype=np.float32)
+    mask = np.where(cam.max(0) > 0.5, keys[cam.argmax(0)], 0).astype(np.uint8)
+    mask[: h // 10] = 255
+    return cam, keys, mask
+
+
+@pytest.fixture
+def reader(voc_root):
+    return build_reader("voc", voc_root, "val")
+
+
+def test_h5_schema_and_png_palette(reader, voc_root, tmp_path):
+    ids = reader.ids[:3]
+    expected = {i: _fake_outputs(reader, i, n) for n, i in enumerate(ids)}
+    with ArtifactWriter(tmp_path, "val", _attrs(voc_root)) as w:
+        assert w.done_ids() == set()
+        for i in ids:
+            w.add(i, *expected[i])
+    assert not (tmp_path / ".parts_val").exists()  # assembled into the HDF5 file, parts removed
+    with h5py.File(tmp_path / "cams_val.h5") as f:
+        assert f.attrs["format_version"] == FORMAT_VERSION and f.attrs["split"] == "val"
+        assert f.attrs["num_classes"] == 21 and f.attrs["ignore_index"] == 255
+        assert [n.decode() if isinstance(n, bytes) else n for n in f.attrs["class_names"]] == list(VOC_CLASSES)
+        assert json.loads(f.attrs["config"]) == {"model": {"backbone": "vit_tiny_patch16_224"}}
+        assert "created" in f.attrs
+        assert sorted(f["cams"].keys()) == sorted(ids) == sorted(f["masks"].keys())
+        for i in ids:
+            cam, keys, mask = expected[i]
+            ds = f["cams"][i]
+            assert ds.dtype == np.float16 and ds.shape == cam.shape and ds.chunks == cam.shape
+            assert ds.compression == "gzip" and ds.compression_opts == GZIP_LEVEL and ds.shuffle
+            np.testing.assert_array_equal(ds.attrs["keys"], keys)
+            np.testing.assert_array_equal(ds.attrs["size"], mask.shape)
+            np.testing.assert_array_equal(ds[()], cam.astype(np.float16))  # written as raw chunks, read by HDF5
+            m = f["masks"][i]
+            assert m.dtype == np.uint8 and m.compression == "gzip"
+            np.testing.assert_array_equal(m[()], mask)
+            png = Image.open(tmp_path / "masks_val" / f"{i}.png")
+            assert png.mode == "P" and png.getpalette()[:63] == voc_palette()[:63]
+            np.testing.assert_array_equal(np.asarray(png), mask)
+    manifest = json.loads((tmp_path / "manifest_val.json").read_text())
+    assert manifest["scales"] == [1.0, 0.5] and manifest["created"] == ArtifactFile(tmp_path / "cams_val.h5").attrs["created"]
+
+
+def test_resume_merges_earlier_file_and_parts(reader, voc_root, tmp_path):
+    ids = reader.ids[:4]
+    out = {i: _fake_outputs(reader, i, n) for n, i in enumerate(ids)}
+    with ArtifactWriter(tmp_path, "val", _attrs(voc_root)) as w:
+        for i in ids[:2]:
+            w.add(i, *out[i])
+    # a second run is "killed": its images reach the part files but the HDF5 file is never assembled
+    w = ArtifactWriter(tmp_path, "val", _attrs(voc_root))
+    assert w.done_ids() == set(ids[:2])
+    w.add(ids[2], *out[ids[2]])
+    w.close()
+    assert ArtifactFile(tmp_path / "cams_val.h5").ids() == set(ids[:2])  # the good file is untouched
+    w = ArtifactWriter(tmp_path, "val", _attrs(voc_root))
+    assert w.done_ids() == set(ids[:3])
+    w.add(ids[3], *out[ids[3]])
+    w.finalize()
+    art = ArtifactFile(tmp_path / "cams_val.h5")
+    assert art.ids() == set(ids)
+    for i in ids:
+        cam, keys = art.load_cam(i)
+        np.testing.assert_array_equal(cam, out[i][0].astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(keys, out[i][1])
+        np.testing.assert_array_equal(art.load_mask(i), out[i][2])
+
+
+def test_png_only_then_h5_redoes_missing_cams(reader, voc_root, tmp_path):
+    i = reader.ids[0]
+    with ArtifactWriter(tmp_path, "val", _attrs(voc_root), formats=("png",)) as w:
+        w.add(i, *_fake_outputs(reader, i))
+    assert not (tmp_path / "cams_val.h5").exists()
+    w = ArtifactWriter(tmp_path, "val", _attrs(voc_root), formats=("h5", "png"))
+    assert w.done_ids() == set()  # the PNG is there but its CAM is not
+    w.close()
+    assert ArtifactWriter(tmp_path, "val", _attrs(voc_root), formats=("png",)).done_ids() == {i}
+
+
+def test_other_settings_are_refused_unless_overwrite(reader, voc_root, tmp_path):
+    i = reader.ids[0]
+    with ArtifactWriter(tmp_path, "val", _attrs(voc_root)) as w:
+        w.add(i, *_fake_outputs(reader, i))
+    with pytest.raises(ConfigError, match=r"other settings .*scales: \[1.0, 0.5\] -> \[1.0\].*--overwrite"):
+        ArtifactWriter(tmp_path, "val", _attrs(voc_root, scales=[1.0]))
+    w = ArtifactWriter(tmp_path, "val", _attrs(voc_root, scales=[1.0]), overwrite=True)
+    assert w.done_ids() == set() and not (tmp_path / "cams_val.h5").exists()
+    w.finalize()
+
+
+def test_writer_errors_name_the_id(reader, voc_root, tmp_path):
+    i = reader.ids[0]
+    cam, keys, mask = _fake_outputs(reader, i)
+    w = ArtifactWriter(tmp_path, "val", _attrs(voc_root))
+    with pytest.raises(ValueError, match=f"{i}: cam"):
+        w.add(i, cam[:, :-1], keys, mask)
+    with pytest.raises(DataError, match="must not contain '/'"):
+        w.add("a/b", cam, keys, mask)
+    w.close()
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(DataError, match="not found; run seco export-masks"):
+        ArtifactFile(tmp_path / "cams_val.h5").ids()
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(DataError, match="junk.h5 is unreadable or truncated"):
+        ArtifactFile(tmp_path / "junk.h5")
+    with pytest.raises(ConfigError, match="holds no cams_<split>.h5"):
+        open_pseudo_labels(tmp_path)
+
+
+def test_open_pseudo_labels_in_dataloader_workers(reader, voc_root, tmp_path):
+    ids = reader.ids[:4]
+    out = {i: _fake_outputs(reader, i, n) for n, i in enumerate(ids)}
+    with ArtifactWriter(tmp_path, "val", _attrs(voc_root)) as w:
+        for i in ids:
+            w.add(i, *out[i])
+    ds = open_pseudo_labels(tmp_path)  # the only split: no split= needed
+    assert ds.ids == ids and len(ds) == 4 and ds.num_classes == 21 and ds.class_names[15] == "person"
+    image, mask = ds[1]
+    assert image.dtype == torch.uint8 and image.shape == (3, *out[ids[1]][2].shape)
+    assert mask.dtype == torch.int64 and torch.equal(mask, torch.from_numpy(out[ids[1]][2].astype(np.int64)))
+
+    def crop(image, mask, cam, keys):  # what another project's joint transform looks like
+        return image[:, :64, :64].float() / 255, mask[:64, :64], cam[:, :64, :64], keys
+
+    ds = open_pseudo_labels(tmp_path / "cams_val.h5", with_cams=True, transform=crop)
+    batches = list(DataLoader(ds, batch_size=2, num_workers=2, collate_fn=list))
+    items = [it for b in batches for it in b]
+    assert len(items) == 4
+    for (image, mask, cam, keys), i in zip(items, ids):
+        assert image.shape == (3, 64, 64) and image.max() <= 1
+        np.testing.assert_array_equal(keys.numpy(), out[i][1])
+        np.testing.assert_array_equal(mask.numpy(), out[i][2][:64, :64])
+        np.testing.assert_allclose(cam.numpy(), out[i][0][:, :64, :64], atol=1e-3)  # float16 storage
+
+
+def test_png_only_export_reads_and_refuses_cams(reader, voc_root, tmp_path):
+    i = reader.ids[0]
+    cam, keys, mask = _fake_outputs(reader, i)
+    with ArtifactWriter(tmp_path, "val", _attrs(voc_root), formats=("png",)) as w:
+        w.add(i, cam, keys, mask)
+    ds = open_pseudo_labels(tmp_path, "val")
+    assert ds.ids == [i] and torch.equal(ds[0][1], torch.from_numpy(mask.astype(np.int64)))
+    with pytest.raises(ConfigError, match="exported with --format png"):
+        open_pseudo_labels(tmp_path, "val", with_cams=True)

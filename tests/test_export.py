@@ -1,0 +1,242 @@
+"""`seco export-masks` on a checkpoint trained here, then `seco evaluate` on its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from seco_labels.cli import cli
+from seco_labels.data import build_reader, normalize
+from seco_labels.artifacts import ArtifactFile
+from seco_labels.errors import CheckpointError, ConfigError, DataError
+from seco_labels.export import SCALE_PRESETS, ExportOptions, export_split, load_trained_model
+
+from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(voc_root, tmp_path_factory):
+    from seco_labels.train import Trainer
+
+    run = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(voc_root, iters=4)
+    cfg.train.val_every = 0
+    Trainer(cfg, run, quiet=True).fit()
+    return run / "last.pt"
+
+
+def test_export_then_evaluate(checkpoint, voc_root, tmp_path):
+    art = tmp_path / "art"
+    opts = ExportOptions(scales=(1.0, 0.5), num_workers=0, batch_size=3)
+    result = export_split(checkpoint, "val", art, data_root=str(voc_root), options=opts, quiet=True)
+    assert result["exported"] == 20 and result["skipped_done"] == 0 and result["bad"] == []
+    pngs = sorted((art / "masks_val").glob("*.png"))
+    assert len(pngs) == 20
+    img = Image.open(pngs[0])
+    assert img.mode == "P"
+    ident = pngs[0].stem
+    gt = np.asarray(Image.open(voc_root / "SegmentationClassAug" / f"{ident}.png"))
+    mask = np.asarray(img)
+    assert mask.shape == gt.shape
+    with h5py.File(art / "cams_val.h5") as f:
+        cam = f["cams"][ident]
+        keys = np.asarray(cam.attrs["keys"])
+        assert cam.dtype == np.float16 and cam.shape == (len(keys), *gt.shape)
+        tags = set(np.unique(gt[(gt > 0) & (gt < 255)]).tolist())
+        assert set(keys.tolist()) == tags  # the image's tagged classes
+        np.testing.assert_array_equal(f["masks"][ident][()], mask)
+        assert set(np.unique(mask).tolist()) <= {0, 255} | tags  # only tagged classes, bg and ignore
+    # resumable: a second run has nothing to do
+    again = export_split(checkpoint, "val", art, data_root=str(voc_root), options=opts, quiet=True)
+    assert again["exported"] == 0 and again["skipped_done"] == 20
+    res = CliRunner().invoke(cli, ["evaluate", "--pred", str(art), "--split", "val", "--quiet"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((art / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0
+
+
+def test_export_cli_and_bad_checkpoint(checkpoint, voc_root, tmp_path):
+    res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(checkpoint), "--split", "val", "--out",
+                                   str(tmp_path / "a"), "--data-root", str(voc_root), "--format", "png",
+                                   "--scales", "seeds", "--num-workers", "0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "exported 20 image(s) of val" in res.output
+    assert len(list((tmp_path / "a" / "masks_val").glob("*.png"))) == 20
+    assert not (tmp_path / "a" / "cams_val.h5").exists()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="bad.pt is unreadable or truncated"):
+        load_trained_model(bad, "cpu")
+    res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(checkpoint), "--split", "val", "--out",
+                                   str(tmp_path / "b"), "--scales", "1,x"])
+    assert res.exit_code == 2 and "give positive numbers" in res.output
+
+
+@pytest.fixture
+def voc_copy(voc_root, tmp_path):
+    """voc-mini's val split (images, masks, labels) in a writable folder."""
+    root = tmp_path / "voc"
+    ids = (voc_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[:6]
+    for sub, ext in (("JPEGImages", ".jpg"), ("SegmentationClassAug", ".png")):
+        (root / sub).mkdir(parents=True)
+        for i in ids:
+            shutil.copy(voc_root / sub / f"{i}{ext}", root / sub / f"{i}{ext}")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    shutil.copy(voc_root / "cls_labels_onehot.npy", root / "cls_labels_onehot.npy")
+    return root, ids
+
+
+def _export_cmd(checkpoint, root, out):
+    return [sys.executable, "-m", "seco_labels.cli", "export-masks", "--checkpoint", str(checkpoint), "--split", "val",
+            "--out", str(out), "--data-root", str(root), "--input-size", "128", "--batch-size", "1",
+            "--num-workers", "0", "--device", "cpu", "--quiet"]
+
+
+def test_killed_export_resumes_to_identical_files(checkpoint, voc_copy, tmp_path):
+    root, ids = voc_copy
+    opts = ExportOptions(input_size=128, batch_size=1, num_workers=0, device="cpu")
+    export_split(checkpoint, "val", tmp_path / "full", data_root=str(root), options=opts, quiet=True)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(_export_cmd(checkpoint, root, killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((killed / "masks_val").glob("*.png"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.stem for p in (killed / "masks_val").glob("*.png")}
+    assert 2 <= len(finished) < len(ids), "the export finished before it was killed; the test needs a slower export"
+    assert not (killed / "cams_val.h5").exists()  # never assembled, never half-written
+    for part in (killed / ".parts_val").glob("*.npz"):  # every part on disk is complete
+        with np.load(part) as z:
+            assert set(z.files) == {"cam", "cam_shape", "keys", "mask", "mask_shape"}
+    res = subprocess.run(_export_cmd(checkpoint, root, killed), env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert not (killed / ".parts_val").exists()  # parts were assembled into the HDF5 file and removed
+    summary = json.loads((killed / "export_val.json").read_text())
+    assert summary["skipped_done"] >= len(finished) and summary["exported"] + summary["skipped_done"] == len(ids)
+    for png in sorted((tmp_path / "full" / "masks_val").glob("*.png")):
+        assert png.read_bytes() == (killed / "masks_val" / png.name).read_bytes(), png.name
+    assert not list((killed / "masks_val").glob(".*"))  # no temp files left behind
+    a, b = ArtifactFile(tmp_path / "full" / "cams_val.h5"), ArtifactFile(killed / "cams_val.h5")
+    assert a.ids() == b.ids() == set(ids)
+    assert {k: v for k, v in a.attrs.items() if k != "created"} == {k: v for k, v in b.attrs.items() if k != "created"}
+    for i in ids:
+        np.testing.assert_array_equal(a.load_mask(i), b.load_mask(i))
+        (ca, ka), (cb, kb) = a.load_cam(i), b.load_cam(i)
+        np.testing.assert_array_equal(ca, cb)
+        np.testing.assert_array_equal(ka, kb)
+
+
+def test_bad_image_stops_or_is_skipped(checkpoint, voc_copy, tmp_path):
+    root, ids = voc_copy
+    jpg = root / "JPEGImages" / f"{ids[2]}.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:300])  # truncated
+    (root / "JPEGImages" / f"{ids[4]}.jpg").unlink()  # missing
+    opts = ExportOptions(scales=(1.0,), num_workers=0, batch_size=2)
+    with pytest.raises(DataError, match=f"{ids[4]}.jpg.*not found"):
+        export_split(checkpoint, "val", tmp_path / "a", data_root=str(root), options=opts, quiet=True)
+    (root / "JPEGImages" / f"{ids[4]}.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match=rf"{ids[2]}.jpg is unreadable.*--skip-bad"):
+        export_split(checkpoint, "val", tmp_path / "a", data_root=str(root), options=opts, quiet=True)
+    (root / "JPEGImages" / f"{ids[4]}.jpg").unlink()
+    res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(checkpoint), "--split", "val", "--out",
+                                   str(tmp_path / "b"), "--data-root", str(root), "--scales", "seeds",
+                                   "--num-workers", "0", "--skip-bad", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "exported 4 image(s) of val" in res.output and "2 bad image(s) skipped" in res.output
+    assert ArtifactFile(tmp_path / "b" / "cams_val.h5").ids() == set(ids) - {ids[2], ids[4]}
+    assert json.loads((tmp_path / "b" / "export_val.json").read_text())["bad"] == [ids[2], ids[4]]
+
+
+def test_predicted_tags_label_untagged_images(checkpoint, voc_copy, tmp_path):
+    root, ids = voc_copy
+    shutil.rmtree(root / "SegmentationClassAug")
+    (root / "cls_labels_onehot.npy").unlink()  # no masks, no labels: nothing tags these images
+    opts = ExportOptions(scales=(1.0,), num_workers=0, tags="given")
+    with pytest.raises(DataError, match="tags of split 'val' cannot be derived"):
+        export_split(checkpoint, "val", tmp_path / "a", data_root=str(root), options=opts, quiet=True)
+    model, cfg = load_trained_model(checkpoint, torch.device("cpu"))
+    reader = build_reader("voc", root, "val", require_tags=False)
+    x = torch.stack([torch.nn.functional.interpolate(normalize(reader.load_image(i))[None], size=(64, 64),
+                                                     mode="bilinear", align_corners=False)[0] for i in ids])
+    with torch.no_grad():
+        scores = torch.sigmoid(model.classify(x)[0])
+    thr = float(scores.median())  # some classes in, some out
+    opts = ExportOptions(scales=(1.0,), num_workers=0, tags="predicted", tag_threshold=thr)
+    export_split(checkpoint, "val", tmp_path / "b", data_root=str(root), options=opts, quiet=True)
+    art = ArtifactFile(tmp_path / "b" / "cams_val.h5")
+    assert art.attrs["tags_source"] == f"predicted>{thr}"
+    for n, i in enumerate(ids):
+        _, keys = art.load_cam(i)
+        np.testing.assert_array_equal(keys, torch.nonzero(scores[n] > thr).flatten().numpy() + 1)
+        assert set(np.unique(art.load_mask(i)).tolist()) <= {0, 255, *keys.tolist()}
+
+
+def test_checkpoint_mismatch_is_clear(checkpoint, coco_root, voc_root, tmp_path):
+    with pytest.raises(CheckpointError, match="trained on 21 classes .*--layout coco has 81"):
+        export_split(checkpoint, "val", tmp_path / "a", data_root=str(coco_root), layout="coco",
+                     options=ExportOptions(num_workers=0), quiet=True)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt["config"]["model"]["backbone"] = "vit_small_patch16_224"
+    other = tmp_path / "other.pt"
+    torch.save(ckpt, other)
+    with pytest.raises(CheckpointError, match="does not match its own config"):
+        load_trained_model(other, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="scale 0.75 gives 168 px, not a multiple of the backbone's 16 px"):
+        export_split(checkpoint, "val", tmp_path / "b", data_root=str(voc_root),
+                     options=ExportOptions(input_size=224, num_workers=0), quiet=True)
+
+
+def test_h5_only_export_then_evaluate_masks_and_cams(checkpoint, voc_root, tmp_path):
+    art = tmp_path / "art"
+    res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(checkpoint), "--split", "val", "--out",
+                                   str(art), "--data-root", str(voc_root), "--format", "h5", "--num-workers", "0",
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert not (art / "masks_val").exists()
+    res = CliRunner().invoke(cli, ["evaluate", "--pred", str(art), "--split", "val", "--cams", "--quiet"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if not ln.startswith("wrote ")]  # stderr is mixed in
+    assert lines[0].startswith("mIoU ") and lines[1].startswith("CAM (threshold ")
+    masks = json.loads((art / "metrics.json").read_text())
+    cams = json.loads((art / "cams_metrics.json").read_text())
+    assert masks["num_images"] == cams["num_images"] == 20
+    assert cams["cam_threshold"] in [t["threshold"] for t in cams["threshold_sweep"]]
+    assert abs(float(lines[0].split()[1]) - 100 * masks["miou"]) < 0.01
+    assert (art / "cams_per_class.csv").read_text().startswith("index,name,iou")
+
+
+def test_coco_export_then_evaluate(coco_root, tmp_path):
+    from seco_labels.train import Trainer
+
+    cfg = tiny_config(coco_root, iters=2)
+    cfg.data.layout, cfg.data.num_classes, cfg.train.val_every = "coco", 81, 0
+    Trainer(cfg, tmp_path / "run", quiet=True).fit()
+    art = tmp_path / "art"
+    res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--split", "val",
+                                   "--out", str(art), "--scales", "1.0,0.5", "--num-workers", "0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "exported 27 image(s) of val" in res.output
+    res = CliRunner().invoke(cli, ["evaluate", "--pred", str(art), "--split", "val", "--quiet"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((art / "metrics.json").read_text())
+    assert metrics["num_images"] == 27 and len(metrics["per_class"]) == 81
+    ds = __import__("seco_labels.artifacts", fromlist=["open_pseudo_labels"]).open_pseudo_labels(art, "val")
+    image, mask = ds[0]
+    assert image.shape[1:] == mask.shape and int(mask.max()) <= 255

@@ -66,7 +66,7 @@ GZIP_LEVEL = 4
 ROOT_ATTRS = (
     "format_version", "created", "package_version", "split", "dataset_root", "layout", "class_names",
     "num_classes", "ignore_index", "background_policy", "backbone", "checkpoint_sha256", "scales", "flip",
-    "cam_source", "tags_source", "bkg_thre", "high_thre", "low_thre", "input_size", "config",
+    "cam_source", "tags_source", "crf", "bkg_thre", "high_thre", "low_thre", "input_size", "config",
 )
 #: attributes that may differ between the runs of one resumed export
 _VOLATILE = ("created", "package_version")

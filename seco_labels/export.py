@@ -33,7 +33,7 @@ from .data import build_reader, normalize
 from .errors import CheckpointError, ConfigError, DataError
 from .io import atomic_write_text
 from .models import SeCoNet, build_seco
-from .refine import PAR, refine_with_background
+from .refine import PAR, crf_refine_mask, refine_with_background, require_crf
 from .train import resolve_amp, resolve_device
 
 __all__ = ["SCALE_PRESETS", "ExportOptions", "load_trained_model", "export_split"]
@@ -62,6 +62,7 @@ class ExportOptions:
     input_size: int | None = None  #: square side the image is resized to; None = the training crop size
     tags: str = "given"  #: given (the dataset's tags) | predicted (classifier scores above tag_threshold)
     tag_threshold: float = 0.5  #: sigmoid score a class needs to count as present with tags="predicted"
+    crf: bool = False  #: refine each pseudo mask with the dense CRF (needs the ``crf`` extra)
     formats: tuple[str, ...] = ("h5", "png")
     overwrite: bool = False
     skip_bad: bool = False
@@ -156,6 +157,8 @@ def export_split(
         raise ConfigError(f"--cam-source {opt.cam_source!r}: choose final or aux")
     if opt.tags not in ("given", "predicted"):
         raise ConfigError(f"--tags {opt.tags!r}: choose given or predicted")
+    if opt.crf:
+        require_crf()  # fail before the model loads, not at the first image
     device = resolve_device(opt.device)
     amp_dtype = resolve_amp(opt.amp, device)
     model, cfg = load_trained_model(checkpoint, device)
@@ -185,7 +188,7 @@ def export_split(
         "ignore_index": cfg.data.ignore_index, "background_policy": "constant high/low thresholds + PAR",
         "backbone": cfg.model.backbone, "checkpoint_sha256": _sha256(Path(checkpoint)),
         "scales": list(opt.scales), "flip": opt.flip, "cam_source": opt.cam_source,
-        "tags_source": f"predicted>{opt.tag_threshold}" if predicted else "given",
+        "tags_source": f"predicted>{opt.tag_threshold}" if predicted else "given", "crf": opt.crf,
         "bkg_thre": bkg, "high_thre": high, "low_thre": low, "input_size": size,
         "package_version": __version__, "config": config_to_dict(cfg),
     }
@@ -235,6 +238,9 @@ def export_split(
                     mask = refine_with_background(par, rgb, valid, tags[None], high_thre=high, low_thre=low,
                                                   ignore_index=cfg.data.ignore_index)[0]
                     cam_k, mask_np = full[0, keys - 1].cpu().numpy(), mask.cpu().numpy().astype(np.uint8)
+                    if opt.crf:
+                        mask_np = crf_refine_mask(it["rgb"].numpy(), mask_np, cfg.data.num_classes,
+                                                  ignore_index=cfg.data.ignore_index)
                     t2 = time.perf_counter()
                     writer.add(it["id"], cam_k, keys.cpu().numpy(), mask_np)
                     t3 = time.perf_counter()

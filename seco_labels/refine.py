@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .cams import box_mask
 from .errors import CrfUnavailableError
 
-__all__ = ["PAR", "refine_with_background", "dense_crf", "crf_refine_mask"]
+__all__ = ["PAR", "refine_with_background", "dense_crf", "crf_refine_mask", "require_crf"]
 
 #: 8-neighbour unit offsets (dy, dx), in the published kernel order (row-major, centre skipped).
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -194,7 +194,7 @@ def refine_with_background(
     return label
 
 
-def _import_densecrf():
+def require_crf():
     """``(pydensecrf.densecrf, pydensecrf.utils)``, imported on first use so the CRF stays an optional extra."""
     try:
         import pydensecrf.densecrf as dcrf
@@ -253,7 +253,7 @@ def dense_crf(
         raise ValueError(f"iters must be >= 0, got {iters}")
     c, h, w = probs.shape
     image = _check_image(image, (h, w))
-    dcrf, dcrf_utils = _import_densecrf()
+    dcrf, dcrf_utils = require_crf()
     d = dcrf.DenseCRF2D(w, h, c)  # pydensecrf takes (width, height, labels)
     d.setUnaryEnergy(np.ascontiguousarray(dcrf_utils.unary_from_softmax(probs.astype(np.float32))))  # (C, H*W)
     d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
@@ -310,7 +310,7 @@ def crf_refine_mask(
     if present.size and (present.min() < 0 or present.max() >= num_classes):
         bad = present[(present < 0) | (present >= num_classes)]
         raise ValueError(f"mask has labels {bad.tolist()} outside 0..{num_classes - 1} (ignore_index={ignore_index})")
-    dcrf, dcrf_utils = _import_densecrf()
+    dcrf, dcrf_utils = require_crf()
     out = mask.astype(np.uint8)  # a copy
     n = present.size
     if n < 2:

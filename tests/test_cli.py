@@ -64,3 +64,22 @@ def test_train_runs_and_writes_the_run_folder(voc_root, tmp_path):
     assert again.exit_code == 2 and "--resume auto" in again.output
     resumed = CliRunner().invoke(cli, [*args, "--resume", "auto"])
     assert resumed.exit_code == 0 and "resuming" in resumed.output
+
+
+def test_demo_runs_train_export_evaluate(tmp_path):
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(cli, ["demo", "--iters", "2", "--out", str(out), "--quiet",
+                                   "--set", "train.val_every=0"])
+    assert res.exit_code == 0, res.output
+    assert "[1/3] train: 2 steps" in res.output
+    assert "[2/3] export-masks: 32 image(s) of train (0 already done)" in res.output
+    assert "[3/3] evaluate on train: pseudo masks mIoU" in res.output
+    metrics = json.loads((out / "artifacts" / "metrics.json").read_text())
+    cams = json.loads((out / "artifacts" / "cams_metrics.json").read_text())
+    assert metrics["num_images"] == cams["num_images"] == 32
+    assert f"mIoU {100 * metrics['miou']:.2f}" in res.output
+    assert len(list((out / "artifacts" / "masks_train").glob("*.png"))) == 32
+    again = CliRunner().invoke(cli, ["demo", "--iters", "2", "--out", str(out), "--quiet",
+                                     "--set", "train.val_every=0"])
+    assert again.exit_code == 0, again.output
+    assert "export-masks: 0 image(s) of train (32 already done)" in again.output  # the rerun resumes

@@ -240,3 +240,46 @@ def test_coco_export_then_evaluate(coco_root, tmp_path):
     ds = __import__("seco_labels.artifacts", fromlist=["open_pseudo_labels"]).open_pseudo_labels(art, "val")
     image, mask = ds[0]
     assert image.shape[1:] == mask.shape and int(mask.max()) <= 255
+
+
+def test_crf_option(checkpoint, voc_copy, tmp_path, monkeypatch):
+    root, ids = voc_copy
+    args = ["export-masks", "--checkpoint", str(checkpoint), "--split", "val", "--data-root", str(root),
+            "--scales", "seeds", "--num-workers", "0", "--quiet", "--crf"]
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "pydensecrf", None)  # as if the crf extra were not installed
+        m.setitem(sys.modules, "pydensecrf.densecrf", None)
+        res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "none")])
+    assert res.exit_code == 1 and 'pip install "seco-labels[crf]"' in res.output
+    assert not (tmp_path / "none").exists()  # failed before writing anything
+    pytest.importorskip("pydensecrf.densecrf")
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "crf")])
+    assert res.exit_code == 0, res.output
+    plain = export_split(checkpoint, "val", tmp_path / "plain", data_root=str(root),
+                         options=ExportOptions(scales=(1.0,), num_workers=0), quiet=True)
+    assert plain["exported"] == len(ids)
+    with_crf, without = ArtifactFile(tmp_path / "crf" / "cams_val.h5"), ArtifactFile(tmp_path / "plain" / "cams_val.h5")
+    assert with_crf.attrs["crf"] is True and without.attrs["crf"] is False
+    changed = 0
+    for i in ids:
+        a, b = with_crf.load_mask(i), without.load_mask(i)
+        np.testing.assert_array_equal(a == 255, b == 255)  # the CRF keeps ignore pixels ignored
+        assert set(np.unique(a).tolist()) <= set(np.unique(b).tolist())  # and invents no class
+        changed += int((a != b).sum())
+    assert changed > 0
+
+
+def test_export_options_from_a_config_file(checkpoint, voc_copy, tmp_path):
+    root, ids = voc_copy
+    cfg = tmp_path / "export.yaml"
+    cfg.write_text(f"data-root: {root}\nscales: [1.0]\nformat: png\nnum_workers: 0\nhigh-thre: 0.6\nquiet: true\n")
+    res = CliRunner().invoke(cli, ["export-masks", "--config", str(cfg), "--checkpoint", str(checkpoint),
+                                   "--split", "val", "--out", str(tmp_path / "a"), "--high-thre", "0.65"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "a" / "manifest_val.json").read_text())
+    assert manifest["scales"] == [1.0] and manifest["high_thre"] == 0.65  # the command line wins over the file
+    assert not (tmp_path / "a" / "cams_val.h5").exists() and len(list((tmp_path / "a" / "masks_val").glob("*"))) == 6
+    cfg.write_text("scale: [1.0]\n")
+    res = CliRunner().invoke(cli, ["export-masks", "--config", str(cfg), "--checkpoint", str(checkpoint),
+                                   "--split", "val", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "unknown key 'scale'" in res.output and "scales" in res.output

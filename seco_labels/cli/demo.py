@@ -10,13 +10,24 @@ from . import cli
 from .options import config_options, resolve_config
 
 
+def _num(x: float | None, scale: float = 1.0) -> str:
+    return "-" if x is None or x != x else f"{scale * x:.2f}"
+
+
+STEPS = 3  # train, export, evaluate (fit-segmenter joins when it exists)
+
+
 @cli.command("demo")
 @config_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="seco-demo", show_default=True,
-              help="Folder for the demo's run (re-running continues it).")
+              help="Folder for the demo's outputs (re-running continues it).")
 @click.option("--iters", type=int, default=None, help="Training iterations (default: the demo preset's).")
 def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters):
-    """Train SeCo on the bundled demo data (a tiny ViT, 128 px crops, 300 steps by default)."""
+    """The pipeline on the bundled demo data: train SeCo (a tiny ViT, 128 px crops, 300 steps by default), export
+    pseudo masks of the train split, and score them against the demo's ground truth."""
+    from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
+    from ..artifacts import ArtifactFile
+    from ..export import ExportOptions, export_split
     from ..train import Trainer
 
     cfg = resolve_config(preset or "demo", config_file, overrides,
@@ -26,8 +37,27 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
     if trainer.resume("auto"):
         click.echo(f"continuing {run_dir} from step {trainer.step}", err=True)
     result = trainer.fit()
-    click.echo(f"[1/1] train: {trainer.step} steps in {run_dir}")
+    click.echo(f"[1/{STEPS}] train: {trainer.step} steps in {run_dir}")
     for key in ("loss_cls", "loss_lil", "loss_lig", "loss_seg", "cam_miou", "cam_aux_miou", "seg_miou"):
         if result.get(key) is not None:
             click.echo(f"  {key:>14}: {result[key]:.4f}")
-    click.echo(f"checkpoint: {run_dir / 'last.pt'}  metrics: {run_dir / 'metrics.jsonl'}")
+    click.echo(f"  checkpoint: {run_dir / 'last.pt'}  metrics: {run_dir / 'metrics.jsonl'}")
+
+    split, art = cfg.data.train_split, Path(out_dir) / "artifacts"
+    exported = export_split(run_dir / "last.pt", split, art, options=ExportOptions(device=cfg.train.device),
+                            quiet=quiet)
+    secs = exported["seconds"]
+    click.echo(f"[2/{STEPS}] export-masks: {exported['exported']} image(s) of {split} "
+               f"({exported['skipped_done']} already done) in {secs['total']:.1f} s -> {art}")
+
+    reader = open_ground_truth(cfg.data.root, split, layout=cfg.data.layout, num_classes=cfg.data.num_classes)
+    h5 = ArtifactFile(art / f"cams_{split}.h5")
+    masks = evaluate_masks(h5, reader)
+    cams = sweep_cam_threshold(h5, reader)
+    write_reports(masks, art)
+    write_reports(cams.best, art, prefix="cams_")
+    m = masks.summary()
+    click.echo(f"[3/{STEPS}] evaluate on {split}: pseudo masks mIoU {_num(m['miou'], 100)}, precision "
+               f"{_num(m['mean_precision'], 100)}, recall {_num(m['mean_recall'], 100)}, FP/TP {_num(m['fp_tp'])}; "
+               f"raw CAMs mIoU {_num(cams.best_miou, 100)} at background threshold {cams.best_threshold:.2f}")
+    click.echo(f"  reports: {art / 'metrics.json'}, {art / 'cams_metrics.json'}")

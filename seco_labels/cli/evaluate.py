@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from . import cli
+from .options import defaults_file_option
 
 
 def _art_config(folders: list[Path]) -> dict:
@@ -69,6 +70,7 @@ def _resolve_pred(pred: Path, split: str, want_cams: bool):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where metrics.json and per_class.csv go (default: ART_DIR).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no table (the mIoU line is still printed).")
+@defaults_file_option
 def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, quiet):
     """Per-class IoU, precision, recall and FP/TP of pseudo masks; writes metrics.json and per_class.csv."""
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports

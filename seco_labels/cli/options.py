@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import click
 
+from ..errors import ConfigError
 from ..config import SecoConfig, apply_overrides, set_values, config_from_dict, get_preset, list_presets, load_config_file
 
 
@@ -40,3 +41,34 @@ def resolve_config(
     apply_overrides(cfg, list(overrides))
     set_values(cfg, {k: v for k, v in named.items() if v is not None})
     return cfg.validate()
+
+
+def _load_defaults(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager ``--config`` callback: the file's keys become the defaults of the command's other options."""
+    if value is None:
+        return None
+    try:
+        data = load_config_file(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+    # keys are the long option names as typed ("data-root" or "data_root"), mapped to the parameter names
+    names = {o.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params if p is not param
+             for o in getattr(p, "opts", []) if o.startswith("--")}
+    defaults: dict[str, Any] = {}
+    for key, val in data.items():
+        name = names.get(str(key).replace("-", "_"))
+        if name is None:
+            valid = ", ".join(sorted(n.replace("_", "-") for n in names))
+            raise click.BadParameter(f"{value}: unknown key {key!r}; valid keys: {valid}", ctx=ctx, param=param)
+        if isinstance(val, (list, tuple)):  # list-valued options are comma-separated on the command line
+            val = ",".join(str(v) for v in val)
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def defaults_file_option(func: Callable) -> Callable:
+    """``--config FILE``: a YAML/JSON mapping of this command's option names to default values."""
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, is_eager=True,
+                        expose_value=False, callback=_load_defaults,
+                        help="YAML/JSON file of defaults for this command's options (keys: option names).")(func)

@@ -66,7 +66,7 @@ GZIP_LEVEL = 4
 ROOT_ATTRS = (
     "format_version", "created", "package_version", "split", "dataset_root", "layout", "class_names",
     "num_classes", "ignore_index", "background_policy", "backbone", "checkpoint_sha256", "scales", "flip",
-    "cam_source", "tags_source", "crf", "bkg_thre", "high_thre", "low_thre", "input_size", "config",
+    "cam_source", "tags_source", "crf", "high_thre", "low_thre", "input_size", "config",
 )
 #: attributes that may differ between the runs of one resumed export
 _VOLATILE = ("created", "package_version")
@@ -221,7 +221,8 @@ class ArtifactWriter:
         if before is None:
             return
         old, new = _comparable(before), _comparable(self.attrs)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        # keys only one side has were added by another package version; they cannot disagree
+        diff = sorted(k for k in set(old) & set(new) if old[k] != new[k])
         if diff:
             shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4] if k != "config")
             if "config" in diff:

@@ -56,7 +56,6 @@ class ExportOptions:
     scales: tuple[float, ...] = SCALE_PRESETS["default"]
     flip: bool = True
     cam_source: str = "final"  #: final | aux classifier
-    bkg_thre: float | None = None
     high_thre: float | None = None
     low_thre: float | None = None
     input_size: int | None = None  #: square side the image is resized to; None = the training crop size
@@ -163,9 +162,8 @@ def export_split(
     amp_dtype = resolve_amp(opt.amp, device)
     model, cfg = load_trained_model(checkpoint, device)
     c = cfg.cam
-    bkg, high, low = (c.bkg_thre if opt.bkg_thre is None else opt.bkg_thre,
-                      c.high_thre if opt.high_thre is None else opt.high_thre,
-                      c.low_thre if opt.low_thre is None else opt.low_thre)
+    high = c.high_thre if opt.high_thre is None else opt.high_thre
+    low = c.low_thre if opt.low_thre is None else opt.low_thre
     if not 0 <= low <= high <= 1:
         raise ConfigError(f"thresholds low={low}, high={high} must satisfy 0 <= low <= high <= 1")
     root, lay = data_root or cfg.data.root, layout or cfg.data.layout
@@ -189,7 +187,7 @@ def export_split(
         "backbone": cfg.model.backbone, "checkpoint_sha256": _sha256(Path(checkpoint)),
         "scales": list(opt.scales), "flip": opt.flip, "cam_source": opt.cam_source,
         "tags_source": f"predicted>{opt.tag_threshold}" if predicted else "given", "crf": opt.crf,
-        "bkg_thre": bkg, "high_thre": high, "low_thre": low, "input_size": size,
+        "high_thre": high, "low_thre": low, "input_size": size,
         "package_version": __version__, "config": config_to_dict(cfg),
     }
     par = PAR(c.par_dilations, c.par_iters).to(device)
@@ -258,7 +256,7 @@ def export_split(
     save_config(cfg, Path(out_dir) / "config.yaml")
     result = {
         "split": split, "images": len(reader.ids), "exported": len(todo) - len(bad), "skipped_done": len(done),
-        "bad": bad, "seconds": {k: round(v, 4) for k, v in timing.items()}, "bkg_thre": bkg, "high_thre": high,
+        "bad": bad, "seconds": {k: round(v, 4) for k, v in timing.items()}, "high_thre": high,
         "low_thre": low, "formats": list(opt.formats), "out_dir": str(out_dir),
     }
     atomic_write_text(Path(out_dir) / f"export_{split}.json", json.dumps(result, indent=2))

@@ -181,3 +181,29 @@ def test_png_only_export_reads_and_refuses_cams(reader, voc_root, tmp_path):
     assert ds.ids == [i] and torch.equal(ds[0][1], torch.from_numpy(mask.astype(np.int64)))
     with pytest.raises(ConfigError, match="exported with --format png"):
         open_pseudo_labels(tmp_path, "val", with_cams=True)
+
+
+def test_outputs_get_the_usual_file_permissions(reader, voc_root, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        i = reader.ids[0]
+        with ArtifactWriter(tmp_path, "val", _attrs(voc_root)) as w:
+            w.add(i, *_fake_outputs(reader, i))
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "cams_val.h5", tmp_path / "masks_val" / f"{i}.png", tmp_path / "manifest_val.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path  # readable by others, like any written file
+
+
+def test_attributes_added_later_do_not_block_a_resume(reader, voc_root, tmp_path):
+    i = reader.ids[0]
+    w = ArtifactWriter(tmp_path, "val", _attrs(voc_root))
+    w.add(i, *_fake_outputs(reader, i))
+    w.close()
+    manifest = json.loads((tmp_path / "manifest_val.json").read_text())
+    del manifest["scales"]  # as written by a version that did not record it
+    (tmp_path / "manifest_val.json").write_text(json.dumps(manifest))
+    assert ArtifactWriter(tmp_path, "val", _attrs(voc_root)).done_ids() == {i}

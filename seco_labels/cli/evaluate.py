@@ -61,7 +61,8 @@ def _resolve_pred(pred: Path, split: str, want_cams: bool):
                    "<id>.png masks.")
 @click.option("--split", required=True, help="Split whose ids are scored (a list file of the GT dataset).")
 @click.option("--gt", "gt_root", type=click.Path(file_okay=False), default=None,
-              help="Ground-truth dataset root (default: data.root of ART_DIR/config.yaml).")
+              help="Ground-truth dataset root (default: the exported dataset, from ART_DIR/manifest_<split>.json "
+                   "or config.yaml).")
 @click.option("--layout", default=None, help="GT layout: voc | coco | coco-seco (default: config's, else voc).")
 @click.option("--num-classes", type=int, default=None, help="K, background included (default: config's/layout's).")
 @click.option("--cams", "with_cams", is_flag=True,
@@ -76,7 +77,14 @@ def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, 
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
 
     masks, cams, art_dir = _resolve_pred(Path(pred), split, with_cams)
-    data = _art_config([art_dir, Path(pred)])
+    from ..artifacts import read_manifest
+
+    manifest = read_manifest(art_dir, split)
+    if manifest is not None:  # per split: an ART folder may hold splits of different datasets
+        data = {"root": manifest.get("dataset_root"), "layout": manifest.get("layout"),
+                "num_classes": manifest.get("num_classes")}
+    else:
+        data = _art_config([art_dir, Path(pred)])
     if gt_root is None:
         gt_root = data.get("root") or None
         if gt_root is None:

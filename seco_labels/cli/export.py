@@ -46,11 +46,10 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--tag-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Sigmoid score above which a class counts as present with --tags predicted.")
 @click.option("--crf", is_flag=True, help="Refine each pseudo mask with the dense CRF (needs the crf extra).")
-@click.option("--bkg-thre", type=float, default=None, help="Default: the checkpoint's cam.bkg_thre.")
 @click.option("--high-thre", type=float, default=None, help="Default: the checkpoint's cam.high_thre.")
 @click.option("--low-thre", type=float, default=None, help="Default: the checkpoint's cam.low_thre.")
 @click.option("--input-size", type=int, default=None, help="Images are resized to this square (default: crop size).")
-@click.option("--overwrite", is_flag=True, help="Redo ids finished by an earlier run.")
+@click.option("--overwrite", is_flag=True, help="Delete this split's earlier outputs in --out (HDF5, PNGs, parts) and export every image again.")
 @click.option("--skip-bad", is_flag=True, help="Log unreadable images and go on instead of stopping.")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--num-workers", type=int, default=2, show_default=True)
@@ -58,12 +57,12 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @defaults_file_option
 def export_cmd(checkpoint, split, out_dir, data_root, layout, formats, scales, flip, cam_source, tags, tag_threshold,
-               crf, bkg_thre, high_thre, low_thre, input_size, overwrite, skip_bad, batch_size, num_workers, device, quiet):
+               crf, high_thre, low_thre, input_size, overwrite, skip_bad, batch_size, num_workers, device, quiet):
     """Export refined CAMs and pseudo masks; resumable (finished ids are skipped unless --overwrite)."""
     from ..export import ExportOptions, export_split
 
     options = ExportOptions(scales=scales, flip=flip, cam_source=cam_source, tags=tags, tag_threshold=tag_threshold,
-                            crf=crf, bkg_thre=bkg_thre, high_thre=high_thre,
+                            crf=crf, high_thre=high_thre,
                             low_thre=low_thre, input_size=input_size, formats=formats, overwrite=overwrite,
                             skip_bad=skip_bad, batch_size=batch_size, num_workers=num_workers, device=device)
     result = export_split(checkpoint, split, out_dir, data_root=data_root, layout=layout, options=options,

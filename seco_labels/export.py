@@ -230,12 +230,14 @@ def export_split(
                     tags = it["tags"].to(device)
                     keys = torch.nonzero(tags).flatten() + 1  # mask values of the tagged classes
                     h, w = it["rgb"].shape[:2]
-                    full = F.interpolate(cam[None], size=(h, w), mode="bilinear", align_corners=False)  # (1, C, H, W)
-                    valid = full * tags[None, :, None, None]
+                    # only the tagged channels are upsampled (the others are zeroed by the tags anyway)
+                    cam_k = F.interpolate(cam[keys - 1][None], size=(h, w), mode="bilinear", align_corners=False)[0]
+                    valid = cam.new_zeros(1, cam.shape[0], h, w)  # (1, C, H, W)
+                    valid[0, keys - 1] = cam_k
                     rgb = it["rgb"].to(device).permute(2, 0, 1)[None].float() / 255.0
                     mask = refine_with_background(par, rgb, valid, tags[None], high_thre=high, low_thre=low,
                                                   ignore_index=cfg.data.ignore_index)[0]
-                    cam_k, mask_np = full[0, keys - 1].cpu().numpy(), mask.cpu().numpy().astype(np.uint8)
+                    cam_k, mask_np = cam_k.cpu().numpy(), mask.cpu().numpy().astype(np.uint8)
                     if opt.crf:
                         mask_np = crf_refine_mask(it["rgb"].numpy(), mask_np, cfg.data.num_classes,
                                                   ignore_index=cfg.data.ignore_index)

@@ -86,14 +86,19 @@ class PAR(nn.Module):
 
     def affinity(self, images: torch.Tensor) -> torch.Tensor:
         """Propagation weights (B, 1, N, h, w) of images (B, 3, h, w); each pixel's weights sum to 1 + w_pos."""
-        diff = torch.stack([nb - images for nb in self.shifted(images)], dim=2)  # (B, 3, N, h, w) I_j - I
+        b, c, h, w = images.shape
+        nbs = self.shifted(images)
+        # one preallocated buffer updated in place: no stack copy, no full-size temporaries (same ops, same order)
+        diff = images.new_empty(b, c, len(nbs), h, w)  # (B, 3, N, h, w) I_j - I
+        for j, nb in enumerate(nbs):
+            torch.sub(nb, images, out=diff[:, :, j])
         # std over neighbours is shift-invariant: std_j(I_j - I) = std_j(I_j) (published: std of the neighbours)
         std = diff.std(dim=2, keepdim=True)  # (B, 3, 1, h, w), unbiased
-        rgb = -((diff.abs() / (std + 1e-8) / self.w_rgb) ** 2)  # DESIGN §4 RGB affinity
+        rgb = diff.abs_().div_(std + 1e-8).div_(self.w_rgb).pow_(2).neg_()  # DESIGN §4 RGB affinity
         rgb = rgb.mean(dim=1, keepdim=True).softmax(dim=2)  # (B, 1, N, h, w)
         dist = self.distance.to(images.dtype)  # (N,) pixels
         pos = (-((dist / (dist.std() + 1e-8) / self.w_rgb) ** 2)).softmax(dim=0)  # DESIGN §4 positional affinity
-        return rgb + self.w_pos * pos[:, None, None]
+        return rgb.add_(self.w_pos * pos[:, None, None])
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Refine ``masks`` along ``images``.
@@ -111,13 +116,22 @@ class PAR(nn.Module):
         masks = F.interpolate(masks.to(images.dtype), size=images.shape[-2:], mode="bilinear", align_corners=True)
         aff = self.affinity(images)  # (B, 1, N, h, w)
         weights = aff.movedim(2, 0).contiguous().unbind(0)  # N x (B, 1, h, w), each contiguous
-        for _ in range(self.num_iter):
-            # masks = sum_j a[j] * masks_j, accumulated in place: O(B C h w) memory instead of N times that
-            out = torch.zeros_like(masks)
-            for nb, a in zip(self.shifted(masks), weights):
+        if self.num_iter == 0:
+            return masks
+        # masks = sum_j a[j] * masks_j, accumulated in place; the padded input and the output buffers are reused by
+        # every iteration: O(B C h w) memory instead of N times that, and no allocation per step
+        h, w = masks.shape[-2:]
+        p = max(self.dilations)
+        padded = F.pad(masks, [p] * 4, mode="replicate")
+        views = [padded[..., p + dy : p + dy + h, p + dx : p + dx + w] for dy, dx in self.offsets]
+        out = torch.empty_like(masks)
+        for step in range(self.num_iter):
+            out.zero_()
+            for nb, a in zip(views, weights):
                 out.addcmul_(nb, a)
-            masks = out
-        return masks
+            if step + 1 < self.num_iter:
+                padded.copy_(F.pad(out, [p] * 4, mode="replicate"))
+        return out
 
 
 def refine_with_background(
@@ -168,17 +182,17 @@ def refine_with_background(
     for i in range(b):
         keys[i, : counts[i]] = present[i].nonzero().flatten()
 
-    # Both thresholds in one resize: [bkg_high, bkg_low, cams...] (interpolation is channel-independent).
-    bkg = torch.tensor([high_thre, low_thre], dtype=cams.dtype, device=cams.device)
-    with_bkg = torch.cat([bkg[None, :, None, None].expand(b, 2, h, w), cams], dim=1)  # (B, 2+C, H, W)
-    with_bkg = F.interpolate(with_bkg, size=small, mode="bilinear", align_corners=False)  # (B, 2+C, h, w)
     valid = torch.arange(kmax, device=cams.device) < counts[:, None]  # (B, kmax)
+    # Only the tagged channels are resized (interpolation is channel-independent, so picking first is exact):
+    # [bkg_high, bkg_low, class keys[1:]...]; padded slots repeat channel 0 and are masked out below.
+    fg = cams[torch.arange(b, device=cams.device)[:, None], (keys[:, 1:] - 1).clamp(min=0)]  # (B, kmax-1, H, W)
+    bkg = torch.tensor([high_thre, low_thre], dtype=cams.dtype, device=cams.device)
+    with_bkg = torch.cat([bkg[None, :, None, None].expand(b, 2, h, w), fg], dim=1)  # (B, 1+kmax, H, W)
+    with_bkg = F.interpolate(with_bkg, size=small, mode="bilinear", align_corners=False)  # (B, 1+kmax, h, w)
     probs = []
     for t in (0, 1):  # high, low
-        chans = torch.cat([with_bkg[:, t : t + 1], with_bkg[:, 2:]], dim=1)  # (B, K, h, w) channel k = class k
-        sel = chans[torch.arange(b, device=cams.device)[:, None], keys]  # (B, kmax, h, w)
-        sel = sel.masked_fill(~valid[:, :, None, None], float("-inf")).softmax(dim=1)  # padded -> exactly 0
-        probs.append(sel)
+        sel = torch.cat([with_bkg[:, t : t + 1], with_bkg[:, 2:]], dim=1)  # (B, kmax, h, w) in keys order
+        probs.append(sel.masked_fill(~valid[:, :, None, None], float("-inf")).softmax(dim=1))  # padded -> 0
     refined = par(small_images, torch.cat(probs, dim=1))  # (B, 2*kmax, h, w)
     refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)  # (B, 2*kmax, H, W)
 

@@ -68,18 +68,23 @@ def test_train_runs_and_writes_the_run_folder(voc_root, tmp_path):
 
 def test_demo_runs_train_export_evaluate(tmp_path):
     out = tmp_path / "demo"
-    res = CliRunner().invoke(cli, ["demo", "--iters", "2", "--out", str(out), "--quiet",
+    res = CliRunner().invoke(cli, ["demo", "--iters", "2", "--seg-iters", "2", "--out", str(out), "--quiet",
                                    "--set", "train.val_every=0"])
     assert res.exit_code == 0, res.output
-    assert "[1/3] train: 2 steps" in res.output
-    assert "[2/3] export-masks: 32 image(s) of train (0 already done)" in res.output
-    assert "[3/3] evaluate on train: pseudo masks mIoU" in res.output
+    assert "[1/5] train: 2 steps" in res.output
+    assert "[2/5] export-masks: 32 image(s) of train (0 already done)" in res.output
+    assert "[3/5] evaluate on train: pseudo masks mIoU" in res.output
+    assert "[4/5] fit-segmenter on pseudo masks: 2 steps, val mIoU" in res.output
+    assert "[4/5] fit-segmenter on GT masks: 2 steps, val mIoU" in res.output
+    rows = (out / "compare.csv").read_text().splitlines()
+    assert "deeplabv3plus (pseudo)" in rows[0] and "deeplabv3plus (gt)" in rows[0] and len(rows) >= 22
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((out / "artifacts" / "metrics.json").read_text())
     cams = json.loads((out / "artifacts" / "cams_metrics.json").read_text())
     assert metrics["num_images"] == cams["num_images"] == 32
     assert f"mIoU {100 * metrics['miou']:.2f}" in res.output
     assert len(list((out / "artifacts" / "masks_train").glob("*.png"))) == 32
-    again = CliRunner().invoke(cli, ["demo", "--iters", "2", "--out", str(out), "--quiet",
+    again = CliRunner().invoke(cli, ["demo", "--iters", "2", "--seg-iters", "2", "--out", str(out), "--quiet",
                                      "--set", "train.val_every=0"])
     assert again.exit_code == 0, again.output
     assert "export-masks: 0 image(s) of train (32 already done)" in again.output  # the rerun resumes

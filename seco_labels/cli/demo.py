@@ -14,7 +14,7 @@ def _num(x: float | None, scale: float = 1.0) -> str:
     return "-" if x is None or x != x else f"{scale * x:.2f}"
 
 
-STEPS = 3  # train, export, evaluate (fit-segmenter joins when it exists)
+STEPS = 5  # train, export, evaluate, fit-segmenter (pseudo masks and GT), compare
 
 
 @cli.command("demo")
@@ -22,9 +22,12 @@ STEPS = 3  # train, export, evaluate (fit-segmenter joins when it exists)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="seco-demo", show_default=True,
               help="Folder for the demo's outputs (re-running continues it).")
 @click.option("--iters", type=int, default=None, help="Training iterations (default: the demo preset's).")
-def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters):
+@click.option("--seg-iters", type=int, default=80, show_default=True,
+              help="Iterations of each segmenter (deeplabv3plus/resnet18 on the pseudo masks and on the GT).")
+def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters, seg_iters):
     """The pipeline on the bundled demo data: train SeCo (a tiny ViT, 128 px crops, 300 steps by default), export
-    pseudo masks of the train split, and score them against the demo's ground truth."""
+    pseudo masks of the train split, score them against the demo's ground truth, train a DeepLabV3+ on them and on
+    the GT (the upper bound), and compare the two on the val split."""
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
     from ..artifacts import ArtifactFile
     from ..export import ExportOptions, export_split
@@ -61,3 +64,28 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
                f"{_num(m['mean_precision'], 100)}, recall {_num(m['mean_recall'], 100)}, FP/TP {_num(m['fp_tp'])}; "
                f"raw CAMs mIoU {_num(cams.best_miou, 100)} at background threshold {cams.best_threshold:.2f}")
     click.echo(f"  reports: {art / 'metrics.json'}, {art / 'cams_metrics.json'}")
+
+    from ..segmenters.compare import compare_runs, format_markdown, load_run
+    from ..segmenters.config import segmenter_config
+    from ..segmenters.train import SegmenterTrainer
+
+    seg_runs = []
+    for labels, name in ((str(art), "pseudo"), ("gt", "gt")):
+        seg_dir = Path(out_dir) / f"segmenter-{name}"
+        seg_cfg = segmenter_config(**{
+            "model.arch": "deeplabv3plus", "model.encoder": "resnet18", "data.labels": labels,
+            "data.root": cfg.data.root, "data.layout": cfg.data.layout, "data.num_classes": cfg.data.num_classes,
+            "data.split": split, "data.val_split": cfg.data.val_split, "data.crop_size": cfg.data.crop_size,
+            "data.batch_size": 4, "data.num_workers": 2, "train.iters": seg_iters, "train.seed": cfg.train.seed,
+            "train.device": cfg.train.device,
+        })
+        seg = SegmenterTrainer(seg_cfg, seg_dir, quiet=quiet)
+        seg.resume("auto")
+        summary = seg.fit()
+        seg_runs.append(load_run(seg_dir, f"deeplabv3plus ({name})"))
+        click.echo(f"[4/{STEPS}] fit-segmenter on {'pseudo masks' if name == 'pseudo' else 'GT masks'}: "
+                   f"{seg.step} steps, val mIoU {_num(summary.get('val_miou'), 100)} -> {seg_dir}")
+    paths = compare_runs(seg_runs, out_dir, stem="compare", title="demo: pseudo masks vs GT (val IoU %)")
+    click.echo(f"[5/{STEPS}] compare: {paths['md']}, {paths['csv']}, {paths['png']}")
+    if not quiet:
+        click.echo(format_markdown(seg_runs), nl=False)

@@ -1,0 +1,34 @@
+"""``seco compare``: per-class IoU of scored runs side by side (Markdown + CSV) and as a bar chart (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import cli
+from .options import defaults_file_option
+
+
+@cli.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Folder for compare.md, compare.csv and compare.png.")
+@click.option("--name", "names", multiple=True,
+              help="Column name of each run, in order (repeatable; default arch/encoder (gt|pseudo) or the folder).")
+@click.option("--stem", default="compare", show_default=True, help="File name stem of the three outputs.")
+@click.option("--title", default="IoU per class (%)", show_default=True, help="Chart title.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the table.")
+@defaults_file_option
+def compare_cmd(runs, out_dir, names, stem, title, quiet):
+    """Compare the mIoU and per-class IoU of RUN_DIR... (folders holding the metrics.json of seco fit-segmenter
+    or seco evaluate): pseudo masks vs the GT upper bound, one architecture vs another."""
+    from ..segmenters.compare import compare_runs, format_markdown, load_run
+
+    if names and len(names) != len(runs):
+        raise click.UsageError(f"{len(names)} --name value(s) for {len(runs)} run(s); give one per run or none")
+    scores = [load_run(Path(r), names[i] if names else None) for i, r in enumerate(runs)]
+    paths = compare_runs(scores, out_dir, stem=stem, title=title)
+    if not quiet:
+        click.echo(format_markdown(scores), nl=False)
+    click.echo(f"wrote {paths['md']}, {paths['csv']} and {paths['png']}", err=True)

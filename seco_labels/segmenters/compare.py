@@ -1,0 +1,244 @@
+"""``seco compare``: per-class IoU of several scored runs side by side (Markdown + CSV) and as a bar chart (PNG).
+
+A run is any folder holding the ``metrics.json`` of ``seco fit-segmenter`` or ``seco evaluate`` (its ``per_class``
+rows), so a segmenter trained on pseudo masks, one trained on GT (the upper bound) and the pseudo masks themselves
+can sit in one table. The chart is drawn with PIL alone (no matplotlib needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..errors import DataError
+from ..io import atomic_path, atomic_write_text
+
+__all__ = ["RunScores", "load_run", "compare_runs", "format_markdown", "format_csv", "draw_bar_chart", "PALETTE"]
+
+#: bar colours, one per run (matplotlib's tab10)
+PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+@dataclass
+class RunScores:
+    """The scores of one run: mIoU and per-class IoU as fractions (None where a class has no score)."""
+
+    name: str
+    path: Path
+    miou: float | None
+    class_names: list[str]
+    iou: list[float | None]
+    info: dict[str, Any] = field(default_factory=dict)  #: the rest of metrics.json (split, num_images, arch, ...)
+
+    def describe(self) -> str:
+        i = self.info
+        if "arch" in i:
+            what = f"{i['arch']}/{i['encoder']}, labels {i['labels']}, "
+        else:
+            what = f"predictions {i.get('pred')}, "
+        return f"{self.path} ({what}scored on {i.get('num_images')} images of {i.get('split')!r})"
+
+
+def _default_name(info: dict[str, Any], path: Path) -> str:
+    if "arch" in info:
+        return f"{info['arch']}/{info['encoder']} ({'gt' if info.get('labels') == 'gt' else 'pseudo'})"
+    return path.name
+
+
+def load_run(path: str | Path, name: str | None = None) -> RunScores:
+    """Read ``PATH/metrics.json`` (or ``PATH`` itself when it is that file).
+
+    Raises:
+        DataError: no metrics.json, or one without per-class rows (names the file and what to run).
+    """
+    path = Path(path)
+    file = path if path.is_file() else path / "metrics.json"
+    folder = file.parent
+    if not file.is_file():
+        raise DataError(f"{folder} has no metrics.json; score it first (seco fit-segmenter with --val-split, or "
+                        "seco evaluate --out)")
+    try:
+        doc = json.loads(file.read_text())
+        rows = doc["per_class"]
+        names = [str(r["name"]) for r in rows]
+        iou = [None if r["iou"] is None else float(r["iou"]) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{file} is not a metrics.json of seco evaluate/fit-segmenter ({e!r}); score the run "
+                        "again") from None
+    info = {k: v for k, v in doc.items() if k not in ("per_class", "conventions")}
+    miou = doc.get("miou")
+    return RunScores(name or _default_name(info, folder), folder, None if miou is None else float(miou), names, iou,
+                     info)
+
+
+def _check_same_classes(runs: Sequence[RunScores]) -> None:
+    first = runs[0]
+    for run in runs[1:]:
+        if run.class_names != first.class_names:
+            raise DataError(f"{run.path} scores {len(run.class_names)} classes ({', '.join(run.class_names[:4])}, "
+                            f"...) but {first.path} scores {len(first.class_names)} "
+                            f"({', '.join(first.class_names[:4])}, ...); compare runs of the same dataset")
+
+
+def _unique_names(runs: Sequence[RunScores]) -> None:
+    seen: dict[str, int] = {}
+    for run in runs:
+        seen[run.name] = seen.get(run.name, 0) + 1
+    for run in runs:
+        if seen[run.name] > 1:
+            run.name = f"{run.name} [{run.path.name}]"
+
+
+def _pct(x: float | None, digits: int) -> str:
+    return "" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _rows(runs: Sequence[RunScores]) -> list[tuple[str, str, list[float | None]]]:
+    """(index, name, scores per run): the mIoU row first, then every class."""
+    rows = [("", "mIoU", [r.miou for r in runs])]
+    for c, name in enumerate(runs[0].class_names):
+        rows.append((str(c), name, [r.iou[c] for r in runs]))
+    return rows
+
+
+def _delta(scores: list[float | None]) -> float | None:
+    return None if scores[0] is None or scores[1] is None else scores[1] - scores[0]
+
+
+def format_markdown(runs: Sequence[RunScores]) -> str:
+    """The table in percent (1 decimal; ``-`` where a class has no score), plus ``B - A`` for two runs."""
+    two = len(runs) == 2
+    head = ["class", *(r.name.replace("|", "\\|") for r in runs)] + (["B − A"] if two else [])
+    lines = ["| " + " | ".join(head) + " |", "|:--" + "|--:" * (len(head) - 1) + "|"]
+    for index, name, scores in _rows(runs):
+        cells = [f"**{name}**" if not index else name] + [_pct(s, 1) or "-" for s in scores]
+        if two:
+            d = _delta(scores)
+            cells.append("-" if d is None else f"{100 * d:+.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("IoU in percent; mIoU over the classes present in the GT or the prediction (`seco evaluate`).")
+    for label, run in zip("AB" if two else [""] * len(runs), runs):
+        lines.append(f"- {label + ' = ' if label else ''}**{run.name}**: {run.describe()}")
+    splits = {(r.info.get("split"), r.info.get("num_images")) for r in runs}
+    if len(splits) > 1:
+        lines.append("")
+        lines.append("Note: the runs were scored on different images ("
+                     + "; ".join(f"{r.name}: {r.info.get('num_images')} of {r.info.get('split')!r}" for r in runs)
+                     + "), so their numbers are not directly comparable.")
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(runs: Sequence[RunScores]) -> str:
+    """Columns ``index, class, <run name>...`` (``, delta`` for two runs); IoU in percent with 2 decimals, empty
+    where a class has no score; the first row is the mIoU (empty index)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    two = len(runs) == 2
+    writer.writerow(["index", "class", *(r.name for r in runs)] + (["delta"] if two else []))
+    for index, name, scores in _rows(runs):
+        row = [index, name, *(_pct(s, 2) for s in scores)]
+        if two:
+            row.append(_pct(_delta(scores), 2))
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def draw_bar_chart(runs: Sequence[RunScores], path: str | Path, *, title: str = "IoU per class (%)",
+                   plot_width: int = 600) -> list[tuple[int, str, tuple[int, int, int, int]]]:
+    """Horizontal grouped bars, one group per class (mIoU first) and one bar per run, 0-100 % on the x axis.
+
+    Classes without a score in every run are left out. Writes the PNG atomically and returns the bars as
+    ``(run index, group name, (x0, y0, x1, y1))``; a bar's width is ``IoU x plot_width`` pixels.
+    """
+    font, small = _font(13), _font(11)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_w(s: str, f: ImageFont.ImageFont = font) -> int:
+        box = probe.textbbox((0, 0), s, font=f)
+        return box[2] - box[0]
+
+    groups = [(n, scores) for index, n, scores in _rows(runs) if any(s is not None for s in scores)]
+    bar_h, gap, pad = 12, 10, 16
+    left = pad + max(text_w(n) for n, _ in groups) + 10
+    legend_rows: list[list[int]] = [[]]
+    legend_x, max_legend = 0, plot_width + 200
+    for i, run in enumerate(runs):  # wrap the legend to the chart's width
+        w = 18 + text_w(run.name) + 16
+        if legend_x + w > max_legend and legend_rows[-1]:
+            legend_rows.append([])
+            legend_x = 0
+        legend_rows[-1].append(i)
+        legend_x += w
+    top = pad + 22 + 18 * len(legend_rows) + 8
+    group_h = len(runs) * bar_h + gap
+    width = left + plot_width + 60
+    height = top + len(groups) * group_h + 30
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((pad, pad), title, fill="black", font=font)
+    y = pad + 22
+    for row in legend_rows:
+        x = pad
+        for i in row:
+            draw.rectangle((x, y + 2, x + 12, y + 14), fill=PALETTE[i % len(PALETTE)])
+            draw.text((x + 18, y), runs[i].name, fill="black", font=font)
+            x += 18 + text_w(runs[i].name) + 16
+        y += 18
+    bottom = top + len(groups) * group_h
+    for tick in range(0, 101, 20):  # grid and axis labels
+        x = left + round(tick / 100 * plot_width)
+        draw.line((x, top - 4, x, bottom), fill=(220, 220, 220) if tick else "black")
+        draw.text((x - text_w(str(tick), small) // 2, bottom + 4), str(tick), fill="black", font=small)
+    bars = []
+    for g, (name, scores) in enumerate(groups):
+        y0 = top + g * group_h
+        draw.text((left - 8 - text_w(name), y0 + (len(runs) * bar_h - 14) // 2), name, fill="black", font=font)
+        for i, s in enumerate(scores):
+            by = y0 + i * bar_h
+            if s is None:
+                draw.text((left + 4, by - 1), "-", fill="black", font=small)
+                continue
+            x1 = left + round(max(0.0, min(1.0, s)) * plot_width)
+            rect = (left, by, x1, by + bar_h - 2)
+            if x1 > left:
+                draw.rectangle((left, by, x1 - 1, by + bar_h - 3), fill=PALETTE[i % len(PALETTE)])
+            draw.text((x1 + 4, by - 1), f"{100 * s:.1f}", fill="black", font=small)
+            bars.append((i, name, rect))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return bars
+
+
+def compare_runs(runs: Sequence[RunScores], out_dir: str | Path, *, stem: str = "compare",
+                 title: str = "IoU per class (%)") -> dict[str, Path]:
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` into ``out_dir``; returns their paths.
+
+    Raises:
+        DataError: fewer than one run, or runs over different class lists.
+    """
+    if not runs:
+        raise DataError("nothing to compare: give one or more run folders")
+    _check_same_classes(runs)
+    _unique_names(runs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "png": out / f"{stem}.png"}
+    atomic_write_text(paths["md"], format_markdown(runs))
+    atomic_write_text(paths["csv"], format_csv(runs))
+    draw_bar_chart(runs, paths["png"], title=title)
+    return paths

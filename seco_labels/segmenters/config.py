@@ -1,0 +1,138 @@
+"""Typed configuration of ``seco fit-segmenter``: data, model, optimiser, loop (DESIGN.md §5-6).
+
+Defaults are the usual DeepLab recipe on one GPU: 512 px crops, batch 8, SGD lr 0.01 (momentum 0.9, weight decay
+1e-4), poly decay (power 0.9) over 20k iterations. CPU runs pass smaller values on the command line.
+
+Layering (lowest to highest priority): these defaults -> ``--config FILE`` (a nested mapping, e.g. a run's own
+``config.yaml``) -> ``--set key=value`` -> named CLI options. The resolved config is saved as ``RUN_DIR/config.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import apply_overrides, load_config_file, set_values
+from ..errors import ConfigError
+
+__all__ = [
+    "SegDataConfig",
+    "SegModelConfig",
+    "SegOptimConfig",
+    "SegTrainConfig",
+    "SegmenterConfig",
+    "segmenter_config",
+]
+
+
+@dataclass
+class SegDataConfig:
+    """Training labels, images and augmentation."""
+
+    labels: str = ""  #: "gt" (the split's GT masks) or an export folder (cams_<split>.h5 and/or masks_<split>/)
+    root: str = ""  #: dataset root; "" = the export's dataset_root (manifest_<split>.json)
+    layout: str = ""  #: reader name: voc | coco | coco-seco; "" = the export's, else voc
+    num_classes: int | None = None  #: K including background; None = the layout's (voc 21, coco 81)
+    ignore_index: int = 255
+    split: str = "train_aug"  #: training split (its ids must all have a label)
+    val_split: str = "val"  #: GT-scored split; "" for none
+    crop_size: int = 512  #: square training crop, pixels; rounded up to the model's size multiple
+    scale_range: tuple[float, float] = (0.5, 2.0)  #: random rescale factor before the crop
+    flip_p: float = 0.5  #: horizontal flip probability
+    batch_size: int = 8
+    num_workers: int = 4
+
+
+@dataclass
+class SegModelConfig:
+    """Any segmentation_models_pytorch architecture and encoder."""
+
+    arch: str = "deeplabv3plus"  #: a key of smp.MODEL_ARCHITECTURES_MAPPING
+    encoder: str = "resnet50"  #: an smp encoder name or tu-<timm model>
+    encoder_weights: str | None = None  #: local weights file for the encoder; None = random init (no download)
+    kwargs: dict = field(default_factory=dict)  #: extra smp.create_model arguments, e.g. {"encoder_depth": 3}
+
+
+@dataclass
+class SegOptimConfig:
+    """SGD (or AdamW) with optional linear warm-up, then poly decay per iteration."""
+
+    name: str = "sgd"  #: sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9  #: SGD only
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)  #: AdamW only
+    head_lr_mult: float = 1.0  #: decoder + head lr = lr x this (10 is common with a pretrained encoder)
+    warmup_iters: int = 0
+    warmup_ratio: float = 1e-6  #: lr multiplier at step 0 of the warm-up
+    power: float = 0.9
+
+
+@dataclass
+class SegTrainConfig:
+    """Loop length, checkpoints, logging and validation."""
+
+    iters: int = 20000
+    seed: int = 0
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    amp: str = "auto"  #: auto (bf16 if supported else fp16 on CUDA, off on CPU) | bf16 | fp16 | off
+    ckpt_every: int = 1000
+    val_every: int = 2000  #: 0 = validate only at the end
+    log_every: int = 20
+    val_max_images: int = 0  #: 0 = the whole val split
+
+
+@dataclass
+class SegmenterConfig:
+    """The resolved configuration of one ``seco fit-segmenter`` run."""
+
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    optim: SegOptimConfig = field(default_factory=SegOptimConfig)
+    train: SegTrainConfig = field(default_factory=SegTrainConfig)
+
+    def validate(self) -> "SegmenterConfig":
+        """Raise :class:`ConfigError` naming the key of the first inconsistent value; return self.
+
+        Architecture and encoder names are checked against smp by :func:`seco_labels.segmenters.check_names`.
+        """
+        d, o, t = self.data, self.optim, self.train
+        if not d.labels:
+            raise ConfigError("no training labels: pass --labels ART_DIR (an export folder) or --labels gt")
+        if d.num_classes is not None and (not isinstance(d.num_classes, int) or d.num_classes < 2):
+            raise ConfigError(f"data.num_classes={d.num_classes}: need background plus at least one class")
+        if d.crop_size < 1 or d.batch_size < 1:
+            raise ConfigError(f"data.crop_size={d.crop_size} and data.batch_size={d.batch_size} must be positive")
+        if not 0 < d.scale_range[0] <= d.scale_range[1]:
+            raise ConfigError(f"data.scale_range={d.scale_range} must be (low, high) with 0 < low <= high")
+        if not 0 <= d.flip_p <= 1:
+            raise ConfigError(f"data.flip_p={d.flip_p} is a probability in [0, 1]")
+        if o.name not in ("sgd", "adamw"):
+            raise ConfigError(f"optim.name={o.name!r}: choose sgd or adamw")
+        if o.lr <= 0:
+            raise ConfigError(f"optim.lr={o.lr} must be positive")
+        if t.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"train.amp={t.amp!r}: choose auto, bf16, fp16 or off")
+        if t.iters < 1 or t.ckpt_every < 1 or t.log_every < 1:
+            raise ConfigError(f"train.iters={t.iters}, train.ckpt_every={t.ckpt_every} and train.log_every="
+                              f"{t.log_every} must be positive")
+        if not isinstance(self.model.kwargs, dict):
+            raise ConfigError(f"model.kwargs={self.model.kwargs!r} must be a mapping of smp.create_model arguments")
+        for reserved in ("arch", "encoder_name", "encoder_weights", "classes"):
+            if reserved in self.model.kwargs:
+                raise ConfigError(f"model.kwargs sets {reserved!r}; use the dedicated option (--arch, --encoder, "
+                                  "--encoder-weights, --num-classes) instead")
+        return self
+
+
+def segmenter_config(
+    config_file: str | None = None, overrides: tuple[str, ...] | list[str] = (), **named: Any
+) -> SegmenterConfig:
+    """Defaults, then ``config_file`` (nested mapping), then ``--set`` items, then ``named`` dotted keys whose value
+    is not None (``{"train.iters": 100}``). Returns the validated config."""
+    cfg = SegmenterConfig()
+    if config_file:
+        set_values(cfg, load_config_file(config_file))  # top-level keys are sections: nested mappings apply
+    apply_overrides(cfg, list(overrides))
+    set_values(cfg, {k: v for k, v in named.items() if v is not None})
+    return cfg.validate()

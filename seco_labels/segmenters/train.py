@@ -1,0 +1,335 @@
+"""``seco fit-segmenter``: train an smp model on pseudo masks (or GT), checkpoint, resume, score on GT.
+
+Reads top-down: :func:`ce_loss` -> :class:`PredictedMasks` (the model as a ``seco evaluate`` mask source) ->
+:class:`SegmenterTrainer` (loop, checkpoints, resume, logging, final report). Device, AMP, the batch sampler, the
+lr schedule, checkpoint files and the metrics are those of ``seco train`` / ``seco evaluate``.
+
+Files written in ``RUN_DIR``: ``config.yaml`` (resolved config), ``last.pt`` (training checkpoint with optimiser,
+every ``ckpt_every`` steps and at the end), ``metrics.jsonl`` (a record per step and per validation),
+``model/`` (``save_pretrained``: reload with ``smp.from_pretrained(RUN_DIR / "model")``), ``metrics.json`` and
+``per_class.csv`` (the final validation, via :func:`seco_labels.evaluate.write_reports`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import config_to_dict, save_config
+from ..data.readers import SegmentationReader
+from ..errors import CheckpointError, ConfigError
+from ..evaluate import EvalResult, evaluate_masks, write_reports
+from ..io import atomic_write_text
+from ..schedule import lr_multiplier
+from ..train import StepBatchSampler, resolve_amp, resolve_device
+from .config import SegmenterConfig
+from .data import SegTrainDataset, open_labels, open_val_reader
+from .model import build_segmenter, check_names, forward_logits, predict_mask, preflight, round_up, size_multiple
+
+__all__ = ["ce_loss", "PredictedMasks", "SegmenterTrainer", "MODEL_KEYS"]
+
+#: the saved model is only the same network if these config keys agree
+MODEL_KEYS = (("model", "arch"), ("model", "encoder"), ("model", "kwargs"), ("data", "num_classes"))
+
+
+def ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Pixel cross-entropy, mean over labelled pixels; ``ignore_index`` pixels (padding, uncertain) are skipped.
+
+    logits (B, K, H, W) float, target (B, H, W) int64. Returns 0 (still attached to the graph), not NaN, when no
+    pixel of the batch is labelled. (smp's own losses default to no ignore index, hence plain torch here.)
+    """
+    if not bool((target != ignore_index).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=ignore_index)
+
+
+class PredictedMasks:
+    """A :class:`seco_labels.evaluate.MaskSource` that runs the model on each image when its mask is asked for.
+
+    Images are predicted at their own size, padded to ``multiple`` (see :func:`predict_mask`), so the scores are
+    those ``seco evaluate`` would give to the saved predictions.
+    """
+
+    def __init__(self, model: nn.Module, reader: SegmentationReader, *, multiple: int, device: torch.device,
+                 autocast: Callable[[], ContextManager[Any]] | None = None, name: str = "segmenter") -> None:
+        self.model = model
+        self.reader = reader
+        self.multiple = multiple
+        self.device = device
+        self.autocast = autocast
+        self.name = name
+
+    def ids(self) -> set[str]:
+        return set(self.reader.ids)
+
+    def load_mask(self, image_id: str) -> np.ndarray:
+        image = self.reader.load_image(image_id)
+        return predict_mask(self.model, image, multiple=self.multiple, device=self.device, autocast=self.autocast)
+
+
+class SegmenterTrainer:
+    """Owns a run folder: checks the labels, builds the smp model, trains, checkpoints, resumes, scores on GT.
+
+    Construction does every check that needs no training (names, labels, val split, crop size vs the model) and
+    fills the config's derived values (data root/layout/classes from the export, crop rounded up to the model's
+    size multiple); ``self.notes`` says what was changed.
+    """
+
+    def __init__(self, cfg: SegmenterConfig, run_dir: str | Path, *, quiet: bool = False) -> None:
+        self.cfg = cfg.validate()
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet
+        self.notes: list[str] = []
+        d, m, t = cfg.data, cfg.model, cfg.train
+        check_names(m.arch, m.encoder)
+        m.arch = m.arch.lower()
+        self.device = resolve_device(t.device)
+        self.amp_dtype = resolve_amp(t.amp, self.device)
+        self.labels, pseudo = open_labels(d)
+        self.val_reader = open_val_reader(d)
+        torch.manual_seed(t.seed)
+        self.model = build_segmenter(m.arch, encoder=m.encoder, classes=d.num_classes,
+                                     encoder_weights=m.encoder_weights, **m.kwargs).to(self.device)
+        self.multiple = size_multiple(self.model)
+        crop = round_up(d.crop_size, self.multiple)
+        if crop != d.crop_size:
+            self.notes.append(f"crop size {d.crop_size} rounded up to {crop}, a multiple of {self.multiple} "
+                              f"({m.arch}/{m.encoder} needs input sizes divisible by {self.multiple})")
+            d.crop_size = crop
+        preflight(self.model, batch_size=d.batch_size, crop_size=d.crop_size, device=self.device,
+                  what=f"{m.arch} with encoder {m.encoder}")
+        self.dataset = SegTrainDataset(self.labels, pseudo, crop_size=d.crop_size, scale_range=d.scale_range,
+                                       flip_p=d.flip_p, seed=t.seed)
+        o = cfg.optim
+        enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        enc_ids = {id(p) for p in enc}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in enc_ids]
+        groups = [{"params": enc, "lr": o.lr, "name": "encoder"},
+                  {"params": rest, "lr": o.lr * o.head_lr_mult, "name": "decoder"}]
+        if o.name == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
+                                                                    weight_decay=o.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        self.last_result: EvalResult | None = None  #: the final validation of :meth:`fit`
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "segmenter",
+            "step": self.step,
+            "config": config_to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            },
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any], source: str | Path) -> None:
+        if ckpt.get("kind") != "segmenter":
+            raise CheckpointError(f"{source} is a seco train checkpoint, not a fit-segmenter one; pass the "
+                                  "RUN_DIR/last.pt of a fit-segmenter run or choose another --out")
+        mine = config_to_dict(self.cfg)
+        theirs = ckpt.get("config", {})
+        diffs = [f"{s}.{k}: checkpoint {theirs.get(s, {}).get(k)!r} vs requested {mine[s][k]!r}"
+                 for s, k in MODEL_KEYS if theirs.get(s, {}).get(k) != mine[s][k]]
+        if diffs:
+            raise CheckpointError(f"checkpoint {source} was trained with another model ({'; '.join(diffs)}); pass "
+                                  "the same --arch/--encoder/--model-kwargs/--num-classes or choose another --out")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {source} does not fit this model: {e}") from None
+        if ckpt.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        rng = ckpt.get("rng", {})
+        if rng.get("torch") is not None:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.step = int(ckpt["step"])
+
+    def resume(self, spec: str | None) -> bool:
+        """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if present;
+        a path: continue from that checkpoint. Returns whether a checkpoint was loaded."""
+        last = latest_checkpoint(self.run_dir)
+        if spec is None:
+            if last is not None:
+                raise ConfigError(f"{self.run_dir} already holds a run ({last}); pass --resume auto to continue it "
+                                  "or choose another --out")
+            return False
+        path = last if spec == "auto" else Path(spec)
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
+        self._truncate_log(self.step)
+        return True
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir / "last.pt", self.state_dict())
+
+    def save_model(self, metrics: dict[str, Any] | None = None) -> Path:
+        """``RUN_DIR/model/`` in smp's ``save_pretrained`` format, replaced as a whole (temp folder + rename)."""
+        final = self.run_dir / "model"
+        tmp = self.run_dir / ".model.tmp"
+        old = self.run_dir / ".model.old"
+        for p in (tmp, old):
+            shutil.rmtree(p, ignore_errors=True)
+        d = self.cfg.data
+        self.model.save_pretrained(tmp, metrics=metrics, dataset=f"{d.layout} {d.root}, split {d.split}, labels "
+                                                                 f"{d.labels}")
+        mode = 0o666 & ~_umask()
+        for f in tmp.iterdir():  # hub writers may leave 0600 files; outputs get the usual permissions
+            f.chmod(mode)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    # -- logging -------------------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop records of steps >= ``step`` (they are re-run after a resume)."""
+        if not self.log_path.exists():
+            return
+        kept = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
+        atomic_write_text(self.log_path, "".join(ln + "\n" for ln in kept))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- loop ----------------------------------------------------------------------------------------------
+    def _autocast(self) -> ContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _train_loader(self) -> DataLoader:
+        d = self.cfg.data
+        sampler = StepBatchSampler(len(self.dataset), d.batch_size, self.cfg.train.seed, start_step=self.step)
+        return DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=d.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.cfg.train.seed),  # keeps the global RNG for the model
+        )
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        """One optimiser step at ``self.step`` (lr set from the schedule first); returns the loss."""
+        mult = lr_multiplier(self.step, self.cfg.optim, self.cfg.train.iters)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * mult
+        x = batch["image"].to(self.device, non_blocking=True)
+        y = batch["mask"].to(self.device, non_blocking=True)
+        with self._autocast():
+            logits = forward_logits(self.model, x)  # (B, K, S, S)
+        loss = ce_loss(logits.float(), y, self.cfg.data.ignore_index)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step}; lower optim.lr (--lr)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def validate(self) -> EvalResult | None:
+        """Score the model on the val split's GT masks (all of them, or ``train.val_max_images``)."""
+        reader = self.val_reader
+        if reader is None:
+            return None
+        t, m = self.cfg.train, self.cfg.model
+        ids = reader.ids[: t.val_max_images] if t.val_max_images else None
+        source = PredictedMasks(self.model, reader, multiple=self.multiple, device=self.device,
+                                autocast=self._autocast if self.amp_dtype else None,
+                                name=f"{m.arch}/{m.encoder} ({self.run_dir}, step {self.step})")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            result = evaluate_masks(source, reader, ignore_index=self.cfg.data.ignore_index, ids=ids,
+                                    progress=not self.quiet and sys.stderr.isatty())
+        finally:
+            self.model.train(was_training)
+        d = self.cfg.data
+        result.info = {"arch": m.arch, "encoder": m.encoder, "labels": d.labels, "train_split": d.split,
+                       "iters": self.step, "crop_size": d.crop_size, "size_multiple": self.multiple}
+        return result
+
+    def fit(self) -> dict[str, Any]:
+        """Train from ``self.step`` to ``train.iters``, save ``last.pt`` and ``model/``, then score the val split
+        and write ``metrics.json`` + ``per_class.csv``. Returns the last step's record and the val mIoU."""
+        t = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        self.model.train()
+        last: dict[str, Any] = {}
+        bar = tqdm(total=t.iters, initial=self.step, desc="fit-segmenter", dynamic_ncols=True,
+                   disable=self.quiet or not sys.stderr.isatty())
+        loader = iter(self._train_loader()) if self.step < t.iters else iter(())
+        while self.step < t.iters:
+            start = time.perf_counter()
+            loss = self.train_step(next(loader))
+            record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss,
+                      "time": time.perf_counter() - start}
+            self._log(record)
+            last = record
+            self.step += 1
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == t.iters:
+                bar.set_postfix(loss=f"{loss:.3f}")
+            if self.step % t.ckpt_every == 0 or self.step == t.iters:
+                self.save()
+            if t.val_every and self.step % t.val_every == 0 and self.step < t.iters:
+                result = self.validate()
+                if result is not None:
+                    miou = result.confusion.miou()
+                    self._log({"step": self.step - 1, "split": self.cfg.data.val_split, "miou": _num(miou)})
+                    bar.write(f"step {self.step}: val mIoU {100 * miou:.2f}")
+        bar.close()
+        if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another path
+            self.save()
+        result = self.last_result = self.validate()
+        summary: dict[str, Any] = {**last, "steps": self.step}
+        if result is not None:
+            miou = _num(result.confusion.miou())
+            self._log({"step": self.step - 1, "split": self.cfg.data.val_split, "miou": miou})
+            write_reports(result, self.run_dir)
+            summary["val_miou"] = miou
+        self.save_model({"val_miou": summary.get("val_miou"), "val_split": self.cfg.data.val_split or None,
+                         "steps": self.step})
+        return summary
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None

@@ -281,7 +281,37 @@ def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, An
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-class Trainer:
+class RunLogMixin:
+    """The JSONL metrics log and the autocast context shared by the trainers (needs ``run_dir``, ``device``,
+    ``amp_dtype``)."""
+
+    run_dir: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    # -- logging -------------------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop records of steps >= ``step`` (they are re-run after a resume)."""
+        if not self.log_path.exists():
+            return
+        kept = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
+        atomic_write_text(self.log_path, "".join(ln + "\n" for ln in kept))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _autocast(self) -> ContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+class Trainer(RunLogMixin):
     """Owns a run folder: builds data, model and optimiser from a resolved config, trains, checkpoints,
     validates, and resumes from ``RUN_DIR/last.pt``.
 
@@ -371,27 +401,7 @@ class Trainer:
     def save(self) -> Path:
         return save_checkpoint(self.run_dir / "last.pt", self.state_dict())
 
-    # -- logging -------------------------------------------------------------------------------------------
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop records of steps >= ``step`` (they are re-run after a resume)."""
-        if not self.log_path.exists():
-            return
-        kept = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
-        atomic_write_text(self.log_path, "".join(ln + "\n" for ln in kept))
-
-    def _log(self, record: dict[str, Any]) -> None:
-        with self.log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
     # -- loop ----------------------------------------------------------------------------------------------
-    def _autocast(self) -> ContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _train_loader(self) -> DataLoader:
         d = self.cfg.data

@@ -12,8 +12,6 @@ every ``ckpt_every`` steps and at the end), ``metrics.jsonl`` (a record per step
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import shutil
@@ -34,9 +32,8 @@ from ..config import config_to_dict, save_config
 from ..data.readers import SegmentationReader
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import EvalResult, evaluate_masks, write_reports
-from ..io import atomic_write_text
 from ..schedule import lr_multiplier
-from ..train import StepBatchSampler, resolve_amp, resolve_device
+from ..train import RunLogMixin, StepBatchSampler, resolve_amp, resolve_device
 from .config import SegmenterConfig
 from .data import SegTrainDataset, open_labels, open_val_reader
 from .model import build_segmenter, check_names, forward_logits, predict_mask, preflight, round_up, size_multiple
@@ -82,7 +79,7 @@ class PredictedMasks:
         return predict_mask(self.model, image, multiple=self.multiple, device=self.device, autocast=self.autocast)
 
 
-class SegmenterTrainer:
+class SegmenterTrainer(RunLogMixin):
     """Owns a run folder: checks the labels, builds the smp model, trains, checkpoints, resumes, scores on GT.
 
     Construction does every check that needs no training (names, labels, val split, crop size vs the model) and
@@ -209,27 +206,7 @@ class SegmenterTrainer:
         shutil.rmtree(old, ignore_errors=True)
         return final
 
-    # -- logging -------------------------------------------------------------------------------------------
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop records of steps >= ``step`` (they are re-run after a resume)."""
-        if not self.log_path.exists():
-            return
-        kept = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
-        atomic_write_text(self.log_path, "".join(ln + "\n" for ln in kept))
-
-    def _log(self, record: dict[str, Any]) -> None:
-        with self.log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
     # -- loop ----------------------------------------------------------------------------------------------
-    def _autocast(self) -> ContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _train_loader(self) -> DataLoader:
         d = self.cfg.data

@@ -17,9 +17,7 @@ VOC-layout split of ``../shared/data/voc-mini`` (symlinks), and measures in the 
 - **bytes per image**: ``cams_<split>.h5`` per image, its CAM and mask datasets separately (stored, compressed,
   and raw), and the mean PNG mask.
 
-Then it profiles PAR on one VOC-sized image, part by part, and times a proposed variant of the refinement
-(in-place affinity, reused buffers, tagged channels picked before resizing) that is checked to give bit-identical
-outputs; the variant lives only here, as a measured suggestion for ``seco_labels/refine.py``/``export.py``.
+Then it profiles PAR on one VOC-sized image, part by part (``--only par``).
 
 The number to read is **export / CAM alone**: what refinement and writing add on top of the network passes
 (target: < 1.25x on the realistic config, ViT-B/16 @ 448). Absolute seconds depend on the (shared) machine.
@@ -236,77 +234,11 @@ def time_writer(h5: Path, work: Path) -> dict[str, float]:
     return out
 
 
-# -- PAR: where the time goes, and a proposed bit-identical variant ------------------------------------------------
-def affinity_inplace(par, images: torch.Tensor) -> torch.Tensor:
-    """PAR.affinity with the same ops in the same order, written into one preallocated (B, 3, N, h, w) buffer and
-    then updated in place: no ``torch.stack`` copy and no five full-size temporaries (bit-identical)."""
-    b, c, h, w = images.shape
-    nbs = par.shifted(images)
-    diff = images.new_empty(b, c, len(nbs), h, w)
-    for j, nb in enumerate(nbs):
-        torch.sub(nb, images, out=diff[:, :, j])
-    std = diff.std(dim=2, keepdim=True)
-    rgb = diff.abs_().div_(std + 1e-8).div_(par.w_rgb).pow_(2).neg_()
-    rgb = rgb.mean(dim=1, keepdim=True).softmax(dim=2)
-    dist = par.distance.to(images.dtype)
-    pos = (-((dist / (dist.std() + 1e-8) / par.w_rgb) ** 2)).softmax(dim=0)
-    return rgb.add_(par.w_pos * pos[:, None, None])
-
-
-def par_inplace(par, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """PAR.forward with :func:`affinity_inplace` and two buffers (padded input, output) reused by every
-    iteration instead of a new pad and a new zeros tensor per iteration (bit-identical)."""
-    masks = F.interpolate(masks.to(images.dtype), size=images.shape[-2:], mode="bilinear", align_corners=True)
-    weights = affinity_inplace(par, images).movedim(2, 0).contiguous().unbind(0)
-    if par.num_iter == 0:
-        return masks
-    h, w = masks.shape[-2:]
-    p = max(par.dilations)
-    xp = F.pad(masks, [p] * 4, mode="replicate")
-    views = [xp[..., p + dy : p + dy + h, p + dx : p + dx + w] for dy, dx in par.offsets]
-    out = torch.empty_like(masks)
-    for it in range(par.num_iter):
-        out.zero_()
-        for nb, a in zip(views, weights):
-            out.addcmul_(nb, a)
-        if it + 1 < par.num_iter:
-            xp.copy_(F.pad(out, [p] * 4, mode="replicate"))
-    return out
-
-
-def refine_tagged_first(par, images, cams, tags, *, high_thre, low_thre, ignore_index=255, down_scale=2):
-    """refine_with_background (no box) that picks the tagged CAM channels at full size *before* building and
-    resizing the (B, 2 + C, H, W) stack (2 + k channels instead of 22; resizing is per channel), with
-    :func:`par_inplace`. Bit-identical labels."""
-    b, _, h, w = images.shape
-    small = (h // down_scale, w // down_scale)
-    small_images = F.interpolate(images, size=small, mode="bilinear", align_corners=False)
-    present = torch.cat([torch.ones_like(tags[:, :1], dtype=torch.bool), tags != 0], dim=1)
-    counts = present.sum(1)
-    kmax = int(counts.max())
-    keys = torch.zeros(b, kmax, dtype=torch.long, device=cams.device)
-    for i in range(b):
-        keys[i, : counts[i]] = present[i].nonzero().flatten()
-    valid = torch.arange(kmax, device=cams.device) < counts[:, None]
-    fg = cams[torch.arange(b, device=cams.device)[:, None], (keys[:, 1:] - 1).clamp(min=0)]  # (B, kmax-1, H, W)
-    fg = fg * valid[:, 1:, None, None]  # padding channels are masked out below anyway
-    bkg = torch.tensor([high_thre, low_thre], dtype=cams.dtype, device=cams.device)
-    with_bkg = torch.cat([bkg[None, :, None, None].expand(b, 2, h, w), fg], dim=1)
-    with_bkg = F.interpolate(with_bkg, size=small, mode="bilinear", align_corners=False)
-    probs = [torch.cat([with_bkg[:, t : t + 1], with_bkg[:, 2:]], dim=1)
-             .masked_fill(~valid[:, :, None, None], float("-inf")).softmax(dim=1) for t in (0, 1)]
-    refined = par_inplace(par, small_images, torch.cat(probs, dim=1))
-    refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
-    pad = ~valid[:, :, None, None]
-    label_h, label_l = (keys.gather(1, part.masked_fill(pad, float("-inf")).argmax(dim=1).flatten(1)).view(b, h, w)
-                        for part in refined.split(kmax, dim=1))
-    label = label_h.masked_fill(label_h == 0, ignore_index)
-    return label.masked_fill((label_h == 0) & (label_l == 0), 0)
-
-
+# -- PAR: where the time goes ----------------------------------------------------------------------------------
 def profile_par(args) -> None:
     """PAR on one VOC-sized image (640x480, 2 tagged classes, 256 px CAMs), as the exporter calls it, part by
-    part; then the same with the proposed bit-identical variant."""
+    part. (The in-place affinity, reused buffers and tagged-channel-only resizing measured here as a proposal were
+    applied in refine.py/export.py at commit bbd6764: 0.60-0.65x of the earlier refinement time.)"""
     from seco_labels.refine import PAR, refine_with_background
 
     torch.manual_seed(0)
@@ -321,32 +253,21 @@ def profile_par(args) -> None:
     masks = torch.rand(1, 2 * (len(tagged) + 1), h // 2, w // 2).softmax(1)
     opts = dict(high_thre=0.7, low_thre=0.25)
 
-    def export_now():  # seco_labels/export.py today: every class upsampled to full size, then refined
-        full = F.interpolate(cam[None], size=(h, w), mode="bilinear", align_corners=False)
-        return refine_with_background(par, rgb, full * tags[None, :, None, None], tags[None], **opts)
-
-    def export_proposed():  # only the tagged channels upsampled, scattered into zeros for the C-channel API
+    def upsample_tagged():  # as export.py: only the tagged channels, scattered into zeros for the C-channel API
         full = torch.zeros(1, 20, h, w)
         full[0, keys - 1] = F.interpolate(cam[keys - 1][None], size=(h, w), mode="bilinear", align_corners=False)[0]
-        return refine_tagged_first(par, rgb, full, tags[None], **opts)
+        return full
 
+    full = upsample_tagged()
     parts = {
-        "upsample 20 CAM channels to 640x480 (+ x tags)": lambda: F.interpolate(
-            cam[None], size=(h, w), mode="bilinear", align_corners=False) * tags[None, :, None, None],
+        "upsample the tagged CAM channels to 640x480": upsample_tagged,
         "PAR affinity (48 neighbours, 320x240)": lambda: par.affinity(small),
         "PAR forward (affinity + 10 x 48 propagation steps, 6 channels)": lambda: par(small, masks),
-        "refine_with_background (incl. PAR)": lambda: refine_with_background(
-            par, rgb, F.interpolate(cam[None], size=(h, w), mode="bilinear", align_corners=False)
-            * tags[None, :, None, None], tags[None], **opts),
-        "**exporter's refinement per image, today**": export_now,
-        "affinity, in place (proposed)": lambda: affinity_inplace(par, small),
-        "PAR forward, in place (proposed)": lambda: par_inplace(par, small, masks),
-        "**exporter's refinement per image, proposed**": export_proposed,
+        "refine_with_background (incl. PAR)": lambda: refine_with_background(par, rgb, full, tags[None], **opts),
+        "**exporter's refinement per image**": lambda: refine_with_background(
+            par, rgb, upsample_tagged(), tags[None], **opts),
     }
     with torch.no_grad():
-        assert torch.equal(affinity_inplace(par, small), par.affinity(small))
-        assert torch.equal(par_inplace(par, small, masks), par(small, masks))
-        assert torch.equal(export_now(), export_proposed())
         times: dict[str, list[float]] = {k: [] for k in parts}
         for _ in range(args.par_reps + 1):  # the first round is a warm-up
             for k, fn in parts.items():
@@ -355,14 +276,11 @@ def profile_par(args) -> None:
                 times[k].append(time.perf_counter() - t0)
     best = {k: min(v[1:]) for k, v in times.items()}
     print(f"\n## PAR per image ({w}x{h}, {len(tagged)} tagged classes, {size} px CAMs; best of {args.par_reps}, "
-          f"{torch.get_num_threads()} threads); the proposed variants give bit-identical outputs (checked)\n")
+          f"{torch.get_num_threads()} threads)\n")
     print("| part | ms |")
     print("|---|---:|")
     for k, t in best.items():
         print(f"| {k} | {1000 * t:.0f} |")
-    today = best["**exporter's refinement per image, today**"]
-    proposed = best["**exporter's refinement per image, proposed**"]
-    print(f"\nproposed / today = {proposed / today:.2f} ({today / proposed:.1f}x faster)")
 
 
 def main() -> None:

@@ -281,9 +281,10 @@ def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, An
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-class RunLogMixin:
-    """The JSONL metrics log and the autocast context shared by the trainers (needs ``run_dir``, ``device``,
-    ``amp_dtype``)."""
+class TrainerMixin:
+    """What the SeCo and segmenter trainers share: the JSONL metrics log, the autocast context, and restoring
+    model, optimiser, grad scaler and torch/CUDA RNG from a checkpoint (needs ``run_dir``, ``device``, ``amp_dtype``,
+    ``model``, ``optimizer``, ``scaler``)."""
 
     run_dir: Path
     device: torch.device
@@ -305,13 +306,27 @@ class RunLogMixin:
         with self.log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def _load_common_state(self, ckpt: dict[str, Any], source: str | Path) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {source} does not fit this model: {e}") from None
+        if ckpt.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        rng = ckpt.get("rng", {})
+        if rng.get("torch") is not None:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
     def _autocast(self) -> ContextManager[Any]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-class Trainer(RunLogMixin):
+class Trainer(TrainerMixin):
     """Owns a run folder: builds data, model and optimiser from a resolved config, trains, checkpoints,
     validates, and resumes from ``RUN_DIR/last.pt``.
 
@@ -364,20 +379,10 @@ class Trainer(RunLogMixin):
 
     def load_state_dict(self, ckpt: dict[str, Any], source: str | Path) -> None:
         check_compatible(ckpt.get("config", {}), config_to_dict(self.cfg), source)
-        try:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {source} does not fit this model: {e}") from None
-        if ckpt.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
+        self._load_common_state(ckpt, source)
         rng = ckpt.get("rng", {})
-        if rng.get("torch") is not None:
-            torch.set_rng_state(rng["torch"])
         if rng.get("crops") is not None:
             self.crop_generator.set_state(rng["crops"])
-        if rng.get("cuda") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(rng["cuda"])
         self.step = int(ckpt["step"])
 
     def resume(self, spec: str | None) -> bool:

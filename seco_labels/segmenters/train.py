@@ -33,7 +33,7 @@ from ..data.readers import SegmentationReader
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import EvalResult, evaluate_masks, write_reports
 from ..schedule import lr_multiplier
-from ..train import RunLogMixin, StepBatchSampler, resolve_amp, resolve_device
+from ..train import TrainerMixin, StepBatchSampler, resolve_amp, resolve_device
 from .config import SegmenterConfig
 from .data import SegTrainDataset, open_labels, open_val_reader
 from .model import build_segmenter, check_names, forward_logits, predict_mask, preflight, round_up, size_multiple
@@ -79,7 +79,7 @@ class PredictedMasks:
         return predict_mask(self.model, image, multiple=self.multiple, device=self.device, autocast=self.autocast)
 
 
-class SegmenterTrainer(RunLogMixin):
+class SegmenterTrainer(TrainerMixin):
     """Owns a run folder: checks the labels, builds the smp model, trains, checkpoints, resumes, scores on GT.
 
     Construction does every check that needs no training (names, labels, val split, crop size vs the model) and
@@ -154,18 +154,7 @@ class SegmenterTrainer(RunLogMixin):
         if diffs:
             raise CheckpointError(f"checkpoint {source} was trained with another model ({'; '.join(diffs)}); pass "
                                   "the same --arch/--encoder/--model-kwargs/--num-classes or choose another --out")
-        try:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {source} does not fit this model: {e}") from None
-        if ckpt.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
-        rng = ckpt.get("rng", {})
-        if rng.get("torch") is not None:
-            torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        self._load_common_state(ckpt, source)
         self.step = int(ckpt["step"])
 
     def resume(self, spec: str | None) -> bool:

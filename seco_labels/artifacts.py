@@ -127,8 +127,6 @@ def _attr_value(value: Any) -> Any:
     """HDF5-storable form of a JSON-like value: dicts as JSON text, string lists as vlen-string arrays."""
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
-    if value is None:
-        return "none"
     if isinstance(value, (list, tuple)):
         if all(isinstance(v, str) for v in value):
             return np.array(value, dtype=h5py.string_dtype())
@@ -151,9 +149,6 @@ def _read_root_attrs(f: h5py.File) -> dict[str, Any]:
     attrs = {k: _plain(v) for k, v in f.attrs.items()}
     if isinstance(attrs.get("config"), str):
         attrs["config"] = json.loads(attrs["config"])
-    for k, v in attrs.items():
-        if v == "none":
-            attrs[k] = None
     return attrs
 
 
@@ -321,7 +316,8 @@ class ArtifactWriter:
             ids = sorted(set(parts) | (set(old["masks"].keys()) if old is not None else set()))
             with atomic_path(self.h5) as tmp, h5py.File(tmp, "w") as f:
                 for k, v in self.attrs.items():
-                    f.attrs[k] = _attr_value(v)
+                    if v is not None:  # HDF5 has no null: an unknown value is an absent attribute
+                        f.attrs[k] = _attr_value(v)
                 cams, masks = f.create_group("cams"), f.create_group("masks")
                 for image_id in ids:
                     if image_id in parts:

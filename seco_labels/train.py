@@ -284,7 +284,7 @@ def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, An
 class TrainerMixin:
     """What the SeCo and segmenter trainers share: the JSONL metrics log, the autocast context, and restoring
     model, optimiser, grad scaler and torch/CUDA RNG from a checkpoint (needs ``run_dir``, ``device``, ``amp_dtype``,
-    ``model``, ``optimizer``, ``scaler``)."""
+    ``model``, ``optimizer``, ``scaler``; ``resume``/``save`` call the trainer's ``state_dict``/``load_state_dict``)."""
 
     run_dir: Path
     device: torch.device
@@ -305,6 +305,25 @@ class TrainerMixin:
     def _log(self, record: dict[str, Any]) -> None:
         with self.log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def resume(self, spec: str | None) -> bool:
+        """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if present;
+        a path: continue from that checkpoint. Returns whether a checkpoint was loaded."""
+        last = latest_checkpoint(self.run_dir)
+        if spec is None:
+            if last is not None:
+                raise ConfigError(f"{self.run_dir} already holds a run ({last}); pass --resume auto to continue it "
+                                  "or choose another --out")
+            return False
+        path = last if spec == "auto" else Path(spec)
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)  # type: ignore[attr-defined]
+        self._truncate_log(self.step)  # type: ignore[attr-defined]
+        return True
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir / "last.pt", self.state_dict())  # type: ignore[attr-defined]
 
     def _load_common_state(self, ckpt: dict[str, Any], source: str | Path) -> None:
         try:
@@ -385,26 +404,6 @@ class Trainer(TrainerMixin):
             self.crop_generator.set_state(rng["crops"])
         self.step = int(ckpt["step"])
 
-    def resume(self, spec: str | None) -> bool:
-        """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if
-        present; a path: continue from that checkpoint. Returns whether a checkpoint was loaded."""
-        last = latest_checkpoint(self.run_dir)
-        if spec is None:
-            if last is not None:
-                raise ConfigError(
-                    f"{self.run_dir} already holds a run ({last}); pass --resume auto to continue it "
-                    "or choose another --out"
-                )
-            return False
-        path = last if spec == "auto" else Path(spec)
-        if path is None:
-            return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
-        self._truncate_log(self.step)
-        return True
-
-    def save(self) -> Path:
-        return save_checkpoint(self.run_dir / "last.pt", self.state_dict())
 
     # -- loop ----------------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import apply_overrides, load_config_file, set_values
+from ..config import TrainConfig, apply_overrides, load_config_file, set_values
 from ..errors import ConfigError
 
 __all__ = [
@@ -68,18 +68,8 @@ class SegOptimConfig:
     power: float = 0.9
 
 
-@dataclass
-class SegTrainConfig:
-    """Loop length, checkpoints, logging and validation."""
-
-    iters: int = 20000
-    seed: int = 0
-    device: str = "auto"  #: auto | cpu | cuda | cuda:N
-    amp: str = "auto"  #: auto (bf16 if supported else fp16 on CUDA, off on CPU) | bf16 | fp16 | off
-    ckpt_every: int = 1000
-    val_every: int = 2000  #: 0 = validate only at the end
-    log_every: int = 20
-    val_max_images: int = 0  #: 0 = the whole val split
+#: loop length, checkpoints, logging and validation: the same fields and defaults as ``seco train``'s
+SegTrainConfig = TrainConfig
 
 
 @dataclass

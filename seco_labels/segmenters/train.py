@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import latest_checkpoint
 from ..config import config_to_dict, save_config
 from ..data.readers import SegmentationReader
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..evaluate import EvalResult, evaluate_masks, write_reports
 from ..schedule import lr_multiplier
 from ..train import TrainerMixin, StepBatchSampler, resolve_amp, resolve_device
@@ -156,25 +156,6 @@ class SegmenterTrainer(TrainerMixin):
                                   "the same --arch/--encoder/--model-kwargs/--num-classes or choose another --out")
         self._load_common_state(ckpt, source)
         self.step = int(ckpt["step"])
-
-    def resume(self, spec: str | None) -> bool:
-        """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if present;
-        a path: continue from that checkpoint. Returns whether a checkpoint was loaded."""
-        last = latest_checkpoint(self.run_dir)
-        if spec is None:
-            if last is not None:
-                raise ConfigError(f"{self.run_dir} already holds a run ({last}); pass --resume auto to continue it "
-                                  "or choose another --out")
-            return False
-        path = last if spec == "auto" else Path(spec)
-        if path is None:
-            return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
-        self._truncate_log(self.step)
-        return True
-
-    def save(self) -> Path:
-        return save_checkpoint(self.run_dir / "last.pt", self.state_dict())
 
     def save_model(self, metrics: dict[str, Any] | None = None) -> Path:
         """``RUN_DIR/model/`` in smp's ``save_pretrained`` format, replaced as a whole (temp folder + rename)."""

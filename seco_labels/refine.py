@@ -268,8 +268,18 @@ def dense_crf(
     c, h, w = probs.shape
     image = _check_image(image, (h, w))
     dcrf, dcrf_utils = require_crf()
+    unary = np.ascontiguousarray(dcrf_utils.unary_from_softmax(probs.astype(np.float32)))  # (C, H*W)
+    return _mean_field(dcrf, unary, image, iters, pos_xy_std, pos_w, bi_xy_std, bi_rgb_std, bi_w)
+
+
+def _mean_field(dcrf, unary: np.ndarray, image: np.ndarray, iters: int, pos_xy_std: float, pos_w: float,
+                bi_xy_std: float, bi_rgb_std: float, bi_w: float) -> np.ndarray:
+    """Mean-field inference of a dense CRF: unary (C, H*W) energies, Gaussian + bilateral Potts kernels on the
+    (H, W, 3) uint8 image; returns (C, H, W) float32 probabilities."""
+    c = unary.shape[0]
+    h, w = image.shape[:2]
     d = dcrf.DenseCRF2D(w, h, c)  # pydensecrf takes (width, height, labels)
-    d.setUnaryEnergy(np.ascontiguousarray(dcrf_utils.unary_from_softmax(probs.astype(np.float32))))  # (C, H*W)
+    d.setUnaryEnergy(unary)
     d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
     d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=image, compat=bi_w)
     q = d.inference(int(iters))  # (C, H*W) Eigen matrix, softmax-normalised per pixel
@@ -333,10 +343,7 @@ def crf_refine_mask(
     # Compact labels for pydensecrf's zero_unsure mode: 0 = ignore (uniform unary), i + 1 = i-th present class.
     compact = np.zeros((h, w), dtype=np.int64)
     compact[labelled] = np.searchsorted(present, mask[labelled]) + 1
-    d = dcrf.DenseCRF2D(w, h, n)
-    d.setUnaryEnergy(dcrf_utils.unary_from_labels(compact, n, gt_prob=gt_prob, zero_unsure=True))  # (n, H*W)
-    d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
-    d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=image, compat=bi_w)
-    q = np.asarray(d.inference(int(iters))).reshape(n, h, w)
+    unary = np.ascontiguousarray(dcrf_utils.unary_from_labels(compact, n, gt_prob=gt_prob, zero_unsure=True))
+    q = _mean_field(dcrf, unary, image, iters, pos_xy_std, pos_w, bi_xy_std, bi_rgb_std, bi_w)  # (n, H, W)
     out[labelled] = present[q.argmax(axis=0)[labelled]]  # ignore pixels keep ignore_index
     return out

@@ -266,7 +266,7 @@ def decompose(
     crop_size: int = 64,
     bg_fraction: float = 0.2,
     area_rule: Literal["label_sum", "fraction"] = "label_sum",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ignore_index: int = 255,
 ) -> Decomposition:
     """Cut local crops around uncertain pixels and tag them (DESIGN.md §3 steps 1-3; published ``assign_csc_tags``).
@@ -296,8 +296,10 @@ def decompose(
         crop_size: crop side ``cs`` in pixels; needs ``H, W > 2 * (cs // 2)`` (the inner region is not empty).
         bg_fraction: phi (DESIGN §3 step 3).
         area_rule: ``"label_sum"`` or ``"fraction"``, see above.
-        generator: source of randomness (the published code reseeds the global RNG with 0 for every image; we
-            don't, so crop positions differ between steps).
+        generator: source of randomness, or one generator per image (then an image's crops do not depend on the
+            other images of the batch, which keeps multi-process training equal to single-process training).
+            The published code reseeds the global RNG with 0 for every image; we don't, so crop positions differ
+            between steps.
         ignore_index: value of ignored ROI pixels.
 
     Returns:
@@ -334,7 +336,10 @@ def decompose(
     single = global_tags > 0  # (B,)
     filled = torch.where(uncertain & single[:, None, None], global_tags[:, None, None], r)  # (B, H, W)
 
-    tops = torch.stack([_sample_tops(roi[i], n, cs, generator) for i in range(b)])  # (B, n, 2)
+    gens = list(generator) if isinstance(generator, Sequence) else [generator] * b
+    if len(gens) != b:
+        raise ValueError(f"got {len(gens)} generators for a batch of {b} images; pass one per image or a single one")
+    tops = torch.stack([_sample_tops(roi[i], n, cs, gens[i]) for i in range(b)])  # (B, n, 2)
     offs = torch.arange(cs, device=roi.device)
     rows = (tops[..., 0, None] + offs)[:, :, :, None]  # (B, n, cs, 1)
     cols = (tops[..., 1, None] + offs)[:, :, None, :]  # (B, n, 1, cs)

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .distributed import global_sum, world_size
+
 __all__ = [
     "cls_loss",
     "label_to_affinity",
@@ -83,7 +85,8 @@ def ptc_loss(tokens: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
     With ``cos`` the absolute cosine similarity of every token pair of an image, and the positive/negative pair
     counts taken over the whole batch:
     ``0.5 * (1 - sum(pos * cos) / (npos + 1)) + 0.5 * sum(neg * cos) / (nneg + 1)``.
-    Pairs whose affinity is neither 0 nor 1 (ignored) do not count.
+    Pairs whose affinity is neither 0 nor 1 (ignored) do not count. Under torchrun the counts are the global
+    batch's (:func:`~seco_labels.distributed.global_sum`), as for every batch-wide ratio below.
 
     Shape:
         - tokens: (B, D, h, w) patch tokens.
@@ -102,8 +105,11 @@ def ptc_loss(tokens: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
     cos = torch.matmul(x.transpose(1, 2), x).abs()  # (B, hw, hw) |cosine| of every token pair
     pos = (affinity == 1).to(cos.dtype)
     neg = (affinity == 0).to(cos.dtype)
+    world = world_size()
     # ToCo / SeCo: pull positives to |cos| 1, push negatives to 0, each half normalised by its pair count (+1)
-    return 0.5 * (1 - (pos * cos).sum() / (pos.sum() + 1)) + 0.5 * (neg * cos).sum() / (neg.sum() + 1)
+    pos_term = world * (pos * cos).sum() / (global_sum(pos.sum()) + 1)
+    neg_term = world * (neg * cos).sum() / (global_sum(neg.sum()) + 1)
+    return 0.5 * (1 - pos_term) + 0.5 * neg_term
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -135,8 +141,9 @@ def seg_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255)
     valid = label != ignore_index
     bg = (valid & (label == 0)).to(ce.dtype)
     fg = (valid & (label != 0)).to(ce.dtype)
-    bg_loss = (ce * bg).sum() / (bg.sum() + 1e-6)  # published get_seg_loss: mean over bg pixels, guarded
-    fg_loss = (ce * fg).sum() / (fg.sum() + 1e-6)  # mean over fg pixels, guarded
+    world = world_size()  # global-batch pixel counts under torchrun (see ptc_loss)
+    bg_loss = world * (ce * bg).sum() / (global_sum(bg.sum()) + 1e-6)  # published get_seg_loss: bg mean, guarded
+    fg_loss = world * (ce * fg).sum() / (global_sum(fg.sum()) + 1e-6)  # mean over fg pixels, guarded
     return 0.5 * (bg_loss + fg_loss)
 
 
@@ -266,18 +273,20 @@ def lil_loss(
         has_pos = n_pos > 0
         row_loss = -torch.where(pos, log_prob, zero).sum(dim=1) / n_pos.clamp(min=1)  # (N,)
         row_loss = torch.where(has_pos, row_loss, torch.zeros_like(row_loss))
-        return row_loss.sum() / has_pos.sum().clamp(min=1), revised
+        return world_size() * row_loss.sum() / global_sum(has_pos.sum()).clamp(min=1), revised
 
     exp_l = torch.exp(den_logits)
     exp_l = torch.where(exp_l != 1.0, exp_l, zero)  # published: drop entries with exp == 1 (logit 0)
     denom = exp_l.sum(dim=1)  # (N,) 0 for uncertain rows (all their entries were zeroed)
     # published log_prob: the positive logit minus log D for EVERY column (non-positives hold -log D, not 0)
     row_sum = pos_logits.sum(dim=1) - m * torch.log(denom + 1e-12)  # (N,) = sum_j log_prob_ij
-    n_nonzero = (pos_logits != 0).sum()  # batch-wide count of non-zero positive logits
+    # batch-wide counts (global batch under torchrun, see ptc_loss): non-zero positive logits P, rows N
+    n_nonzero = global_sum((pos_logits != 0).sum())
+    n_rows = global_sum(torch.tensor(n, device=q.device))
     take = (denom > 0) & (row_sum < 0) & (n_nonzero > 0)
     # published: loss = -(tau/base_tau) * (1/N) * sum_{taken rows} rowsum_i / P, with tau/base_tau = 1
-    loss = torch.where(take, -row_sum, torch.zeros_like(row_sum)).sum() / n_nonzero.clamp(min=1) / max(n, 1)
-    return loss, revised
+    loss = torch.where(take, -row_sum, torch.zeros_like(row_sum)).sum() / n_nonzero.clamp(min=1) / n_rows.clamp(min=1)
+    return world_size() * loss, revised
 
 
 def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau: float) -> torch.Tensor:
@@ -317,7 +326,7 @@ def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau:
     logits = torch.matmul(q, prototypes.T) / tau  # (N, C) (DESIGN.md §3 step 4)
     classes = torch.arange(1, c + 1, device=tags.device)  # prototype column j is class j + 1
     pos = tags[:, None] == classes[None, :]  # (N, C) own-class prototype; tags 0 / -1 match none
-    present = pos.any(dim=0)  # (C,) classes tagged somewhere in this batch
+    present = global_sum(pos.any(dim=0).long()) > 0  # (C,) classes tagged somewhere in the (global) batch
     zero = torch.zeros_like(logits)
     exp_l = torch.exp(torch.where(present[None, :], logits, zero))
     exp_l = torch.where(exp_l != 1.0, exp_l, zero)  # published: absent classes (set to 0) and exp == 1 dropped
@@ -327,7 +336,7 @@ def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau:
     log_prob = torch.where(pos_logits != 0, log_prob, zero)  # published: keep only non-zero positive entries
     row = torch.where(denom[:, 0] > 0, log_prob.sum(dim=1), zero[:, 0])  # (N,)
     # published: -(tau/base_tau) * sum / #positives, tau/base_tau = 1; 0 when there is no positive
-    return (-row).sum() / pos.sum().clamp(min=1)
+    return world_size() * (-row).sum() / global_sum(pos.sum()).clamp(min=1)
 
 
 # --------------------------------------------------------------------------------------------------------------

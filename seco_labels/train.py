@@ -7,6 +7,7 @@ Reads top-down like torchvision's reference scripts: ``resolve_device`` -> ``bui
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import sys
@@ -16,14 +17,19 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm.auto import tqdm
 
 from .cams import box_mask, cam_to_label, cam_to_roi_mask, decompose, multi_scale_cams
 from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import SecoConfig, config_to_dict, save_config
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, denormalize
+from .distributed import (
+    DistContext, DistributedError, all_gather_objects, all_reduce_mean, barrier, init_distributed,
+)
 from .errors import CheckpointError, ConfigError, DataError
 from .io import atomic_write_text
 from .losses import cls_loss, crf_energy_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
@@ -33,7 +39,7 @@ from .refine import PAR, refine_with_background
 from .schedule import lr_multiplier
 
 __all__ = [
-    "Trainer", "seco_step", "evaluate", "resolve_device", "resolve_amp", "StepBatchSampler", "LOSS_TERMS",
+    "Trainer", "SecoObjective", "memory_digest", "seco_step", "evaluate", "resolve_device", "resolve_amp", "StepBatchSampler", "LOSS_TERMS",
     "batch_to_device",
 ]
 
@@ -73,22 +79,33 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
 
 
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Endless batches of ``(epoch, index)`` pairs, a pure function of (seed, step).
+    """Endless batches of ``(epoch, index)`` pairs, a pure function of (seed, step); distributed-aware.
 
-    Each epoch is a fresh permutation drawn from ``seed + epoch``; incomplete last batches are dropped.
+    Each epoch is a fresh permutation drawn from ``seed + epoch``, cut into global batches of ``batch_size``;
+    incomplete last batches are dropped. Rank ``r`` of ``world_size`` gets the ``r``-th contiguous slice of each
+    global batch, so the ranks' slices concatenated in rank order are the single-process batch: the global batch,
+    the order of the gathered keys and hence the training run do not depend on the number of processes.
     Starting at ``start_step`` reproduces exactly the batches an uninterrupted run would have seen, which is
-    what makes ``--resume`` lose nothing. The epoch travels with the index so that per-sample augmentation
-    is seeded by (seed, epoch, index) inside DataLoader workers too.
+    what makes ``--resume`` lose nothing (with the same or another number of processes). The epoch travels with
+    the index so that per-sample randomness is seeded by (seed, epoch, index) inside DataLoader workers too.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0, *, rank: int = 0,
+                 world_size: int = 1) -> None:
         if num_items < batch_size:
             raise DataError(
                 f"the training split has {num_items} images, fewer than data.batch_size={batch_size}; "
                 "add images or lower the batch size"
             )
+        if batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={batch_size} is the global batch and must split evenly over {world_size} "
+                f"processes; pick a multiple of {world_size}"
+            )
         self.n, self.batch_size, self.seed, self.start_step = num_items, batch_size, seed, start_step
         self.steps_per_epoch = num_items // batch_size
+        per_rank = batch_size // world_size
+        self.rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step = self.start_step
@@ -96,7 +113,8 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
             epoch, pos = divmod(step, self.steps_per_epoch)
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
             for b in range(pos, self.steps_per_epoch):
-                yield [(epoch, int(i)) for i in perm[b * self.batch_size : (b + 1) * self.batch_size]]
+                batch = perm[b * self.batch_size : (b + 1) * self.batch_size][self.rank_slice]
+                yield [(epoch, int(i)) for i in batch]
             step = (epoch + 1) * self.steps_per_epoch
 
 
@@ -129,7 +147,6 @@ def seco_step(
     step: int,
     cfg: SecoConfig,
     par: PAR,
-    generator: torch.Generator,
     *,
     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
     timer: PhaseTimer = _no_timer,
@@ -137,7 +154,9 @@ def seco_step(
     """The whole SeCo objective for one batch (DESIGN.md §3), with the memories updated as a side effect.
 
     ``batch`` holds ``image``/``global2``/``strong`` (B, 3, S, S), ``box`` (B, 4), ``tags`` (B, K-1),
-    ``label_idx`` (B,), all on the model's device. Terms whose weight is 0 at ``step`` are not computed.
+    ``label_idx`` (B,), ``crop_seed`` (B,), all on the model's device. Terms whose weight is 0 at ``step`` are
+    not computed. Under torchrun B is this process's share of the global batch; the memories gather every
+    process's keys, and LIL contrasts against all of this step's keys, as in one process.
     """
     lc, cc, dc = cfg.loss, cfg.cam, cfg.decompose
     x, tags, box = batch["image"], batch["tags"], batch["box"]
@@ -161,7 +180,8 @@ def seco_step(
         )
         parts = decompose(
             [x, batch["strong"]], roi, num_crops=dc.num_local_crops, crop_size=dc.local_crop_size,
-            bg_fraction=dc.bg_fraction, area_rule=dc.area_rule, generator=generator,
+            bg_fraction=dc.bg_fraction, area_rule=dc.area_rule,
+            generator=[torch.Generator().manual_seed(int(seed)) for seed in batch["crop_seed"]],
             ignore_index=cfg.data.ignore_index,
         )
         crops_q, crops_k = parts.crops
@@ -184,9 +204,9 @@ def seco_step(
         keys = torch.cat([feats[:, :2], local_k], dim=1).reshape(b * (n + 2), -1)
         k = model.teacher_project(keys).float()
         # Published order: this step's keys enter the reservoir before LIL reads it.
-        model.reservoir.push(k, view_tags)
-        all_keys = torch.cat([k, model.reservoir.keys.clone().float()])
-        all_key_tags = torch.cat([view_tags, model.reservoir.tags.clone()])
+        step_keys, step_key_tags = model.reservoir.push(k, view_tags)  # every process's keys
+        all_keys = torch.cat([step_keys.float(), model.reservoir.keys.clone().float()])
+        all_key_tags = torch.cat([step_key_tags, model.reservoir.tags.clone()])
 
     with timer("losses"):
         terms["cls"] = cls_loss(out.logits.float(), tags)
@@ -273,7 +293,11 @@ def evaluate(
         seg = F.interpolate(out.seg.float(), size=size, mode="bilinear", align_corners=False)
         mats["seg"].update(gt, seg.argmax(1).cpu())
     model.train(was_training)
-    return {f"{name}_miou": m.miou() for name, m in mats.items()}
+    # under torchrun each process scored its shard of the images: sum the counts, then score
+    return {
+        f"{name}_miou": ConfusionMatrix.from_matrix(sum(all_gather_objects(m.mat)), cfg.data.ignore_index).miou()
+        for name, m in mats.items()
+    }
 
 
 def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -284,11 +308,13 @@ def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, An
 class TrainerMixin:
     """What the SeCo and segmenter trainers share: the JSONL metrics log, the autocast context, and restoring
     model, optimiser, grad scaler and torch/CUDA RNG from a checkpoint (needs ``run_dir``, ``device``, ``amp_dtype``,
-    ``model``, ``optimizer``, ``scaler``; ``resume``/``save`` call the trainer's ``state_dict``/``load_state_dict``)."""
+    ``model``, ``optimizer``, ``scaler``; ``resume``/``save`` call the trainer's ``state_dict``/``load_state_dict``).
+    Under torchrun (``dist``) only rank 0 writes the log and checkpoints; every rank reads them on resume."""
 
     run_dir: Path
     device: torch.device
     amp_dtype: torch.dtype | None
+    dist: DistContext = DistContext()
 
     # -- logging -------------------------------------------------------------------------------------------
     @property
@@ -297,12 +323,14 @@ class TrainerMixin:
 
     def _truncate_log(self, step: int) -> None:
         """Drop records of steps >= ``step`` (they are re-run after a resume)."""
-        if not self.log_path.exists():
+        if not self.dist.is_primary or not self.log_path.exists():
             return
         kept = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
         atomic_write_text(self.log_path, "".join(ln + "\n" for ln in kept))
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_primary:
+            return
         with self.log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -323,7 +351,11 @@ class TrainerMixin:
         return True
 
     def save(self) -> Path:
-        return save_checkpoint(self.run_dir / "last.pt", self.state_dict())  # type: ignore[attr-defined]
+        path = self.run_dir / "last.pt"
+        if self.dist.is_primary:
+            save_checkpoint(path, self.state_dict())  # type: ignore[attr-defined]
+        barrier()  # no process runs ahead of a checkpoint it may have to resume from
+        return path
 
     def _load_common_state(self, ckpt: dict[str, Any], source: str | Path) -> None:
         try:
@@ -345,19 +377,52 @@ class TrainerMixin:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
+class SecoObjective(nn.Module):
+    """The network, PAR and config as one module whose ``forward(batch, step)`` is a whole training step.
+
+    DistributedDataParallel synchronises the gradients of what its wrapped module's forward reaches. A SeCo step
+    runs the encoder several times (image, second global view, local crops) and reaches the projection head and
+    decoder only once their losses start, so the whole step is that forward, and DDP wraps this module with
+    ``find_unused_parameters=True``.
+    """
+
+    def __init__(self, model: SeCoNet, par: PAR, cfg: SecoConfig) -> None:
+        super().__init__()
+        self.model, self.par, self.cfg = model, par, cfg
+
+    def forward(self, batch: dict[str, Any], step: int, *, autocast: Callable[[], ContextManager[Any]],
+                timer: PhaseTimer = _no_timer) -> StepOutput:
+        return seco_step(self.model, batch, step, self.cfg, self.par, autocast=autocast, timer=timer)
+
+
+def memory_digest(model: SeCoNet) -> str:
+    """SHA-1 of the reservoir (keys, tags, pointer) and prototypes: equal across processes when they agree."""
+    h = hashlib.sha1()
+    for t in (model.reservoir.keys, model.reservoir.tags, model.reservoir.ptr, model.prototypes.vectors):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class Trainer(TrainerMixin):
     """Owns a run folder: builds data, model and optimiser from a resolved config, trains, checkpoints,
     validates, and resumes from ``RUN_DIR/last.pt``.
 
+    Under ``torchrun`` (docs/distributed.md) every process builds the same trainer: ``data.batch_size`` is the
+    global batch, split evenly over the processes; gradients are averaged by DistributedDataParallel; the
+    memories gather every process's keys; validation is sharded and its counts summed. Rank 0 alone writes the
+    run folder and shows the progress bar.
+
     Files written in ``run_dir``: ``config.yaml`` (resolved config), ``last.pt`` (every ``ckpt_every`` steps
-    and at the end), ``metrics.jsonl`` (one JSON record per step and per validation).
+    and at the end), ``metrics.jsonl`` (one JSON record per step and per validation; under torchrun also the
+    processes' memory digests at each checkpoint).
     """
 
     def __init__(self, cfg: SecoConfig, run_dir: str | Path, *, quiet: bool = False) -> None:
         self.cfg = cfg.validate()
         self.run_dir = Path(run_dir)
-        self.quiet = quiet
-        self.device = resolve_device(cfg.train.device)
+        self.dist = init_distributed(resolve_device(cfg.train.device))
+        self.quiet = quiet or not self.dist.is_primary
+        self.device = self.dist.device
         self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
         d = cfg.data
         if not d.root:
@@ -365,9 +430,15 @@ class Trainer(TrainerMixin):
         self.reader = build_reader(d.layout, d.root, d.train_split, num_classes=d.num_classes, ignore_index=d.ignore_index)
         views = TrainViews(d.crop_size, d.rescale_range, d.global_crop_scale, d.strong_flip_p)
         self.dataset = TrainDataset(self.reader, views, seed=cfg.train.seed)
+        self._sampler(0)  # a batch that cannot be split over the processes fails here, before the model is built
         torch.manual_seed(cfg.train.seed)
         self.model = build_seco(cfg.model, d.num_classes).to(self.device)
         self.par = PAR(cfg.cam.par_dilations, cfg.cam.par_iters).to(self.device)
+        objective = SecoObjective(self.model, self.par, self.cfg)
+        self.objective: nn.Module = objective if not self.dist.distributed else DistributedDataParallel(
+            objective, device_ids=[self.device] if self.device.type == "cuda" else None,
+            find_unused_parameters=True, broadcast_buffers=False,  # the memories are kept equal by gathering
+        )
         groups = self.model.param_groups()
         o = cfg.optim
         lr_mult = {"backbone": 1.0, "backbone_norm": 1.0, "heads": o.head_lr_mult, "decoder": o.head_lr_mult}
@@ -377,7 +448,6 @@ class Trainer(TrainerMixin):
         )
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.crop_generator = torch.Generator().manual_seed(cfg.train.seed)
         self.step = 0
         self._val_loader: DataLoader | None = None
 
@@ -391,7 +461,6 @@ class Trainer(TrainerMixin):
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": {
                 "torch": torch.get_rng_state(),
-                "crops": self.crop_generator.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             },
         }
@@ -399,41 +468,44 @@ class Trainer(TrainerMixin):
     def load_state_dict(self, ckpt: dict[str, Any], source: str | Path) -> None:
         check_compatible(ckpt.get("config", {}), config_to_dict(self.cfg), source)
         self._load_common_state(ckpt, source)
-        rng = ckpt.get("rng", {})
-        if rng.get("crops") is not None:
-            self.crop_generator.set_state(rng["crops"])
         self.step = int(ckpt["step"])
 
-
     # -- loop ----------------------------------------------------------------------------------------------
+    def _sampler(self, start_step: int) -> StepBatchSampler:
+        return StepBatchSampler(len(self.dataset), self.cfg.data.batch_size, self.cfg.train.seed,
+                                start_step=start_step, rank=self.dist.rank, world_size=self.dist.world_size)
 
     def _train_loader(self) -> DataLoader:
         d = self.cfg.data
-        sampler = StepBatchSampler(len(self.dataset), d.batch_size, self.cfg.train.seed, start_step=self.step)
         return DataLoader(
-            self.dataset, batch_sampler=sampler, num_workers=d.num_workers,
+            self.dataset, batch_sampler=self._sampler(self.step), num_workers=d.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=d.num_workers > 0,
         )
 
     def val_loader(self) -> DataLoader | None:
+        """This process's share of the validation images (the first ``train.val_max_images`` when set)."""
         d = self.cfg.data
         if self._val_loader is None and d.val_split:
             reader = build_reader(
                 d.layout, d.root, d.val_split, num_classes=d.num_classes, ignore_index=d.ignore_index,
                 require_masks=True,
             )
-            self._val_loader = DataLoader(EvalDataset(reader, size=d.crop_size), batch_size=1, num_workers=d.num_workers)
+            dataset = EvalDataset(reader, size=d.crop_size)
+            n = min(len(dataset), self.cfg.train.val_max_images or len(dataset))
+            shard = Subset(dataset, range(self.dist.rank, n, self.dist.world_size))
+            self._val_loader = DataLoader(shard, batch_size=1, num_workers=d.num_workers)
         return self._val_loader
 
     def train_step(self, batch: dict[str, Any], timer: PhaseTimer = _no_timer) -> StepOutput:
-        """One optimiser step at ``self.step`` (lr set from the schedule first)."""
+        """One optimiser step at ``self.step`` (lr set from the schedule first).
+
+        The returned terms and loss are this process's; :meth:`fit` logs their mean over processes.
+        """
         mult = lr_multiplier(self.step, self.cfg.optim, self.cfg.train.iters)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * mult
         batch = batch_to_device(batch, self.device)
-        out = seco_step(
-            self.model, batch, self.step, self.cfg, self.par, self.crop_generator, autocast=self._autocast, timer=timer
-        )
+        out = self.objective(batch, self.step, autocast=self._autocast, timer=timer)
         if not torch.isfinite(out.loss):
             bad = {k: v for k, v in out.terms.items() if v is not None and not math.isfinite(v)}
             raise FloatingPointError(f"non-finite loss at step {self.step}: {bad or out.terms}; lower optim.lr")
@@ -445,20 +517,42 @@ class Trainer(TrainerMixin):
             self.scaler.update()
         return out
 
+    def _mean_over_processes(self, out: StepOutput) -> tuple[float, dict[str, float | None]]:
+        """The step's loss and terms averaged over processes (one small all-reduce); as they are in one process."""
+        active = [k for k, v in out.terms.items() if v is not None]
+        values = torch.tensor([float(out.loss.detach())] + [out.terms[k] for k in active], dtype=torch.float64)
+        values = all_reduce_mean(values.to(self.device)).cpu().tolist()
+        return values[0], {k: (values[1 + active.index(k)] if k in active else None) for k in out.terms}
+
+    def check_memories(self) -> list[str]:
+        """Every process's :func:`memory_digest`, in rank order.
+
+        Raises:
+            DistributedError: the processes' reservoirs or prototypes differ (they must stay identical).
+        """
+        digests = all_gather_objects(memory_digest(self.model))
+        if len(set(digests)) > 1:
+            raise DistributedError(
+                f"step {self.step}: the processes' key reservoirs / prototypes diverged (digests {digests}); "
+                "this is a bug, please report it with the run's config.yaml"
+            )
+        return digests
+
     def validate(self) -> dict[str, float]:
         loader = self.val_loader()
         if loader is None:
             return {}
         return evaluate(
             self.model, loader, self.cfg, self.device, autocast=self._autocast,
-            max_images=self.cfg.train.val_max_images, quiet=self.quiet or not sys.stderr.isatty(),
+            quiet=self.quiet or not sys.stderr.isatty(),
         )
 
     def fit(self) -> dict[str, Any]:
         """Train from ``self.step`` to ``train.iters``; returns the last step's terms and validation scores."""
         t = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.run_dir / "config.yaml")
+        if self.dist.is_primary:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
         self.model.train()
         last: dict[str, Any] = {}
         bar = tqdm(
@@ -470,11 +564,12 @@ class Trainer(TrainerMixin):
             start = time.perf_counter()
             batch = next(loader)
             out = self.train_step(batch)
+            loss, terms = self._mean_over_processes(out)
             record = {
                 "step": self.step,
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "loss": float(out.loss.detach()),
-                **{f"loss_{k}": v for k, v in out.terms.items()},
+                "loss": loss,
+                **{f"loss_{k}": v for k, v in terms.items()},
                 "time": time.perf_counter() - start,
             }
             self._log(record)
@@ -488,8 +583,11 @@ class Trainer(TrainerMixin):
                 if scores:
                     self._log({"step": self.step - 1, "split": self.cfg.data.val_split, **scores})
                     last = {**last, **scores}
-                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                    if self.dist.is_primary:
+                        bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             if self.step % t.ckpt_every == 0 or self.step == t.iters:
+                if self.dist.distributed:
+                    self._log({"step": self.step - 1, "memory_digests": self.check_memories()})
                 self.save()
         bar.close()
         return last

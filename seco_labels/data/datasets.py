@@ -35,7 +35,8 @@ class TrainDataset(Dataset):
 
     Items: ``id`` str; ``image``, ``global2``, ``strong`` (3, S, S) float32; ``box`` (4,) int64
     ``[h0, h1, w0, w1]``; ``tags`` (K-1,) float32 multi-hot; ``label_idx`` () int64, the class 1..K-1 of a
-    single-tag image, else -1.
+    single-tag image, else -1; ``crop_seed`` () int64, seeds the image's local-crop draws in the training step,
+    so those too depend on (seed, epoch, index) only, not on the batch or process the image lands in.
     """
 
     def __init__(self, reader: SegmentationReader, views: TrainViews, seed: int) -> None:
@@ -60,6 +61,9 @@ class TrainDataset(Dataset):
         item["id"] = image_id
         item["tags"] = torch.from_numpy(tags.copy())
         item["label_idx"] = torch.tensor(single_label_index(tags), dtype=torch.long)
+        # a stream apart from the views', so adding it left the augmentations unchanged
+        crop_rng = np.random.default_rng([self.seed, int(epoch), int(index), 1])
+        item["crop_seed"] = torch.tensor(int(crop_rng.integers(2**62)), dtype=torch.long)
         return item
 
 

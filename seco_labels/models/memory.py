@@ -1,8 +1,9 @@
 """SeCo's two memories: the FIFO key reservoir with its tags, and the class prototypes (DESIGN.md §3 steps 4-5).
 
 Both keep their state in ``register_buffer``s, so it is checkpointed with the model. Both take the keys of
-*this process*; ``gather`` (identity in a single process, an all-gather under torch.distributed) is applied
-first, so that every rank applies the same update and keeps identical state.
+*this process*; ``gather`` (by default :func:`~seco_labels.distributed.all_gather_cat`: identity in a single
+process, an all-gather in rank order under torchrun) is applied first, so that every rank applies the same
+update and keeps identical state, equal to a single process's on the same global batch.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["KeyReservoir", "ClassPrototypes", "identity_gather"]
+from ..distributed import all_gather_cat
+
+__all__ = ["KeyReservoir", "ClassPrototypes"]
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
-
-
-def identity_gather(t: torch.Tensor) -> torch.Tensor:
-    return t
 
 
 class KeyReservoir(nn.Module):
@@ -29,7 +28,7 @@ class KeyReservoir(nn.Module):
     there) tagged 0, so early background crops already have positives.
     """
 
-    def __init__(self, size: int, dim: int, gather: Gather = identity_gather) -> None:
+    def __init__(self, size: int, dim: int, gather: Gather = all_gather_cat) -> None:
         super().__init__()
         self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=0))
         self.register_buffer("tags", torch.zeros(size, dtype=torch.long))
@@ -41,19 +40,24 @@ class KeyReservoir(nn.Module):
         return self.keys.shape[0]
 
     @torch.no_grad()
-    def push(self, keys: torch.Tensor, tags: torch.Tensor) -> None:
-        """Enqueue keys (n, dim) with tags (n,), overwriting the oldest entries."""
+    def push(self, keys: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Enqueue keys (n, dim) with tags (n,), overwriting the oldest entries.
+
+        Returns the keys and tags actually enqueued: every process's, in rank order (``(n * world, dim)``,
+        ``(n * world,)``), so that a loss reading "this step's keys" sees the same set in every process.
+        """
         keys, tags = self.gather(keys.detach()), self.gather(tags)
         n = keys.shape[0]
         if self.size % n:
             raise ValueError(
                 f"reservoir size {self.size} is not a multiple of the {n} keys pushed per step; "
-                "set model.reservoir_size to a multiple of batch_size * (2 + num_local_crops) * world_size"
+                "set model.reservoir_size to a multiple of data.batch_size * (2 + decompose.num_local_crops)"
             )
         p = int(self.ptr)
         self.keys[p : p + n] = keys.to(self.keys.dtype)
         self.tags[p : p + n] = tags
         self.ptr.fill_((p + n) % self.size)
+        return keys, tags
 
 
 class ClassPrototypes(nn.Module):
@@ -63,7 +67,7 @@ class ClassPrototypes(nn.Module):
     (``label_idx`` in 1..C; -1 = multi-label, skipped), then re-normalises every prototype (published code).
     """
 
-    def __init__(self, num_classes: int, dim: int, momentum: float = 0.9, gather: Gather = identity_gather) -> None:
+    def __init__(self, num_classes: int, dim: int, momentum: float = 0.9, gather: Gather = all_gather_cat) -> None:
         super().__init__()
         self.register_buffer("vectors", torch.randn(num_classes, dim))
         self.momentum = momentum

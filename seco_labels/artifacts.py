@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 
 from .data.classes import voc_palette
 from .data.readers import build_reader
+from .distributed import barrier
 from .errors import ConfigError, DataError
 from .io import atomic_path, atomic_write_bytes, atomic_write_text
 
@@ -123,6 +124,13 @@ def save_mask_png(path: str | Path, mask: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _now_iso() -> str:
+    """UTC now as ISO 8601 seconds, or ``SOURCE_DATE_EPOCH`` when set (reproducible builds' convention)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    return when.isoformat(timespec="seconds")
+
+
 def _attr_value(value: Any) -> Any:
     """HDF5-storable form of a JSON-like value: dicts as JSON text, string lists as vlen-string arrays."""
     if isinstance(value, dict):
@@ -169,13 +177,17 @@ class ArtifactWriter:
         formats: ``"h5"`` and/or ``"png"``.
         overwrite: drop this split's earlier outputs first instead of resuming them.
         queue_size: images waiting for the background thread before :meth:`add` blocks.
+        is_primary: False in every torchrun process but rank 0. All processes write their images' parts and PNGs
+            into the same folder; rank 0 alone prepares it and assembles the HDF5 file in :meth:`finalize`, which
+            every process calls (it waits for all of them), so the result does not depend on the process count.
 
     Raises:
         ConfigError: ``ART`` already holds this split exported with other settings (and not ``overwrite``).
     """
 
     def __init__(self, out_dir: str | Path, split: str, attrs: dict[str, Any], *,
-                 formats: Iterable[str] = ("h5", "png"), overwrite: bool = False, queue_size: int = 8) -> None:
+                 formats: Iterable[str] = ("h5", "png"), overwrite: bool = False, queue_size: int = 8,
+                 is_primary: bool = True) -> None:
         self.out_dir = Path(out_dir)
         self.split = split
         self.formats = tuple(formats)
@@ -185,13 +197,26 @@ class ArtifactWriter:
         self.masks = masks_dir(out_dir, split)
         self.parts = _parts_dir(out_dir, split)
         self.attrs = {"format_version": FORMAT_VERSION, "split": split, **attrs}
+        # Under torchrun every process builds a writer over the same folder: all check the settings (read-only),
+        # rank 0 alone prepares the folder, and nobody writes before it has.
+        self.primary = is_primary
+        if not overwrite:
+            self._check_settings()
+        barrier()
+        if self.primary:
+            self._prepare(overwrite)
+        barrier()
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name=f"seco-writer-{split}", daemon=True)
+        self._thread.start()
+
+    def _prepare(self, overwrite: bool) -> None:
         if overwrite:
-            for path in (self.h5, manifest_path(out_dir, split)):
+            for path in (self.h5, manifest_path(self.out_dir, self.split)):
                 path.unlink(missing_ok=True)
             for folder in (self.parts, self.masks):
                 shutil.rmtree(folder, ignore_errors=True)
-        else:
-            self._check_settings()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if "h5" in self.formats:
             self.parts.mkdir(exist_ok=True)
@@ -199,14 +224,11 @@ class ArtifactWriter:
             self.masks.mkdir(exist_ok=True)
             for stale in self.masks.glob(".*.tmp"):  # left by a killed run's atomic writes
                 stale.unlink(missing_ok=True)
-        previous = read_manifest(out_dir, split) or {}
-        created = previous.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.attrs["created"] = created  # the export's first start: kept across resumed runs
-        atomic_write_text(manifest_path(out_dir, split), json.dumps(self.attrs, indent=2, sort_keys=True) + "\n")
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name=f"seco-writer-{split}", daemon=True)
-        self._thread.start()
+        previous = read_manifest(self.out_dir, self.split) or {}
+        # the export's first start, kept across resumed runs; SOURCE_DATE_EPOCH pins it (reproducible builds)
+        created = previous.get("created") or _now_iso()
+        self.attrs["created"] = created
+        atomic_write_text(manifest_path(self.out_dir, self.split), json.dumps(self.attrs, indent=2, sort_keys=True) + "\n")
 
     def _check_settings(self) -> None:
         before = read_manifest(self.out_dir, self.split)
@@ -303,8 +325,15 @@ class ArtifactWriter:
         """Write every queued image, then assemble ``cams_<split>.h5`` from the earlier file and the parts.
 
         The new file is built under a temporary name and renamed over the old one; the parts are deleted after.
+        Under torchrun every process calls it: each writes its own queue, then rank 0 assembles once all have.
         """
         self.close()
+        barrier()
+        if self.primary:
+            self._assemble()
+        barrier()
+
+    def _assemble(self) -> None:
         if "h5" not in self.formats:
             return
         parts = {p.stem: p for p in self.parts.glob("*.npz")} if self.parts.is_dir() else {}

@@ -4,8 +4,11 @@ Layout of the saved dict (format 1)::
 
     {"format": 1, "version": str, "step": int (next step to run), "config": dict (resolved SecoConfig),
      "model": state_dict (student + EMA teacher + reservoir + prototypes),
-     "optimizer": state_dict, "scaler": state_dict | None, "rng": {"torch": ByteTensor, "crops": ByteTensor,
+     "optimizer": state_dict, "scaler": state_dict | None, "rng": {"torch": ByteTensor,
      "cuda": [ByteTensor] | None}, "metrics": dict}
+
+The same file whether one process or N (torchrun, rank 0 writes it) trained; any process count resumes it.
+Older checkpoints also hold ``rng["crops"]``, now unused: local crops are seeded per image.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class DataConfig:
     rescale_range: tuple[float, float] = (0.5, 2.0)  #: random rescale factor of the training image
     global_crop_scale: tuple[float, float] = (0.4, 1.0)  #: area fraction of the second global view's crop
     strong_flip_p: float = 0.5  #: published code flips the strong view independently; 0 keeps crops aligned
-    batch_size: int = 4  #: images per step (per process)
+    batch_size: int = 4  #: images per step, the global batch: split evenly over torchrun processes
     num_workers: int = 2
 
 
@@ -67,7 +67,7 @@ class ModelConfig:
     proj_hidden: int = 2048  #: hidden width of the projection MLP; output width = embed dim
     aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
     ema_momentum: float = 0.999  #: local teacher EMA
-    reservoir_size: int = 4608  #: FIFO of teacher keys; must be a multiple of batch_size * (2 + num_local_crops)
+    reservoir_size: int = 4608  #: FIFO of teacher keys; a multiple of batch_size * (2 + num_local_crops)
     proto_momentum: float = 0.9  #: eta of the prototype EMA
     proto_start: int = 600  #: first iteration that updates the prototypes
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from .errors import ConfigError, SecoError
 
 __all__ = [
-    "DistContext", "DistributedError", "launched_by_torchrun", "init_distributed", "all_gather_cat", "all_reduce_mean",
+    "DistContext", "DistributedError", "launched_by_torchrun", "is_primary_process", "init_distributed", "all_gather_cat", "all_reduce_mean",
     "all_gather_objects", "barrier", "shutdown_distributed", "global_sum", "world_size",
 ]
 
@@ -52,6 +52,11 @@ class DistContext:
 def launched_by_torchrun() -> bool:
     """True when the environment names more than one process (``torchrun --nproc_per_node N``, N > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_primary_process() -> bool:
+    """Whether this process is rank 0 (or the only one): the one that prints results."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _env_int(name: str) -> int:

@@ -30,6 +30,7 @@ from .cams import multi_scale_cams
 from .checkpoint import load_checkpoint
 from .config import SecoConfig, config_from_dict, config_to_dict, save_config
 from .data import build_reader, normalize
+from .distributed import all_gather_objects, barrier, init_distributed
 from .errors import CheckpointError, ConfigError, DataError
 from .io import atomic_write_text
 from .models import SeCoNet, build_seco
@@ -158,7 +159,8 @@ def export_split(
         raise ConfigError(f"--tags {opt.tags!r}: choose given or predicted")
     if opt.crf:
         require_crf()  # fail before the model loads, not at the first image
-    device = resolve_device(opt.device)
+    ctx = init_distributed(resolve_device(opt.device))
+    device = ctx.device
     amp_dtype = resolve_amp(opt.amp, device)
     model, cfg = load_trained_model(checkpoint, device)
     c = cfg.cam
@@ -196,13 +198,16 @@ def export_split(
     bad: list[str] = []
     timing = {"cam": 0.0, "refine": 0.0, "write": 0.0}
     t_start = time.perf_counter()
-    with ArtifactWriter(out_dir, split, attrs, formats=opt.formats, overwrite=opt.overwrite) as writer:
+    with ArtifactWriter(out_dir, split, attrs, formats=opt.formats, overwrite=opt.overwrite,
+                        is_primary=ctx.is_primary) as writer:
         done = writer.done_ids()
         todo = [i for i in reader.ids if i not in done]
-        loader = DataLoader(_ExportImages(reader, todo, size, with_tags=not predicted), batch_size=opt.batch_size,
+        mine = todo[ctx.rank :: ctx.world_size]  # under torchrun: every N-th id; rank 0 merges in finalize
+        loader = DataLoader(_ExportImages(reader, mine, size, with_tags=not predicted), batch_size=opt.batch_size,
                             num_workers=opt.num_workers, collate_fn=_collate)
+        # rank 0's bar stands for all processes (their shards differ by at most one image)
         bar = tqdm(total=len(reader.ids), initial=len(done), desc=f"export {split}", unit="img",
-                   disable=quiet or not sys.stderr.isatty())
+                   disable=quiet or not ctx.is_primary or not sys.stderr.isatty())
         with torch.no_grad():
             for items in loader:
                 good = []
@@ -247,19 +252,22 @@ def export_split(
                     timing["refine"] += t2 - t1
                     timing["write"] += t3 - t2
                     t1 = t3
-                bar.update(len(items))
+                bar.update(min(len(items) * ctx.world_size, bar.total - bar.n))
                 bar.set_postfix(img_s=f"{bar.n / max(time.perf_counter() - t_start, 1e-9):.2f}", refresh=False)
         bar.close()
         t_flush = time.perf_counter()
     timing["write"] += time.perf_counter() - t_flush  # the queue's tail and assembling the HDF5 file
     timing["total"] = time.perf_counter() - t_start
-    # The training config pointed at the exported dataset, next to the outputs: `seco evaluate` reads it.
-    cfg.data.root, cfg.data.layout = str(root), lay
-    save_config(cfg, Path(out_dir) / "config.yaml")
+    bad = sorted(i for rank_bad in all_gather_objects(bad) for i in rank_bad)
     result = {
         "split": split, "images": len(reader.ids), "exported": len(todo) - len(bad), "skipped_done": len(done),
-        "bad": bad, "seconds": {k: round(v, 4) for k, v in timing.items()}, "high_thre": high,
-        "low_thre": low, "formats": list(opt.formats), "out_dir": str(out_dir),
+        "bad": bad, "seconds": {k: round(v, 4) for k, v in timing.items()}, "processes": ctx.world_size,
+        "high_thre": high, "low_thre": low, "formats": list(opt.formats), "out_dir": str(out_dir),
     }
-    atomic_write_text(Path(out_dir) / f"export_{split}.json", json.dumps(result, indent=2))
+    if ctx.is_primary:  # seconds are rank 0's
+        # The training config pointed at the exported dataset, next to the outputs: `seco evaluate` reads it.
+        cfg.data.root, cfg.data.layout = str(root), lay
+        save_config(cfg, Path(out_dir) / "config.yaml")
+        atomic_write_text(Path(out_dir) / f"export_{split}.json", json.dumps(result, indent=2))
+    barrier()
     return result

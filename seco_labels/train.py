@@ -437,7 +437,7 @@ class Trainer(TrainerMixin):
         objective = SecoObjective(self.model, self.par, self.cfg)
         self.objective: nn.Module = objective if not self.dist.distributed else DistributedDataParallel(
             objective, device_ids=[self.device] if self.device.type == "cuda" else None,
-            find_unused_parameters=True, broadcast_buffers=False,  # the memories are kept equal by gathering
+            find_unused_parameters=True, forward_sync_buffers=False,  # the memories are kept equal by gathering
         )
         groups = self.model.param_groups()
         o = cfg.optim

@@ -51,22 +51,32 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--input-size", type=int, default=None, help="Images are resized to this square (default: crop size).")
 @click.option("--overwrite", is_flag=True, help="Delete this split's earlier outputs in --out (HDF5, PNGs, parts) and export every image again.")
 @click.option("--skip-bad", is_flag=True, help="Log unreadable images and go on instead of stopping.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per forward pass (per process).")
 @click.option("--num-workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @defaults_file_option
 def export_cmd(checkpoint, split, out_dir, data_root, layout, formats, scales, flip, cam_source, tags, tag_threshold,
                crf, high_thre, low_thre, input_size, overwrite, skip_bad, batch_size, num_workers, device, quiet):
-    """Export refined CAMs and pseudo masks; resumable (finished ids are skipped unless --overwrite)."""
+    """Export refined CAMs and pseudo masks; resumable (finished ids are skipped unless --overwrite).
+
+    Under torchrun (torchrun --nproc_per_node N -m seco_labels.cli export-masks ...) the N processes share the
+    images and rank 0 merges their parts into one cams_<split>.h5, identical to a one-process export.
+    """
+    from ..distributed import is_primary_process, shutdown_distributed
     from ..export import ExportOptions, export_split
 
     options = ExportOptions(scales=scales, flip=flip, cam_source=cam_source, tags=tags, tag_threshold=tag_threshold,
                             crf=crf, high_thre=high_thre,
                             low_thre=low_thre, input_size=input_size, formats=formats, overwrite=overwrite,
                             skip_bad=skip_bad, batch_size=batch_size, num_workers=num_workers, device=device)
-    result = export_split(checkpoint, split, out_dir, data_root=data_root, layout=layout, options=options,
-                          quiet=quiet)
+    try:
+        result = export_split(checkpoint, split, out_dir, data_root=data_root, layout=layout, options=options,
+                              quiet=quiet)
+    finally:
+        shutdown_distributed()
+    if not is_primary_process():
+        return
     bad = f", {len(result['bad'])} bad image(s) skipped" if result["bad"] else ""
     secs = result["seconds"]
     rate = result["exported"] / secs["total"] if secs["total"] > 0 else 0.0

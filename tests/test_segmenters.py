@@ -36,7 +36,8 @@ from seco_labels.segmenters import (
     preflight,
     size_multiple,
 )
-from seco_labels.segmenters.compare import PALETTE, compare_runs, draw_bar_chart
+from seco_labels.plots import PALETTE
+from seco_labels.segmenters.compare import compare_runs, draw_bar_chart
 from seco_labels.segmenters.data import MEAN_PIXEL
 
 TINY_UNET = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}

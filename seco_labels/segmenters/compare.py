@@ -14,16 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image, ImageDraw, ImageFont
-
 from ..errors import DataError
 from ..io import atomic_path, atomic_write_text
+from ..plots import draw_grouped_bars
 
-__all__ = ["RunScores", "load_run", "compare_runs", "format_markdown", "format_csv", "draw_bar_chart", "PALETTE"]
-
-#: bar colours, one per run (matplotlib's tab10)
-PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+__all__ = ["RunScores", "load_run", "compare_runs", "format_markdown", "format_csv", "draw_bar_chart"]
 
 
 @dataclass
@@ -151,13 +146,6 @@ def format_csv(runs: Sequence[RunScores]) -> str:
     return buf.getvalue()
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
 def draw_bar_chart(runs: Sequence[RunScores], path: str | Path, *, title: str = "IoU per class (%)",
                    plot_width: int = 600) -> list[tuple[int, str, tuple[int, int, int, int]]]:
     """Horizontal grouped bars, one group per class (mIoU first) and one bar per run, 0-100 % on the x axis.
@@ -165,60 +153,8 @@ def draw_bar_chart(runs: Sequence[RunScores], path: str | Path, *, title: str = 
     Classes without a score in every run are left out. Writes the PNG atomically and returns the bars as
     ``(run index, group name, (x0, y0, x1, y1))``; a bar's width is ``IoU x plot_width`` pixels.
     """
-    font, small = _font(13), _font(11)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def text_w(s: str, f: ImageFont.ImageFont = font) -> int:
-        box = probe.textbbox((0, 0), s, font=f)
-        return box[2] - box[0]
-
     groups = [(n, scores) for index, n, scores in _rows(runs) if any(s is not None for s in scores)]
-    bar_h, gap, pad = 12, 10, 16
-    left = pad + max(text_w(n) for n, _ in groups) + 10
-    legend_rows: list[list[int]] = [[]]
-    legend_x, max_legend = 0, plot_width + 200
-    for i, run in enumerate(runs):  # wrap the legend to the chart's width
-        w = 18 + text_w(run.name) + 16
-        if legend_x + w > max_legend and legend_rows[-1]:
-            legend_rows.append([])
-            legend_x = 0
-        legend_rows[-1].append(i)
-        legend_x += w
-    top = pad + 22 + 18 * len(legend_rows) + 8
-    group_h = len(runs) * bar_h + gap
-    width = left + plot_width + 60
-    height = top + len(groups) * group_h + 30
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((pad, pad), title, fill="black", font=font)
-    y = pad + 22
-    for row in legend_rows:
-        x = pad
-        for i in row:
-            draw.rectangle((x, y + 2, x + 12, y + 14), fill=PALETTE[i % len(PALETTE)])
-            draw.text((x + 18, y), runs[i].name, fill="black", font=font)
-            x += 18 + text_w(runs[i].name) + 16
-        y += 18
-    bottom = top + len(groups) * group_h
-    for tick in range(0, 101, 20):  # grid and axis labels
-        x = left + round(tick / 100 * plot_width)
-        draw.line((x, top - 4, x, bottom), fill=(220, 220, 220) if tick else "black")
-        draw.text((x - text_w(str(tick), small) // 2, bottom + 4), str(tick), fill="black", font=small)
-    bars = []
-    for g, (name, scores) in enumerate(groups):
-        y0 = top + g * group_h
-        draw.text((left - 8 - text_w(name), y0 + (len(runs) * bar_h - 14) // 2), name, fill="black", font=font)
-        for i, s in enumerate(scores):
-            by = y0 + i * bar_h
-            if s is None:
-                draw.text((left + 4, by - 1), "-", fill="black", font=small)
-                continue
-            x1 = left + round(max(0.0, min(1.0, s)) * plot_width)
-            rect = (left, by, x1, by + bar_h - 2)
-            if x1 > left:
-                draw.rectangle((left, by, x1 - 1, by + bar_h - 3), fill=PALETTE[i % len(PALETTE)])
-            draw.text((x1 + 4, by - 1), f"{100 * s:.1f}", fill="black", font=small)
-            bars.append((i, name, rect))
+    img, bars = draw_grouped_bars(groups, [r.name for r in runs], title=title, plot_width=plot_width)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return bars

@@ -8,51 +8,7 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import defaults_file_option
-
-
-def _art_config(folders: list[Path]) -> dict:
-    """The ``data`` section of the first ``config.yaml`` found in ``folders`` ({} if none)."""
-    from ..config import load_config_file
-
-    for folder in folders:
-        path = folder / "config.yaml"
-        if path.is_file():
-            data = load_config_file(path).get("data") or {}
-            return data if isinstance(data, dict) else {}
-    return {}
-
-
-def _resolve_pred(pred: Path, split: str, want_cams: bool):
-    """(mask source or None, CAM source or None, artifact folder) for --pred: an ART folder (masks_<split>/ or
-    cams_<split>.h5), a cams_<split>.h5 file, or a folder of <id>.png masks."""
-    from ..artifacts import ArtifactFile, h5_path, masks_dir
-    from ..evaluate import PngMaskFolder
-
-    if pred.is_file():
-        if pred.suffix != ".h5":
-            raise click.BadParameter(f"{pred} is neither a folder nor an .h5 artifact", param_hint="--pred")
-        h5 = ArtifactFile(pred)
-        return h5, (h5 if want_cams else None), pred.parent
-    if not pred.is_dir():
-        raise click.BadParameter(f"{pred} not found", param_hint="--pred")
-    h5_file = h5_path(pred, split)
-    h5 = ArtifactFile(h5_file) if h5_file.is_file() else None
-    cams = h5 if want_cams else None
-    if want_cams and h5 is None:
-        raise click.ClickException(f"--cams needs {h5_file} (CAMs are only in the HDF5 artifact); export with "
-                                   "--format h5 or h5,png")
-    if masks_dir(pred, split).is_dir():
-        return PngMaskFolder(masks_dir(pred, split)), cams, pred
-    if h5 is not None:
-        return h5, cams, pred
-    if any(pred.glob("*.png")):
-        art = pred.parent if pred.name == f"masks_{split}" else pred
-        return PngMaskFolder(pred), None, art
-    raise click.ClickException(
-        f"no predictions for split {split!r} in {pred}: expected {masks_dir(pred, split)}/, {h5_file} or <id>.png "
-        "files; run seco export-masks first"
-    )
+from .options import defaults_file_option, exported_dataset, resolve_predictions
 
 
 @cli.command("evaluate")
@@ -76,15 +32,8 @@ def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, 
     """Per-class IoU, precision, recall and FP/TP of pseudo masks; writes metrics.json and per_class.csv."""
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
 
-    masks, cams, art_dir = _resolve_pred(Path(pred), split, with_cams)
-    from ..artifacts import read_manifest
-
-    manifest = read_manifest(art_dir, split)
-    if manifest is not None:  # per split: an ART folder may hold splits of different datasets
-        data = {"root": manifest.get("dataset_root"), "layout": manifest.get("layout"),
-                "num_classes": manifest.get("num_classes")}
-    else:
-        data = _art_config([art_dir, Path(pred)])
+    masks, cams, art_dir = resolve_predictions(Path(pred), split, with_cams)
+    data = exported_dataset(art_dir, split, Path(pred))
     if gt_root is None:
         gt_root = data.get("root") or None
         if gt_root is None:

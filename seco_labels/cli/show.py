@@ -1,0 +1,80 @@
+"""``seco show``: a PNG strip per image (image, CAM per tagged class, pseudo mask, GT, error map)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import cli
+from .options import exported_dataset, resolve_predictions
+
+
+@cli.command("show")
+@click.option("--pred", type=click.Path(), required=True,
+              help="Artifact folder of seco export-masks (CAM panels need its cams_<split>.h5), a cams_<split>.h5 "
+                   "file, or a folder of <id>.png masks.")
+@click.option("--split", required=True, help="The exported split.")
+@click.option("--ids", default=None, help="Comma-separated image ids (default: the first --n of the split).")
+@click.option("-n", "--n", "count", type=click.IntRange(min=1), default=16, show_default=True,
+              help="How many images when --ids is not given.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of the PNGs (default: ART/show_<split>).")
+@click.option("--data-root", default=None, help="Images (and GT) root (default: the exported dataset's).")
+@click.option("--layout", default=None, help="Dataset layout (default: the exported dataset's, else voc).")
+@click.option("--height", type=click.IntRange(min=32), default=240, show_default=True, help="Panel height, pixels.")
+@click.option("--no-gt", is_flag=True, help="Leave out the ground-truth and error panels.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt, quiet):
+    """Draw one PNG per image: the image, the CAM of each tagged class, the pseudo mask, the GT and an error map
+    (green right, red wrong, yellow uncertain, grey ignored in the GT), to judge pseudo labels at a glance."""
+    from tqdm.auto import tqdm
+
+    from ..data import build_reader
+    from ..errors import DataError
+    from ..show import draw_strip, panels_for
+
+    pred_path = Path(pred)
+    masks, cams, art_dir = resolve_predictions(pred_path, split, want_cams=False)
+    if cams is None and hasattr(masks, "load_cam"):
+        cams = masks  # the HDF5 artifact holds the CAMs too
+    elif cams is None:
+        from ..artifacts import ArtifactFile, h5_path
+
+        h5 = h5_path(art_dir, split)
+        cams = ArtifactFile(h5) if h5.is_file() else None
+    data = exported_dataset(art_dir, split, pred_path)
+    root = data_root or data.get("root")
+    if not root:
+        raise click.UsageError(f"no dataset recorded next to {pred}; pass --data-root DIR (the images' root)")
+    lay = layout or data.get("layout") or "voc"
+    reader = build_reader(lay, root, split, num_classes=data.get("num_classes") if lay == data.get("layout") else None,
+                          require_tags=False)
+    have = masks.ids()
+    if ids:
+        wanted = [i.strip() for i in ids.split(",") if i.strip()]
+        unknown = [i for i in wanted if i not in have]
+        if unknown:
+            raise click.BadParameter(f"{', '.join(unknown[:5])} not in the predictions of split {split!r} ({pred})",
+                                     param_hint="--ids")
+    else:
+        wanted = [i for i in reader.ids if i in have][:count]
+        if not wanted:
+            raise click.ClickException(f"no image of split {split!r} of {root} has a prediction in {pred}")
+    out = Path(out_dir) if out_dir else art_dir / f"show_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    for image_id in tqdm(wanted, desc="show", unit="img", disable=quiet or not sys.stderr.isatty()):
+        image = reader.load_image(image_id)
+        mask = masks.load_mask(image_id)
+        cam, keys = cams.load_cam(image_id) if cams is not None else (None, None)
+        gt = None
+        if not no_gt and reader.mask_path(image_id).is_file():
+            gt = reader.load_mask(image_id, image.shape[:2])
+        try:
+            panels = panels_for(image, mask, reader.class_names, cams=cam, keys=keys, gt=gt,
+                                ignore_index=reader.ignore_index)
+        except ValueError as e:
+            raise DataError(f"{image_id}: {e}; were the predictions exported from {root}?") from None
+        draw_strip(panels, out / f"{image_id}.png", height=height, title=f"{image_id} ({split})")
+    click.echo(f"wrote {len(wanted)} image(s) to {out}")

@@ -6,7 +6,7 @@
 
     # the paper's table (SeCo Table 4): one GPU, full VOC, ImageNet-21k ViT-B/16 weights (docs/reproduce.md)
     python benchmarks/ablation.py --out ablation/voc --data-root VOCdevkit/VOC2012 --preset voc \\
-        --split train_aug --eval-split val --backbone-weights vit_b16.npz --device cuda --seeds 0 1 2
+        --split train_aug --eval-split train_aug --val-split val --backbone-weights vit_b16.npz --device cuda
 
 Variants (each is a config switch of the model and losses, :data:`VARIANTS`; no code fork):
 
@@ -22,7 +22,9 @@ Reported per variant as mean ± std (sample std) over seeds:
 - **CAM mIoU**: raw multi-scale CAMs at the best background threshold of the sweep (``cams_metrics.json``);
 - **pseudo-mask mIoU**: the exported masks after PAR and the background thresholds, uncertain pixels counted
   as misses (``metrics.json``);
-- **FP/TP**: the confusion ratio of the pseudo masks (SeCo Table 3; lower is better).
+- **FP/TP**: the confusion ratio of the pseudo masks (SeCo Table 3; lower is better);
+- with ``--val-split``: the **decoder mIoU** of the SeCo segmentation head on that split at the end of training
+  (single scale; the paper's ablation reports segmentation mIoU on VOC val).
 
 Writes ``OUT/ablation.md`` (table + settings), ``OUT/ablation.csv`` (one row per run) and ``OUT/ablation.png``.
 """
@@ -83,7 +85,8 @@ def run_one(args: argparse.Namespace, variant: str, seed: int, threads: int) -> 
     sets = [f"{k}={json.dumps(v)}" for k, v in VARIANTS[variant][1].items()] + list(args.set)
     if args.crop:
         sets.append(f"data.crop_size={args.crop}")
-    train = ["train", "--preset", args.preset, "--data-root", args.data_root, "--split", args.split, "--val-split", "",
+    train = ["train", "--preset", args.preset, "--data-root", args.data_root, "--split", args.split,
+             "--val-split", args.val_split,
              "--seed", str(seed), "--out", str(run), "--device", args.device, "--quiet", "--resume", "auto"]
     for opt, value in (("--config", args.config), ("--iters", args.iters), ("--backbone-weights", args.backbone_weights)):
         if value is not None:
@@ -98,10 +101,12 @@ def run_one(args: argparse.Namespace, variant: str, seed: int, threads: int) -> 
     _run(_seco("evaluate", "--pred", str(art), "--split", args.eval_split, "--cams", "--quiet"), threads, log)
     masks = json.loads((art / "metrics.json").read_text())
     cams = json.loads((art / "cams_metrics.json").read_text())
+    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "seg_miou" in line]
     result = {
         "variant": variant, "seed": seed, "cam_miou": cams["miou"], "cam_threshold": cams["cam_threshold"],
         "mask_miou": masks["miou"], "fp_tp": masks["fp_tp"], "fp_tp_bg": masks["fp_tp_bg"],
-        "fp_tp_fg": masks["fp_tp_fg"], "train_seconds": round(t1 - t0, 1),
+        "fp_tp_fg": masks["fp_tp_fg"], "seg_miou": val[-1]["seg_miou"] if val else None,
+        "train_seconds": round(t1 - t0, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(result_file, json.dumps(result, indent=2))
@@ -118,16 +123,23 @@ def summarize(results: list[dict], variants: list[str]) -> dict[str, dict[str, t
     for v in variants:
         rows = [r for r in results if r["variant"] == v]
         out[v] = {key: _mean_std([r[key] for r in rows if r[key] is not None]) for key, _, _ in METRICS}
+        segs = [r["seg_miou"] for r in rows if r.get("seg_miou") is not None]
+        if segs:
+            out[v]["seg_miou"] = _mean_std(segs)
     return out
 
 
 def format_markdown(summary: dict, results: list[dict], settings: str) -> str:
     seeds = sorted({r["seed"] for r in results})
-    lines = [f"Mean ± std over seeds {', '.join(map(str, seeds))}. {settings}", "",
-             "| variant | what | CAM mIoU (%) | pseudo-mask mIoU (%) | FP/TP |", "|---|---|---|---|---|"]
+    seg = all("seg_miou" in m for m in summary.values())
+    head = "| variant | what | CAM mIoU (%) | pseudo-mask mIoU (%) | FP/TP |" + (" decoder mIoU on val (%) |" if seg else "")
+    lines = [f"Mean ± std over seeds {', '.join(map(str, seeds))}. {settings}", "", head,
+             "|---|---|---|---|---|" + ("---|" if seg else "")]
     for v, m in summary.items():
         cells = [f"{100 * m[k][0]:.2f} ± {100 * m[k][1]:.2f}" if pct else f"{m[k][0]:.3f} ± {m[k][1]:.3f}"
                  for k, _, pct in METRICS]
+        if seg:
+            cells.append(f"{100 * m['seg_miou'][0]:.2f} ± {100 * m['seg_miou'][1]:.2f}")
         lines.append(f"| `{v}` | {VARIANTS[v][0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -172,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", default=None, help="config file on top of the preset")
     ap.add_argument("--split", default="train", help="training split")
     ap.add_argument("--eval-split", default=None, help="split exported and scored (default: the training split)")
+    ap.add_argument("--val-split", default="", help="split (with GT) on which training scores its decoder at the end "
+                    "(the paper's table: val); default none")
     ap.add_argument("--iters", type=int, default=None, help="training iterations (default: the preset's)")
     ap.add_argument("--crop", type=int, default=None, help="training crop size (default: the preset's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .data.classes import voc_palette
+from .errors import DataError
 from .io import atomic_path
 from .plots import font
 
-__all__ = ["ShowPanel", "heat_colors", "panels_for", "draw_strip", "ERROR_COLORS"]
+__all__ = ["ShowPanel", "heat_colors", "panels_for", "draw_strip", "write_strips", "ERROR_COLORS"]
 
 #: error-map colours (RGB): prediction right, wrong, uncertain (255) on a labelled pixel, GT ignored
 ERROR_COLORS = {"right": (40, 170, 60), "wrong": (220, 30, 30), "uncertain": (240, 200, 0), "ignored": (128, 128, 128)}
@@ -128,3 +129,35 @@ def draw_strip(panels: Sequence[ShowPanel], path: str | Path | None = None, *, h
         with atomic_path(path) as tmp:
             strip.save(tmp, format="PNG")
     return strip
+
+
+def write_strips(ids: Iterable[str], reader: Any, masks: Any, out_dir: str | Path, *, cams: Any = None,
+                 with_gt: bool = True, height: int = 240, split: str = "", progress: bool = False) -> list[Path]:
+    """Draw ``out_dir/<id>.png`` for each id; returns the paths.
+
+    Args:
+        ids: image ids to draw.
+        reader: a dataset reader (images; GT masks where they exist and ``with_gt``).
+        masks: anything with ``load_mask(id)`` (the HDF5 artifact, a PNG folder).
+        cams: anything with ``load_cam(id)`` (the HDF5 artifact), or None for no CAM panels.
+
+    Raises:
+        DataError: a prediction whose size is not its image's (exported from another dataset?).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image_id in tqdm(list(ids), desc="show", unit="img", disable=not progress):
+        image = reader.load_image(image_id)
+        cam, keys = cams.load_cam(image_id) if cams is not None else (None, None)
+        gt = reader.load_mask(image_id, image.shape[:2]) if with_gt and reader.mask_path(image_id).is_file() else None
+        try:
+            panels = panels_for(image, masks.load_mask(image_id), reader.class_names, cams=cam, keys=keys, gt=gt,
+                                ignore_index=reader.ignore_index)
+        except ValueError as e:
+            raise DataError(f"{image_id}: {e}; were the predictions exported from {reader.root}?") from None
+        paths.append(out / f"{image_id}.png")
+        draw_strip(panels, paths[-1], height=height, title=f"{image_id} ({split})" if split else image_id)
+    return paths

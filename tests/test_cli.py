@@ -79,6 +79,8 @@ def test_demo_runs_train_export_evaluate(tmp_path):
     rows = (out / "compare.csv").read_text().splitlines()
     assert "deeplabv3plus (pseudo)" in rows[0] and "deeplabv3plus (gt)" in rows[0] and len(rows) >= 22
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shown = sorted((out / "artifacts" / "show_train").glob("*.png"))
+    assert len(shown) == 4 and f"pictures: {out / 'artifacts' / 'show_train'}" in res.output
     metrics = json.loads((out / "artifacts" / "metrics.json").read_text())
     cams = json.loads((out / "artifacts" / "cams_metrics.json").read_text())
     assert metrics["num_images"] == cams["num_images"] == 32

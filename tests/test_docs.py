@@ -180,3 +180,28 @@ def test_reading_with_seco_labels_snippet_runs(export, capsys):
     image, mask = ns["image"], ns["mask"]
     assert image.shape[1:] == mask.shape and image.shape[0] == 3
     assert f"2 21 ['background', 'aeroplane', 'bicycle'] 255 {IDS[0]}" in capsys.readouterr().out
+
+
+# -- docs/cli.md -------------------------------------------------------------------------------------------------
+CLI_DOC = DOCS / "cli.md"
+
+
+def test_cli_reference_is_regenerated():
+    from seco_labels.cli.reference import render_reference
+
+    assert CLI_DOC.read_text() == render_reference(), (
+        "docs/cli.md is stale: run python -m seco_labels.cli.reference > docs/cli.md"
+    )
+
+
+@pytest.mark.parametrize("name", [None, *sorted(cli.commands)])
+def test_cli_reference_matches_help_output(name):
+    from click.testing import CliRunner
+
+    from seco_labels.cli.reference import WIDTH
+
+    args = ([name] if name else []) + ["--help"]
+    res = CliRunner().invoke(cli, args, prog_name="seco", terminal_width=WIDTH)
+    assert res.exit_code == 0, res.output
+    block = f"$ seco {name + ' ' if name else ''}--help\n{res.output}```"
+    assert block in CLI_DOC.read_text(), f"the help of `seco {name or ''}` differs from docs/cli.md"

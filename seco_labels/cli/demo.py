@@ -26,11 +26,12 @@ STEPS = 5  # train, export, evaluate, fit-segmenter (pseudo masks and GT), compa
               help="Iterations of each segmenter (deeplabv3plus/resnet18 on the pseudo masks and on the GT).")
 def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters, seg_iters):
     """The pipeline on the bundled demo data: train SeCo (a tiny ViT, 128 px crops, 300 steps by default), export
-    pseudo masks of the train split, score them against the demo's ground truth, train a DeepLabV3+ on them and on
-    the GT (the upper bound), and compare the two on the val split."""
+    pseudo masks of the train split, score them against the demo's ground truth (and draw four with seco show's
+    panels), train a DeepLabV3+ on them and on the GT (the upper bound), and compare the two on the val split."""
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
     from ..artifacts import ArtifactFile
     from ..export import ExportOptions, export_split
+    from ..show import write_strips
     from ..train import Trainer
 
     cfg = resolve_config(preset or "demo", config_file, overrides,
@@ -63,7 +64,8 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
     click.echo(f"[3/{STEPS}] evaluate on {split}: pseudo masks mIoU {_num(m['miou'], 100)}, precision "
                f"{_num(m['mean_precision'], 100)}, recall {_num(m['mean_recall'], 100)}, FP/TP {_num(m['fp_tp'])}; "
                f"raw CAMs mIoU {_num(cams.best_miou, 100)} at background threshold {cams.best_threshold:.2f}")
-    click.echo(f"  reports: {art / 'metrics.json'}, {art / 'cams_metrics.json'}")
+    shown = write_strips(reader.ids[:4], reader, h5, art / f"show_{split}", cams=h5, split=split)
+    click.echo(f"  reports: {art / 'metrics.json'}, {art / 'cams_metrics.json'}; pictures: {shown[0].parent}")
 
     from ..segmenters.compare import compare_runs, format_markdown, load_run
     from ..segmenters.config import segmenter_config

@@ -29,11 +29,8 @@ from .options import exported_dataset, resolve_predictions
 def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt, quiet):
     """Draw one PNG per image: the image, the CAM of each tagged class, the pseudo mask, the GT and an error map
     (green right, red wrong, yellow uncertain, grey ignored in the GT), to judge pseudo labels at a glance."""
-    from tqdm.auto import tqdm
-
     from ..data import build_reader
-    from ..errors import DataError
-    from ..show import draw_strip, panels_for
+    from ..show import write_strips
 
     pred_path = Path(pred)
     masks, cams, art_dir = resolve_predictions(pred_path, split, want_cams=False)
@@ -63,18 +60,6 @@ def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt,
         if not wanted:
             raise click.ClickException(f"no image of split {split!r} of {root} has a prediction in {pred}")
     out = Path(out_dir) if out_dir else art_dir / f"show_{split}"
-    out.mkdir(parents=True, exist_ok=True)
-    for image_id in tqdm(wanted, desc="show", unit="img", disable=quiet or not sys.stderr.isatty()):
-        image = reader.load_image(image_id)
-        mask = masks.load_mask(image_id)
-        cam, keys = cams.load_cam(image_id) if cams is not None else (None, None)
-        gt = None
-        if not no_gt and reader.mask_path(image_id).is_file():
-            gt = reader.load_mask(image_id, image.shape[:2])
-        try:
-            panels = panels_for(image, mask, reader.class_names, cams=cam, keys=keys, gt=gt,
-                                ignore_index=reader.ignore_index)
-        except ValueError as e:
-            raise DataError(f"{image_id}: {e}; were the predictions exported from {root}?") from None
-        draw_strip(panels, out / f"{image_id}.png", height=height, title=f"{image_id} ({split})")
+    write_strips(wanted, reader, masks, out, cams=cams, with_gt=not no_gt, height=height, split=split,
+                 progress=not quiet and sys.stderr.isatty())
     click.echo(f"wrote {len(wanted)} image(s) to {out}")

@@ -2,11 +2,11 @@
 
     # the offline proxy committed to docs/benchmarks.md (2-core CPU, random-init tiny ViT, voc-mini)
     python benchmarks/ablation.py --out ablation/voc-mini --data-root ../shared/data/voc-mini --preset demo \\
-        --iters 150 --crop 96 --seeds 0 1 2 --jobs 2
+        --seeds 0 1 2 --jobs 2
 
-    # the paper's table (SeCo Table 4): one GPU, full VOC, ImageNet-21k ViT-B/16 weights (docs/reproduce.md)
-    python benchmarks/ablation.py --out ablation/voc --data-root VOCdevkit/VOC2012 --preset voc \\
-        --split train_aug --eval-split train_aug --val-split val --backbone-weights vit_b16.npz --device cuda
+    # the paper's ablation: one GPU, full VOC, ImageNet ViT-B/16 weights (docs/reproduce.md)
+    python benchmarks/ablation.py --out ablation/voc --data-root VOC2012 --preset voc --split train_aug \\
+        --eval-split train --val-split val --backbone-weights vit_b16.pth --device cuda --seeds 0 1 2
 
 Variants (each is a config switch of the model and losses, :data:`VARIANTS`; no code fork):
 
@@ -20,8 +20,8 @@ evaluate --cams``, in ``OUT/<variant>/seed<k>/``; finished steps are kept, so an
 Reported per variant as mean ± std (sample std) over seeds:
 
 - **CAM mIoU**: raw multi-scale CAMs at the best background threshold of the sweep (``cams_metrics.json``);
-- **pseudo-mask mIoU**: the exported masks after PAR and the background thresholds, uncertain pixels counted
-  as misses (``metrics.json``);
+- **pseudo-mask mIoU**: the exported masks after PAR and the background thresholds; their uncertain pixels are
+  skipped, as in ``seco evaluate`` (``metrics.json``);
 - **FP/TP**: the confusion ratio of the pseudo masks (SeCo Table 3; lower is better);
 - with ``--val-split``: the **decoder mIoU** of the SeCo segmentation head on that split at the end of training
   (single scale; the paper's ablation reports segmentation mIoU on VOC val).

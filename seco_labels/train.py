@@ -134,11 +134,14 @@ def _token_box(box: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]) 
 
 @dataclass
 class StepOutput:
-    """The loss to back-propagate and the value of every term computed this step (None = inactive)."""
+    """The loss to back-propagate, the value of every term computed this step (None = inactive), and counts of
+    this process's crops: ``crops_tagged`` (class or background tag), ``crops_rectified`` (re-tagged background
+    by LIL's rectification; None while LIL/LIG are off)."""
 
     loss: torch.Tensor
     terms: dict[str, float | None] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, float | None] = field(default_factory=dict)
 
 
 def seco_step(
@@ -163,6 +166,7 @@ def seco_step(
     size = (x.shape[-2], x.shape[-1])
     w = {name: weight_at(step, getattr(lc, name).weight, getattr(lc, name).start) for name in LOSS_TERMS}
     terms: dict[str, torch.Tensor] = {}
+    counts: dict[str, float | None] = {"crops_tagged": None, "crops_rectified": None}
 
     with timer("student_forward"), autocast():
         # The second global view has x's size: one encoder batch, as the published code batches its globals.
@@ -225,6 +229,7 @@ def seco_step(
                 rectify_ratio=lc.rectify_ratio, variant=lc.lil_variant,
             )
             terms["lig"] = lig_loss(q, prototypes.float(), revised, lc.lig_tau)
+            counts["crops_rectified"] = float((revised != view_tags).sum())
         if w["seg"] > 0 or w["reg"] > 0:
             seg_cam = cams if step >= cc.seg_final_cam_from else cams_aux
             valid_cam, _ = cam_to_label(
@@ -246,10 +251,12 @@ def seco_step(
                 )
         loss = sum((w[name] * value for name, value in terms.items() if w[name] > 0), x.new_zeros(()))
 
+    counts["crops_tagged"] = float((view_tags >= 0).sum())
     return StepOutput(
         loss=loss,
         terms={name: (float(terms[name].detach()) if name in terms and w[name] > 0 else None) for name in LOSS_TERMS},
         weights=w,
+        counts=counts,
     )
 
 
@@ -517,12 +524,17 @@ class Trainer(TrainerMixin):
             self.scaler.update()
         return out
 
-    def _mean_over_processes(self, out: StepOutput) -> tuple[float, dict[str, float | None]]:
-        """The step's loss and terms averaged over processes (one small all-reduce); as they are in one process."""
-        active = [k for k, v in out.terms.items() if v is not None]
-        values = torch.tensor([float(out.loss.detach())] + [out.terms[k] for k in active], dtype=torch.float64)
+    def _over_processes(self, out: StepOutput) -> tuple[float, dict[str, float | None], dict[str, float | None]]:
+        """The step's loss and terms averaged, and its crop counts summed, over processes (one small all-reduce):
+        the values one process would log for the global batch."""
+        flat = {**{f"t_{k}": v for k, v in out.terms.items()}, **{f"c_{k}": v for k, v in out.counts.items()}}
+        active = [k for k, v in flat.items() if v is not None]
+        values = torch.tensor([float(out.loss.detach())] + [flat[k] for k in active], dtype=torch.float64)
         values = all_reduce_mean(values.to(self.device)).cpu().tolist()
-        return values[0], {k: (values[1 + active.index(k)] if k in active else None) for k in out.terms}
+        got = {k: values[1 + i] for i, k in enumerate(active)}
+        terms = {k: got.get(f"t_{k}") for k in out.terms}
+        counts = {k: (got[f"c_{k}"] * self.dist.world_size if f"c_{k}" in got else None) for k in out.counts}
+        return values[0], terms, counts
 
     def check_memories(self) -> list[str]:
         """Every process's :func:`memory_digest`, in rank order.
@@ -564,12 +576,13 @@ class Trainer(TrainerMixin):
             start = time.perf_counter()
             batch = next(loader)
             out = self.train_step(batch)
-            loss, terms = self._mean_over_processes(out)
+            loss, terms, counts = self._over_processes(out)
             record = {
                 "step": self.step,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "loss": loss,
                 **{f"loss_{k}": v for k, v in terms.items()},
+                **counts,
                 "time": time.perf_counter() - start,
             }
             self._log(record)

@@ -72,7 +72,7 @@ def _steps(run: Path) -> list[dict]:
 def _assert_same_losses(a: list[dict], b: list[dict]) -> None:
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
-        for key in ["loss"] + [f"loss_{t}" for t in LOSS_TERMS]:
+        for key in ["loss", "crops_tagged", "crops_rectified"] + [f"loss_{t}" for t in LOSS_TERMS]:
             if ra[key] is None:
                 assert rb[key] is None, (key, ra, rb)
             else:

@@ -68,6 +68,12 @@ def test_every_term_is_finite_and_active_after_its_start(voc_root, tmp_path):
                 assert value is not None and math.isfinite(value), (name, r)
             else:
                 assert value is None, (name, r)
+    for r in steps:  # crop counts: 2 images x (2 global views + 10 crops); rectified only once LIL/LIG run
+        assert 0 <= r["crops_tagged"] <= 24
+        if r["step"] >= cfg.loss.lil.start:
+            assert 0 <= r["crops_rectified"] <= r["crops_tagged"]
+        else:
+            assert r["crops_rectified"] is None
     val = [r for r in log if "seg_miou" in r]
     assert len(val) == 1 and 0.0 <= val[0]["cam_miou"] <= 1.0 and 0.0 <= val[0]["seg_miou"] <= 1.0
     assert result["seg_miou"] == val[0]["seg_miou"]

@@ -205,3 +205,17 @@ def test_cli_reference_matches_help_output(name):
     assert res.exit_code == 0, res.output
     block = f"$ seco {name + ' ' if name else ''}--help\n{res.output}```"
     assert block in CLI_DOC.read_text(), f"the help of `seco {name or ''}` differs from docs/cli.md"
+
+
+# -- the docs as a site ------------------------------------------------------------------------------------------
+LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
+
+
+def test_every_page_is_in_the_index_and_every_link_resolves():
+    index = (DOCS / "index.md").read_text()
+    pages = sorted(p.name for p in DOCS.glob("*.md") if p.name != "index.md")
+    assert [p for p in pages if f"]({p})" not in index] == [], "pages missing from docs/index.md"
+    for page in DOCS.glob("*.md"):
+        for target, _ in LINK.findall(page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"

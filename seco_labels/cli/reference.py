@@ -20,11 +20,13 @@ WIDTH = 100
 
 def command_help(name: str | None = None) -> str:
     """What ``seco [NAME] --help`` prints at :data:`WIDTH` columns (``None``: the group's own help)."""
-    with click.Context(cli, info_name="seco", terminal_width=WIDTH) as parent:
+    # the group's context_settings (e.g. -h as a help alias) as `seco` itself applies them: click caches each
+    # command's help option on first use, so a context without them would change later --help output
+    with click.Context(cli, info_name="seco", terminal_width=WIDTH, **cli.context_settings) as parent:
         if name is None:
             return cli.get_help(parent)
         cmd = cli.commands[name]
-        with click.Context(cmd, info_name=name, parent=parent, terminal_width=WIDTH) as ctx:
+        with click.Context(cmd, info_name=name, parent=parent, terminal_width=WIDTH, **cmd.context_settings) as ctx:
             return cmd.get_help(ctx)
 
 
@@ -41,7 +43,7 @@ def render_reference() -> str:
         command_help(),
         "```",
     ]
-    with click.Context(cli, info_name="seco") as ctx:
+    with click.Context(cli, info_name="seco", **cli.context_settings) as ctx:
         names = cli.list_commands(ctx)
     for name in names:
         parts += ["", f"## `seco {name}`", "", "```text", f"$ seco {name} --help", command_help(name), "```"]

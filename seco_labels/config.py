@@ -221,6 +221,8 @@ def _coco() -> SecoConfig:
     cfg.loss.seg = LossTerm(0.12, 16001)
     cfg.loss.reg = LossTerm(0.05, 16001)
     cfg.train.iters = 80000
+    # The published COCO run: 2 GPUs x 4 images (--spg 4); our batch is the global one (docs/distributed.md).
+    cfg.data.batch_size = 8
     return cfg.validate()
 
 

@@ -35,6 +35,7 @@ def test_coco_preset_differs_where_the_published_script_does():
     assert cfg.data.num_classes == 81 and cfg.train.iters == 80000
     assert cfg.cam.high_thre == 0.65 and cfg.cam.scales == (1.0, 0.5, 0.75, 1.25, 1.5)
     assert cfg.loss.ptc.start == 8001 and cfg.loss.lil.weight == 0.3
+    assert cfg.data.batch_size == 8  # 2 GPUs x 4 per GPU, as a global batch
 
 
 def test_unknown_preset_lists_the_choices():

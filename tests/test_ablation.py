@@ -57,8 +57,11 @@ def _small_split(voc_root: Path, root: Path, n: int = 6) -> Path:
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     for name in ("JPEGImages", "SegmentationClassAug", "cls_labels_onehot.npy"):
         (root / name).symlink_to(voc_root / name)
+    lists = root / "ImageSets" / "Segmentation"
     ids = (voc_root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[:n]
-    (root / "ImageSets" / "Segmentation" / "small.txt").write_text("\n".join(ids) + "\n")
+    (lists / "small.txt").write_text("\n".join(ids) + "\n")
+    val = (voc_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[:2]
+    (lists / "smallval.txt").write_text("\n".join(val) + "\n")
     return root
 
 
@@ -66,14 +69,17 @@ def test_tiny_ablation_writes_table_csv_and_plot(ablation, voc_root, tmp_path):
     out, root = tmp_path / "abl", _small_split(voc_root, tmp_path / "data")
     args = ["--out", str(out), "--data-root", str(root), "--split", "small", "--preset", "demo", "--iters", "2",
             "--crop", "64", "--seeds", "0", "1", "--variants", "full,no_lig", "--device", "cpu",
-            "--set", "cam.scales=[1.0]"]
+            "--val-split", "smallval", "--set", "cam.scales=[1.0]"]
     ablation.main(args)
     rows = list(csv.DictReader((out / "ablation.csv").open()))
     assert sorted((r["variant"], r["seed"]) for r in rows) == [("full", "0"), ("full", "1"), ("no_lig", "0"),
                                                               ("no_lig", "1")]
     for r in rows:
         assert 0 <= float(r["cam_miou"]) <= 1 and 0 <= float(r["mask_miou"]) <= 1 and float(r["fp_tp"]) >= 0
+        assert 0 <= float(r["seg_miou"]) <= 1  # the decoder on smallval, via seco segment + evaluate
+    assert len(list((out / "full" / "seed0" / "seg" / "masks_smallval").glob("*.png"))) == 2
     md = (out / "ablation.md").read_text()
+    assert "decoder mIoU (%)" in md and "decoder scored on `smallval`" in md
     assert "Mean ± std over seeds 0, 1" in md and "| `no_lig` | SeCo without LIG |" in md
     plot = Image.open(out / "ablation.png")
     colours = np.unique(np.asarray(plot.convert("RGB")).reshape(-1, 3), axis=0)

@@ -5,21 +5,7 @@ from __future__ import annotations
 import click
 
 from . import cli
-from .options import defaults_file_option
-
-
-def _scales(ctx, param, value: str) -> tuple[float, ...]:
-    from ..export import SCALE_PRESETS
-
-    if value in SCALE_PRESETS:
-        return SCALE_PRESETS[value]
-    try:
-        scales = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        scales = ()
-    if not scales or any(s <= 0 for s in scales):
-        raise click.BadParameter(f"{value!r}: give positive numbers like 1.0,0.5,1.5 or one of {', '.join(SCALE_PRESETS)}")
-    return scales
+from .options import defaults_file_option, parse_scales
 
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
@@ -37,7 +23,7 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--layout", default=None, help="Dataset layout (default: the training run's).")
 @click.option("--format", "formats", default="h5,png", show_default=True, callback=_formats,
               help="h5 (CAMs + masks in cams_<split>.h5), png (masks_<split>/<id>.png) or both.")
-@click.option("--scales", default="default", show_default=True, callback=_scales,
+@click.option("--scales", default="default", show_default=True, callback=parse_scales,
               help="CAM scales, comma-separated, or a preset: default, seeds, train-voc, published-ms.")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Add horizontally flipped CAMs.")
 @click.option("--cam-source", type=click.Choice(["final", "aux"]), default="final", show_default=True)

@@ -129,3 +129,18 @@ def exported_dataset(art_dir: Path, split: str, pred: Path) -> dict:
         return {"root": manifest.get("dataset_root"), "layout": manifest.get("layout"),
                 "num_classes": manifest.get("num_classes")}
     return _art_config([art_dir, pred])
+
+
+def parse_scales(ctx, param, value: str) -> tuple[float, ...]:
+    """click callback of --scales: comma-separated positive numbers, or a name of ``export.SCALE_PRESETS``."""
+    from ..export import SCALE_PRESETS
+
+    if value in SCALE_PRESETS:
+        return SCALE_PRESETS[value]
+    try:
+        scales = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        scales = ()
+    if not scales or any(s <= 0 for s in scales):
+        raise click.BadParameter(f"{value!r}: give positive numbers like 1.0,0.5,1.5 or one of {', '.join(SCALE_PRESETS)}")
+    return scales

@@ -1,0 +1,75 @@
+"""`seco segment`: the decoder's multi-scale + flip segmentation of a split, scored by `seco evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+
+from seco_labels.cli import cli
+from seco_labels.export import load_trained_model
+from seco_labels.segment import multi_scale_seg_logits
+
+from test_train import tiny_config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(voc_root, tmp_path_factory):
+    from seco_labels.train import Trainer
+
+    run = tmp_path_factory.mktemp("segment_run")
+    cfg = tiny_config(voc_root, iters=2)
+    cfg.train.val_every = 0
+    Trainer(cfg, run, quiet=True).fit()
+    return run / "last.pt"
+
+
+def test_logits_are_the_decoder_at_one_scale_and_flip_equivariant(checkpoint):
+    model, _ = load_trained_model(checkpoint, torch.device("cpu"))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = F.interpolate(model(x).seg.float(), size=(50, 70), mode="bilinear", align_corners=False)
+    one = multi_scale_seg_logits(model, x, (1.0,), (50, 70), flip=False)
+    torch.testing.assert_close(one, plain)
+    # with the mirror image added, segmenting the mirrored input gives the mirrored logits
+    both = multi_scale_seg_logits(model, x, (1.0, 1.25), (48, 48))
+    mirrored = multi_scale_seg_logits(model, x.flip(-1), (1.0, 1.25), (48, 48))
+    torch.testing.assert_close(mirrored, both.flip(-1), rtol=1e-4, atol=1e-4)
+    assert both.shape == (2, 21, 48, 48)
+
+
+def test_segment_then_evaluate(checkpoint, voc_root, tmp_path):
+    out = tmp_path / "seg"
+    args = ["segment", "--checkpoint", str(checkpoint), "--split", "val", "--out", str(out), "--input-size", "64",
+            "--device", "cpu", "-q"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert f"segmented 20 image(s) of val into {out} (0 already done" in res.output
+    pngs = sorted((out / "masks_val").glob("*.png"))
+    assert len(pngs) == 20
+    for png in pngs[:5]:
+        mask = np.asarray(Image.open(png))
+        h, w = np.asarray(Image.open(voc_root / "JPEGImages" / f"{png.stem}.jpg")).shape[:2]
+        assert mask.shape == (h, w) and mask.max() < 21  # class indices, never "uncertain"
+    summary = json.loads((out / "segment_val.json").read_text())
+    assert summary["scales"] == [1.0, 1.25, 1.5] and summary["flip"] is True and summary["crf"] is False
+
+    again = CliRunner().invoke(cli, args)
+    assert "segmented 0 image(s) of val" in again.output and "(20 already done" in again.output
+
+    res = CliRunner().invoke(cli, ["evaluate", "--pred", str(out), "--split", "val", "-q"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 20 and 0.0 <= metrics["miou"] <= 1.0
+    assert metrics["pred_ignored_pixels"] == 0
+
+
+def test_uneven_scale_is_refused(checkpoint, tmp_path):
+    res = CliRunner().invoke(cli, ["segment", "--checkpoint", str(checkpoint), "--split", "val", "--out",
+                                   str(tmp_path), "--input-size", "64", "--scales", "1.0,1.1", "--device", "cpu"])
+    assert res.exit_code == 2 and "input size 64 at scale 1.1 gives 70 px, not a multiple" in res.output

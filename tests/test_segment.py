@@ -73,3 +73,26 @@ def test_uneven_scale_is_refused(checkpoint, tmp_path):
     res = CliRunner().invoke(cli, ["segment", "--checkpoint", str(checkpoint), "--split", "val", "--out",
                                    str(tmp_path), "--input-size", "64", "--scales", "1.0,1.1", "--device", "cpu"])
     assert res.exit_code == 2 and "input size 64 at scale 1.1 gives 70 px, not a multiple" in res.output
+
+
+def test_crf_post_processing_changes_few_pixels(checkpoint, voc_root, tmp_path):
+    pytest.importorskip("pydensecrf.densecrf", reason="the crf extra (pydensecrf2) is not installed")
+    root = tmp_path / "data"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for name in ("JPEGImages", "SegmentationClassAug", "cls_labels_onehot.npy"):
+        (root / name).symlink_to(voc_root / name)
+    (root / "ImageSets" / "Segmentation" / "two.txt").write_text("coco_000000000260\ncoco_000000000536\n")
+    masks = {}
+    for crf in (False, True):
+        out = tmp_path / f"crf{crf}"
+        args = ["segment", "--checkpoint", str(checkpoint), "--split", "two", "--out", str(out), "--data-root",
+                str(root), "--input-size", "64", "--device", "cpu", "-q"] + (["--crf"] if crf else [])
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        masks[crf] = [np.asarray(Image.open(out / "masks_two" / f"{i}.png")) for i in ("coco_000000000260",
+                                                                                      "coco_000000000536")]
+        assert json.loads((out / "segment_two.json").read_text())["crf"] is crf
+    for raw, refined in zip(masks[False], masks[True]):
+        assert raw.shape == refined.shape and refined.max() < 21
+        # the CRF relabels along edges; most pixels keep the decoder's label
+        assert 0.5 < (raw == refined).mean() <= 1.0

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from .models import SeCoNet, build_seco
 from .refine import PAR, crf_refine_mask, refine_with_background, require_crf
 from .train import resolve_amp, resolve_device
 
-__all__ = ["SCALE_PRESETS", "ExportOptions", "load_trained_model", "export_split"]
+__all__ = ["SCALE_PRESETS", "ExportOptions", "load_trained_model", "check_scales", "export_split"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,21 @@ def _check_dataset(cfg: SecoConfig, checkpoint: str | Path, layout: str) -> None
             )
 
 
+def check_scales(scales: Sequence[float], size: int, patch: int) -> None:
+    """Every ``scale * size`` (pixels, truncated) must be a multiple of the ViT's ``patch`` size.
+
+    Raises:
+        ConfigError: naming the first scale that is not, and what to pick instead.
+    """
+    uneven = [sc for sc in scales if int(sc * size) % patch]
+    if uneven:
+        raise ConfigError(
+            f"input size {size} at scale {uneven[0]} gives {int(uneven[0] * size)} px, not a multiple of the "
+            f"backbone's {patch} px patches; pick --input-size so that every scale gives a multiple of {patch} "
+            f"(e.g. {patch * 4 * 7}) or other --scales"
+        )
+
+
 def export_split(
     checkpoint: str | Path,
     split: str,
@@ -171,14 +186,7 @@ def export_split(
     root, lay = data_root or cfg.data.root, layout or cfg.data.layout
     size = opt.input_size or cfg.data.crop_size
     _check_dataset(cfg, checkpoint, lay)
-    patch = model.encoder.patch_size
-    uneven = [sc for sc in opt.scales if int(sc * size) % patch]
-    if uneven:
-        raise ConfigError(
-            f"input size {size} at scale {uneven[0]} gives {int(uneven[0] * size)} px, not a multiple of the "
-            f"backbone's {patch} px patches; pick --input-size so that every scale gives a multiple of {patch} "
-            f"(e.g. {patch * 4 * 7}) or other --scales"
-        )
+    check_scales(opt.scales, size, model.encoder.patch_size)
     predicted = opt.tags == "predicted"
     reader = build_reader(lay, root, split, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
                           require_images=not opt.skip_bad, require_tags=not predicted)

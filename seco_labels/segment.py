@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 from .artifacts import save_mask_png
 from .config import save_config
 from .data import build_reader, normalize
-from .errors import ConfigError
-from .export import load_trained_model
+from .export import check_scales, load_trained_model
 from .io import atomic_write_text
 from .models import SeCoNet
 from .refine import dense_crf, require_crf
@@ -87,11 +86,7 @@ def segment_split(
     dev = resolve_device(device)
     model, cfg = load_trained_model(checkpoint, dev)
     size = input_size or cfg.data.crop_size
-    patch = model.encoder.patch_size
-    uneven = [sc for sc in scales if int(sc * size) % patch]
-    if uneven:
-        raise ConfigError(f"input size {size} at scale {uneven[0]} gives {int(uneven[0] * size)} px, not a multiple "
-                          f"of the backbone's {patch} px patches; pick --input-size or other --scales")
+    check_scales(scales, size, model.encoder.patch_size)
     root, lay = data_root or cfg.data.root, layout or cfg.data.layout
     reader = build_reader(lay, root, split, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
                           require_tags=False)

@@ -35,3 +35,16 @@ def coco_root() -> Path:
 def voc_gt_root() -> Path:
     """2913 official VOC2012 GT masks, no images."""
     return _need(SHARED_DATA / "voc2012-gt")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(voc_root, tmp_path_factory) -> Path:
+    """``last.pt`` of 4 steps of the tiny test config on voc-mini: what export, segment and show tests read."""
+    from seco_labels.train import Trainer
+    from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    cfg = tiny_config(voc_root, iters=4)
+    cfg.train.val_every = 0
+    Trainer(cfg, run, quiet=True).fit()
+    return run / "last.pt"

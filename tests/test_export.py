@@ -28,14 +28,8 @@ from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode
 
 
 @pytest.fixture(scope="module")
-def checkpoint(voc_root, tmp_path_factory):
-    from seco_labels.train import Trainer
-
-    run = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(voc_root, iters=4)
-    cfg.train.val_every = 0
-    Trainer(cfg, run, quiet=True).fit()
-    return run / "last.pt"
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def test_export_then_evaluate(checkpoint, voc_root, tmp_path):

@@ -15,18 +15,11 @@ from seco_labels.cli import cli
 from seco_labels.export import load_trained_model
 from seco_labels.segment import multi_scale_seg_logits
 
-from test_train import tiny_config
 
 
 @pytest.fixture(scope="module")
-def checkpoint(voc_root, tmp_path_factory):
-    from seco_labels.train import Trainer
-
-    run = tmp_path_factory.mktemp("segment_run")
-    cfg = tiny_config(voc_root, iters=2)
-    cfg.train.val_every = 0
-    Trainer(cfg, run, quiet=True).fit()
-    return run / "last.pt"
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def test_logits_are_the_decoder_at_one_scale_and_flip_equivariant(checkpoint):

@@ -14,21 +14,14 @@ from seco_labels.cli import cli
 from seco_labels.export import ExportOptions, export_split
 from seco_labels.show import ERROR_COLORS, draw_strip, heat_colors, panels_for
 
-from test_train import tiny_config
 
 HEIGHT, GAP, BAND = 120, 6, 22  # draw_strip's layout: caption band 22 px, plus a title band of 22 px
 
 
 @pytest.fixture(scope="module")
-def art(voc_root, tmp_path_factory) -> Path:
-    from seco_labels.train import Trainer
-
-    run = tmp_path_factory.mktemp("show_run")
-    cfg = tiny_config(voc_root, iters=2)
-    cfg.train.val_every = 0
-    Trainer(cfg, run, quiet=True).fit()
+def art(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("show_art")
-    export_split(run / "last.pt", "val", out, options=ExportOptions(input_size=64, num_workers=0, scales=(1.0,)),
+    export_split(tiny_checkpoint, "val", out, options=ExportOptions(input_size=64, num_workers=0, scales=(1.0,)),
                  quiet=True)
     return out
 

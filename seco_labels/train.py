@@ -39,7 +39,8 @@ from .refine import PAR, refine_with_background
 from .schedule import lr_multiplier
 
 __all__ = [
-    "Trainer", "SecoObjective", "memory_digest", "seco_step", "evaluate", "resolve_device", "resolve_amp", "StepBatchSampler", "LOSS_TERMS",
+    "Trainer", "SecoObjective", "memory_digest", "seco_step", "evaluate", "resolve_device", "resolve_amp",
+    "StepBatchSampler", "LOSS_TERMS",
     "batch_to_device",
 ]
 
@@ -321,6 +322,11 @@ class TrainerMixin:
     run_dir: Path
     device: torch.device
     amp_dtype: torch.dtype | None
+    cfg: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    step: int
     dist: DistContext = DistContext()
 
     # -- logging -------------------------------------------------------------------------------------------
@@ -363,6 +369,20 @@ class TrainerMixin:
             save_checkpoint(path, self.state_dict())  # type: ignore[attr-defined]
         barrier()  # no process runs ahead of a checkpoint it may have to resume from
         return path
+
+    def _common_state(self) -> dict[str, Any]:
+        """What every trainer's checkpoint holds; :meth:`_load_common_state` restores it."""
+        return {
+            "step": self.step,
+            "config": config_to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            },
+        }
 
     def _load_common_state(self, ckpt: dict[str, Any], source: str | Path) -> None:
         try:
@@ -460,17 +480,7 @@ class Trainer(TrainerMixin):
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "config": config_to_dict(self.cfg),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            },
-        }
+        return self._common_state()
 
     def load_state_dict(self, ckpt: dict[str, Any], source: str | Path) -> None:
         check_compatible(ckpt.get("config", {}), config_to_dict(self.cfg), source)
@@ -524,17 +534,17 @@ class Trainer(TrainerMixin):
             self.scaler.update()
         return out
 
-    def _over_processes(self, out: StepOutput) -> tuple[float, dict[str, float | None], dict[str, float | None]]:
-        """The step's loss and terms averaged, and its crop counts summed, over processes (one small all-reduce):
-        the values one process would log for the global batch."""
-        flat = {**{f"t_{k}": v for k, v in out.terms.items()}, **{f"c_{k}": v for k, v in out.counts.items()}}
-        active = [k for k, v in flat.items() if v is not None]
-        values = torch.tensor([float(out.loss.detach())] + [flat[k] for k in active], dtype=torch.float64)
-        values = all_reduce_mean(values.to(self.device)).cpu().tolist()
-        got = {k: values[1 + i] for i, k in enumerate(active)}
-        terms = {k: got.get(f"t_{k}") for k in out.terms}
-        counts = {k: (got[f"c_{k}"] * self.dist.world_size if f"c_{k}" in got else None) for k in out.counts}
-        return values[0], terms, counts
+    def _over_processes(self, out: StepOutput) -> dict[str, float | None]:
+        """The step's log fields (``loss``, ``loss_<term>``, crop counts) with the loss and terms averaged and the
+        counts summed over processes (one small all-reduce): what one process would log for the global batch."""
+        fields = {"loss": float(out.loss.detach()), **{f"loss_{k}": v for k, v in out.terms.items()}, **out.counts}
+        active = [k for k, v in fields.items() if v is not None]
+        values = torch.tensor([fields[k] for k in active], dtype=torch.float64, device=self.device)
+        fields.update(zip(active, all_reduce_mean(values).cpu().tolist()))
+        for k in out.counts:
+            if fields[k] is not None:
+                fields[k] *= self.dist.world_size  # counts add up over processes
+        return fields
 
     def check_memories(self) -> list[str]:
         """Every process's :func:`memory_digest`, in rank order.
@@ -576,13 +586,10 @@ class Trainer(TrainerMixin):
             start = time.perf_counter()
             batch = next(loader)
             out = self.train_step(batch)
-            loss, terms, counts = self._over_processes(out)
             record = {
                 "step": self.step,
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "loss": loss,
-                **{f"loss_{k}": v for k, v in terms.items()},
-                **counts,
+                **self._over_processes(out),
                 "time": time.perf_counter() - start,
             }
             self._log(record)

@@ -130,18 +130,7 @@ class SegmenterTrainer(TrainerMixin):
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "segmenter",
-            "step": self.step,
-            "config": config_to_dict(self.cfg),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            },
-        }
+        return {"kind": "segmenter", **self._common_state()}
 
     def load_state_dict(self, ckpt: dict[str, Any], source: str | Path) -> None:
         if ckpt.get("kind") != "segmenter":

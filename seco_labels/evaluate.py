@@ -46,7 +46,7 @@ __all__ = [
 #: the background-threshold grid of the WSSS literature: 0.05, 0.10, ..., 0.95
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
-#: column order of ``per_class.csv``
+#: column order of ``per_class_<split>.csv``
 PER_CLASS_COLUMNS = (
     "index", "name", "iou", "precision", "recall", "fp_tp", "tp", "fp", "fp_bg", "fp_fg", "fn", "gt_pixels",
     "pred_pixels",
@@ -182,7 +182,7 @@ class EvalResult:
     pred: str  #: the prediction source's name
     gt: str  #: ground-truth root
     split: str
-    info: dict = field(default_factory=dict)  #: extra JSON-safe entries for metrics.json (e.g. the sweep)
+    info: dict = field(default_factory=dict)  #: extra JSON-safe entries for the JSON report (e.g. the sweep)
 
     def summary(self) -> dict:
         """Scalar metrics (see :meth:`ConfusionMatrix.summary`) plus the number of images and the inputs."""
@@ -341,7 +341,7 @@ def sweep_cam_threshold(
 
     Returns:
         A :class:`SweepResult`; ``best_threshold`` is the lowest threshold with the highest mIoU, and
-        ``best.info`` records the whole curve for ``metrics.json``.
+        ``best.info`` records the whole curve for ``cams_metrics_<split>.json``.
 
     Raises:
         DataError: a CAM is missing, of the wrong shape or size, has keys outside 1..K-1, or holds NaN.
@@ -390,11 +390,15 @@ def sweep_cam_threshold(
 
 
 # -- reports -------------------------------------------------------------------------------------------------
-def write_reports(result: EvalResult, out_dir: str | Path, *, prefix: str = "") -> tuple[Path, Path]:
-    """Write ``<prefix>metrics.json`` (summary, conventions, per-class rows) and ``<prefix>per_class.csv``, each
-    atomically.
+def write_reports(result: EvalResult, out_dir: str | Path, *, prefix: str = "",
+                  split_in_name: bool = False) -> tuple[Path, Path]:
+    """Write the JSON report (summary with ``split``, conventions, per-class rows) and the per-class CSV, each
+    atomically; returns the two paths.
 
-    Returns the two paths.
+    Names: ``<prefix>metrics_<split>.json`` and ``<prefix>per_class_<split>.csv`` with ``split_in_name`` (what
+    ``seco evaluate`` and the demo write, so that one folder holds the reports of several splits side by side),
+    else ``<prefix>metrics.json`` and ``<prefix>per_class.csv`` (a ``seco fit-segmenter`` run folder, which scores
+    its one validation split). The split is ``result.split``; it is recorded in the JSON either way.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -411,8 +415,9 @@ def write_reports(result: EvalResult, out_dir: str | Path, *, prefix: str = "") 
         },
         "per_class": rows,
     }
-    json_path = out / f"{prefix}metrics.json"
-    csv_path = out / f"{prefix}per_class.csv"
+    tail = f"_{result.split}" if split_in_name else ""
+    json_path = out / f"{prefix}metrics{tail}.json"
+    csv_path = out / f"{prefix}per_class{tail}.csv"
     atomic_write_text(json_path, json.dumps(doc, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(PER_CLASS_COLUMNS), lineterminator="\n")

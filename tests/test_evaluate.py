@@ -256,6 +256,10 @@ def test_reports_are_written_with_expected_contents(gt, pred_dir, tmp_path):
     reader, ids = gt
     res = evaluate_masks(pred_dir, reader, ids=ids[:5])
     json_path, csv_path = write_reports(res, tmp_path / "out")
+    assert (json_path.name, csv_path.name) == ("metrics.json", "per_class.csv")  # a fit-segmenter run's names
+    named = write_reports(res, tmp_path / "out", prefix="cams_", split_in_name=True)
+    assert [p.name for p in named] == ["cams_metrics_val.json", "cams_per_class_val.csv"]
+    assert json.loads(named[0].read_text())["split"] == "val"
     doc = json.loads(json_path.read_text())
     assert doc["miou"] == 1.0 and doc["num_images"] == 5 and doc["split"] == "val"
     assert "conventions" in doc and len(doc["per_class"]) == 21
@@ -267,18 +271,21 @@ def test_reports_are_written_with_expected_contents(gt, pred_dir, tmp_path):
 # -- the command -------------------------------------------------------------------------------------------
 @pytest.fixture
 def art(voc_root, tmp_path):
-    """ART_DIR with masks_val/ = the voc-mini val GT masks, and one mask with its first class erased."""
+    """ART_DIR with masks_val/ = the voc_root val GT masks, and one mask with its first class erased."""
     reader = open_ground_truth(voc_root, "val")
     folder = tmp_path / "art" / "masks_val"
     folder.mkdir(parents=True)
     for i in reader.ids:
         shutil.copyfile(reader.mask_path(i), folder / f"{i}.png")
-    image_id, c = _id_with_class(reader, reader.ids)
+    counts = _counts(reader, reader.ids)
+    # a class that also occurs in another image, so that its precision stays defined (1.0) after the erasure
+    image_id, c = next((i, c) for i in reader.ids for c in np.unique(reader.load_mask(i))
+                       if 0 < c < 255 and counts[c] > (reader.load_mask(i) == c).sum())
+    c = int(c)
     mask = reader.load_mask(image_id)
     pert = mask.copy()
     pert[mask == c] = 0
     _save(pert, folder / f"{image_id}.png")
-    counts = _counts(reader, reader.ids)
     expected = (counts[c] - int((mask == c).sum())) / counts[c]
     return tmp_path / "art", c, expected
 
@@ -288,10 +295,11 @@ def test_cli_prints_the_table_and_writes_the_reports(art, voc_root):
     res = CliRunner().invoke(cli, ["evaluate", "--pred", str(art_dir), "--split", "val", "--gt", str(voc_root)])
     assert res.exit_code == 0, res.output
     assert "mIoU" in res.output and VOC_CLASSES[c] in res.output and "FP/TP" in res.output
-    doc = json.loads((art_dir / "metrics.json").read_text())
-    assert doc["num_images"] == 20 and doc["fp_tp"] == 0.0
-    assert doc["per_class"][c]["iou"] == pytest.approx(expected_iou)
-    rows = list(csv.DictReader((art_dir / "per_class.csv").open()))
+    doc = json.loads((art_dir / "metrics_val.json").read_text())
+    assert doc["num_images"] == len(open_ground_truth(voc_root, "val").ids) and doc["fp_tp"] == 0.0
+    assert doc["split"] == "val" and doc["per_class"][c]["iou"] == pytest.approx(expected_iou)
+    assert f"wrote {art_dir / 'metrics_val.json'} and {art_dir / 'per_class_val.csv'}" in res.output
+    rows = list(csv.DictReader((art_dir / "per_class_val.csv").open()))
     assert len(rows) == 21 and float(rows[c]["iou"]) == pytest.approx(expected_iou)
     assert rows[c]["precision"] == "1.0"
 
@@ -304,7 +312,28 @@ def test_cli_takes_the_gt_root_from_config_and_a_direct_png_folder(art, voc_root
                                    str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     assert res.output.startswith("mIoU ")
-    assert json.loads((out / "metrics.json").read_text())["per_class"][c]["iou"] == pytest.approx(expected_iou)
+    assert json.loads((out / "metrics_val.json").read_text())["per_class"][c]["iou"] == pytest.approx(expected_iou)
+
+
+def test_cli_keeps_the_reports_of_two_splits_in_one_folder(voc_root, tmp_path):
+    """Evaluating train then val into one --out leaves both reports, each naming its split."""
+    art_dir, out = tmp_path / "art", tmp_path / "reports"
+    counts = {}
+    for split in ("train", "val"):
+        reader = open_ground_truth(voc_root, split)
+        counts[split] = len(reader.ids)
+        (art_dir / f"masks_{split}").mkdir(parents=True)
+        for i in reader.ids:
+            shutil.copyfile(reader.mask_path(i), art_dir / f"masks_{split}" / f"{i}.png")
+        res = CliRunner().invoke(cli, ["evaluate", "--pred", str(art_dir), "--split", split, "--gt", str(voc_root),
+                                       "--out", str(out), "-q"])
+        assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["metrics_train.json", "metrics_val.json",
+                                                     "per_class_train.csv", "per_class_val.csv"]
+    for split, n in counts.items():
+        doc = json.loads((out / f"metrics_{split}.json").read_text())
+        assert (doc["split"], doc["num_images"], doc["miou"]) == (split, n, 1.0)
+        assert len(list(csv.DictReader((out / f"per_class_{split}.csv").open()))) == 21
 
 
 def test_cli_without_gt_is_a_usage_error(art):
@@ -318,7 +347,8 @@ def test_cli_missing_prediction_exits_1_naming_the_id(art, voc_root):
     victim = sorted((art_dir / "masks_val").glob("*.png"))[0]
     victim.unlink()
     res = CliRunner().invoke(cli, ["evaluate", "--pred", str(art_dir), "--split", "val", "--gt", str(voc_root)])
-    assert res.exit_code == 1 and victim.stem in res.output and "1 of 20 predictions missing" in res.output
+    n = len(open_ground_truth(voc_root, "val").ids)
+    assert res.exit_code == 1 and victim.stem in res.output and f"1 of {n} predictions missing" in res.output
 
 
 def test_cli_folder_without_masks_exits_1(tmp_path, voc_root):

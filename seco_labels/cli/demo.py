@@ -58,14 +58,14 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
     h5 = ArtifactFile(art / f"cams_{split}.h5")
     masks = evaluate_masks(h5, reader)
     cams = sweep_cam_threshold(h5, reader)
-    write_reports(masks, art)
-    write_reports(cams.best, art, prefix="cams_")
+    masks_report, _ = write_reports(masks, art, split_in_name=True)
+    cams_report, _ = write_reports(cams.best, art, prefix="cams_", split_in_name=True)
     m = masks.summary()
     click.echo(f"[3/{STEPS}] evaluate on {split}: pseudo masks mIoU {_num(m['miou'], 100)}, precision "
                f"{_num(m['mean_precision'], 100)}, recall {_num(m['mean_recall'], 100)}, FP/TP {_num(m['fp_tp'])}; "
                f"raw CAMs mIoU {_num(cams.best_miou, 100)} at background threshold {cams.best_threshold:.2f}")
     shown = write_strips(reader.ids[:4], reader, h5, art / f"show_{split}", cams=h5, split=split)
-    click.echo(f"  reports: {art / 'metrics.json'}, {art / 'cams_metrics.json'}; pictures: {shown[0].parent}")
+    click.echo(f"  reports: {masks_report}, {cams_report}; pictures: {shown[0].parent}")
 
     from ..segmenters.compare import compare_runs, format_markdown, load_run
     from ..segmenters.config import segmenter_config

@@ -23,13 +23,15 @@ from .options import defaults_file_option, exported_dataset, resolve_predictions
 @click.option("--num-classes", type=int, default=None, help="K, background included (default: config's/layout's).")
 @click.option("--cams", "with_cams", is_flag=True,
               help="Also score the raw CAMs of cams_<split>.h5, sweeping the background threshold "
-                   "(writes cams_metrics.json and cams_per_class.csv).")
+                   "(writes cams_metrics_<split>.json and cams_per_class_<split>.csv).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Where metrics.json and per_class.csv go (default: ART_DIR).")
+              help="Where metrics_<split>.json and per_class_<split>.csv go (default: ART_DIR); reports of "
+                   "other splits in it are kept.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no table (the mIoU line is still printed).")
 @defaults_file_option
 def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, quiet):
-    """Per-class IoU, precision, recall and FP/TP of pseudo masks; writes metrics.json and per_class.csv."""
+    """Per-class IoU, precision, recall and FP/TP of pseudo masks; writes metrics_<split>.json and
+    per_class_<split>.csv (the split is in the names, so one folder holds the reports of several splits)."""
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
 
     masks, cams, art_dir = resolve_predictions(Path(pred), split, with_cams)
@@ -53,7 +55,7 @@ def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, 
         results.append(("cams_", f"raw CAMs, best background threshold {sweep.best_threshold:.2f}",
                         f"CAM (threshold {sweep.best_threshold:.2f}) ", sweep.best))
     for prefix, what, short, result in results:
-        json_path, csv_path = write_reports(result, out, prefix=prefix)
+        json_path, csv_path = write_reports(result, out, prefix=prefix, split_in_name=True)
         miou = result.summary()["miou"]
         if quiet:
             click.echo(f"{short}mIoU {100 * miou:.2f}" if miou is not None else f"{short}mIoU -")

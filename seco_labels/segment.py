@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .artifacts import save_mask_png
-from .config import save_config
+from . import __version__
+from .artifacts import ArtifactWriter
+from .config import config_to_dict, save_config
 from .data import build_reader, normalize
-from .export import check_scales, load_trained_model
+from .export import _sha256, check_scales, load_trained_model
 from .io import atomic_write_text
 from .models import SeCoNet
 from .refine import dense_crf, require_crf
@@ -68,16 +69,24 @@ def segment_split(
     flip: bool = True,
     crf: bool = False,
     input_size: int | None = None,
+    overwrite: bool = False,
     device: str = "auto",
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Write ``OUT/masks_<split>/<id>.png`` (VOC palette, class indices, no ignore) for every image of ``split``,
-    plus ``OUT/config.yaml`` (so ``seco evaluate --pred OUT`` finds the ground truth) and ``OUT/segment_<split>.json``.
+    """Write ``OUT/masks_<split>/<id>.png`` (VOC palette, class indices 0..K-1, no ignore value; each (H, W) at
+    its image's original size) for every image of ``split``, plus ``OUT/manifest_<split>.json`` (the settings),
+    ``OUT/config.yaml`` (so ``seco evaluate --pred OUT`` finds the ground truth) and ``OUT/segment_<split>.json``
+    (counts, settings and seconds, which this function also returns).
 
-    Resumable: images whose PNG exists are skipped (PNGs are written atomically).
+    Resumable, with ``seco export-masks``' rules (the same :class:`~seco_labels.artifacts.ArtifactWriter`, PNG
+    only): the settings that determine the masks (checkpoint sha256, scales, flip, crf, input size, dataset root
+    and layout, the checkpoint's config) are recorded in the manifest when the run starts; a rerun with the same
+    settings skips the images whose PNG exists, a rerun with other settings is refused, and ``overwrite``
+    deletes the split's earlier masks and manifest and segments every image again.
 
     Raises:
-        ConfigError: a scale that does not give a multiple of the backbone's patch size.
+        ConfigError: a scale that does not give a multiple of the backbone's patch size, or ``out_dir`` holding
+            this split made with other settings (names them, old -> new) and not ``overwrite``.
         CheckpointError: unreadable checkpoint. DataError: missing split or images.
         CrfUnavailableError: ``crf`` without the crf extra.
     """
@@ -90,25 +99,38 @@ def segment_split(
     root, lay = data_root or cfg.data.root, layout or cfg.data.layout
     reader = build_reader(lay, root, split, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
                           require_tags=False)
+    # The keys export records too, so that the writer's settings check also refuses to mix these masks with an
+    # export's pseudo masks of the same split in one folder (background_policy and the scales differ).
+    attrs = {
+        "dataset_root": str(Path(root).resolve()), "layout": lay, "class_names": list(reader.class_names),
+        "num_classes": cfg.data.num_classes, "ignore_index": cfg.data.ignore_index,
+        "background_policy": "none: argmax of the decoder's logits (seco segment)", "backbone": cfg.model.backbone,
+        "checkpoint_sha256": _sha256(Path(checkpoint)), "scales": list(scales), "flip": flip, "crf": crf,
+        "input_size": size, "package_version": __version__, "config": config_to_dict(cfg),
+    }
     out = Path(out_dir)
-    masks = out / f"masks_{split}"
-    masks.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in reader.ids if not (masks / f"{i}.png").is_file()]
+    report = out / f"segment_{split}.json"
+    if overwrite:
+        report.unlink(missing_ok=True)  # it describes the masks about to be deleted
     start = time.perf_counter()
-    for image_id in tqdm(todo, desc=f"segment {split}", unit="img", disable=quiet or not sys.stderr.isatty()):
-        rgb = reader.load_image(image_id)
-        x = F.interpolate(normalize(rgb)[None], size=(size, size), mode="bilinear", align_corners=False).to(dev)
-        logits = multi_scale_seg_logits(model, x, scales, rgb.shape[:2], flip=flip)[0]  # (K, H, W)
-        if crf:
-            probs = dense_crf(np.ascontiguousarray(rgb), logits.softmax(0).cpu().numpy())
-            pred = probs.argmax(0)
-        else:
-            pred = logits.argmax(0).cpu().numpy()
-        save_mask_png(masks / f"{image_id}.png", pred.astype(np.uint8))
+    with ArtifactWriter(out, split, attrs, formats=("png",), overwrite=overwrite) as writer:
+        done = writer.done_ids()
+        todo = [i for i in reader.ids if i not in done]
+        for image_id in tqdm(todo, desc=f"segment {split}", unit="img", disable=quiet or not sys.stderr.isatty()):
+            rgb = reader.load_image(image_id)
+            x = F.interpolate(normalize(rgb)[None], size=(size, size), mode="bilinear", align_corners=False).to(dev)
+            logits = multi_scale_seg_logits(model, x, scales, rgb.shape[:2], flip=flip)[0]  # (K, H, W)
+            if crf:
+                probs = dense_crf(np.ascontiguousarray(rgb), logits.softmax(0).cpu().numpy())
+                pred = probs.argmax(0)
+            else:
+                pred = logits.argmax(0).cpu().numpy()
+            # no CAMs here: an empty (0, H, W) CAM, which a PNG-only writer never stores
+            writer.add(image_id, np.zeros((0, *pred.shape), np.float16), np.zeros(0, np.int64), pred.astype(np.uint8))
     cfg.data.root, cfg.data.layout = str(root), lay
     save_config(cfg, out / "config.yaml")
     result = {"split": split, "images": len(reader.ids), "segmented": len(todo),
               "skipped_done": len(reader.ids) - len(todo), "scales": list(scales), "flip": flip, "crf": crf,
               "input_size": size, "seconds": round(time.perf_counter() - start, 3), "checkpoint": str(checkpoint)}
-    atomic_write_text(out / f"segment_{split}.json", json.dumps(result, indent=2))
+    atomic_write_text(report, json.dumps(result, indent=2))
     return result

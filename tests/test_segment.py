@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -12,9 +13,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from seco_labels.cli import cli
+from seco_labels.data import build_reader
 from seco_labels.export import load_trained_model
 from seco_labels.segment import multi_scale_seg_logits
-
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +39,14 @@ def test_logits_are_the_decoder_at_one_scale_and_flip_equivariant(checkpoint):
 
 def test_segment_then_evaluate(checkpoint, voc_root, tmp_path):
     out = tmp_path / "seg"
+    n = len(build_reader("voc", voc_root, "val", require_tags=False).ids)
     args = ["segment", "--checkpoint", str(checkpoint), "--split", "val", "--out", str(out), "--input-size", "64",
             "--device", "cpu", "-q"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert f"segmented 20 image(s) of val into {out} (0 already done" in res.output
+    assert f"segmented {n} image(s) of val into {out} (0 already done" in res.output
     pngs = sorted((out / "masks_val").glob("*.png"))
-    assert len(pngs) == 20
+    assert len(pngs) == n
     for png in pngs[:5]:
         mask = np.asarray(Image.open(png))
         h, w = np.asarray(Image.open(voc_root / "JPEGImages" / f"{png.stem}.jpg")).shape[:2]
@@ -53,13 +55,54 @@ def test_segment_then_evaluate(checkpoint, voc_root, tmp_path):
     assert summary["scales"] == [1.0, 1.25, 1.5] and summary["flip"] is True and summary["crf"] is False
 
     again = CliRunner().invoke(cli, args)
-    assert "segmented 0 image(s) of val" in again.output and "(20 already done" in again.output
+    assert "segmented 0 image(s) of val" in again.output and f"({n} already done" in again.output
 
     res = CliRunner().invoke(cli, ["evaluate", "--pred", str(out), "--split", "val", "-q"])
     assert res.exit_code == 0, res.output
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_images"] == 20 and 0.0 <= metrics["miou"] <= 1.0
+    metrics = json.loads((out / "metrics_val.json").read_text())
+    assert metrics["num_images"] == n and metrics["split"] == "val" and 0.0 <= metrics["miou"] <= 1.0
     assert metrics["pred_ignored_pixels"] == 0
+
+
+def test_rerun_with_other_settings_is_refused_until_overwrite(checkpoint, voc_root, tmp_path):
+    out = tmp_path / "seg"
+    ids = build_reader("voc", voc_root, "val", require_tags=False).ids
+    args = ["segment", "--checkpoint", str(checkpoint), "--split", "val", "--out", str(out), "--input-size", "64",
+            "--scales", "1.0,1.5", "--device", "cpu", "-q"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest_val.json").read_text())
+    assert (manifest["scales"], manifest["flip"], manifest["crf"], manifest["input_size"]) == ([1.0, 1.5], True,
+                                                                                            False, 64)
+    assert manifest["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert manifest["dataset_root"] == str(voc_root.resolve()) and manifest["split"] == "val"
+    before = {p.name: p.read_bytes() for p in (out / "masks_val").glob("*.png")}
+
+    other = [a if a != "1.0,1.5" else "1.0" for a in args]
+    res = CliRunner().invoke(cli, other)
+    assert res.exit_code == 2
+    assert (f"{out} already holds split 'val' exported with other settings ({out / 'manifest_val.json'}): "
+            "scales: [1.0, 1.5] -> [1.0]. Pass --overwrite to redo it, or export to another --out") in res.output
+    res = CliRunner().invoke(cli, args + ["--no-flip"])
+    assert res.exit_code == 2 and "flip: True -> False" in res.output
+    assert {p.name: p.read_bytes() for p in (out / "masks_val").glob("*.png")} == before  # nothing touched
+    assert json.loads((out / "segment_val.json").read_text())["scales"] == [1.0, 1.5]
+
+    # crf is one of the compared settings: a manifest that says the masks had the CRF refuses a run without it
+    # (running with --crf itself needs the optional crf extra)
+    (out / "manifest_val.json").write_text(json.dumps({**manifest, "crf": True}))
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and "crf: True -> False" in res.output
+
+    (out / "masks_val" / "stale.png").write_bytes(before[f"{ids[0]}.png"])
+    res = CliRunner().invoke(cli, other + ["--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert f"segmented {len(ids)} image(s) of val into {out} (0 already done" in res.output
+    assert sorted(p.stem for p in (out / "masks_val").glob("*.png")) == sorted(ids)  # the old folder is gone
+    assert json.loads((out / "manifest_val.json").read_text())["scales"] == [1.0]
+    assert json.loads((out / "segment_val.json").read_text())["scales"] == [1.0]
+    res = CliRunner().invoke(cli, other)  # the new settings resume
+    assert res.exit_code == 0 and f"segmented 0 image(s) of val into {out} ({len(ids)} already done" in res.output
 
 
 def test_uneven_scale_is_refused(checkpoint, tmp_path):

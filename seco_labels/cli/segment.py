@@ -12,7 +12,8 @@ from .options import defaults_file_option, parse_scales
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="RUN_DIR/last.pt of seco train.")
 @click.option("--split", required=True, help="Split to segment, e.g. val.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Folder: masks_<split>/<id>.png, config.yaml, segment_<split>.json.")
+              help="Folder: masks_<split>/<id>.png, manifest_<split>.json (the settings), config.yaml, "
+                   "segment_<split>.json.")
 @click.option("--data-root", default=None, help="Dataset root (default: the training run's).")
 @click.option("--layout", default=None, help="Dataset layout (default: the training run's).")
 @click.option("--scales", default="1.0,1.25,1.5", show_default=True, callback=parse_scales,
@@ -20,15 +21,23 @@ from .options import defaults_file_option, parse_scales
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Add the mirror image's logits.")
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing, as published (needs the crf extra).")
 @click.option("--input-size", type=int, default=None, help="Base square size (default: the training crop).")
+@click.option("--overwrite", is_flag=True,
+              help="Delete this split's earlier masks in --out and segment every image again (needed to change "
+                   "the settings of a split already there).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @defaults_file_option
-def segment_cmd(checkpoint, split, out_dir, data_root, layout, scales, flip, crf, input_size, device, quiet):
+def segment_cmd(checkpoint, split, out_dir, data_root, layout, scales, flip, crf, input_size, overwrite, device,
+                quiet):
     """Segment a split with the trained SeCo decoder: multi-scale + flip logits, optional dense CRF (the paper's
-    segmentation protocol). Score the result with: seco evaluate --pred OUT --split SPLIT."""
+    segmentation protocol). Score the result with: seco evaluate --pred OUT --split SPLIT.
+
+    A rerun with the same settings resumes (finished images are kept); one with other settings (checkpoint,
+    scales, flip, crf, input size, dataset) is refused unless --overwrite."""
     from ..segment import segment_split
 
     result = segment_split(checkpoint, split, out_dir, data_root=data_root, layout=layout, scales=scales, flip=flip,
-                           crf=crf, input_size=input_size, device=device, quiet=quiet)
+                           crf=crf, input_size=input_size, overwrite=overwrite, device=device,
+                           quiet=quiet)
     click.echo(f"segmented {result['segmented']} image(s) of {split} into {out_dir} "
                f"({result['skipped_done']} already done; {result['seconds']:.1f} s)")

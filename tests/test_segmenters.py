@@ -397,9 +397,10 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(root, art_png
 
 
 # -- compare --------------------------------------------------------------------------------------------------
-def _scored(folder: Path, mat: np.ndarray, names: list[str], **info) -> Path:
-    result = EvalResult(ConfusionMatrix.from_matrix(mat), names, 2, "pred", "gt", "val", info=info)
-    write_reports(result, folder)
+def _scored(folder: Path, mat: np.ndarray, names: list[str], split: str = "val", split_in_name: bool = False,
+            **info) -> Path:
+    result = EvalResult(ConfusionMatrix.from_matrix(mat), names, 2, "pred", "gt", split, info=info)
+    write_reports(result, folder, split_in_name=split_in_name)
     return folder
 
 
@@ -433,7 +434,8 @@ def test_compare_writes_table_csv_and_chart(tmp_path):
 
 
 def test_compare_refuses_unscored_or_mismatched_runs(tmp_path):
-    with pytest.raises(DataError, match=r"has no metrics.json; score it first \(seco fit-segmenter with --val-split"):
+    with pytest.raises(DataError, match=r"has no metrics.json or metrics_<split>.json; score it first "
+                                        r"\(seco fit-segmenter with --val-split"):
         load_run(tmp_path)
     a = _scored(tmp_path / "a", np.eye(2, dtype=int), ["background", "cat"])
     b = _scored(tmp_path / "b", np.eye(3, dtype=int), ["background", "cat", "dog"])
@@ -441,6 +443,38 @@ def test_compare_refuses_unscored_or_mismatched_runs(tmp_path):
         compare_runs([load_run(a), load_run(b)], tmp_path / "out")
     res = CliRunner().invoke(cli, ["compare", str(a), str(b), "--name", "only-one"])
     assert res.exit_code == 2 and "1 --name value(s) for 2 run(s)" in res.output
+
+
+def test_compare_defaults_to_the_runs_folder_and_prints_no_negative_zero(tmp_path, monkeypatch):
+    names = ["background", "cat"]
+    a = np.diag([100000, 100000])
+    b = np.array([[100000, 0], [1, 99999]])  # IoUs lower by about 1e-5: differences that round to zero
+    run_a = _scored(tmp_path / "seg" / "a", a, names, arch="unet", encoder="resnet18", labels="/art")
+    # a seco evaluate folder: its report carries the split in its name
+    run_b = _scored(tmp_path / "seg" / "b", b, names, split_in_name=True)
+    res = CliRunner().invoke(cli, ["compare", str(run_a), str(run_b)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "seg"  # the folder that holds both runs, not the current folder
+    assert f"wrote {out / 'compare.md'}, {out / 'compare.csv'} and {out / 'compare.png'}" in res.output
+    assert "| background | 100.0 | 100.0 | 0.0 |" in res.output and "-0.0" not in res.output
+    assert "| **mIoU** | 100.0 | 100.0 | 0.0 |" in (out / "compare.md").read_text()
+    rows = list(csv.reader((out / "compare.csv").open()))
+    assert rows[1] == ["", "mIoU", "100.00", "100.00", "0.00"] and rows[3] == ["1", "cat", "100.00", "100.00", "0.00"]
+    assert not (Path.cwd() / "compare.md").exists()
+
+    monkeypatch.chdir(tmp_path)  # inside the current folder the default is shown relative to it
+    res = CliRunner().invoke(cli, ["compare", "seg/a", "seg/b", "--stem", "rel", "-q"])
+    assert res.exit_code == 0 and "wrote seg/rel.md, seg/rel.csv and seg/rel.png" in res.output
+    res = CliRunner().invoke(cli, ["compare", "seg/a", "--stem", "one", "-q"])  # one run: its parent
+    assert res.exit_code == 0 and (tmp_path / "seg" / "one.md").is_file()
+
+    _scored(run_b, a, names, split="train", split_in_name=True)  # now b holds two splits' reports
+    res = CliRunner().invoke(cli, ["compare", "seg/a", "seg/b"])
+    assert res.exit_code == 1
+    assert ("seg/b holds 2 reports (metrics_train.json, metrics_val.json); pass the file to compare, e.g. "
+            "seg/b/metrics_val.json") in res.output
+    res = CliRunner().invoke(cli, ["compare", "seg/a", "seg/b/metrics_train.json", "-q"])
+    assert res.exit_code == 0, res.output
 
 
 def test_every_option_is_documented():

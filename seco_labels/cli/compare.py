@@ -12,8 +12,9 @@ from .options import defaults_file_option
 
 @cli.command("compare")
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True,
-              help="Folder for compare.md, compare.csv and compare.png.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for compare.md, compare.csv and compare.png (default: the folder that holds the runs' "
+                   "folders, e.g. seg for seg/a and seg/b).")
 @click.option("--name", "names", multiple=True,
               help="Column name of each run, in order (repeatable; default arch/encoder (gt|pseudo) or the folder).")
 @click.option("--stem", default="compare", show_default=True, help="File name stem of the three outputs.")
@@ -22,13 +23,14 @@ from .options import defaults_file_option
 @defaults_file_option
 def compare_cmd(runs, out_dir, names, stem, title, quiet):
     """Compare the mIoU and per-class IoU of RUN_DIR... (folders holding the metrics.json of seco fit-segmenter
-    or seco evaluate): pseudo masks vs the GT upper bound, one architecture vs another."""
-    from ..segmenters.compare import compare_runs, format_markdown, load_run
+    or the metrics_<split>.json of seco evaluate, or those files): pseudo masks vs the GT upper bound, one
+    architecture vs another. Writes STEM.md, .csv, .png into --out, by default the folder holding the runs."""
+    from ..segmenters.compare import compare_runs, default_out_dir, format_markdown, load_run
 
     if names and len(names) != len(runs):
         raise click.UsageError(f"{len(names)} --name value(s) for {len(runs)} run(s); give one per run or none")
     scores = [load_run(Path(r), names[i] if names else None) for i, r in enumerate(runs)]
-    paths = compare_runs(scores, out_dir, stem=stem, title=title)
+    paths = compare_runs(scores, out_dir or default_out_dir(scores), stem=stem, title=title)
     if not quiet:
         click.echo(format_markdown(scores), nl=False)
     click.echo(f"wrote {paths['md']}, {paths['csv']} and {paths['png']}", err=True)

@@ -1,7 +1,7 @@
 """``seco compare``: per-class IoU of several scored runs side by side (Markdown + CSV) and as a bar chart (PNG).
 
-A run is any folder holding the ``metrics.json`` of ``seco fit-segmenter`` or ``seco evaluate`` (its ``per_class``
-rows), so a segmenter trained on pseudo masks, one trained on GT (the upper bound) and the pseudo masks themselves
+A run is any folder holding the ``metrics.json`` of ``seco fit-segmenter`` or the ``metrics_<split>.json`` of
+``seco evaluate`` (its ``per_class`` rows), or that file itself, so a segmenter trained on pseudo masks, one trained on GT (the upper bound) and the pseudo masks themselves
 can sit in one table. The chart is drawn with PIL alone (no matplotlib needed).
 """
 
@@ -10,15 +10,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..io import atomic_path, atomic_write_text
 from ..plots import draw_grouped_bars
 
-__all__ = ["RunScores", "load_run", "compare_runs", "format_markdown", "format_csv", "draw_bar_chart"]
+__all__ = ["RunScores", "load_run", "default_out_dir", "compare_runs", "format_markdown", "format_csv",
+           "draw_bar_chart"]
 
 
 @dataclass
@@ -47,18 +49,31 @@ def _default_name(info: dict[str, Any], path: Path) -> str:
     return path.name
 
 
+def _metrics_file(path: Path) -> Path:
+    """``path`` itself when it is a file, else the one ``metrics.json`` or ``metrics_<split>.json`` in it."""
+    if path.is_file():
+        return path
+    found = sorted(p for p in (path / "metrics.json", *path.glob("metrics_*.json")) if p.is_file())
+    if len(found) > 1:  # seco evaluate wrote several splits (or a segmenter run was also evaluated) here
+        raise DataError(f"{path} holds {len(found)} reports ({', '.join(p.name for p in found)}); pass the file to "
+                        f"compare, e.g. {found[-1]}")
+    if not found:
+        raise DataError(f"{path} has no metrics.json or metrics_<split>.json; score it first (seco fit-segmenter "
+                        "with --val-split, or seco evaluate --out)")
+    return found[0]
+
+
 def load_run(path: str | Path, name: str | None = None) -> RunScores:
-    """Read ``PATH/metrics.json`` (or ``PATH`` itself when it is that file).
+    """Read the scores of a run: ``PATH`` when it is a metrics file, else the one ``PATH/metrics.json`` (of
+    ``seco fit-segmenter``) or ``PATH/metrics_<split>.json`` (of ``seco evaluate``). The run's ``path`` is the
+    folder holding the file.
 
     Raises:
-        DataError: no metrics.json, or one without per-class rows (names the file and what to run).
+        DataError: no such file, several (names them: pass one), or one without per-class rows (names the file
+            and what to run).
     """
-    path = Path(path)
-    file = path if path.is_file() else path / "metrics.json"
+    file = _metrics_file(Path(path))
     folder = file.parent
-    if not file.is_file():
-        raise DataError(f"{folder} has no metrics.json; score it first (seco fit-segmenter with --val-split, or "
-                        "seco evaluate --out)")
     try:
         doc = json.loads(file.read_text())
         rows = doc["per_class"]
@@ -91,8 +106,13 @@ def _unique_names(runs: Sequence[RunScores]) -> None:
             run.name = f"{run.name} [{run.path.name}]"
 
 
-def _pct(x: float | None, digits: int) -> str:
-    return "" if x is None else f"{100 * x:.{digits}f}"
+def _pct(x: float | None, digits: int, *, signed: bool = False) -> str:
+    """``x`` in percent with ``digits`` decimals ("" for None). A value that rounds to zero prints as an unsigned
+    zero (``0.0``, never ``-0.0`` or ``+0.0``); ``signed`` puts ``+`` before the other positive values."""
+    if x is None:
+        return ""
+    v = round(100 * x, digits) + 0.0  # + 0.0 turns the -0.0 of a tiny negative difference into 0.0
+    return f"{v:+.{digits}f}" if signed and v != 0 else f"{v:.{digits}f}"
 
 
 def _rows(runs: Sequence[RunScores]) -> list[tuple[str, str, list[float | None]]]:
@@ -116,7 +136,7 @@ def format_markdown(runs: Sequence[RunScores]) -> str:
         cells = [f"**{name}**" if not index else name] + [_pct(s, 1) or "-" for s in scores]
         if two:
             d = _delta(scores)
-            cells.append("-" if d is None else f"{100 * d:+.1f}")
+            cells.append(_pct(d, 1, signed=True) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("IoU in percent; mIoU over the classes present in the GT or the prediction (`seco evaluate`).")
@@ -158,6 +178,23 @@ def draw_bar_chart(runs: Sequence[RunScores], path: str | Path, *, title: str = 
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return bars
+
+
+def default_out_dir(runs: Sequence[RunScores]) -> Path:
+    """Where ``seco compare`` writes without ``--out``: the deepest folder that holds every run's folder (``seg``
+    for ``seg/a`` and ``seg/b``; the parent of a single run), relative to the current folder when inside it.
+
+    Raises:
+        ConfigError: the runs share no folder but the filesystem root (pass ``--out``).
+    """
+    if not runs:
+        raise DataError("nothing to compare: give one or more run folders")
+    common = Path(os.path.commonpath([os.path.abspath(r.path.parent) for r in runs]))
+    if common == Path(common.anchor):
+        raise ConfigError(f"the runs ({', '.join(str(r.path) for r in runs)}) share no folder but {common}; "
+                          "pass --out DIR")
+    cwd = Path.cwd()
+    return common.relative_to(cwd) if common.is_relative_to(cwd) else common
 
 
 def compare_runs(runs: Sequence[RunScores], out_dir: str | Path, *, stem: str = "compare",

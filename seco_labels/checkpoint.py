@@ -13,18 +13,25 @@ Older checkpoints also hold ``rng["crops"]``, now unused: local crops are seeded
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .io import atomic_path
 
-__all__ = ["save_checkpoint", "load_checkpoint", "check_compatible", "latest_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = [
+    "save_checkpoint", "load_checkpoint", "check_compatible", "latest_checkpoint", "CHECKPOINT_FORMAT",
+    "ConfigChange", "diff_configs", "check_changes", "record_changes", "CHANGES_FILE",
+]
 
 CHECKPOINT_FORMAT = 1
 
@@ -58,15 +65,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass RUN_DIR/last.pt of a finished or running train")
+    # torch's own errors are paragraphs about weights_only or miniz internals; classify the file first so the
+    # message says what the file is. save_checkpoint writes torch's zip format, which starts with a zip header.
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror})") from None
+    not_ours = (f"{path} is not a seco checkpoint; pass the RUN_DIR/last.pt written by seco train "
+                "(a bare backbone state dict goes to --backbone-weights instead)")
+    corrupt = (f"checkpoint {path} is corrupt or truncated (an interrupted copy?); copy it again or use another "
+               "checkpoint")
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (an interrupted copy?); copy it again or use another "
+                              "checkpoint")
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        raise CheckpointError(corrupt)  # the zip header is there but the directory at the end is not
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
+        raise CheckpointError(not_ours)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({e}); use another checkpoint") from None
+    except pickle.UnpicklingError:
+        # readable, but it holds objects other than tensors and plain containers: someone else's file
+        raise CheckpointError(not_ours) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
+        raise CheckpointError(corrupt) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
-        raise CheckpointError(
-            f"{path} is not a seco_labels checkpoint (format {CHECKPOINT_FORMAT}); "
-            "a bare backbone state dict goes to --backbone-weights instead"
-        )
+        raise CheckpointError(not_ours)
     return ckpt
 
 
@@ -89,3 +114,99 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """``RUN_DIR/last.pt`` if it exists, else None."""
     p = Path(run_dir) / "last.pt"
     return p if p.is_file() else None
+
+
+#: one line per resume that changed the config, in the run folder (see :func:`record_changes`)
+CHANGES_FILE = "config_changes.jsonl"
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """One config value that differs between a checkpoint and the resumed run: dotted ``key``, ``old``, ``new``."""
+
+    key: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.old!r} -> {self.new!r}"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not k.endswith("kwargs"):  # sections and loss terms; *kwargs are values
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def diff_configs(old: dict[str, Any], new: dict[str, Any]) -> list[ConfigChange]:
+    """Every dotted key (``loss.lig.weight``; ``*kwargs`` mappings such as ``model.backbone_kwargs`` compare whole) whose
+    value differs between two configs as :func:`seco_labels.config.config_to_dict` writes them, sorted by key.
+    A key missing on one side (a config of an older version) counts as None there."""
+    a, b = _flatten(old), _flatten(new)
+    return [ConfigChange(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_changes(
+    ckpt_config: dict[str, Any],
+    config: dict[str, Any],
+    source: str | os.PathLike,
+    *,
+    step: int,
+    silent: Iterable[str],
+    allowed: Iterable[str],
+    skip: Iterable[str] = (),
+    allow_changes: bool = False,
+) -> list[ConfigChange]:
+    """The config changes of a resume that must be recorded; raises when one is not allowed.
+
+    A key in ``silent`` (device, worker count, log cadence: where and how verbosely it runs, not what it computes)
+    may change without trace; a key in ``allowed`` (``train.iters`` and what only validation or checkpoint cadence
+    reads) may change and is returned to be recorded; ``skip`` keys are checked elsewhere (the architecture). Any
+    other change alters the trained model or the data order and is refused unless ``allow_changes``. ``train.iters``
+    below ``step`` (the checkpoint's) is refused always: those steps are already trained.
+
+    Raises:
+        ConfigError: names each refused key with its checkpoint and requested values, and what to do.
+    """
+    silent, allowed, skip = set(silent), set(allowed), set(skip)
+    changes = [c for c in diff_configs(ckpt_config, config) if c.key not in silent and c.key not in skip]
+    iters = next((c for c in changes if c.key == "train.iters"), None)
+    if iters is not None and isinstance(iters.new, int) and iters.new < step:
+        raise ConfigError(
+            f"checkpoint {source} has already trained {step} steps, more than the requested train.iters={iters.new}; "
+            f"pass --iters {iters.old} (or more) to continue it, or another --out to train a new run"
+        )
+    refused = [c for c in changes if c.key not in allowed]
+    if refused and not allow_changes:
+        listed = "; ".join(f"{c.key}: checkpoint {c.old!r}, requested {c.new!r}" for c in refused)
+        raise ConfigError(
+            f"resuming {source} with settings that change the run ({listed}); pass the checkpoint's values, "
+            f"another --out for a new run, or --allow-changes to continue with the new values (recorded in "
+            f"{CHANGES_FILE})"
+        )
+    return changes
+
+
+def record_changes(run_dir: str | os.PathLike, changes: list[ConfigChange], *, step: int,
+                   source: str | os.PathLike, allowed_by: str) -> Path:
+    """Append one JSON line to ``RUN_DIR/config_changes.jsonl``: UTC ``time``, the ``step`` the run resumes at,
+    the ``checkpoint`` resumed, ``changes`` ({key: {"old", "new"}}) and ``allowed_by`` (why they were accepted).
+
+    Appending (not rewriting) keeps the history of every resume; ``RUN_DIR/config.yaml`` holds the current values.
+    """
+    path = Path(run_dir) / CHANGES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "step": step,
+        "checkpoint": str(source),
+        "changes": {c.key: {"old": c.old, "new": c.new} for c in changes},
+        "allowed_by": allowed_by,
+    }
+    with path.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+    return path

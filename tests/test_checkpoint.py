@@ -1,0 +1,107 @@
+"""Checkpoint files: short messages for files that are not checkpoints, and the config-change rules of a resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from seco_labels.checkpoint import (
+    CHANGES_FILE, ConfigChange, check_changes, diff_configs, load_checkpoint, record_changes, save_checkpoint,
+)
+from seco_labels.cli import cli
+from seco_labels.config import config_to_dict, get_preset
+from seco_labels.errors import CheckpointError, ConfigError
+
+
+@pytest.fixture()
+def real_checkpoint(tmp_path):
+    """A small file in the exact format of seco train's last.pt (no training needed to test reading it)."""
+    cfg = config_to_dict(get_preset("demo"))
+    return save_checkpoint(tmp_path / "last.pt", {"step": 3, "config": cfg, "model": {"w": torch.randn(64, 64)}})
+
+
+def test_a_real_checkpoint_loads(real_checkpoint):
+    ckpt = load_checkpoint(real_checkpoint)
+    assert ckpt["step"] == 3 and ckpt["model"]["w"].shape == (64, 64)
+
+
+def test_a_config_file_given_as_checkpoint_is_named_not_a_checkpoint(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("preset: demo\ntrain:\n  iters: 3\n")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path} is not a seco checkpoint") and "weights only" not in msg.lower()
+    assert len(msg) - len(str(path)) < 200  # one line, not torch's paragraph
+
+
+def test_a_foreign_torch_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "backbone.pth"
+    torch.save({"blocks.0.weight": torch.zeros(2)}, path)  # a bare state dict: readable, but not ours
+    with pytest.raises(CheckpointError, match="is not a seco checkpoint.*--backbone-weights"):
+        load_checkpoint(path)
+
+
+def test_a_truncated_checkpoint_is_called_corrupt(real_checkpoint, tmp_path):
+    data = real_checkpoint.read_bytes()
+    for n in (len(data) // 2, 100):
+        cut = tmp_path / f"cut{n}.pt"
+        cut.write_bytes(data[:n])
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(cut)
+        assert str(e.value).startswith(f"checkpoint {cut} is corrupt or truncated"), str(e.value)
+        assert "miniz" not in str(e.value)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty"):
+        load_checkpoint(empty)
+
+
+def test_export_masks_with_a_config_file_as_checkpoint_prints_one_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("preset: demo\n")
+    res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(path), "--split", "train",
+                                   "--out", str(tmp_path / "art")])
+    assert res.exit_code == 1, res.output
+    assert f"{path} is not a seco checkpoint" in res.output and "weights only" not in res.output.lower()
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_config_diff_uses_dotted_keys_and_compares_kwargs_whole():
+    a = config_to_dict(get_preset("demo"))
+    b = config_to_dict(get_preset("demo"))
+    b["optim"]["lr"] = 1e-3
+    b["loss"]["lig"]["weight"] = 0.0
+    b["model"]["backbone_kwargs"] = {"depth": 2}
+    assert diff_configs(a, b) == [
+        ConfigChange("loss.lig.weight", 0.5, 0.0),
+        ConfigChange("model.backbone_kwargs", {}, {"depth": 2}),
+        ConfigChange("optim.lr", 2e-4, 1e-3),
+    ]
+
+
+def test_change_rules_refuse_allow_and_record(tmp_path):
+    old = config_to_dict(get_preset("demo"))
+    rules = dict(step=100, silent=("train.device",), allowed=("train.iters",))
+    new = json.loads(json.dumps(old))
+    new["train"]["device"] = "cuda"
+    assert check_changes(old, new, "ck.pt", **rules) == []  # silent
+    new["train"]["iters"] = 600
+    assert check_changes(old, new, "ck.pt", **rules) == [ConfigChange("train.iters", 300, 600)]
+    new["train"]["iters"] = 50
+    with pytest.raises(ConfigError, match="already trained 100 steps, more than the requested train.iters=50"):
+        check_changes(old, new, "ck.pt", **rules, allow_changes=True)  # no flag makes trained steps untrained
+    new["train"]["iters"] = 300
+    new["train"]["seed"] = 7
+    with pytest.raises(ConfigError, match=r"train.seed: checkpoint 0, requested 7.*--allow-changes"):
+        check_changes(old, new, "ck.pt", **rules)
+    changes = check_changes(old, new, "ck.pt", **rules, allow_changes=True)
+    assert changes == [ConfigChange("train.seed", 0, 7)]
+    path = record_changes(tmp_path, changes, step=100, source="ck.pt", allowed_by="--allow-changes")
+    assert path == tmp_path / CHANGES_FILE
+    entry = json.loads(path.read_text())
+    assert entry["changes"] == {"train.seed": {"old": 0, "new": 7}} and entry["step"] == 100
+    assert entry["allowed_by"] == "--allow-changes" and entry["time"].endswith("+00:00")

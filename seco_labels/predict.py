@@ -96,6 +96,7 @@ class ImageFolder:
 
     Raises:
         DataError: ``folder`` is not a folder, holds no image file, or two files give one id (``a.jpg``, ``a.png``).
+        ConfigError: ``exclude`` is ``folder`` itself (masks would be written among the images).
     """
 
     def __init__(self, folder: str | Path, *, exclude: str | Path | None = None) -> None:
@@ -103,6 +104,9 @@ class ImageFolder:
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} not found")
         skip = Path(exclude).resolve() if exclude is not None else None
+        if skip == self.root.resolve():
+            raise ConfigError(f"--out {exclude} is the image folder itself: <id>.png masks would mix with (and could "
+                              f"replace) the images; pass another folder, e.g. --out {self.root / 'masks'}")
         paths: dict[str, Path] = {}
         for p in sorted(self.root.rglob("*")):
             rel = p.relative_to(self.root)
@@ -228,7 +232,8 @@ def _model_kind(path: Path) -> tuple[str, Path]:
         if not (path / "last.pt").is_file():
             raise CheckpointError(
                 f"--model {path} is neither a fit-segmenter run (no model/config.json), an smp model folder (no "
-                "config.json) nor a seco train run (no last.pt); pass SEG_DIR, SEG_DIR/model, RUN_DIR or RUN_DIR/last.pt"
+                "config.json) nor a seco train run (no last.pt); pass SEG_DIR, SEG_DIR/model, RUN_DIR or "
+                "RUN_DIR/last.pt"
             )
         path = path / "last.pt"
     try:  # a peek at the checkpoint's kind: memory-mapped, so a large checkpoint is not read twice

@@ -7,6 +7,7 @@ Three real images of the val split (a 3-image split list in a copy of the datase
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from seco_labels.segmenters import SegmenterTrainer
 from test_segmenters import tiny_cfg  # tests/ is on sys.path (pytest prepend mode)
 
 SPLIT = "three"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "predict.md"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -212,6 +214,10 @@ def test_output_inside_the_image_folder_is_not_read_back(seg_run, images, ids, t
         assert res.exit_code == 0, res.output
     assert f"predicted 0 image(s) of {folder} into {out} with the smp model ({len(ids)} already done" in res.output
     assert not (out / "masks").exists()
+    res = invoke("--model", str(seg_run), "--images", str(folder), "--out", str(folder))
+    assert res.exit_code == 2
+    assert (f"--out {folder} is the image folder itself: <id>.png masks would mix with (and could replace) the "
+            f"images; pass another folder, e.g. --out {folder / 'masks'}") in res.output
 
 
 # -- errors ------------------------------------------------------------------------------------------------
@@ -276,3 +282,19 @@ def test_a_split_of_another_class_count_is_refused(seg_run, tmp_path):
     assert res.exit_code == 1
     assert (f"Error: model {seg_run / 'model' / 'model.safetensors'} predicts 21 classes but layout 'coco' has 81; "
             "use a model trained on this dataset's classes") in res.output
+
+
+# -- docs --------------------------------------------------------------------------------------------------
+def test_the_python_snippet_of_the_docs_runs(seg_run, images, ids, tmp_path, monkeypatch):
+    (code,) = re.findall(r"^## From Python\n.*?^```python\n(.*?)^```", DOC.read_text(), re.S | re.M)
+    monkeypatch.chdir(tmp_path)  # the snippet's relative paths, pointed at the test's model and images
+    (tmp_path / "seg").mkdir()
+    (tmp_path / "seg" / "dlv3p-pseudo").symlink_to(seg_run)
+    (tmp_path / "photos").symlink_to(images)
+    (tmp_path / "photo.jpg").symlink_to(images / f"{ids[0]}.jpg")
+    ns: dict = {}
+    exec(compile(code, str(DOC), "exec"), ns)
+    assert ns["mask"].dtype == np.uint8 and ns["mask"].shape == ns["rgb"].shape[:2]
+    assert ns["result"]["predicted"] == len(ids)
+    assert len(list((tmp_path / "masks" / "overlay").rglob("*.jpg"))) == len(ids)
+    np.testing.assert_array_equal(read_mask(tmp_path / "masks" / f"{ids[0]}.png"), ns["mask"])

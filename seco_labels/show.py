@@ -1,40 +1,74 @@
 """Visual reports of pseudo labels (``seco show``): one PNG strip per image, to judge the labels at a glance.
 
 Panels, left to right, each under a caption: the image; the CAM of every tagged class as a heat map over the
-image; the refined pseudo mask (VOC palette, uncertain pixels in the palette's 255 colour); the ground truth when
-there is one; the error map (green right, red wrong, yellow uncertain where the GT has a label, grey where the GT
-is ignored). Drawn with Pillow and numpy only.
+image; the refined pseudo mask (VOC palette, uncertain pixels in the palette's 255 colour, beige); the ground truth
+when there is one; the error map (green right, red wrong, yellow uncertain where the GT has a label, grey where the
+GT is ignored). A legend under the panels gives the meaning of beige, green, red, yellow and grey. Captions are
+fitted to their panel (smaller font, two lines, and only then shortened with "…"), so narrow portrait panels keep
+readable captions. Drawn with Pillow and numpy only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .data.classes import voc_palette
 from .errors import DataError
 from .io import atomic_path
 from .plots import font
 
-__all__ = ["ShowPanel", "heat_colors", "panels_for", "draw_strip", "write_strips", "ERROR_COLORS"]
+__all__ = ["ShowPanel", "StripLayout", "heat_colors", "panels_for", "fit_text", "layout_strip", "draw_strip",
+           "write_strips", "ERROR_COLORS", "UNCERTAIN_COLOR", "CAPTION_SIZES"]
 
 #: error-map colours (RGB): prediction right, wrong, uncertain (255) on a labelled pixel, GT ignored
 ERROR_COLORS = {"right": (40, 170, 60), "wrong": (220, 30, 30), "uncertain": (240, 200, 0), "ignored": (128, 128, 128)}
 _PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+#: colour of 255 ("uncertain" in a pseudo mask, "no label" in a GT mask) in the VOC palette: beige
+UNCERTAIN_COLOR: tuple[int, int, int] = tuple(int(v) for v in _PALETTE[255])  # type: ignore[assignment]
+#: font sizes (px) tried in turn for a caption that does not fit its panel on one line
+CAPTION_SIZES = (13, 12, 11, 10, 9)
 # "jet"-like ramp: dark blue -> blue -> cyan -> yellow -> red -> dark red, at evenly spaced stops
 _HEAT_STOPS = np.array([[0, 0, 128], [0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0], [128, 0, 0]], np.float32)
 
 
 @dataclass
 class ShowPanel:
-    """One panel: its caption and an (H, W, 3) uint8 picture at the image's resolution."""
+    """One panel: its caption, an (H, W, 3) uint8 picture at the image's resolution, whether it is a label map
+    (resized with nearest neighbours so its colours stay exact), and its colour key for the strip's legend as
+    ``(meaning, RGB)`` pairs."""
 
     caption: str
     pixels: np.ndarray
+    label_map: bool = False
+    legend: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+
+
+@dataclass
+class StripLayout:
+    """Where :func:`draw_strip` puts everything, in strip pixels.
+
+    ``boxes[i]`` = (x0, y0, x1, y1) of panel i's picture (x1, y1 exclusive); ``captions[i]`` = (lines, font size)
+    of its caption, line j drawn at ``caption_xy[i][j]`` (from ``caption_y``, one line every ``size + 3`` px, a
+    pixel or so right of x0 when the first glyph overhangs); the legend rows start at ``legend_y``; the title is
+    (text, font size), drawn at ``title_xy``.
+    """
+
+    width: int
+    height: int
+    boxes: list[tuple[int, int, int, int]]
+    captions: list[tuple[list[str], int]]
+    caption_xy: list[list[tuple[int, int]]]
+    caption_y: int
+    title: tuple[str, int] | None
+    title_xy: tuple[int, int]
+    legend_y: int
+    legend_rows: list[list[tuple[int, str, tuple[int, int, int] | None]]] = field(default_factory=list)
+    #: legend rows of (x from ``gap``, text, swatch colour or None for a panel's name)
 
 
 def heat_colors(cam: np.ndarray) -> np.ndarray:
@@ -84,47 +118,178 @@ def panels_for(
         for cam, key in zip(cams, keys):
             name = class_names[int(key)] if 0 <= int(key) < len(class_names) else str(int(key))
             panels.append(ShowPanel(f"CAM: {name}", _blend(image, heat_colors(cam), 0.6)))
-    panels.append(ShowPanel("pseudo mask", _PALETTE[mask.astype(np.uint8)]))
+    panels.append(ShowPanel("pseudo mask", _PALETTE[mask.astype(np.uint8)], label_map=True,
+                            legend=(("uncertain (255)", UNCERTAIN_COLOR),)))
     if gt is not None:
-        panels.append(ShowPanel("ground truth", _PALETTE[gt.astype(np.uint8)]))
+        panels.append(ShowPanel("ground truth", _PALETTE[gt.astype(np.uint8)], label_map=True,
+                                legend=(("no label (255)", UNCERTAIN_COLOR),)))
         labelled = gt != ignore_index
         err = np.empty((h, w, 3), np.uint8)
         err[:] = ERROR_COLORS["ignored"]
         err[labelled & (mask == gt)] = ERROR_COLORS["right"]
         err[labelled & (mask != gt)] = ERROR_COLORS["wrong"]
         err[labelled & (mask == ignore_index)] = ERROR_COLORS["uncertain"]
-        panels.append(ShowPanel("errors: green right, red wrong, yellow uncertain", _blend(image, err, 0.7)))
+        # the caption stays short (narrow portrait panels); the legend says what each colour means
+        key = (("right", ERROR_COLORS["right"]), ("wrong", ERROR_COLORS["wrong"]),
+               ("uncertain", ERROR_COLORS["uncertain"]), ("no GT label", ERROR_COLORS["ignored"]))
+        panels.append(ShowPanel("errors", _blend(image, err, 0.7), legend=key))
     return panels
+
+
+def _lead(draw: ImageDraw.ImageDraw, text: str, f: ImageFont.ImageFont) -> int:
+    """Pixels to draw ``text`` to the right of its box so that no ink falls left of it (a glyph such as "x" can
+    have a negative left side bearing)."""
+    return max(0, -int(np.floor(draw.textbbox((0, 0), text, font=f)[0]))) if text else 0
+
+
+def _text_right(draw: ImageDraw.ImageDraw, text: str, f: ImageFont.ImageFont) -> int:
+    """Width ``text``'s ink needs when drawn ``_lead`` px right of a box's left edge (PIL ``textbbox``)."""
+    return int(np.ceil(draw.textbbox((0, 0), text, font=f)[2])) + _lead(draw, text, f) if text else 0
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, width: int, f: ImageFont.ImageFont) -> list[str]:
+    """Greedy word wrap of ``text`` into lines no wider than ``width`` (a word wider than that gets a line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and _text_right(draw, f"{lines[-1]} {word}", f) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def _shorten(draw: ImageDraw.ImageDraw, text: str, width: int, f: ImageFont.ImageFont) -> str:
+    """``text`` cut and ended with "…" so that it fits ``width`` ("" when not even "…" does)."""
+    if _text_right(draw, text, f) <= width:
+        return text
+    while text and _text_right(draw, text + "…", f) > width:
+        text = text[:-1]
+    return text.rstrip() + "…" if text else ""
+
+
+def fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, *, sizes: Sequence[int] = CAPTION_SIZES,
+             max_lines: int = 2) -> tuple[list[str], int]:
+    """Lines and font size that render ``text`` within ``width`` px.
+
+    Tried in turn: one line at the largest size or up to 2 px smaller; then up to ``max_lines`` word-wrapped
+    lines at each size of ``sizes`` (largest first); as a last resort, the smallest size with the wrapped lines
+    cut to ``max_lines`` and each line shortened with "…". Every returned line's rendered width (PIL
+    ``textbbox``) is at most ``width``.
+    """
+    for size in (s for s in sizes if s >= sizes[0] - 2):  # a slightly smaller font reads better than 2 lines
+        if _text_right(draw, text, font(size)) <= width:
+            return [text], size
+    for size in sizes:
+        lines = _wrap(draw, text, width, font(size))
+        if len(lines) <= max_lines and all(_text_right(draw, ln, font(size)) <= width for ln in lines):
+            return lines, size
+    size = sizes[-1]
+    f = font(size)
+    lines = _wrap(draw, text, width, f)
+    kept = lines[:max_lines]
+    if len(lines) > max_lines:  # the rest of the words follow the last kept line and are cut with it
+        kept[-1] = " ".join([kept[-1], *lines[max_lines:]])
+    return [ln for ln in (_shorten(draw, ln, width, f) for ln in kept) if ln], size
+
+
+_LEGEND_SIZE, _SWATCH, _LEGEND_ROW = 11, 10, 16
+_Piece = tuple[int, str, tuple[int, int, int] | None]  # (x offset, text, swatch colour or None for a name)
+
+
+def _legend_units(draw: ImageDraw.ImageDraw, panels: Sequence[ShowPanel]) -> list[tuple[list[_Piece], int]]:
+    """The legend's unbreakable units with their widths: each panel's name with its first entry, then each of
+    its other entries (a swatch and its meaning)."""
+    f = font(_LEGEND_SIZE)
+    units = []
+    for panel in panels:
+        for j, (meaning, color) in enumerate(panel.legend):
+            pieces: list[_Piece] = []
+            x = 0
+            if j == 0:
+                pieces.append((0, f"{panel.caption}:", None))
+                x = _text_right(draw, pieces[0][1], f) + 6
+            pieces.append((x, meaning, color))
+            units.append((pieces, x + _SWATCH + 4 + _text_right(draw, meaning, f)))
+    return units
+
+
+def _legend_rows(draw: ImageDraw.ImageDraw, panels: Sequence[ShowPanel], width: int) -> list[list[_Piece]]:
+    """The legend as rows of pieces (x from the row's start), the units wrapped to ``width`` px; a unit wider
+    than ``width`` gets a row of its own (``layout_strip`` makes the strip at least that wide)."""
+    rows: list[list[_Piece]] = []
+    x = 0
+    for pieces, w in _legend_units(draw, panels):
+        if not rows or x + w > width:
+            rows.append([])
+            x = 0
+        rows[-1].extend((x + dx, text, color) for dx, text, color in pieces)
+        x += w + 14
+    return rows
+
+
+def layout_strip(panels: Sequence[ShowPanel], *, height: int = 240, title: str = "", gap: int = 6) -> StripLayout:
+    """Compute :func:`draw_strip`'s layout: an optional title band (22 px), a caption band (22 px, taller when a
+    caption needs two lines), one row of panels, each ``height`` px high and ``pw`` wide (the first panel's aspect
+    ratio), then the legend rows.
+
+    Width: ``n * pw + gap * (n + 1)``, or more when a legend entry needs it. Every caption line fits in ``pw``
+    and the title in the strip (see :func:`fit_text`).
+    """
+    if not panels:
+        raise ValueError("no panels to draw")
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    h0, w0 = panels[0].pixels.shape[:2]
+    pw = max(1, round(w0 * height / h0))
+    n = len(panels)
+    widest_unit = max((w for _, w in _legend_units(probe, panels)), default=0)
+    width = max(n * pw + gap * (n + 1), widest_unit + 2 * gap)
+    fitted_title = None
+    if title:
+        lines, size = fit_text(probe, title, width - 2 * gap, max_lines=1)
+        fitted_title = (lines[0] if lines else "", size)
+    title_band = 22 if title else 0
+    captions = [fit_text(probe, p.caption, pw) for p in panels]
+    band = max(22, max(6 + len(lines) * (size + 3) for lines, size in captions))
+    y0 = title_band + band
+    boxes = [(gap + i * (pw + gap), y0, gap + i * (pw + gap) + pw, y0 + height) for i in range(n)]
+    caption_y = title_band + 4
+    caption_xy = [[(x0 + _lead(probe, line, font(size)), caption_y + j * (size + 3)) for j, line in enumerate(lines)]
+                  for (x0, *_), (lines, size) in zip(boxes, captions)]
+    title_xy = (gap + (_lead(probe, fitted_title[0], font(fitted_title[1])) if fitted_title else 0), 4)
+    rows = _legend_rows(probe, panels, width - 2 * gap)
+    legend_y = y0 + height + gap
+    total = legend_y + (len(rows) * _LEGEND_ROW + gap if rows else 0)
+    return StripLayout(width, total, boxes, captions, caption_xy, caption_y, fitted_title, title_xy, legend_y, rows)
 
 
 def draw_strip(panels: Sequence[ShowPanel], path: str | Path | None = None, *, height: int = 240,
                title: str = "", gap: int = 6) -> Image.Image:
-    """Lay ``panels`` out in one row, each resized to ``height`` px (aspect kept) under its caption.
+    """Lay ``panels`` out in one row (see :func:`layout_strip`), each resized to ``height`` px under its caption,
+    with the panels' colour keys in a legend below; written atomically to ``path`` when given.
 
-    The strip is ``sum(panel widths) + gap * (n + 1)`` wide and ``height + caption band (+ title band)`` high;
-    written atomically to ``path`` when given.
+    Returns the RGB strip, ``layout_strip(...).width`` x ``.height`` px.
     """
-    if not panels:
-        raise ValueError("no panels to draw")
-    text = font(13)
-    band = 22
-    top = band + (band if title else 0)
-    h0, w0 = panels[0].pixels.shape[:2]
-    pw = max(1, round(w0 * height / h0))
-    strip = Image.new("RGB", (len(panels) * pw + gap * (len(panels) + 1), top + height + gap), "white")
+    lay = layout_strip(panels, height=height, title=title, gap=gap)
+    strip = Image.new("RGB", (lay.width, lay.height), "white")
     draw = ImageDraw.Draw(strip)
-    if title:
-        draw.text((gap, 4), title, fill="black", font=text)
-    for i, panel in enumerate(panels):
-        x = gap + i * (pw + gap)
+    if lay.title is not None:
+        draw.text(lay.title_xy, lay.title[0], fill="black", font=font(lay.title[1]))
+    for panel, (x0, y0, x1, y1), (lines, size), xys in zip(panels, lay.boxes, lay.captions, lay.caption_xy):
         # nearest for label maps keeps their colours exact; bilinear for photographs and heat maps
-        exact = panel.caption in ("pseudo mask", "ground truth")
-        pic = Image.fromarray(panel.pixels).resize((pw, height), Image.NEAREST if exact else Image.BILINEAR)
-        strip.paste(pic, (x, top))
-        caption = panel.caption
-        while caption and draw.textlength(caption, font=text) > pw:
-            caption = caption[:-2] + "…" if len(caption) > 2 else ""
-        draw.text((x, top - band + 4), caption, fill="black", font=text)
+        pic = Image.fromarray(panel.pixels).resize((x1 - x0, y1 - y0),
+                                                   Image.NEAREST if panel.label_map else Image.BILINEAR)
+        strip.paste(pic, (x0, y0))
+        for line, xy in zip(lines, xys):
+            draw.text(xy, line, fill="black", font=font(size))
+    f = font(_LEGEND_SIZE)
+    for r, row in enumerate(lay.legend_rows):
+        y = lay.legend_y + r * _LEGEND_ROW
+        for x, text, color in row:
+            x += gap
+            if color is not None:
+                draw.rectangle((x, y + 2, x + _SWATCH - 1, y + 1 + _SWATCH), fill=color, outline=(90, 90, 90))
+                x += _SWATCH + 4
+            draw.text((x, y), text, fill="black" if color is not None else (70, 70, 70), font=f)
     if path is not None:
         with atomic_path(path) as tmp:
             strip.save(tmp, format="PNG")

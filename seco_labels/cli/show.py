@@ -27,8 +27,9 @@ from .options import exported_dataset, resolve_predictions
 @click.option("--no-gt", is_flag=True, help="Leave out the ground-truth and error panels.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt, quiet):
-    """Draw one PNG per image: the image, the CAM of each tagged class, the pseudo mask, the GT and an error map
-    (green right, red wrong, yellow uncertain, grey ignored in the GT), to judge pseudo labels at a glance."""
+    """Draw one PNG per image: the image, the CAM of each tagged class, the pseudo mask (beige: uncertain), the GT
+    and an error map (green right, red wrong, yellow uncertain, grey ignored in the GT), with a colour legend
+    under the panels, to judge pseudo labels at a glance."""
     from ..data import build_reader
     from ..show import write_strips
 

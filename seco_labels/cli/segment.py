@@ -22,8 +22,9 @@ from .options import defaults_file_option, parse_scales
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing, as published (needs the crf extra).")
 @click.option("--input-size", type=int, default=None, help="Base square size (default: the training crop).")
 @click.option("--overwrite", is_flag=True,
-              help="Delete this split's earlier masks in --out and segment every image again (needed to change "
-                   "the settings of a split already there).")
+              help="Delete this split's earlier outputs in --out (masks_<split>/, manifest_<split>.json, and an "
+                   "export's cams_<split>.h5) and segment every image again; needed to change the settings of a "
+                   "split already there.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @defaults_file_option

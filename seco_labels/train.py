@@ -7,10 +7,15 @@ Reads top-down like torchvision's reference scripts: ``resolve_device`` -> ``bui
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import math
+import os
+import resource
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +29,16 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm.auto import tqdm
 
 from .cams import box_mask, cam_to_label, cam_to_roi_mask, decompose, multi_scale_cams
-from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    _ARCH_KEYS, ConfigChange, check_changes, check_compatible, latest_checkpoint, load_checkpoint, record_changes,
+    save_checkpoint,
+)
 from .config import SecoConfig, config_to_dict, save_config
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, denormalize
 from .distributed import (
-    DistContext, DistributedError, all_gather_objects, all_reduce_mean, barrier, init_distributed,
+    DistContext, DistributedError, all_gather_objects, all_reduce_mean, barrier, global_sum, init_distributed,
 )
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, SecoError
 from .io import atomic_write_text
 from .losses import cls_loss, crf_energy_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
 from .metrics import ConfusionMatrix
@@ -41,7 +49,7 @@ from .schedule import lr_multiplier
 __all__ = [
     "Trainer", "SecoObjective", "memory_digest", "seco_step", "evaluate", "resolve_device", "resolve_amp",
     "StepBatchSampler", "LOSS_TERMS",
-    "batch_to_device",
+    "batch_to_device", "TrainerMixin", "TrainingInterrupted", "peak_memory_mb",
 ]
 
 #: Every term of the objective, in the order they are logged.
@@ -313,11 +321,47 @@ def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, An
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+class TrainingInterrupted(SecoError):
+    """SIGINT or SIGTERM stopped training after a whole step, and ``checkpoint`` holds that step.
+
+    ``step`` steps of ``iters`` are trained; :attr:`exit_code` is the shell's convention for a process ended by the
+    signal (128 + its number: 130 for SIGINT, 143 for SIGTERM), which the CLI exits with.
+    """
+
+    def __init__(self, signum: int, step: int, iters: int, checkpoint: Path) -> None:
+        self.signum, self.step, self.iters, self.checkpoint = signum, step, iters, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}/{iters}; saved {checkpoint}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far, MiB: CUDA ``max_memory_allocated`` on a GPU, else the process's maximum resident set size
+    (``getrusage``; what ``/usr/bin/time`` reports)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def _eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(round(seconds))))  # "0:02:23", "1 day, 2:46:29" (as mmsegmentation)
+
+
 class TrainerMixin:
-    """What the SeCo and segmenter trainers share: the JSONL metrics log, the autocast context, and restoring
+    """What the SeCo and segmenter trainers share: the JSONL metrics log, resume (with the config-change check),
+    checkpoints, the plain progress lines, stopping cleanly on SIGINT/SIGTERM, the autocast context, and restoring
     model, optimiser, grad scaler and torch/CUDA RNG from a checkpoint (needs ``run_dir``, ``device``, ``amp_dtype``,
-    ``model``, ``optimizer``, ``scaler``; ``resume``/``save`` call the trainer's ``state_dict``/``load_state_dict``).
-    Under torchrun (``dist``) only rank 0 writes the log and checkpoints; every rank reads them on resume."""
+    ``model``, ``optimizer``, ``scaler``, ``quiet``; ``resume``/``save`` call the trainer's
+    ``state_dict``/``load_state_dict``). Under torchrun (``dist``) only rank 0 writes the log and checkpoints;
+    every rank reads them on resume.
+
+    Config keys on resume (:func:`seco_labels.checkpoint.check_changes`): ``SILENT_KEYS`` may change freely,
+    ``ALLOWED_KEYS`` may change and are recorded in ``RUN_DIR/config_changes.jsonl``, ``ARCH_KEYS`` are checked by
+    ``load_state_dict`` (they cannot change); any other change needs ``allow_changes`` and is recorded too.
+    """
 
     run_dir: Path
     device: torch.device
@@ -327,7 +371,20 @@ class TrainerMixin:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     step: int
+    quiet: bool = False
     dist: DistContext = DistContext()
+    #: where and how verbosely the run goes, not what it computes
+    SILENT_KEYS: tuple[str, ...] = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every",
+                                    "model.backbone_weights", "preset")
+    #: extending (or shortening) the run, and what only validation reads
+    ALLOWED_KEYS: tuple[str, ...] = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split",
+                                     "data.root", "train.amp")
+    ARCH_KEYS: tuple[str, ...] = tuple(f"{s}.{k}" for s, k in _ARCH_KEYS)
+    #: set by :meth:`resume`: the checkpoint loaded (None: starting at step 0) and the recorded config changes
+    resumed_from: Path | None = None
+    config_changes: list[ConfigChange] = []
+    #: set by ``fit``: the run had already reached ``train.iters`` when it was called (nothing was trained)
+    already_finished: bool = False
 
     # -- logging -------------------------------------------------------------------------------------------
     @property
@@ -335,7 +392,8 @@ class TrainerMixin:
         return self.run_dir / "metrics.jsonl"
 
     def _truncate_log(self, step: int) -> None:
-        """Drop records of steps >= ``step`` (they are re-run after a resume)."""
+        """Drop records of steps >= ``step``: they are (re-)run now, after a resume or by a fresh start at step 0
+        over the log of an attempt that died before its first checkpoint. Each step is logged once."""
         if not self.dist.is_primary or not self.log_path.exists():
             return
         kept = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
@@ -347,9 +405,45 @@ class TrainerMixin:
         with self.log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def resume(self, spec: str | None) -> bool:
+    def last_logged(self) -> dict[str, Any]:
+        """The last step record of ``metrics.jsonl`` merged with the validation records of that step ({} when there
+        is no log): what ``fit`` returns for a run that had already finished."""
+        if not self.log_path.is_file():
+            return {}
+        records = [json.loads(ln) for ln in self.log_path.read_text().splitlines() if ln.strip()]
+        steps = [r for r in records if "loss" in r]
+        if not steps:
+            return {}
+        last = dict(steps[-1])
+        for r in records:
+            if "split" in r and r["step"] == last["step"]:
+                last.update({k: v for k, v in r.items() if k not in ("step", "split")})
+        return last
+
+    def _plain_progress(self, record: dict[str, Any], times: list[float]) -> None:
+        """When stderr is not a terminal (nohup, a cluster's log file) and not quiet, write one plain line (what the
+        progress bar shows on a terminal): step/total, loss and its terms, lr, mean s/it over ``times`` (the steps
+        since the last line), ETA at that speed, and :func:`peak_memory_mb`."""
+        if self.quiet or sys.stderr.isatty():
+            return
+        iters = self.cfg.train.iters
+        terms = [f"{k[5:]} {v:.4f}" for k, v in record.items() if k.startswith("loss_") and v is not None]
+        sec = sum(times) / max(len(times), 1)
+        loss = f"loss {record['loss']:.4f}" + (f" ({', '.join(terms)})" if terms else "")
+        line = (f"step {self.step}/{iters} | {loss} | lr {record['lr']:.3e} | {sec:.3f} s/it | "
+                f"eta {_eta(sec * (iters - self.step))} | peak mem {peak_memory_mb(self.device):.0f} MB")
+        print(line, file=sys.stderr, flush=True)
+
+    # -- resume and checkpoints ----------------------------------------------------------------------------
+    def resume(self, spec: str | None, *, allow_changes: bool = False) -> bool:
         """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if present;
-        a path: continue from that checkpoint. Returns whether a checkpoint was loaded."""
+        a path: continue from that checkpoint. Returns whether a checkpoint was loaded (``resumed_from``).
+
+        The requested config is compared with the checkpoint's: architecture changes raise
+        :class:`CheckpointError`; other changes follow :func:`seco_labels.checkpoint.check_changes` (raising
+        :class:`ConfigError` unless ``allow_changes``); the accepted ones are in ``config_changes`` and appended to
+        ``RUN_DIR/config_changes.jsonl``.
+        """
         last = latest_checkpoint(self.run_dir)
         if spec is None:
             if last is not None:
@@ -359,8 +453,18 @@ class TrainerMixin:
         path = last if spec == "auto" else Path(spec)
         if path is None:
             return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)  # type: ignore[attr-defined]
-        self._truncate_log(self.step)  # type: ignore[attr-defined]
+        ckpt = load_checkpoint(path, map_location=self.device)
+        step = int(ckpt.get("step", 0))
+        self.load_state_dict(ckpt, path)  # type: ignore[attr-defined]  # architecture first: it cannot change
+        changes = check_changes(
+            ckpt.get("config", {}), config_to_dict(self.cfg), path, step=step, silent=self.SILENT_KEYS,
+            allowed=self.ALLOWED_KEYS, skip=self.ARCH_KEYS, allow_changes=allow_changes,
+        )
+        self.resumed_from, self.config_changes = path, changes
+        if changes and self.dist.is_primary:
+            needed = any(c.key not in self.ALLOWED_KEYS for c in changes)
+            record_changes(self.run_dir, changes, step=self.step, source=path,
+                           allowed_by="--allow-changes" if needed else "allowed without a flag")
         return True
 
     def save(self) -> Path:
@@ -369,6 +473,66 @@ class TrainerMixin:
             save_checkpoint(path, self.state_dict())  # type: ignore[attr-defined]
         barrier()  # no process runs ahead of a checkpoint it may have to resume from
         return path
+
+    def checkpoint(self) -> Path:
+        """The periodic checkpoint of ``fit``: :meth:`save` (trainers add what goes with it)."""
+        return self.save()
+
+    # -- stopping on a signal ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training: SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption) sets a flag that ``fit`` reads after
+        each step (:meth:`_stop_requested`). A second Ctrl-C stops at once, without saving (the previous handler);
+        a repeated SIGTERM does not, because schedulers send it to every process and torchrun forwards it again
+        (their SIGKILL after the grace period is the hard stop). Handlers are only installed from the main thread
+        (Python's rule) and restored on exit; enter this before DataLoader workers fork, so they inherit it and
+        leave the decision to the main process instead of dying of the terminal's Ctrl-C."""
+        self._stop_signal = 0
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        pid = os.getpid()
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if os.getpid() != pid:  # a forked DataLoader worker inherited this: the main process decides
+                return
+            if self._stop_signal:
+                if signum != signal.SIGINT or self._stop_signal != signal.SIGINT:
+                    return
+                for s, h in previous.items():
+                    signal.signal(s, h)
+                signal.raise_signal(signum)  # KeyboardInterrupt for SIGINT, termination for SIGTERM
+                return
+            self._stop_signal = signum
+            if not self.quiet:
+                print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (send it "
+                      "again to stop at once, without saving)", file=sys.stderr, flush=True)
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _stop_requested(self) -> bool:
+        """Whether any process got SIGINT/SIGTERM. Under torchrun one small all-reduce per step, so that every
+        process stops after the same step (a process that stopped alone would leave the others waiting in a
+        collective); a process that got no signal itself reports SIGTERM."""
+        flag = getattr(self, "_stop_signal", 0)
+        if not self.dist.distributed:
+            return bool(flag)
+        anyone = float(global_sum(torch.tensor([float(bool(flag))], device=self.device)).item()) > 0
+        if anyone and not flag:
+            self._stop_signal = int(signal.SIGTERM)
+        return anyone
+
+    def _interrupt(self, saved: bool) -> TrainingInterrupted:
+        """Save (unless this step's checkpoint was just written) and return the exception ``fit`` raises."""
+        path = self.run_dir / "last.pt" if saved else self.checkpoint()
+        return TrainingInterrupted(self._stop_signal, self.step, self.cfg.train.iters, path)
 
     def _common_state(self) -> dict[str, Any]:
         """What every trainer's checkpoint holds; :meth:`_load_common_state` restores it."""
@@ -542,8 +706,8 @@ class Trainer(TrainerMixin):
         values = torch.tensor([fields[k] for k in active], dtype=torch.float64, device=self.device)
         fields.update(zip(active, all_reduce_mean(values).cpu().tolist()))
         for k in out.counts:
-            if fields[k] is not None:
-                fields[k] *= self.dist.world_size  # counts add up over processes
+            if fields[k] is not None:  # counts add up over processes; the mean times N is a whole number again
+                fields[k] = int(round(fields[k] * self.dist.world_size))
         return fields
 
     def check_memories(self) -> list[str]:
@@ -569,45 +733,71 @@ class Trainer(TrainerMixin):
             quiet=self.quiet or not sys.stderr.isatty(),
         )
 
+    def checkpoint(self) -> Path:
+        """:meth:`save`; under torchrun first checks and logs that every process holds the same memories."""
+        if self.dist.distributed:
+            self._log({"step": self.step - 1, "memory_digests": self.check_memories()})
+        return self.save()
+
     def fit(self) -> dict[str, Any]:
-        """Train from ``self.step`` to ``train.iters``; returns the last step's terms and validation scores."""
+        """Train from ``self.step`` to ``train.iters``; returns the last step's terms and validation scores.
+
+        A run that had already reached ``train.iters`` trains nothing (``already_finished``) and returns the last
+        step and validation records of ``metrics.jsonl``. Records of steps >= ``self.step`` are dropped from the log
+        first (they are re-run), so each step is logged once.
+
+        Raises:
+            TrainingInterrupted: SIGINT/SIGTERM arrived; the step under way was finished and checkpointed first.
+        """
         t = self.cfg.train
         if self.dist.is_primary:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
+            self._truncate_log(self.step)
+        if self.step >= t.iters:
+            self.already_finished = True
+            if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another folder's checkpoint
+                self.save()
+            return self.last_logged()
         self.model.train()
         last: dict[str, Any] = {}
         bar = tqdm(
             total=t.iters, initial=self.step, desc="train", dynamic_ncols=True,
             disable=self.quiet or not sys.stderr.isatty(),
         )
-        loader = iter(self._train_loader()) if self.step < t.iters else iter(())
-        while self.step < t.iters:
-            start = time.perf_counter()
-            batch = next(loader)
-            out = self.train_step(batch)
-            record = {
-                "step": self.step,
-                "lr": self.optimizer.param_groups[0]["lr"],
-                **self._over_processes(out),
-                "time": time.perf_counter() - start,
-            }
-            self._log(record)
-            last = record
-            self.step += 1
-            bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.iters:
-                bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss_") and v is not None})
-            if t.val_every and (self.step % t.val_every == 0 or self.step == t.iters):
-                scores = self.validate()
-                if scores:
-                    self._log({"step": self.step - 1, "split": self.cfg.data.val_split, **scores})
-                    last = {**last, **scores}
-                    if self.dist.is_primary:
-                        bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-            if self.step % t.ckpt_every == 0 or self.step == t.iters:
-                if self.dist.distributed:
-                    self._log({"step": self.step - 1, "memory_digests": self.check_memories()})
-                self.save()
-        bar.close()
+        times: list[float] = []
+        with self._stop_on_signals(), contextlib.closing(bar):
+            loader = iter(self._train_loader())
+            while self.step < t.iters:
+                start = time.perf_counter()
+                batch = next(loader)
+                out = self.train_step(batch)
+                record = {
+                    "step": self.step,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    **self._over_processes(out),
+                    "time": time.perf_counter() - start,
+                }
+                self._log(record)
+                last = record
+                times.append(record["time"])
+                self.step += 1
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.iters:
+                    bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in record.items()
+                                     if k.startswith("loss_") and v is not None})
+                    self._plain_progress(record, times)
+                    times = []
+                if t.val_every and (self.step % t.val_every == 0 or self.step == t.iters):
+                    scores = self.validate()
+                    if scores:
+                        self._log({"step": self.step - 1, "split": self.cfg.data.val_split, **scores})
+                        last = {**last, **scores}
+                        if self.dist.is_primary:
+                            bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                saved = self.step % t.ckpt_every == 0 or self.step == t.iters
+                if saved:
+                    self.checkpoint()
+                if self._stop_requested():
+                    raise self._interrupt(saved)
         return last

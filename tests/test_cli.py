@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
@@ -59,11 +60,33 @@ def test_train_runs_and_writes_the_run_folder(voc_root, tmp_path):
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [0, 1, 2]
     assert (out / "last.pt").is_file()
-    # a second plain run refuses to clobber it; --resume auto finds it finished
+    # a second plain run refuses to clobber it; --resume auto finds it finished and says so, with the last records
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "--resume auto" in again.output
     resumed = CliRunner().invoke(cli, [*args, "--resume", "auto"])
-    assert resumed.exit_code == 0 and "resuming" in resumed.output
+    assert resumed.exit_code == 0 and "resuming" in resumed.stderr
+    assert f"{out} already finished at step 3/3; nothing to do" in resumed.stdout
+    last = resumed.stdout.strip().splitlines()[-1]
+    assert last.startswith("last logged: lr ") and f"loss {log[2]['loss']:.4f}" in last and "seg_miou" in last
+    assert f"crops_tagged {log[2]['crops_tagged']}," in last  # a count, printed as one
+    assert [r["step"] for r in log] == [r["step"] for r in
+                                        (json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines())]
+    # a changed setting that alters the run is refused, naming it; --allow-changes records it
+    changed = CliRunner().invoke(cli, [*args, "--resume", "auto", "--set", "optim.lr=0.001"])
+    assert changed.exit_code == 2 and "optim.lr: checkpoint 0.0002, requested 0.001" in changed.output
+    assert "--allow-changes" in changed.output and not (out / "config_changes.jsonl").exists()
+    allowed = CliRunner().invoke(cli, [*args, "--resume", "auto", "--set", "optim.lr=0.001", "--allow-changes"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "config changed since the checkpoint: optim.lr 0.0002 -> 0.001" in allowed.stderr
+    assert json.loads((out / "config_changes.jsonl").read_text())["changes"] == {
+        "optim.lr": {"old": 0.0002, "new": 0.001}}
+
+
+def test_demo_help_names_its_own_default_preset():
+    res = CliRunner().invoke(cli, ["demo", "--help"])
+    assert res.exit_code == 0
+    preset_help = res.output[res.output.index("--preset"):res.output.index("--config")]
+    assert "default: demo" in " ".join(preset_help.split()) and "voc)" not in preset_help
 
 
 def test_demo_runs_train_export_evaluate(tmp_path):
@@ -72,7 +95,11 @@ def test_demo_runs_train_export_evaluate(tmp_path):
                                    "--set", "train.val_every=0"])
     assert res.exit_code == 0, res.output
     assert "[1/5] train: 2 steps" in res.output
-    assert "[2/5] export-masks: 32 image(s) of train (0 already done)" in res.output
+    from seco_labels.config import get_preset
+
+    split_file = Path(get_preset("demo").data.root) / "ImageSets" / "Segmentation" / "train.txt"
+    n = len(split_file.read_text().split())
+    assert f"[2/5] export-masks: {n} image(s) of train (0 already done)" in res.output
     assert "[3/5] evaluate on train: pseudo masks mIoU" in res.output
     assert "[4/5] fit-segmenter on pseudo masks: 2 steps, val mIoU" in res.output
     assert "[4/5] fit-segmenter on GT masks: 2 steps, val mIoU" in res.output
@@ -81,12 +108,17 @@ def test_demo_runs_train_export_evaluate(tmp_path):
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = sorted((out / "artifacts" / "show_train").glob("*.png"))
     assert len(shown) == 4 and f"pictures: {out / 'artifacts' / 'show_train'}" in res.output
-    metrics = json.loads((out / "artifacts" / "metrics.json").read_text())
-    cams = json.loads((out / "artifacts" / "cams_metrics.json").read_text())
-    assert metrics["num_images"] == cams["num_images"] == 32
+    metrics = json.loads((out / "artifacts" / "metrics_train.json").read_text())
+    cams = json.loads((out / "artifacts" / "cams_metrics_train.json").read_text())
+    assert metrics["num_images"] == cams["num_images"] == n
     assert f"mIoU {100 * metrics['miou']:.2f}" in res.output
-    assert len(list((out / "artifacts" / "masks_train").glob("*.png"))) == 32
+    assert len(list((out / "artifacts" / "masks_train").glob("*.png"))) == n
     again = CliRunner().invoke(cli, ["demo", "--iters", "2", "--seg-iters", "2", "--out", str(out), "--quiet",
                                      "--set", "train.val_every=0"])
     assert again.exit_code == 0, again.output
-    assert "export-masks: 0 image(s) of train (32 already done)" in again.output  # the rerun resumes
+    assert f"export-masks: 0 image(s) of train ({n} already done)" in again.output  # the rerun resumes
+    assert "[1/5] train: 2 steps in" in again.output and "(already finished; nothing to do)" in again.output
+    assert "loss_cls: " in again.output  # the last logged losses, not an empty summary
+    assert "fit-segmenter on pseudo masks: 2 steps, val mIoU" in again.output
+    fewer = CliRunner().invoke(cli, ["demo", "--iters", "1", "--seg-iters", "2", "--out", str(out), "--quiet"])
+    assert fewer.exit_code == 2 and "has already trained 2 steps, more than the requested train.iters=1" in fewer.output

@@ -184,3 +184,163 @@ def test_precision_and_device_resolution():
     assert resolve_amp("bf16", cuda) is torch.bfloat16
     with pytest.raises(ConfigError, match="not a device"):
         resolve_device("tpu:0")
+
+
+def _cfg_file(root: Path, tmp_path: Path, iters: int, **train) -> Path:
+    import yaml
+
+    cfg = tiny_config(root, iters=iters)
+    cfg.train.val_every = 0
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    return path
+
+
+def _wait_for_first_step(proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().strip():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no step logged in {log}; exit {proc.poll()}")
+
+
+@pytest.mark.slow
+def test_sigint_saves_the_step_and_resume_logs_each_step_once(voc_root, tmp_path):
+    iters = 40  # far more than run before the signal lands; ckpt_every above iters: only the signal saves
+    cfg_file = _cfg_file(voc_root, tmp_path, iters, ckpt_every=1000)
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_train_cmd(voc_root, run, cfg_file), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_first_step(proc, run / "metrics.jsonl")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = load_checkpoint(run / "last.pt")["step"]
+    assert 0 < step < iters
+    assert f"stopped by SIGINT after step {step}/{iters}; saved {run / 'last.pt'}; to continue, run the same " \
+           "command with --resume auto" in err
+    assert "Traceback" not in err
+    assert [r["step"] for r in read_log(run)] == list(range(step))  # the log ends where the checkpoint does
+
+    res = subprocess.run(_train_cmd(voc_root, run, cfg_file, "--resume", "auto"), env=env, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    assert f"resuming {run} at step {step}" in res.stderr
+    assert [r["step"] for r in read_log(run)] == list(range(iters))
+    assert load_checkpoint(run / "last.pt")["step"] == iters
+
+
+def test_resume_auto_without_checkpoint_replaces_the_dead_attempts_log_and_logs_plain_lines(voc_root, tmp_path):
+    from click.testing import CliRunner
+
+    from seco_labels.cli import cli
+
+    iters = 5
+    cfg_file = _cfg_file(voc_root, tmp_path, iters, log_every=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    # an attempt that died before its first checkpoint left 7 steps in the log and no last.pt
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 9.0}) + "\n" for i in range(7)))
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg_file), "--out", str(run), "--data-root",
+                                   str(voc_root), "--resume", "auto"])
+    assert res.exit_code == 0, res.output
+    assert f"no checkpoint in {run}: starting at step 0" in res.stderr
+    log = read_log(run)
+    assert [r["step"] for r in log] == list(range(iters)) and all(r["loss"] != 9.0 for r in log)
+    # not a terminal: a plain line every train.log_every steps and at the end, the bar's content and more
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("step ")]
+    assert [ln.split(" | ")[0] for ln in lines] == ["step 2/5", "step 4/5", "step 5/5"], res.stderr
+    pattern = (r"step 4/5 \| loss \d+\.\d{4} \(cls \d+\.\d{4}, aux \d+\.\d{4}, ptc \d+\.\d{4}, lig -?\d+\.\d{4}, "
+               r"lil -?\d+\.\d{4}, seg -?\d+\.\d{4}, reg -?\d+\.\d{4}\) \| lr \d\.\d{3}e-\d\d \| \d+\.\d{3} s/it \| "
+               r"eta \d+:\d\d:\d\d \| peak mem \d+ MB")
+    import re
+
+    assert re.fullmatch(pattern, lines[1]), lines[1]
+    assert f"{log[3]['loss']:.4f}" in lines[1] and f"lr {log[3]['lr']:.3e}" in lines[1]
+    assert lines[2].split(" | ")[4] == "eta 0:00:00"
+    # the summary prints counts as integers
+    summary = res.stdout.strip().splitlines()[-1]
+    assert f"crops_tagged {log[-1]['crops_tagged']}," in summary and isinstance(log[-1]["crops_tagged"], int)
+    # --quiet: no lines
+    again = CliRunner().invoke(cli, ["train", "--config", str(cfg_file), "--out", str(tmp_path / "q"),
+                                     "--data-root", str(voc_root), "--quiet"])
+    assert again.exit_code == 0 and not [ln for ln in again.stderr.splitlines() if ln.startswith("step ")]
+
+
+def test_resuming_with_changed_settings_is_refused_or_recorded(voc_root, tmp_path):
+    from seco_labels.checkpoint import CHANGES_FILE
+
+    run = tmp_path / "run"
+    cfg = tiny_config(voc_root, iters=2)
+    cfg.train.val_every = 0
+    Trainer(cfg, run, quiet=True).fit()
+    changes = run / CHANGES_FILE
+
+    def resumed(allow: bool = False, **values) -> Trainer:
+        from seco_labels.config import set_values
+
+        t = Trainer(set_values(tiny_config(voc_root, iters=2), {"train.val_every": 0, **values}), run, quiet=True)
+        t.resume("auto", allow_changes=allow)
+        return t
+
+    # where and how verbosely it runs: fine, not recorded
+    assert resumed(**{"data.num_workers": 1, "train.log_every": 7}).config_changes == []
+    assert not changes.exists()
+    # the run's settings: refused, naming key, old and new value and what to do; nothing is recorded
+    with pytest.raises(ConfigError, match=r"optim.lr: checkpoint 0.0002, requested 0.001.*another --out.*"
+                                          r"--allow-changes"):
+        resumed(**{"optim.lr": 1e-3})
+    with pytest.raises(ConfigError, match="already trained 2 steps, more than the requested train.iters=1"):
+        resumed(**{"train.iters": 1})
+    assert not changes.exists()
+    # extending the run: allowed and recorded; other changes with the flag: recorded as such
+    t = resumed(**{"train.iters": 4})
+    assert [str(c) for c in t.config_changes] == ["train.iters 2 -> 4"] and t.step == 2
+    t = resumed(True, **{"train.iters": 4, "optim.lr": 1e-3, "train.seed": 3})
+    entries = [json.loads(ln) for ln in changes.read_text().splitlines()]
+    assert [e["changes"] for e in entries] == [
+        {"train.iters": {"old": 2, "new": 4}},
+        {"optim.lr": {"old": 2e-4, "new": 1e-3}, "train.iters": {"old": 2, "new": 4}, "train.seed": {"old": 0, "new": 3}},
+    ]
+    assert [e["allowed_by"] for e in entries] == ["allowed without a flag", "--allow-changes"]
+    assert all(e["step"] == 2 and e["checkpoint"] == str(run / "last.pt") for e in entries)
+
+
+@pytest.mark.slow
+def test_fit_segmenter_sigterm_saves_resumes_logs_plain_lines_and_refuses_changes(voc_root, tmp_path):
+    """The segmenter trainer shares the loop's behaviour: SIGTERM (a cluster's preemption), progress lines, changes."""
+    import re
+
+    iters, run = 30, tmp_path / "seg"
+    cmd = [sys.executable, "-m", "seco_labels.cli", "fit-segmenter", "--arch", "unet", "--encoder",
+           "tu-mobilenetv3_small_050", "--model-kwargs", "{encoder_depth: 3, decoder_channels: [32, 16, 8]}",
+           "--labels", "gt", "--data-root", str(voc_root), "--layout", "voc", "--split", "train", "--val-split", "",
+           "--out", str(run), "--iters", str(iters), "--batch-size", "2", "--crop-size", "64", "--num-workers", "0",
+           "--ckpt-every", "1000", "--device", "cpu", "--set", "train.log_every=1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_first_step(proc, run / "metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    step = load_checkpoint(run / "last.pt")["step"]
+    assert 0 < step < iters
+    assert f"stopped by SIGTERM after step {step}/{iters}; saved {run / 'last.pt'}" in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("step ")]
+    assert lines and re.fullmatch(r"step 1/30 \| loss \d+\.\d{4} \| lr \d\.\d{3}e-\d\d \| \d+\.\d{3} s/it \| "
+                                  r"eta \d+:\d\d:\d\d \| peak mem \d+ MB", lines[0]), err
+
+    refused = subprocess.run([*cmd, "--resume", "auto", "--lr", "0.5"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "optim.lr: checkpoint 0.01, requested 0.5" in refused.stderr, refused.stderr
+    res = subprocess.run([*cmd, "--resume", "auto", "--quiet"], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert f"resuming {run} at step {step}" in res.stderr and "step 1/" not in res.stderr  # --quiet: no lines
+    assert [r["step"] for r in read_log(run)] == list(range(iters))
+    done = subprocess.run([*cmd, "--resume", "auto", "--quiet"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"{run} already finished at step {iters}/{iters}; nothing to do" in done.stdout
+    assert f"last logged: lr " in done.stdout and "steps 30" in done.stdout

@@ -8,6 +8,7 @@ import click
 
 from . import cli
 from .options import config_options, resolve_config
+from .train import allow_changes_option, exit_interrupted, report_resume
 
 
 def _num(x: float | None, scale: float = 1.0) -> str:
@@ -24,24 +25,32 @@ STEPS = 5  # train, export, evaluate, fit-segmenter (pseudo masks and GT), compa
 @click.option("--iters", type=int, default=None, help="Training iterations (default: the demo preset's).")
 @click.option("--seg-iters", type=int, default=80, show_default=True,
               help="Iterations of each segmenter (deeplabv3plus/resnet18 on the pseudo masks and on the GT).")
-def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters, seg_iters):
+@allow_changes_option
+def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters, seg_iters, allow_changes):
     """The pipeline on the bundled demo data: train SeCo (a tiny ViT, 128 px crops, 300 steps by default), export
     pseudo masks of the train split, score them against the demo's ground truth (and draw four with seco show's
-    panels), train a DeepLabV3+ on them and on the GT (the upper bound), and compare the two on the val split."""
+    panels), train a DeepLabV3+ on them and on the GT (the upper bound), and compare the two on the val split.
+
+    Re-running continues the same --out folder; Ctrl-C during training saves a checkpoint first (exit 130)."""
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
     from ..artifacts import ArtifactFile
     from ..export import ExportOptions, export_split
     from ..show import write_strips
-    from ..train import Trainer
+    from ..train import Trainer, TrainingInterrupted
 
     cfg = resolve_config(preset or "demo", config_file, overrides,
                          **{"train.seed": seed, "train.device": device, "train.iters": iters})
     run_dir = Path(out_dir) / "train"
+    hint = f"to continue, run seco demo again with --out {out_dir}"
     trainer = Trainer(cfg, run_dir, quiet=quiet)
-    if trainer.resume("auto"):
-        click.echo(f"continuing {run_dir} from step {trainer.step}", err=True)
-    result = trainer.fit()
-    click.echo(f"[1/{STEPS}] train: {trainer.step} steps in {run_dir}")
+    trainer.resume("auto", allow_changes=allow_changes)
+    report_resume(trainer, run_dir, "auto")
+    try:
+        result = trainer.fit()
+    except TrainingInterrupted as e:
+        exit_interrupted(e, hint)
+    done = " (already finished; nothing to do)" if trainer.already_finished else ""
+    click.echo(f"[1/{STEPS}] train: {trainer.step} steps in {run_dir}{done}")
     for key in ("loss_cls", "loss_lil", "loss_lig", "loss_seg", "cam_miou", "cam_aux_miou", "seg_miou"):
         if result.get(key) is not None:
             click.echo(f"  {key:>14}: {result[key]:.4f}")
@@ -82,8 +91,11 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
             "train.device": cfg.train.device,
         })
         seg = SegmenterTrainer(seg_cfg, seg_dir, quiet=quiet)
-        seg.resume("auto")
-        summary = seg.fit()
+        seg.resume("auto", allow_changes=allow_changes)
+        try:
+            summary = seg.fit()
+        except TrainingInterrupted as e:
+            exit_interrupted(e, hint)
         seg_runs.append(load_run(seg_dir, f"deeplabv3plus ({name})"))
         click.echo(f"[4/{STEPS}] fit-segmenter on {'pseudo masks' if name == 'pseudo' else 'GT masks'}: "
                    f"{seg.step} steps, val mIoU {_num(summary.get('val_miou'), 100)} -> {seg_dir}")
@@ -91,3 +103,9 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
     click.echo(f"[5/{STEPS}] compare: {paths['md']}, {paths['csv']}, {paths['png']}")
     if not quiet:
         click.echo(format_markdown(seg_runs), nl=False)
+
+
+# The shared --preset help says the default is the config file's preset, else voc; the demo's is demo.
+for _param in demo_cmd.params:
+    if _param.name == "preset":
+        _param.help = "Starting values (default: demo)."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from . import cli
+from .train import allow_changes_option, exit_interrupted, report_finished, report_resume
 
 
 class SmpArchChoice(click.Choice):
@@ -62,7 +63,9 @@ class SmpArchChoice(click.Choice):
 @click.option("--ckpt-every", type=int, default=None, help="Write last.pt every N steps (train.ckpt_every).")
 @click.option("--val-max-images", type=int, default=None,
               help="Score only the first N val images (train.val_max_images; 0 = all).")
-@click.option("--resume", default=None, metavar="auto|PATH", help="Continue SEG_DIR/last.pt (auto) or PATH.")
+@click.option("--resume", default=None, metavar="auto|PATH",
+              help="Continue SEG_DIR/last.pt (auto; starts at step 0 when there is none) or PATH.")
+@allow_changes_option
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/JSON config (nested like SEG_DIR/config.yaml) under the options.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -72,17 +75,21 @@ class SmpArchChoice(click.Choice):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-class table.")
 def fit_segmenter_cmd(arch, encoder, encoder_weights, model_kwargs, labels, data_root, layout, num_classes, split,
                       val_split, run_dir, iters, batch_size, crop_size, lr, optimizer, amp, num_workers, val_every,
-                      ckpt_every, val_max_images, resume, config_file, overrides, seed, device, quiet):
+                      ckpt_every, val_max_images, resume, allow_changes, config_file, overrides, seed, device, quiet):
     """Train an smp segmenter on pseudo masks (or GT) and score it on the val split's GT.
 
     Writes SEG_DIR/config.yaml, last.pt (resumable), metrics.jsonl, model/ (smp save_pretrained: reload with
     smp.from_pretrained('SEG_DIR/model')), and metrics.json + per_class.csv (as seco evaluate).
+
+    Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves SEG_DIR/last.pt and exits with 130 (SIGINT) or
+    143 (SIGTERM); --resume auto continues from there.
     """
     import yaml
 
     from ..errors import ConfigError
     from ..segmenters.config import segmenter_config
     from ..segmenters.train import SegmenterTrainer
+    from ..train import TrainingInterrupted
 
     kwargs = None
     if model_kwargs is not None:
@@ -107,10 +114,15 @@ def fit_segmenter_cmd(arch, encoder, encoder_weights, model_kwargs, labels, data
     trainer = SegmenterTrainer(cfg, run_dir, quiet=quiet)
     for note in trainer.notes:
         click.echo(note, err=True)
-    if trainer.resume(resume):
-        click.echo(f"resuming {run_dir} at step {trainer.step}", err=True)
-    summary = trainer.fit()
+    trainer.resume(resume, allow_changes=allow_changes)
+    report_resume(trainer, run_dir, resume)
+    try:
+        summary = trainer.fit()
+    except TrainingInterrupted as e:
+        exit_interrupted(e, "to continue, run the same command with --resume auto")
     m, d = cfg.model, cfg.data
+    if trainer.already_finished:  # then the run's own line below, without re-scoring (no per-class table)
+        report_finished(trainer, run_dir, summary)
     line = f"trained {m.arch}/{m.encoder} for {trainer.step} steps on {trainer.labels.describe()} into {run_dir}"
     if summary.get("val_miou") is not None:
         line += f": val mIoU {100 * summary['val_miou']:.2f} on {d.val_split!r}"

@@ -1,11 +1,76 @@
-"""``seco train``: train SeCo on images with class tags."""
+"""``seco train``: train SeCo on images with class tags.
+
+Also the resume/interrupt reporting that ``seco demo`` and ``seco fit-segmenter`` share (:func:`report_resume`,
+:func:`exit_interrupted`, :func:`format_summary`).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import click
 
 from . import cli
 from .options import config_options, resolve_config
+
+#: log fields that count things: printed as integers
+COUNT_KEYS = ("crops_tagged", "crops_rectified", "steps")
+
+
+def allow_changes_option(func):
+    """``--allow-changes``: resume even though the config differs from the checkpoint's in a way that alters the
+    run (the changes are recorded in RUN_DIR/config_changes.jsonl)."""
+    return click.option(
+        "--allow-changes", is_flag=True,
+        help="With --resume: continue even if the config changes the run (lr, loss weights, seed, crops...); the "
+             "changes are recorded in RUN_DIR/config_changes.jsonl. Extending train.iters needs no flag.",
+    )(func)
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """``key value`` pairs of a trainer's result: counts as integers, the lr in scientific notation, other numbers
+    to 4 decimals; the step index, the step time and None values are left out."""
+    parts = []
+    for k, v in result.items():
+        if k in ("step", "time") or v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if k in COUNT_KEYS:
+            parts.append(f"{k} {int(v)}")
+        elif k == "lr":
+            parts.append(f"lr {v:.3e}")
+        else:
+            parts.append(f"{k} {v:.4f}")
+    return ", ".join(parts)
+
+
+def report_resume(trainer: Any, run_dir: str | Path, spec: str | None) -> None:
+    """Say on stderr what :meth:`TrainerMixin.resume` did: the step it continues at and the recorded config
+    changes, or that ``--resume auto`` found no checkpoint and the run starts at step 0."""
+    if trainer.resumed_from is not None:
+        click.echo(f"resuming {run_dir} at step {trainer.step}", err=True)
+        if trainer.config_changes:
+            listed = ", ".join(str(c) for c in trainer.config_changes)
+            click.echo(f"config changed since the checkpoint: {listed} (recorded in "
+                       f"{Path(run_dir) / 'config_changes.jsonl'})", err=True)
+    elif spec == "auto":
+        click.echo(f"no checkpoint in {run_dir}: starting at step 0", err=True)
+
+
+def report_finished(trainer: Any, run_dir: str | Path, result: dict[str, Any]) -> None:
+    """For a run that had already finished: say so, with the last logged losses and validation."""
+    click.echo(f"{run_dir} already finished at step {trainer.step}/{trainer.cfg.train.iters}; nothing to do")
+    summary = format_summary(result)
+    if summary:
+        click.echo(f"last logged: {summary}")
+
+
+def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
+    """Print the :class:`~seco_labels.train.TrainingInterrupted` message with ``hint`` (how to continue) and exit
+    with its code (130 after SIGINT, 143 after SIGTERM)."""
+    if echo:
+        click.echo(f"{e}; {hint}", err=True)
+    raise click.exceptions.Exit(e.exit_code)
 
 
 @cli.command("train")
@@ -21,16 +86,21 @@ from .options import config_options, resolve_config
 @click.option("--batch-size", type=int, default=None,
               help="Images per step, summed over processes under torchrun (data.batch_size).")
 @click.option("--resume", default=None, metavar="auto|PATH",
-              help="Continue RUN_DIR/last.pt (auto) or the given checkpoint.")
+              help="Continue RUN_DIR/last.pt (auto; starts at step 0 when there is none) or the given checkpoint.")
+@allow_changes_option
 def train_cmd(preset, config_file, overrides, seed, device, quiet, data_root, layout, split, val_split, run_dir,
-              backbone_weights, iters, batch_size, resume):
+              backbone_weights, iters, batch_size, resume, allow_changes):
     """Train SeCo; writes RUN_DIR/config.yaml, RUN_DIR/last.pt and RUN_DIR/metrics.jsonl.
+
+    Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves RUN_DIR/last.pt and exits with 130 (SIGINT) or
+    143 (SIGTERM); --resume auto continues from there. When stderr is not a terminal, a plain progress line is
+    written every train.log_every steps.
 
     Under torchrun (torchrun --nproc_per_node N -m seco_labels.cli train ...) the N processes train one model
     with DistributedDataParallel; see docs/distributed.md.
     """
-    from ..distributed import shutdown_distributed
-    from ..train import Trainer
+    from ..distributed import is_primary_process, shutdown_distributed
+    from ..train import Trainer, TrainingInterrupted
 
     cfg = resolve_config(
         preset, config_file, overrides,
@@ -43,13 +113,18 @@ def train_cmd(preset, config_file, overrides, seed, device, quiet, data_root, la
     try:
         trainer = Trainer(cfg, run_dir, quiet=quiet)
         primary = trainer.dist.is_primary
-        resumed = trainer.resume(resume)
-        if resumed and primary:
-            click.echo(f"resuming {run_dir} at step {trainer.step}", err=True)
+        trainer.resume(resume, allow_changes=allow_changes)
+        if primary:
+            report_resume(trainer, run_dir, resume)
         result = trainer.fit()
+    except TrainingInterrupted as e:
+        exit_interrupted(e, "to continue, run the same command with --resume auto", echo=is_primary_process())
     finally:
         shutdown_distributed()
-    if primary:
-        summary = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float) and k != "time")
-        procs = f" with {trainer.dist.world_size} processes" if trainer.dist.distributed else ""
-        click.echo(f"trained {trainer.step} steps into {run_dir}{procs}: {summary}")
+    if not primary:
+        return
+    if trainer.already_finished:
+        report_finished(trainer, run_dir, result)
+        return
+    procs = f" with {trainer.dist.world_size} processes" if trainer.dist.distributed else ""
+    click.echo(f"trained {trainer.step} steps into {run_dir}{procs}: {format_summary(result)}")

@@ -12,6 +12,8 @@ every ``ckpt_every`` steps and at the end), ``metrics.jsonl`` (a record per step
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import shutil
@@ -31,6 +33,7 @@ from ..checkpoint import latest_checkpoint
 from ..config import config_to_dict, save_config
 from ..data.readers import SegmentationReader
 from ..errors import CheckpointError
+from ..io import atomic_write_text
 from ..evaluate import EvalResult, evaluate_masks, write_reports
 from ..schedule import lr_multiplier
 from ..train import TrainerMixin, StepBatchSampler, resolve_amp, resolve_device
@@ -85,7 +88,15 @@ class SegmenterTrainer(TrainerMixin):
     Construction does every check that needs no training (names, labels, val split, crop size vs the model) and
     fills the config's derived values (data root/layout/classes from the export, crop rounded up to the model's
     size multiple); ``self.notes`` says what was changed.
+
+    Resuming with other settings: the ``MODEL_KEYS`` cannot change; ``ALLOWED_KEYS`` may (recorded in
+    ``RUN_DIR/config_changes.jsonl``); any other change (lr, labels, crops, seed...) needs ``allow_changes``.
     """
+
+    SILENT_KEYS = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every", "model.encoder_weights")
+    ALLOWED_KEYS = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split", "data.root",
+                    "train.amp")
+    ARCH_KEYS = tuple(f"{s}.{k}" for s, k in MODEL_KEYS)
 
     def __init__(self, cfg: SegmenterConfig, run_dir: str | Path, *, quiet: bool = False) -> None:
         self.cfg = cfg.validate()
@@ -218,47 +229,92 @@ class SegmenterTrainer(TrainerMixin):
 
     def fit(self) -> dict[str, Any]:
         """Train from ``self.step`` to ``train.iters``, save ``last.pt`` and ``model/``, then score the val split
-        and write ``metrics.json`` + ``per_class.csv``. Returns the last step's record and the val mIoU."""
+        and write ``metrics.json`` + ``per_class.csv``. Returns the last step's record and the val mIoU.
+
+        A run that had already finished (``model/`` saved, and the reports when there is a val split) trains and
+        scores nothing (``already_finished``) and returns its last logged step and val mIoU. Records of steps >=
+        ``self.step`` are dropped from the log first (they are re-run), so each step is logged once.
+
+        Raises:
+            TrainingInterrupted: SIGINT/SIGTERM arrived; the step under way was finished and checkpointed first.
+        """
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
+        self._truncate_log(self.step)
+        if self.step >= t.iters and self._finished():
+            self.already_finished = True
+            return self._logged_summary()
         self.model.train()
         last: dict[str, Any] = {}
         bar = tqdm(total=t.iters, initial=self.step, desc="fit-segmenter", dynamic_ncols=True,
                    disable=self.quiet or not sys.stderr.isatty())
-        loader = iter(self._train_loader()) if self.step < t.iters else iter(())
-        while self.step < t.iters:
-            start = time.perf_counter()
-            loss = self.train_step(next(loader))
-            record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss,
-                      "time": time.perf_counter() - start}
-            self._log(record)
-            last = record
-            self.step += 1
-            bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.iters:
-                bar.set_postfix(loss=f"{loss:.3f}")
-            if self.step % t.ckpt_every == 0 or self.step == t.iters:
-                self.save()
-            if t.val_every and self.step % t.val_every == 0 and self.step < t.iters:
-                result = self.validate()
-                if result is not None:
-                    miou = result.confusion.miou()
-                    self._log({"step": self.step - 1, "split": self.cfg.data.val_split, "miou": _num(miou)})
-                    bar.write(f"step {self.step}: val mIoU {100 * miou:.2f}")
-        bar.close()
+        times: list[float] = []
+        with self._stop_on_signals(), contextlib.closing(bar):
+            loader = iter(self._train_loader()) if self.step < t.iters else iter(())
+            while self.step < t.iters:
+                start = time.perf_counter()
+                loss = self.train_step(next(loader))
+                record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss,
+                          "time": time.perf_counter() - start}
+                self._log(record)
+                last = record
+                times.append(record["time"])
+                self.step += 1
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.iters:
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                    self._plain_progress(record, times)
+                    times = []
+                saved = self.step % t.ckpt_every == 0 or self.step == t.iters
+                if saved:
+                    self.save()
+                if t.val_every and self.step % t.val_every == 0 and self.step < t.iters:
+                    result = self.validate()
+                    if result is not None:
+                        miou = result.confusion.miou()
+                        self._log({"step": self.step - 1, "split": self.cfg.data.val_split, "miou": _num(miou)})
+                        bar.write(f"step {self.step}: val mIoU {100 * miou:.2f}")
+                if self._stop_requested():
+                    raise self._interrupt(saved)
         if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another path
             self.save()
         result = self.last_result = self.validate()
-        summary: dict[str, Any] = {**last, "steps": self.step}
+        summary: dict[str, Any] = {**(last or self.last_logged()), "steps": self.step}
         if result is not None:
             miou = _num(result.confusion.miou())
+            self._drop_final_validation()
             self._log({"step": self.step - 1, "split": self.cfg.data.val_split, "miou": miou})
             write_reports(result, self.run_dir)
             summary["val_miou"] = miou
         self.save_model({"val_miou": summary.get("val_miou"), "val_split": self.cfg.data.val_split or None,
                          "steps": self.step})
         return summary
+
+    def _finished(self) -> bool:
+        """Whether the final phase of :meth:`fit` (model saved, val reports written) completed."""
+        reports_done = not self.cfg.data.val_split or (self.run_dir / "metrics.json").is_file()
+        return (self.run_dir / "model").is_dir() and reports_done
+
+    def _logged_summary(self) -> dict[str, Any]:
+        """:meth:`fit`'s summary of a finished run, from ``metrics.jsonl``: last step record, ``steps``,
+        ``val_miou`` (the final validation)."""
+        summary = {**self.last_logged(), "steps": self.step}
+        summary.pop("split", None)
+        if "miou" in summary:
+            summary["val_miou"] = summary.pop("miou")
+        return summary
+
+    def _drop_final_validation(self) -> None:
+        """Remove a final validation record already logged at this step (a final phase cut short and re-run), so
+        the log holds it once."""
+        if not self.log_path.exists():
+            return
+        lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if not ((r := json.loads(ln)).get("split") is not None
+                                           and r["step"] == self.step - 1 and "loss" not in r)]
+        if len(kept) != len(lines):
+            atomic_write_text(self.log_path, "".join(ln + "\n" for ln in kept))
 
 
 def _umask() -> int:

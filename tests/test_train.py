@@ -344,3 +344,54 @@ def test_fit_segmenter_sigterm_saves_resumes_logs_plain_lines_and_refuses_change
     assert done.returncode == 0, done.stderr
     assert f"{run} already finished at step {iters}/{iters}; nothing to do" in done.stdout
     assert f"last logged: lr " in done.stdout and "steps 30" in done.stdout
+
+
+def _torchrun_workers(pid: int) -> dict[int, int]:
+    """{RANK: pid} of the processes below ``pid`` that torchrun started (read from /proc)."""
+    found: dict[int, int] = {}
+    children = [pid]
+    while children:
+        parent = children.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                children.append(int(child))
+                try:
+                    env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                rank = next((int(e[5:]) for e in env if e.startswith(b"RANK=")), None)
+                if rank is not None:
+                    found.setdefault(rank, int(child))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers in /proc (Linux)")
+def test_a_signal_to_one_torchrun_process_stops_every_process_after_the_same_step(voc_root, tmp_path):
+    import yaml
+
+    iters, run = 40, tmp_path / "run"
+    cfg = tiny_config(voc_root, iters=iters)
+    cfg.data.batch_size, cfg.data.num_workers = 4, 0  # the global batch: 2 images per process
+    cfg.model.reservoir_size = 4 * 12 * 2
+    cfg.train.val_every, cfg.train.ckpt_every = 0, 1000
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "seco_labels.cli", "train", "--config", str(cfg_file), "--out", str(run), "--device", "cpu", "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_first_step(proc, run / "metrics.jsonl")
+    workers = _torchrun_workers(proc.pid)
+    assert sorted(workers) == [0, 1], workers
+    os.kill(workers[1], signal.SIGTERM)  # rank 1 alone: rank 0 must learn it from the per-step all-reduce
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, err  # torchrun reports its workers' non-zero exit
+    step = load_checkpoint(run / "last.pt")["step"]
+    assert 0 < step < iters
+    assert f"stopped by SIGTERM after step {step}/{iters}; saved {run / 'last.pt'}" in err, err[-3000:]
+    log = read_log(run)
+    assert [r["step"] for r in log if "loss" in r] == list(range(step))
+    # the stop checkpoint checked that both processes hold the same memories after that same step
+    digests = [r for r in log if "memory_digests" in r]
+    assert [r["step"] for r in digests] == [step - 1] and len(set(digests[0]["memory_digests"])) == 1

@@ -178,7 +178,7 @@ def check_changes(
     if iters is not None and isinstance(iters.new, int) and iters.new < step:
         raise ConfigError(
             f"checkpoint {source} has already trained {step} steps, more than the requested train.iters={iters.new}; "
-            f"pass --iters {iters.old} (or more) to continue it, or another --out to train a new run"
+            f"ask for {iters.old} iterations (or more) to continue it, or another --out to train a new run"
         )
     refused = [c for c in changes if c.key not in allowed]
     if refused and not allow_changes:

@@ -1,4 +1,8 @@
-"""Shared fixtures: the real images in ../shared/data and offline settings."""
+"""Shared fixtures: the real images bundled in the repository, and offline settings.
+
+Every test runs from a fresh clone alone: the data below ships with the repository (a few MB). The larger sets
+the benchmarks use (``shared/data`` beside the project) are never needed here.
+"""
 
 from __future__ import annotations
 
@@ -10,31 +14,29 @@ import pytest
 # Any accidental hub access must fail fast instead of hanging (no network here).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SHARED_DATA = Path(os.environ.get("SECO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def _need(path: Path) -> Path:
-    if not path.is_dir():
-        pytest.fail(f"test data folder {path} is missing; set SECO_SHARED_DATA to the shared/data folder")
-    return path
+TESTS = Path(__file__).resolve().parent
+#: The demo set doubles as the VOC-layout test set (its README says where every image comes from).
+VOC_DEMO = TESTS.parent / "seco_labels" / "demo_data" / "voc-demo"
+#: Small subsets of real COCO images and official VOC 2012 GT masks (tests/data/README.md).
+TEST_DATA = TESTS / "data"
 
 
 @pytest.fixture(scope="session")
 def voc_root() -> Path:
-    """81 real images in VOC layout (train 61, val 20)."""
-    return _need(SHARED_DATA / "voc-mini")
+    """44 real images in VOC layout, 21 classes (train 32, val 12): the bundled demo set."""
+    return VOC_DEMO
 
 
 @pytest.fixture(scope="session")
 def coco_root() -> Path:
-    """106 real COCO images, 81 classes (train 79, val 27)."""
-    return _need(SHARED_DATA / "coco-mini")
+    """22 real COCO images, 81 classes (train 14, val 8)."""
+    return TEST_DATA / "coco-mini"
 
 
 @pytest.fixture(scope="session")
 def voc_gt_root() -> Path:
-    """2913 official VOC2012 GT masks, no images."""
-    return _need(SHARED_DATA / "voc2012-gt")
+    """50 official VOC 2012 val GT masks, no images."""
+    return TEST_DATA / "voc2012-gt"
 
 
 @pytest.fixture(scope="session")

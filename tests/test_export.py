@@ -24,7 +24,11 @@ from seco_labels.artifacts import ArtifactFile
 from seco_labels.errors import CheckpointError, ConfigError, DataError
 from seco_labels.export import SCALE_PRESETS, ExportOptions, export_split, load_trained_model
 
-from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
+from conftest import TEST_DATA, VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
+from test_train import tiny_config
+
+N_VAL = len(build_reader("voc", VOC_DEMO, "val"))
+N_COCO_VAL = len(build_reader("coco", TEST_DATA / "coco-mini", "val"))
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +40,9 @@ def test_export_then_evaluate(checkpoint, voc_root, tmp_path):
     art = tmp_path / "art"
     opts = ExportOptions(scales=(1.0, 0.5), num_workers=0, batch_size=3)
     result = export_split(checkpoint, "val", art, data_root=str(voc_root), options=opts, quiet=True)
-    assert result["exported"] == 20 and result["skipped_done"] == 0 and result["bad"] == []
+    assert result["exported"] == N_VAL and result["skipped_done"] == 0 and result["bad"] == []
     pngs = sorted((art / "masks_val").glob("*.png"))
-    assert len(pngs) == 20
+    assert len(pngs) == N_VAL
     img = Image.open(pngs[0])
     assert img.mode == "P"
     ident = pngs[0].stem
@@ -55,10 +59,10 @@ def test_export_then_evaluate(checkpoint, voc_root, tmp_path):
         assert set(np.unique(mask).tolist()) <= {0, 255} | tags  # only tagged classes, bg and ignore
     # resumable: a second run has nothing to do
     again = export_split(checkpoint, "val", art, data_root=str(voc_root), options=opts, quiet=True)
-    assert again["exported"] == 0 and again["skipped_done"] == 20
+    assert again["exported"] == 0 and again["skipped_done"] == N_VAL
     res = CliRunner().invoke(cli, ["evaluate", "--pred", str(art), "--split", "val", "--quiet"])
     assert res.exit_code == 0, res.output
-    metrics = json.loads((art / "metrics.json").read_text())
+    metrics = json.loads((art / "metrics_val.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0
 
 
@@ -67,12 +71,12 @@ def test_export_cli_and_bad_checkpoint(checkpoint, voc_root, tmp_path):
                                    str(tmp_path / "a"), "--data-root", str(voc_root), "--format", "png",
                                    "--scales", "seeds", "--num-workers", "0", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "exported 20 image(s) of val" in res.output
-    assert len(list((tmp_path / "a" / "masks_val").glob("*.png"))) == 20
+    assert f"exported {N_VAL} image(s) of val" in res.output
+    assert len(list((tmp_path / "a" / "masks_val").glob("*.png"))) == N_VAL
     assert not (tmp_path / "a" / "cams_val.h5").exists()
     bad = tmp_path / "bad.pt"
     bad.write_bytes(checkpoint.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="bad.pt is unreadable or truncated"):
+    with pytest.raises(CheckpointError, match="bad.pt is corrupt or truncated"):
         load_trained_model(bad, "cpu")
     res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(checkpoint), "--split", "val", "--out",
                                    str(tmp_path / "b"), "--scales", "1,x"])
@@ -182,6 +186,46 @@ def test_predicted_tags_label_untagged_images(checkpoint, voc_copy, tmp_path):
         assert set(np.unique(art.load_mask(i)).tolist()) <= {0, 255, *keys.tolist()}
 
 
+def _assert_empty_export(art_dir: Path, ident: str, shape: tuple[int, int]) -> None:
+    """``ident`` has an all-background mask and an empty (0, H, W) CAM, in the HDF5 file, the PNG and the reader."""
+    art = ArtifactFile(art_dir / "cams_val.h5")
+    cam, keys = art.load_cam(ident)
+    assert cam.shape == (0, *shape) and keys.shape == (0,)
+    np.testing.assert_array_equal(art.load_mask(ident), np.zeros(shape, np.uint8))
+    np.testing.assert_array_equal(np.asarray(Image.open(art_dir / "masks_val" / f"{ident}.png")), np.zeros(shape))
+
+
+def test_images_with_no_class_export_as_background(checkpoint, voc_copy, tmp_path):
+    """Given tags: an image whose GT holds no foreground; predicted tags: a threshold nothing passes."""
+    root, ids = voc_copy
+    empty = ids[1]
+    mask_path = root / "SegmentationClassAug" / f"{empty}.png"
+    with Image.open(mask_path) as png:
+        background = Image.fromarray(np.zeros((png.height, png.width), np.uint8), mode="P")
+        background.putpalette(png.getpalette())
+    background.save(mask_path)
+    labels = np.load(root / "cls_labels_onehot.npy", allow_pickle=True).item()
+    labels[empty] = np.zeros_like(labels[empty])
+    np.save(root / "cls_labels_onehot.npy", labels, allow_pickle=True)
+    shape = (background.height, background.width)
+
+    opts = ExportOptions(scales=(1.0, 0.5), num_workers=0, batch_size=3)  # the empty image shares a batch
+    res = export_split(checkpoint, "val", tmp_path / "given", data_root=str(root), options=opts, quiet=True)
+    assert res["exported"] == len(ids) and res["bad"] == []
+    _assert_empty_export(tmp_path / "given", empty, shape)
+    tagged = ArtifactFile(tmp_path / "given" / "cams_val.h5").load_cam(ids[0])[1]
+    assert len(tagged) > 0  # the other images keep their classes
+
+    opts = ExportOptions(scales=(1.0,), num_workers=0, tags="predicted", tag_threshold=1.0)  # sigmoid < 1
+    res = export_split(checkpoint, "val", tmp_path / "pred", data_root=str(root), options=opts, quiet=True)
+    assert res["exported"] == len(ids)
+    for i in ids:
+        with Image.open(root / "JPEGImages" / f"{i}.jpg") as img:
+            _assert_empty_export(tmp_path / "pred", i, (img.height, img.width))
+    ds = __import__("seco_labels.artifacts", fromlist=["open_pseudo_labels"]).open_pseudo_labels(tmp_path / "pred", "val")
+    assert int(ds[0][1].max()) == 0
+
+
 def test_checkpoint_mismatch_is_clear(checkpoint, coco_root, voc_root, tmp_path):
     with pytest.raises(CheckpointError, match="trained on 21 classes .*--layout coco has 81"):
         export_split(checkpoint, "val", tmp_path / "a", data_root=str(coco_root), layout="coco",
@@ -208,12 +252,12 @@ def test_h5_only_export_then_evaluate_masks_and_cams(checkpoint, voc_root, tmp_p
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if not ln.startswith("wrote ")]  # stderr is mixed in
     assert lines[0].startswith("mIoU ") and lines[1].startswith("CAM (threshold ")
-    masks = json.loads((art / "metrics.json").read_text())
-    cams = json.loads((art / "cams_metrics.json").read_text())
-    assert masks["num_images"] == cams["num_images"] == 20
+    masks = json.loads((art / "metrics_val.json").read_text())
+    cams = json.loads((art / "cams_metrics_val.json").read_text())
+    assert masks["num_images"] == cams["num_images"] == N_VAL
     assert cams["cam_threshold"] in [t["threshold"] for t in cams["threshold_sweep"]]
     assert abs(float(lines[0].split()[1]) - 100 * masks["miou"]) < 0.01
-    assert (art / "cams_per_class.csv").read_text().startswith("index,name,iou")
+    assert (art / "cams_per_class_val.csv").read_text().startswith("index,name,iou")
 
 
 def test_coco_export_then_evaluate(coco_root, tmp_path):
@@ -226,11 +270,11 @@ def test_coco_export_then_evaluate(coco_root, tmp_path):
     res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--split", "val",
                                    "--out", str(art), "--scales", "1.0,0.5", "--num-workers", "0", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "exported 27 image(s) of val" in res.output
+    assert f"exported {N_COCO_VAL} image(s) of val" in res.output
     res = CliRunner().invoke(cli, ["evaluate", "--pred", str(art), "--split", "val", "--quiet"])
     assert res.exit_code == 0, res.output
-    metrics = json.loads((art / "metrics.json").read_text())
-    assert metrics["num_images"] == 27 and len(metrics["per_class"]) == 81
+    metrics = json.loads((art / "metrics_val.json").read_text())
+    assert metrics["num_images"] == N_COCO_VAL and len(metrics["per_class"]) == 81
     ds = __import__("seco_labels.artifacts", fromlist=["open_pseudo_labels"]).open_pseudo_labels(art, "val")
     image, mask = ds[0]
     assert image.shape[1:] == mask.shape and int(mask.max()) <= 255

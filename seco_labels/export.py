@@ -243,10 +243,15 @@ def export_split(
                     tags = it["tags"].to(device)
                     keys = torch.nonzero(tags).flatten() + 1  # mask values of the tagged classes
                     h, w = it["rgb"].shape[:2]
-                    # only the tagged channels are upsampled (the others are zeroed by the tags anyway)
-                    cam_k = F.interpolate(cam[keys - 1][None], size=(h, w), mode="bilinear", align_corners=False)[0]
+                    # only the tagged channels are upsampled (the others are zeroed by the tags anyway);
+                    # an image with no class has none, and interpolate refuses an empty channel dimension
                     valid = cam.new_zeros(1, cam.shape[0], h, w)  # (1, C, H, W)
-                    valid[0, keys - 1] = cam_k
+                    if len(keys):
+                        cam_k = F.interpolate(cam[keys - 1][None], size=(h, w), mode="bilinear",
+                                              align_corners=False)[0]
+                        valid[0, keys - 1] = cam_k
+                    else:
+                        cam_k = cam.new_zeros(0, h, w)
                     rgb = it["rgb"].to(device).permute(2, 0, 1)[None].float() / 255.0
                     mask = refine_with_background(par, rgb, valid, tags[None], high_thre=high, low_thre=low,
                                                   ignore_index=cfg.data.ignore_index)[0]

@@ -19,9 +19,9 @@ Every (variant, seed) runs the real commands: ``seco train`` -> ``seco export-ma
 evaluate --cams``, in ``OUT/<variant>/seed<k>/``; finished steps are kept, so an interrupted ablation resumes.
 Reported per variant as mean ± std (sample std) over seeds:
 
-- **CAM mIoU**: raw multi-scale CAMs at the best background threshold of the sweep (``cams_metrics.json``);
+- **CAM mIoU**: raw multi-scale CAMs at the best background threshold of the sweep (``cams_metrics_<split>.json``);
 - **pseudo-mask mIoU**: the exported masks after PAR and the background thresholds; their uncertain pixels are
-  skipped, as in ``seco evaluate`` (``metrics.json``);
+  skipped, as in ``seco evaluate`` (``metrics_<split>.json``);
 - **FP/TP**: the confusion ratio of the pseudo masks (SeCo Table 3; lower is better);
 - with ``--val-split``: the **decoder mIoU** on that split, from ``seco segment`` (multi-scale + flip, with
   ``--seg-crf`` the dense CRF: the paper's protocol; its ablation reports this on VOC val).
@@ -98,15 +98,15 @@ def run_one(args: argparse.Namespace, variant: str, seed: int, threads: int) -> 
     _run(_seco("export-masks", "--checkpoint", str(run / "last.pt"), "--split", args.eval_split, "--out", str(art),
                "--device", args.device, "--num-workers", "0", "--quiet"), threads, log)
     _run(_seco("evaluate", "--pred", str(art), "--split", args.eval_split, "--cams", "--quiet"), threads, log)
-    masks = json.loads((art / "metrics.json").read_text())
-    cams = json.loads((art / "cams_metrics.json").read_text())
+    masks = json.loads((art / f"metrics_{args.eval_split}.json").read_text())
+    cams = json.loads((art / f"cams_metrics_{args.eval_split}.json").read_text())
     seg_miou = None
     if args.val_split:  # the paper's metric: the decoder, multi-scale + flip (+ CRF), on the val split
         seg = folder / "seg"
         _run(_seco("segment", "--checkpoint", str(run / "last.pt"), "--split", args.val_split, "--out", str(seg),
                    "--device", args.device, "--quiet", *(["--crf"] if args.seg_crf else [])), threads, log)
         _run(_seco("evaluate", "--pred", str(seg), "--split", args.val_split, "--quiet"), threads, log)
-        seg_miou = json.loads((seg / "metrics.json").read_text())["miou"]
+        seg_miou = json.loads((seg / f"metrics_{args.val_split}.json").read_text())["miou"]
     result = {
         "variant": variant, "seed": seed, "cam_miou": cams["miou"], "cam_threshold": cams["cam_threshold"],
         "mask_miou": masks["miou"], "fp_tp": masks["fp_tp"], "fp_tp_bg": masks["fp_tp_bg"],

@@ -1,4 +1,5 @@
-"""The pseudo-label artifact format (DESIGN.md §7): schema, crash-safe writer, and the reader other projects import.
+"""The pseudo-label artifact format (docs/design.md §7): schema, crash-safe writer, and the reader other projects
+import.
 
 An artifact folder ``ART`` holds, per split:
 
@@ -561,7 +562,7 @@ def open_pseudo_labels(
     if root is None:
         raise ConfigError(f"{art} does not record where the images are; pass data_root=...")
     reader = build_reader(attrs.get("layout") or "voc", root, split, num_classes=attrs.get("num_classes"),
-                          require_tags=False)
+                          class_names=attrs.get("class_names"), require_tags=False)
     ids = [i for i in reader.ids if i in exported]
     if not ids:
         raise DataError(f"no image of split {split!r} in {reader.split_file} has a pseudo mask in {art}")

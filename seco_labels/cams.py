@@ -1,4 +1,4 @@
-"""Multi-scale CAMs, CAM thresholds and patch decomposition (DESIGN.md §3 steps 1-3, §4).
+"""Multi-scale CAMs, CAM thresholds and patch decomposition (docs/design.md §3 steps 1-3, §4).
 
 Defaults reproduce the published SeCo code (github.com/zwyang6/SeCo, ``utils/camutils.py``: ``multi_scale_cam2``,
 ``cam_to_label``, ``cam_to_roi_mask``, ``assign_csc_tags``), quirks included and documented where they happen;
@@ -18,9 +18,12 @@ from typing import Callable, Literal, Sequence
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 __all__ = [
     "UNCERTAIN",
     "multi_scale_cams",
+    "check_scales",
     "cam_to_label",
     "cam_to_roi_mask",
     "box_mask",
@@ -28,7 +31,7 @@ __all__ = [
     "decompose",
 ]
 
-UNCERTAIN = -1  #: ROI value of an uncertain pixel and tag of an uncertain crop/view (DESIGN.md §3 steps 1, 3)
+UNCERTAIN = -1  #: ROI value of an uncertain pixel and tag of an uncertain crop/view (docs/design.md §3 steps 1, 3)
 
 CamFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -42,7 +45,7 @@ def _upsample_max_flip(raw: torch.Tensor, size: tuple[int, int], b: int, flip: b
     """(B or 2B, C, h, w) raw CAMs -> (B, C, H, W): upsample, max with the un-flipped flipped half, ReLU."""
     up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)  # (nB, C, H, W)
     if flip:
-        up = torch.max(up[:b], up[b:].flip(-1))  # DESIGN §4: max of image and flipped CAM
+        up = torch.max(up[:b], up[b:].flip(-1))  # docs/design.md §4: max of image and flipped CAM
     return F.relu(up)
 
 
@@ -55,7 +58,8 @@ def multi_scale_cams(
     flip: bool = True,
     base: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-scale (and flipped) CAMs, min-max normalised per image and class (DESIGN.md §4; ``multi_scale_cam2``).
+    """Multi-scale (and flipped) CAMs, min-max normalised per image and class (docs/design.md §4;
+    published ``multi_scale_cam2``).
 
     For each scale ``s`` the images are resized (bilinear, ``align_corners=False``) to ``(int(s*H), int(s*W))``;
     the image and its horizontal flip go through ``cam_fn`` in one call (batch 2B); both CAMs are upsampled to
@@ -118,7 +122,7 @@ def multi_scale_cams(
 
     out = []
     for maps in (cam_list, aux_list):
-        cam = torch.stack(maps).sum(0)  # (B, C, H, W), sum over scales (DESIGN §4)
+        cam = torch.stack(maps).sum(0)  # (B, C, H, W), sum over scales (docs/design.md §4)
         cam = cam - cam.amin(dim=(-2, -1), keepdim=True)  # published: cam + maxpool(-cam)
         cam = cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)  # published epsilon, per (image, class)
         out.append(cam)
@@ -163,7 +167,7 @@ def _threshold(
     # Published order of assignments, kept so that unusual threshold orders behave the same.
     label[score <= bkg_thre] = 0
     if ignore_mid:
-        label[score <= high_thre] = mid_value  # DESIGN §4: between the thresholds -> uncertain
+        label[score <= high_thre] = mid_value  # docs/design.md §4: between the thresholds -> uncertain
         label[score <= low_thre] = 0
     if box is not None:
         label = label.masked_fill(~box_mask(box.to(label.device), label.shape[-2:]), ignore_index)
@@ -209,7 +213,7 @@ def cam_to_roi_mask(
     low_thre: float,
     ignore_index: int = 255,
 ) -> torch.Tensor:
-    """ROI mask for patch decomposition (DESIGN.md §3 step 1; published ``cam_to_roi_mask``).
+    """ROI mask for patch decomposition (docs/design.md §3 step 1; published ``cam_to_roi_mask``).
 
     Like :func:`cam_to_label` with ``ignore_mid``, but uncertain pixels (``low_thre < score <= high_thre``) get
     :data:`UNCERTAIN` (-1): 0 background, k confident class k, -1 uncertain, ``ignore_index`` outside ``box``.
@@ -228,7 +232,7 @@ def cam_to_roi_mask(
 
 @dataclass
 class Decomposition:
-    """Local crops and tags of a batch (DESIGN.md §3 steps 2-3); output of :func:`decompose`.
+    """Local crops and tags of a batch (docs/design.md §3 steps 2-3); output of :func:`decompose`.
 
     Tags: 0 background, k >= 1 class k, :data:`UNCERTAIN` (-1) uncertain.
     """
@@ -269,7 +273,8 @@ def decompose(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ignore_index: int = 255,
 ) -> Decomposition:
-    """Cut local crops around uncertain pixels and tag them (DESIGN.md §3 steps 1-3; published ``assign_csc_tags``).
+    """Cut local crops around uncertain pixels and tag them (docs/design.md §3 steps 1-3; published
+    ``assign_csc_tags``).
 
     Crop centres are sampled, without replacement, among the uncertain pixels (``roi == -1``) of the inner region
     ``[cs//2, H - cs//2) x [cs//2, W - cs//2)``; with fewer than ``num_crops`` of them, uniformly over the inner
@@ -294,7 +299,7 @@ def decompose(
         roi: (B, H, W) long ROI mask from :func:`cam_to_roi_mask`.
         num_crops: crops per image (n).
         crop_size: crop side ``cs`` in pixels; needs ``H, W > 2 * (cs // 2)`` (the inner region is not empty).
-        bg_fraction: phi (DESIGN §3 step 3).
+        bg_fraction: phi (docs/design.md §3 step 3).
         area_rule: ``"label_sum"`` or ``"fraction"``, see above.
         generator: source of randomness, or one generator per image (then an image's crops do not depend on the
             other images of the batch, which keeps multi-process training equal to single-process training).
@@ -326,7 +331,7 @@ def decompose(
     uncertain = roi == UNCERTAIN  # (B, H, W)
     r = roi.masked_fill(uncertain | (roi == ignore_index), 0)  # confident classes only
 
-    # Global tags and the single-class fill (DESIGN §3 step 3, "global view").
+    # Global tags and the single-class fill (docs/design.md §3 step 3, "global view").
     global_tags = torch.full((b,), UNCERTAIN, dtype=torch.long, device=roi.device)
     for i in range(b):
         classes = torch.unique(r[i])
@@ -361,6 +366,40 @@ def decompose(
     lo_cls = torch.where(fill_c > 0, fill_c, torch.iinfo(torch.long).max).amin(dim=(-2, -1))
     one_class = (hi_cls > 0) & (lo_cls == hi_cls)
     crop_tags = torch.where(one_class, hi_cls, torch.full_like(hi_cls, UNCERTAIN))
-    crop_tags = torch.where(area <= bg_fraction, torch.zeros_like(crop_tags), crop_tags)  # DESIGN §3 step 3
+    crop_tags = torch.where(area <= bg_fraction, torch.zeros_like(crop_tags), crop_tags)  # docs/design.md §3 step 3
 
     return Decomposition(crops=crops, crop_tags=crop_tags, global_tags=global_tags, centers=tops + cs // 2)
+
+
+def _sizes_that_fit(scales: Sequence[float], size: int, patch: int) -> tuple[int | None, int]:
+    """The nearest sizes below (None if none) and above ``size`` whose every ``int(s * size)`` is a multiple of
+    ``patch``."""
+    def fits(n: int) -> bool:
+        return all(int(s * n) % patch == 0 and int(s * n) > 0 for s in scales)
+
+    below = next((n for n in range(size - 1, 0, -1) if fits(n)), None)
+    above = next(n for n in range(size + 1, size + 64 * patch + 1) if fits(n))
+    return below, above
+
+
+def check_scales(scales: Sequence[float], size: int, patch: int, *, size_option: str = "--input-size",
+                 scales_option: str = "--scales") -> None:
+    """Every ``scale * size`` (pixels, truncated) must be a multiple of the ViT's ``patch`` size: the encoder
+    splits the resized image into whole patches.
+
+    ``size_option``/``scales_option`` name the options that set them (``data.crop_size``, ``cam.scales`` in
+    training), so the message says what to change.
+
+    Raises:
+        ConfigError: naming the first scale that does not fit and the nearest sizes that do.
+    """
+    scales = list(dict.fromkeys(scales))  # each scale once in the message
+    uneven = [sc for sc in scales if int(sc * size) % patch]
+    if uneven:
+        below, above = _sizes_that_fit(scales, size, patch)
+        nearest = f"{below} or {above}" if below else str(above)
+        raise ConfigError(
+            f"{size_option} {size} at scale {uneven[0]} gives {int(uneven[0] * size)} px, not a multiple of the "
+            f"backbone's {patch} px patches; set {size_option} to {nearest} (the nearest sizes where every scale of "
+            f"{scales} gives a multiple of {patch}), or other {scales_option}"
+        )

@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses grouped by concern, presets, YAML/JSON in, resolved config out.
 
 Layering (lowest to highest priority): preset -> ``--config FILE`` -> ``--set key=value`` / named CLI options.
-Every number of DESIGN.md §3 lives here, never as a literal in the training code.
+Every number of docs/design.md §3 lives here, never as a literal in the training code.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import yaml
 
+from .data.classes import check_class_names
 from .errors import ConfigError
 
 __all__ = [
@@ -40,13 +41,15 @@ __all__ = [
 
 @dataclass
 class DataConfig:
-    """Where the images and tags are, and how training views are made (DESIGN.md §3)."""
+    """Where the images and tags are, and how training views are made (docs/design.md §3)."""
 
     root: str = ""  #: dataset root folder
     layout: str = "voc"  #: reader name: voc | coco | coco-seco
     train_split: str = "train_aug"
     val_split: str = "val"
     num_classes: int = 21  #: including background (class 0)
+    #: the K class names, background first; () = the layout's own (voc, coco) or class_1... (``--classes FILE``)
+    class_names: tuple[str, ...] = ()
     ignore_index: int = 255
     crop_size: int = 448  #: side of the square training crop, pixels
     rescale_range: tuple[float, float] = (0.5, 2.0)  #: random rescale factor of the training image
@@ -58,7 +61,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The SeCo network (DESIGN.md §2)."""
+    """The SeCo network (docs/design.md §2)."""
 
     backbone: str = "vit_base_patch16_224"  #: any timm ViT with a class token
     backbone_weights: str | None = None  #: local weights file; None = random init (nothing downloads)
@@ -74,7 +77,7 @@ class ModelConfig:
 
 @dataclass
 class CamConfig:
-    """Online CAMs, PAR and background thresholds (DESIGN.md §4)."""
+    """Online CAMs, PAR and background thresholds (docs/design.md §4)."""
 
     scales: tuple[float, ...] = (1.0, 0.5, 0.75, 1.5)  #: training-time multi-scale CAM scales
     bkg_thre: float = 0.5
@@ -89,7 +92,7 @@ class CamConfig:
 
 @dataclass
 class DecomposeConfig:
-    """Patch decomposition: local crops and their tags (DESIGN.md §3 steps 1-3)."""
+    """Patch decomposition: local crops and their tags (docs/design.md §3 steps 1-3)."""
 
     num_local_crops: int = 10
     local_crop_size: int = 64  #: pixels
@@ -107,7 +110,7 @@ class LossTerm:
 
 @dataclass
 class LossConfig:
-    """Weights, schedules and hyper-parameters of every loss (DESIGN.md §3)."""
+    """Weights, schedules and hyper-parameters of every loss (docs/design.md §3)."""
 
     cls: LossTerm = field(default_factory=lambda: LossTerm(1.0, 0))
     aux: LossTerm = field(default_factory=lambda: LossTerm(1.0, 0))
@@ -173,6 +176,13 @@ class SecoConfig:
         d, m, c, k = self.data, self.model, self.cam, self.decompose
         if d.num_classes < 2:
             raise ConfigError(f"data.num_classes={d.num_classes}: need background plus at least one class")
+        if d.class_names:
+            check_class_names(d.class_names, "data.class_names")
+            if len(d.class_names) != d.num_classes:
+                raise ConfigError(
+                    f"data.class_names names {len(d.class_names)} classes but data.num_classes={d.num_classes}; "
+                    "give --classes FILE alone (it sets both) or make them agree"
+                )
         if not 0 <= c.low_thre <= c.high_thre <= 1:
             raise ConfigError(
                 f"cam.low_thre={c.low_thre} and cam.high_thre={c.high_thre} must satisfy 0 <= low <= high <= 1"
@@ -187,15 +197,29 @@ class SecoConfig:
             )
         keys_per_step = d.batch_size * (2 + k.num_local_crops)
         if m.reservoir_size % keys_per_step:
+            # the reservoir is a FIFO that takes whole steps of keys (docs/design.md §3): say which values fit
+            per_image = 2 + k.num_local_crops
+            batches = [b for b in range(1, m.reservoir_size // per_image + 1) if m.reservoir_size % (b * per_image) == 0]
+            near = sorted(sorted(batches, key=lambda b: (abs(b - d.batch_size), b))[:4])
+            lower = m.reservoir_size // keys_per_step * keys_per_step
+            sizes = [n for n in (lower, lower + keys_per_step) if n > 0]
+            hints = [f"keep the reservoir with a batch size of {_either(near)} (--batch-size)"] if near else []
+            hints.append(f"keep the batch size with --set model.reservoir_size={_either(sizes)}")
             raise ConfigError(
-                f"model.reservoir_size={m.reservoir_size} must be a multiple of "
-                f"data.batch_size * (2 + decompose.num_local_crops) = {keys_per_step}"
+                f"model.reservoir_size={m.reservoir_size} must be a multiple of data.batch_size * (2 + "
+                f"decompose.num_local_crops) = {d.batch_size} * {per_image} = {keys_per_step}; {', or '.join(hints)}"
             )
         if self.train.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"train.amp={self.train.amp!r}: choose auto, bf16, fp16 or off")
         if not c.scales or any(s <= 0 for s in c.scales):
             raise ConfigError(f"cam.scales={c.scales}: give one or more positive scales")
         return self
+
+
+def _either(values: list[int]) -> str:
+    """``1, 2 or 4`` for a message."""
+    text = [str(v) for v in values]
+    return text[0] if len(text) == 1 else f"{', '.join(text[:-1])} or {text[-1]}"
 
 
 def _voc() -> SecoConfig:
@@ -283,7 +307,7 @@ def config_to_dict(cfg: SecoConfig) -> dict[str, Any]:
 
 def _coerce(value: Any, target_type: Any, key: str) -> Any:
     """Convert a YAML/CLI value to the dataclass field's declared type."""
-    t = str(target_type)
+    t = str(target_type).removesuffix(" | None")  # None itself is handled first
     if value is None:
         return None
     try:
@@ -292,8 +316,8 @@ def _coerce(value: Any, target_type: Any, key: str) -> Any:
                 value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
             elif not isinstance(value, (list, tuple)):
                 value = [value]
-            inner = float if "float" in t else int
-            return tuple(inner(v) for v in value)
+            inner = float if "float" in t else str if "str" in t else int
+            return tuple(inner(v).strip() if inner is str else inner(v) for v in value)
         if t == "bool":
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
@@ -308,7 +332,7 @@ def _coerce(value: Any, target_type: Any, key: str) -> Any:
             return int(value)
         if t == "float":
             return float(value)
-        if t in ("str", "str | None"):
+        if t == "str":
             return str(value)
         if t == "dict":
             if isinstance(value, str):

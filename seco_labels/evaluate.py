@@ -1,4 +1,4 @@
-"""Score pseudo masks (or raw CAMs) against ground-truth masks (DESIGN.md §4, §7; ``seco evaluate``).
+"""Score pseudo masks (or raw CAMs) against ground-truth masks (docs/design.md §4, §7; ``seco evaluate``).
 
 Predictions come from a *source*: anything with ``name``, ``ids()`` and ``load_mask(id)`` (:class:`MaskSource`)
 or ``load_cam(id)`` (:class:`CamSource`). :class:`PngMaskFolder` reads ``<id>.png`` files and
@@ -133,9 +133,11 @@ def open_ground_truth(
     *,
     layout: str = "voc",
     num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
     ignore_index: int = 255,
 ) -> SegmentationReader:
-    """The ``layout`` reader of ``split`` with every mask required and images optional.
+    """The ``layout`` reader of ``split`` with every mask required and images optional; ``class_names`` (K names,
+    background first) name the classes in the reports.
 
     GT-only copies (``voc2012-gt``: masks and split lists, no images) work: when an image is absent the mask's
     own size is taken as the image size.
@@ -168,7 +170,8 @@ def open_ground_truth(
                 raise DataError(f"mask {path} of {image_id} is unreadable ({e}); re-copy it") from None
 
     _MasksOnly.__name__ = _MasksOnly.__qualname__ = f"MasksOnly{base.__name__}"
-    return _MasksOnly(root, split, num_classes=num_classes, ignore_index=ignore_index, require_masks=True)
+    return _MasksOnly(root, split, num_classes=num_classes, class_names=class_names, ignore_index=ignore_index,
+                      require_masks=True)
 
 
 # -- results -------------------------------------------------------------------------------------------------

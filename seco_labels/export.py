@@ -1,6 +1,6 @@
 """``export-masks``: a trained checkpoint -> multi-scale CAMs, PAR-refined pseudo masks, written as artifacts.
 
-Per image (DESIGN.md §4): resize to the training crop size (as the published inference does), multi-scale +
+Per image (docs/design.md §4): resize to the training crop size (as the published inference does), multi-scale +
 flip CAMs of the image's tagged classes, upsample to the original size, constant background at the high and
 low thresholds, PAR, argmax; pixels that are foreground only under the low threshold are ignored (255).
 Writing (``artifacts.ArtifactWriter``) is resumable: finished ids are skipped unless ``overwrite``.
@@ -9,7 +9,6 @@ Writing (``artifacts.ArtifactWriter``) is resumable: finished ids are skipped un
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import sys
@@ -26,18 +25,18 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .artifacts import ArtifactWriter
-from .cams import multi_scale_cams
+from .cams import check_scales, multi_scale_cams
 from .checkpoint import load_checkpoint
 from .config import SecoConfig, config_from_dict, config_to_dict, save_config
 from .data import build_reader, normalize
 from .distributed import all_gather_objects, barrier, init_distributed
 from .errors import CheckpointError, ConfigError, DataError
-from .io import atomic_write_text
+from .io import atomic_write_text, sha256_file
 from .models import SeCoNet, build_seco
 from .refine import PAR, crf_refine_mask, refine_with_background, require_crf
 from .train import resolve_amp, resolve_device
 
-__all__ = ["SCALE_PRESETS", "ExportOptions", "load_trained_model", "check_scales", "export_split"]
+__all__ = ["SCALE_PRESETS", "ExportOptions", "load_trained_model", "export_split"]
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +69,6 @@ class ExportOptions:
     num_workers: int = 2
     device: str = "auto"
     amp: str = "auto"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_trained_model(checkpoint: str | Path, device: torch.device) -> tuple[SeCoNet, SecoConfig]:
@@ -133,21 +124,6 @@ def _check_dataset(cfg: SecoConfig, checkpoint: str | Path, layout: str) -> None
             )
 
 
-def check_scales(scales: Sequence[float], size: int, patch: int) -> None:
-    """Every ``scale * size`` (pixels, truncated) must be a multiple of the ViT's ``patch`` size.
-
-    Raises:
-        ConfigError: naming the first scale that is not, and what to pick instead.
-    """
-    uneven = [sc for sc in scales if int(sc * size) % patch]
-    if uneven:
-        raise ConfigError(
-            f"input size {size} at scale {uneven[0]} gives {int(uneven[0] * size)} px, not a multiple of the "
-            f"backbone's {patch} px patches; pick --input-size so that every scale gives a multiple of {patch} "
-            f"(e.g. {patch * 4 * 7}) or other --scales"
-        )
-
-
 def export_split(
     checkpoint: str | Path,
     split: str,
@@ -188,13 +164,14 @@ def export_split(
     _check_dataset(cfg, checkpoint, lay)
     check_scales(opt.scales, size, model.encoder.patch_size)
     predicted = opt.tags == "predicted"
-    reader = build_reader(lay, root, split, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
+    reader = build_reader(lay, root, split, num_classes=cfg.data.num_classes, class_names=cfg.data.class_names or None,
+                          ignore_index=cfg.data.ignore_index,
                           require_images=not opt.skip_bad, require_tags=not predicted)
     attrs = {
         "dataset_root": str(Path(root).resolve()), "layout": lay,
         "class_names": list(reader.class_names), "num_classes": cfg.data.num_classes,
         "ignore_index": cfg.data.ignore_index, "background_policy": "constant high/low thresholds + PAR",
-        "backbone": cfg.model.backbone, "checkpoint_sha256": _sha256(Path(checkpoint)),
+        "backbone": cfg.model.backbone, "checkpoint_sha256": sha256_file(Path(checkpoint)),
         "scales": list(opt.scales), "flip": opt.flip, "cam_source": opt.cam_source,
         "tags_source": f"predicted>{opt.tag_threshold}" if predicted else "given", "crf": opt.crf,
         "high_thre": high, "low_thre": low, "input_size": size,

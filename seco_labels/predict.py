@@ -40,8 +40,9 @@ from .config import load_config_file
 from .data import build_reader, normalize
 from .data.readers import READERS, SegmentationReader, _decode
 from .errors import CheckpointError, ConfigError, DataError
-from .export import _sha256, check_scales, load_trained_model
-from .io import atomic_path, atomic_write_text
+from .export import load_trained_model
+from .cams import check_scales
+from .io import atomic_path, atomic_write_text, sha256_file
 from .refine import dense_crf, require_crf
 from .segment import SEG_SCALES, multi_scale_seg_logits
 from .segmenters import forward_logits, predict_mask, size_multiple
@@ -406,7 +407,7 @@ def predict_to_folder(
         source = {"split": images.split, "data_root": str(images.root.resolve()), "layout": images.layout}
     else:
         source = {"images": str(Path(images.root).resolve())}
-    settings = {"model_kind": predictor.kind, "model_sha256": _sha256(predictor.weights),
+    settings = {"model_kind": predictor.kind, "model_sha256": sha256_file(predictor.weights),
                 "num_classes": predictor.num_classes, "source": source, **predictor.settings,
                 "package_version": __version__}
     if not overwrite:

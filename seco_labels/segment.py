@@ -24,8 +24,9 @@ from . import __version__
 from .artifacts import ArtifactWriter
 from .config import config_to_dict, save_config
 from .data import build_reader, normalize
-from .export import _sha256, check_scales, load_trained_model
-from .io import atomic_write_text
+from .export import load_trained_model
+from .cams import check_scales
+from .io import atomic_write_text, sha256_file
 from .models import SeCoNet
 from .refine import dense_crf, require_crf
 from .train import resolve_device
@@ -97,7 +98,8 @@ def segment_split(
     size = input_size or cfg.data.crop_size
     check_scales(scales, size, model.encoder.patch_size)
     root, lay = data_root or cfg.data.root, layout or cfg.data.layout
-    reader = build_reader(lay, root, split, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
+    reader = build_reader(lay, root, split, num_classes=cfg.data.num_classes,
+                          class_names=cfg.data.class_names or None, ignore_index=cfg.data.ignore_index,
                           require_tags=False)
     # The keys export records too, so that the writer's settings check also refuses to mix these masks with an
     # export's pseudo masks of the same split in one folder (background_policy and the scales differ).
@@ -105,7 +107,7 @@ def segment_split(
         "dataset_root": str(Path(root).resolve()), "layout": lay, "class_names": list(reader.class_names),
         "num_classes": cfg.data.num_classes, "ignore_index": cfg.data.ignore_index,
         "background_policy": "none: argmax of the decoder's logits (seco segment)", "backbone": cfg.model.backbone,
-        "checkpoint_sha256": _sha256(Path(checkpoint)), "scales": list(scales), "flip": flip, "crf": crf,
+        "checkpoint_sha256": sha256_file(Path(checkpoint)), "scales": list(scales), "flip": flip, "crf": crf,
         "input_size": size, "package_version": __version__, "config": config_to_dict(cfg),
     }
     out = Path(out_dir)

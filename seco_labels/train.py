@@ -1,4 +1,4 @@
-"""SeCo training: one step of the objective, the loop, validation, checkpoints and resume (DESIGN.md §3, §6).
+"""SeCo training: one step of the objective, the loop, validation, checkpoints and resume (docs/design.md §3, §6).
 
 Reads top-down like torchvision's reference scripts: ``resolve_device`` -> ``build_loaders`` ->
 ``seco_step`` (the objective) -> ``evaluate`` -> :class:`Trainer` (loop, checkpoints, resume, logging).
@@ -28,13 +28,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm.auto import tqdm
 
-from .cams import box_mask, cam_to_label, cam_to_roi_mask, decompose, multi_scale_cams
+from .cams import box_mask, cam_to_label, cam_to_roi_mask, check_scales, decompose, multi_scale_cams
 from .checkpoint import (
     _ARCH_KEYS, ConfigChange, check_changes, check_compatible, latest_checkpoint, load_checkpoint, record_changes,
     save_checkpoint,
 )
 from .config import SecoConfig, config_to_dict, save_config
-from .data import EvalDataset, TrainDataset, TrainViews, build_reader, denormalize
+from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, denormalize
 from .distributed import (
     DistContext, DistributedError, all_gather_objects, all_reduce_mean, barrier, global_sum, init_distributed,
 )
@@ -163,7 +163,7 @@ def seco_step(
     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
     timer: PhaseTimer = _no_timer,
 ) -> StepOutput:
-    """The whole SeCo objective for one batch (DESIGN.md §3), with the memories updated as a side effect.
+    """The whole SeCo objective for one batch (docs/design.md §3), with the memories updated as a side effect.
 
     ``batch`` holds ``image``/``global2``/``strong`` (B, 3, S, S), ``box`` (B, 4), ``tags`` (B, K-1),
     ``label_idx`` (B,), ``crop_seed`` (B,), all on the model's device. Terms whose weight is 0 at ``step`` are
@@ -202,7 +202,7 @@ def seco_step(
         view_tags = torch.cat([parts.global_tags[:, None].expand(b, 2), parts.crop_tags], dim=1).reshape(-1)
 
     with timer("student_forward"), autocast():
-        # Global view 1 is the training image itself: its class token is out.cls_token (DESIGN §3 step 2).
+        # Global view 1 is the training image itself: its class token is out.cls_token (docs/design.md §3 step 2).
         g2 = out.extra_cls
         local_q = model.embed(crops_q).reshape(b, n, -1)
         feats = torch.cat([out.cls_token[:, None], g2[:, None], local_q], dim=1)  # (B, 2+n, D), image-major
@@ -618,12 +618,16 @@ class Trainer(TrainerMixin):
         d = cfg.data
         if not d.root:
             raise ConfigError("no dataset: pass --data-root DIR (or data.root in the config file)")
-        self.reader = build_reader(d.layout, d.root, d.train_split, num_classes=d.num_classes, ignore_index=d.ignore_index)
+        self.reader = build_reader(d.layout, d.root, d.train_split, num_classes=d.num_classes,
+                                   class_names=d.class_names or None, ignore_index=d.ignore_index)
+        if not d.class_names:
+            check_class_count(self.reader)
         views = TrainViews(d.crop_size, d.rescale_range, d.global_crop_scale, d.strong_flip_p)
         self.dataset = TrainDataset(self.reader, views, seed=cfg.train.seed)
         self._sampler(0)  # a batch that cannot be split over the processes fails here, before the model is built
         torch.manual_seed(cfg.train.seed)
         self.model = build_seco(cfg.model, d.num_classes).to(self.device)
+        self._check_sizes(self.model.encoder.patch_size)
         self.par = PAR(cfg.cam.par_dilations, cfg.cam.par_iters).to(self.device)
         objective = SecoObjective(self.model, self.par, self.cfg)
         self.objective: nn.Module = objective if not self.dist.distributed else DistributedDataParallel(
@@ -641,6 +645,18 @@ class Trainer(TrainerMixin):
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self._val_loader: DataLoader | None = None
+
+    def _check_sizes(self, patch: int) -> None:
+        """Crops and their CAM scales must cut into whole ``patch`` x ``patch`` tokens: check before step 0."""
+        d, k = self.cfg.data, self.cfg.decompose
+        check_scales((1.0, *self.cfg.cam.scales), d.crop_size, patch, size_option="data.crop_size",
+                     scales_option="cam.scales")
+        if k.local_crop_size % patch:
+            raise ConfigError(
+                f"decompose.local_crop_size={k.local_crop_size} is not a multiple of the backbone's {patch} px "
+                f"patches; set it to {k.local_crop_size // patch * patch or patch} or "
+                f"{(k.local_crop_size // patch + 1) * patch}"
+            )
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -668,8 +684,8 @@ class Trainer(TrainerMixin):
         d = self.cfg.data
         if self._val_loader is None and d.val_split:
             reader = build_reader(
-                d.layout, d.root, d.val_split, num_classes=d.num_classes, ignore_index=d.ignore_index,
-                require_masks=True,
+                d.layout, d.root, d.val_split, num_classes=d.num_classes, class_names=d.class_names or None,
+                ignore_index=d.ignore_index, require_masks=True,
             )
             dataset = EvalDataset(reader, size=d.crop_size)
             n = min(len(dataset), self.cfg.train.val_max_images or len(dataset))

@@ -1,4 +1,4 @@
-"""The ``seco`` command: a click group; each command lives in its own module (DESIGN.md §6).
+"""The ``seco`` command: a click group; each command lives in its own module (docs/design.md §6).
 
 Exit codes: 2 for bad usage (unknown option value, inconsistent config), 1 for runtime failures
 (missing or corrupt data, unusable checkpoint). Errors print one message naming the file, id or option.
@@ -12,8 +12,9 @@ from .. import __version__
 from ..errors import ConfigError, SecoError
 
 
-class SecoGroup(click.Group):
-    """Turns the toolkit's own exceptions into click errors, so users get a message, not a traceback."""
+class SecoCommand(click.Command):
+    """Turns the toolkit's own exceptions into click errors, so users get a message, not a traceback; a config
+    error shows the usage line of the command that was run (its own context), not the group's."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -22,6 +23,12 @@ class SecoGroup(click.Group):
             raise click.UsageError(str(e), ctx=ctx) from None
         except SecoError as e:
             raise click.ClickException(str(e)) from None
+
+
+class SecoGroup(click.Group):
+    """The ``seco`` group: every command it declares is a :class:`SecoCommand`."""
+
+    command_class = SecoCommand
 
 
 @click.group(cls=SecoGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -63,7 +63,8 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
     click.echo(f"[2/{STEPS}] export-masks: {exported['exported']} image(s) of {split} "
                f"({exported['skipped_done']} already done) in {secs['total']:.1f} s -> {art}")
 
-    reader = open_ground_truth(cfg.data.root, split, layout=cfg.data.layout, num_classes=cfg.data.num_classes)
+    reader = open_ground_truth(cfg.data.root, split, layout=cfg.data.layout, num_classes=cfg.data.num_classes,
+                               class_names=cfg.data.class_names or None)
     h5 = ArtifactFile(art / f"cams_{split}.h5")
     masks = evaluate_masks(h5, reader)
     cams = sweep_cam_threshold(h5, reader)

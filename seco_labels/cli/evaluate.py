@@ -43,10 +43,12 @@ def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, 
                 f"no ground truth: {art_dir / 'config.yaml'} does not record data.root; pass --gt DATA_ROOT"
             )
     layout = layout or data.get("layout") or "voc"
+    class_names = None
     if num_classes is None and data.get("num_classes") is not None and (layout == data.get("layout", "voc")):
         num_classes = int(data["num_classes"])
+        class_names = data.get("class_names")  # the names the masks were exported with
 
-    reader = open_ground_truth(gt_root, split, layout=layout, num_classes=num_classes)
+    reader = open_ground_truth(gt_root, split, layout=layout, num_classes=num_classes, class_names=class_names)
     show_bar = not quiet and sys.stderr.isatty()
     out = out_dir or art_dir
     results = [("", "pseudo masks", "", evaluate_masks(masks, reader, progress=show_bar))]

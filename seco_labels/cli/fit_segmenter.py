@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from . import cli
+from .options import classes_option
 from .train import allow_changes_option, exit_interrupted, report_finished, report_resume
 
 
@@ -46,6 +47,7 @@ class SmpArchChoice(click.Choice):
 @click.option("--layout", default=None, help="Dataset layout voc | coco | coco-seco (default: the export's, else voc).")
 @click.option("--num-classes", type=int, default=None,
               help="K, background included (default: the layout's; must match the export's).")
+@classes_option
 @click.option("--split", default=None, help="Training split (data.split; default train_aug).")
 @click.option("--val-split", default=None, help="GT-scored split (data.val_split; default val; '' for none).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder SEG_DIR.")
@@ -73,9 +75,10 @@ class SmpArchChoice(click.Choice):
 @click.option("--seed", type=int, default=None, help="Random seed (train.seed).")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (train.device).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-class table.")
-def fit_segmenter_cmd(arch, encoder, encoder_weights, model_kwargs, labels, data_root, layout, num_classes, split,
-                      val_split, run_dir, iters, batch_size, crop_size, lr, optimizer, amp, num_workers, val_every,
-                      ckpt_every, val_max_images, resume, allow_changes, config_file, overrides, seed, device, quiet):
+def fit_segmenter_cmd(arch, encoder, encoder_weights, model_kwargs, labels, data_root, layout, num_classes,
+                      class_names, split, val_split, run_dir, iters, batch_size, crop_size, lr, optimizer, amp,
+                      num_workers, val_every, ckpt_every, val_max_images, resume, allow_changes, config_file, overrides,
+                      seed, device, quiet):
     """Train an smp segmenter on pseudo masks (or GT) and score it on the val split's GT.
 
     Writes SEG_DIR/config.yaml, last.pt (resumable), metrics.jsonl, model/ (smp save_pretrained: reload with
@@ -104,7 +107,8 @@ def fit_segmenter_cmd(arch, encoder, encoder_weights, model_kwargs, labels, data
         **{
             "model.arch": arch, "model.encoder": encoder, "model.encoder_weights": encoder_weights,
             "model.kwargs": kwargs, "data.labels": labels, "data.root": data_root, "data.layout": layout,
-            "data.num_classes": num_classes, "data.split": split, "data.val_split": val_split, "train.iters": iters,
+            "data.num_classes": num_classes if num_classes is not None else len(class_names or ()) or None,
+            "data.class_names": class_names, "data.split": split, "data.val_split": val_split, "train.iters": iters,
             "data.batch_size": batch_size, "data.crop_size": crop_size, "optim.lr": lr, "optim.name": optimizer,
             "train.amp": amp, "data.num_workers": num_workers, "train.val_every": val_every,
             "train.ckpt_every": ckpt_every, "train.val_max_images": val_max_images, "train.seed": seed,

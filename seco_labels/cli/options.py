@@ -69,6 +69,27 @@ def _load_defaults(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
+def _read_classes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    from ..data import read_class_names
+
+    if value is None:
+        return None
+    try:
+        return read_class_names(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+def classes_option(func: Callable) -> Callable:
+    """``--classes FILE``: the dataset's class names, one per line in class-index order (background first, or
+    implied); sets ``data.class_names`` and the class count."""
+    return click.option(
+        "--classes", "class_names", type=click.Path(dir_okay=False), default=None, callback=_read_classes,
+        help="Text file of the class names, one per line in mask-value order (class 1 first; 'background' as the "
+             "first line is optional). Sets data.class_names and data.num_classes; default: the layout's classes.",
+    )(func)
+
+
 def defaults_file_option(func: Callable) -> Callable:
     """``--config FILE``: a YAML/JSON mapping of this command's option names to default values."""
     return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, is_eager=True,
@@ -119,7 +140,7 @@ def resolve_predictions(pred: Path, split: str, want_cams: bool):
 
 
 def exported_dataset(art_dir: Path, split: str, pred: Path) -> dict:
-    """``{"root", "layout", "num_classes"}`` of the dataset ``split`` was exported from: from
+    """``{"root", "layout", "num_classes", "class_names"}`` of the dataset ``split`` was exported from: from
     ``ART/manifest_<split>.json`` (per split: a folder may hold splits of different datasets), else the ``data``
     section of a ``config.yaml`` next to the predictions ({} if neither exists)."""
     from ..artifacts import read_manifest
@@ -127,7 +148,7 @@ def exported_dataset(art_dir: Path, split: str, pred: Path) -> dict:
     manifest = read_manifest(art_dir, split)
     if manifest is not None:
         return {"root": manifest.get("dataset_root"), "layout": manifest.get("layout"),
-                "num_classes": manifest.get("num_classes")}
+                "num_classes": manifest.get("num_classes"), "class_names": manifest.get("class_names")}
     return _art_config([art_dir, pred])
 
 

@@ -47,8 +47,9 @@ def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt,
     if not root:
         raise click.UsageError(f"no dataset recorded next to {pred}; pass --data-root DIR (the images' root)")
     lay = layout or data.get("layout") or "voc"
-    reader = build_reader(lay, root, split, num_classes=data.get("num_classes") if lay == data.get("layout") else None,
-                          require_tags=False)
+    same = lay == data.get("layout")  # the exported dataset's own class count and names
+    reader = build_reader(lay, root, split, num_classes=data.get("num_classes") if same else None,
+                          class_names=data.get("class_names") if same else None, require_tags=False)
     have = masks.ids()
     if ids:
         wanted = [i.strip() for i in ids.split(",") if i.strip()]

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from . import cli
-from .options import config_options, resolve_config
+from .options import classes_option, config_options, resolve_config
 
 #: log fields that count things: printed as integers
 COUNT_KEYS = ("crops_tagged", "crops_rectified", "steps")
@@ -79,6 +79,7 @@ def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
 @click.option("--layout", default=None, help="Dataset layout: voc | coco | coco-seco (data.layout).")
 @click.option("--split", default=None, help="Training split (data.train_split).")
 @click.option("--val-split", default=None, help="Validation split with GT masks (data.val_split); '' for none.")
+@classes_option
 @click.option("--out", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder.")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False), default=None,
               help="Local ViT weights file (model.backbone_weights); default random init.")
@@ -88,8 +89,8 @@ def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
 @click.option("--resume", default=None, metavar="auto|PATH",
               help="Continue RUN_DIR/last.pt (auto; starts at step 0 when there is none) or the given checkpoint.")
 @allow_changes_option
-def train_cmd(preset, config_file, overrides, seed, device, quiet, data_root, layout, split, val_split, run_dir,
-              backbone_weights, iters, batch_size, resume, allow_changes):
+def train_cmd(preset, config_file, overrides, seed, device, quiet, data_root, layout, split, val_split, class_names,
+              run_dir, backbone_weights, iters, batch_size, resume, allow_changes):
     """Train SeCo; writes RUN_DIR/config.yaml, RUN_DIR/last.pt and RUN_DIR/metrics.jsonl.
 
     Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves RUN_DIR/last.pt and exits with 130 (SIGINT) or
@@ -107,7 +108,8 @@ def train_cmd(preset, config_file, overrides, seed, device, quiet, data_root, la
         **{
             "train.seed": seed, "train.device": device, "data.root": data_root, "data.layout": layout,
             "data.train_split": split, "data.val_split": val_split, "model.backbone_weights": backbone_weights,
-            "train.iters": iters, "data.batch_size": batch_size,
+            "train.iters": iters, "data.batch_size": batch_size, "data.class_names": class_names,
+            "data.num_classes": len(class_names) if class_names else None,
         },
     )
     try:

@@ -1,8 +1,8 @@
-"""Dataset readers, training views and torch Datasets (DESIGN.md §3, §5)."""
+"""Dataset readers, training views and torch Datasets (docs/design.md §3, §5)."""
 
-from .classes import COCO_CLASSES, VOC_CLASSES, voc_palette
+from .classes import COCO_CLASSES, VOC_CLASSES, check_class_names, read_class_names, voc_palette
 from .datasets import EvalDataset, TrainDataset, collate_eval, single_label_index
-from .readers import READERS, SegmentationReader, build_reader, load_tags_file, tags_from_mask
+from .readers import READERS, SegmentationReader, build_reader, check_class_count, load_tags_file, tags_from_mask
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -23,11 +23,14 @@ __all__ = [
     "VOC_CLASSES",
     "COCO_CLASSES",
     "voc_palette",
+    "read_class_names",
+    "check_class_names",
     "READERS",
     "SegmentationReader",
     "build_reader",
     "load_tags_file",
     "tags_from_mask",
+    "check_class_count",
     "TrainViews",
     "TrainDataset",
     "EvalDataset",

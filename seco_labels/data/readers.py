@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, DataError
-from .classes import COCO_CLASSES, VOC_CLASSES
+from .classes import COCO_CLASSES, VOC_CLASSES, check_class_names
 
 __all__ = [
     "SegmentationReader",
@@ -28,6 +28,7 @@ __all__ = [
     "build_reader",
     "load_tags_file",
     "tags_from_mask",
+    "check_class_count",
 ]
 
 _LABELS_FILE = "cls_labels_onehot.npy"
@@ -135,8 +136,9 @@ class SegmentationReader:
         split_file: the list file the ids came from.
         has_masks: every listed id has a mask file.
 
-    Tags come from ``cls_labels_onehot.npy``; without that file they are derived from the masks (on first
-    use of each id, then cached). ``require_tags=False`` accepts a split without tags (a labels file or masks),
+    Class names are ``class_names`` when given (K names, background first; K is then their count), else the
+    layout's own when ``num_classes`` is its count, else ``class_1``... Tags come from ``cls_labels_onehot.npy``;
+    without that file they are derived from the masks (on first use of each id, then cached). ``require_tags=False`` accepts a split without tags (a labels file or masks),
     for exports that predict the tags; ``require_images=False`` defers a missing image to its loading, so a
     caller can skip it (``export-masks --skip-bad``).
 
@@ -154,6 +156,7 @@ class SegmentationReader:
         split: str,
         *,
         num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
         ignore_index: int = 255,
         require_masks: bool = False,
         require_images: bool = True,
@@ -164,10 +167,18 @@ class SegmentationReader:
         self.ignore_index = ignore_index
         if not self.root.is_dir():
             raise DataError(f"dataset root {self.root} is not a folder; check --data-root")
+        if class_names:
+            names = check_class_names(class_names, "data.class_names")
+            if num_classes is not None and int(num_classes) != len(names):
+                raise ConfigError(f"data.num_classes={num_classes} but data.class_names names {len(names)} classes "
+                                  f"({', '.join(names[:4])}, ...); drop one of them or make them agree")
+            num_classes = len(names)
         self.num_classes = len(self.default_classes) if num_classes is None else int(num_classes)
         if self.num_classes < 2:
             raise ConfigError(f"num_classes must count background plus at least one class, got {self.num_classes}")
-        if self.num_classes == len(self.default_classes):
+        if class_names:
+            self.class_names = list(names)
+        elif self.num_classes == len(self.default_classes):
             self.class_names = list(self.default_classes)
         else:
             self.class_names = ["background"] + [f"class_{i}" for i in range(1, self.num_classes)]
@@ -374,6 +385,38 @@ class SeCoCOCOReader(COCOReader):
         return self.root / "SegmentationClass" / self._folder(image_id) / f"{number}.png"
 
 
+def check_class_count(reader: SegmentationReader) -> None:
+    """Refuse a class count the split's masks contradict: tags derived from masks (no labels file) that use only
+    the lower half of the classes, as a 3-class dataset read with the VOC layout's 21 classes does.
+
+    A labels file fixes the count by its vectors' length (checked when it is read), and explicit class names are
+    the user's word; call this only when the classes are the layout's default. Reads every mask of the split once.
+
+    Raises:
+        DataError: no image of the split has a foreground class, or the highest class used is in the lower half
+            (names the count to set and the option that sets it).
+    """
+    if reader.labels_file is not None:
+        return
+    used = np.zeros(reader.num_classes - 1, dtype=bool)
+    for i in reader.ids:
+        used |= reader.tags(i) > 0
+    if not used.any():
+        raise DataError(
+            f"no image of split {reader.split!r} ({reader.split_file}) has a foreground class in its mask, so there "
+            "is nothing to learn; check the masks' values (class indices, 0 = background)"
+        )
+    top = int(np.flatnonzero(used)[-1]) + 1  # highest class index present
+    k = reader.num_classes
+    if 2 * top <= k - 1:
+        raise DataError(
+            f"the {len(reader)} masks of split {reader.split!r} ({reader.root}) use classes 1..{top} only, but "
+            f"{k} classes ({', '.join(reader.class_names[1:4])}, ...) are configured; name your dataset's classes "
+            f"with --classes FILE (one per line; or --set data.num_classes={top + 1}), or give the {k} names to "
+            "keep them all"
+        )
+
+
 READERS: dict[str, type[SegmentationReader]] = {
     VOCReader.layout: VOCReader,
     COCOReader.layout: COCOReader,
@@ -387,6 +430,7 @@ def build_reader(
     split: str,
     *,
     num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
     ignore_index: int = 255,
     require_masks: bool = False,
     require_images: bool = True,
@@ -394,7 +438,8 @@ def build_reader(
 ) -> SegmentationReader:
     """The reader of ``layout`` (a key of :data:`READERS`) for ``split`` under ``root``.
 
-    ``num_classes=None`` takes the layout's default (voc 21, coco 81); ``require_masks`` makes a missing mask
+    ``num_classes=None`` takes the layout's default (voc 21, coco 81), or the count of ``class_names`` (K names,
+    background first) when given; ``require_masks`` makes a missing mask
     an error at construction (evaluation needs them, training does not).
 
     Raises:
@@ -405,5 +450,5 @@ def build_reader(
         cls = READERS[layout]
     except KeyError:
         raise ConfigError(f"unknown dataset layout {layout!r}; valid layouts: {', '.join(sorted(READERS))}") from None
-    return cls(root, split, num_classes=num_classes, ignore_index=ignore_index, require_masks=require_masks,
-               require_images=require_images, require_tags=require_tags)
+    return cls(root, split, num_classes=num_classes, class_names=class_names, ignore_index=ignore_index,
+               require_masks=require_masks, require_images=require_images, require_tags=require_tags)

@@ -1,4 +1,4 @@
-"""Image normalisation and the training views of DESIGN.md §3, driven by an explicit numpy Generator.
+"""Image normalisation and the training views of docs/design.md §3, driven by an explicit numpy Generator.
 
 No torchvision random transform is used: they draw from torch's global RNG, which would make a sample depend
 on the worker that produced it. Every draw here comes from the ``rng`` argument, seeded per sample.
@@ -146,7 +146,7 @@ def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float],
 
 
 class TrainViews:
-    """The three views of one training image (DESIGN.md §3, the published VOC/COCO dataset code).
+    """The three views of one training image (docs/design.md §3, the published VOC/COCO dataset code).
 
     ``views(image, rng)`` with ``image`` (H, W, 3) uint8 returns float32 tensors, S = ``crop_size``:
 

@@ -1,4 +1,4 @@
-"""smp adapter (DESIGN.md §5): build any segmentation_models_pytorch architecture, train it on pseudo masks or GT,
+"""smp adapter (docs/design.md §5): build any segmentation_models_pytorch architecture, train it on pseudo masks or GT,
 score it with the metric code of ``seco evaluate``, and compare runs.
 
 ``segmentation_models_pytorch`` is imported only when a model is built, so importing this package is cheap.

@@ -1,4 +1,4 @@
-"""Typed configuration of ``seco fit-segmenter``: data, model, optimiser, loop (DESIGN.md §5-6).
+"""Typed configuration of ``seco fit-segmenter``: data, model, optimiser, loop (docs/design.md §5-6).
 
 Defaults are the usual DeepLab recipe on one GPU: 512 px crops, batch 8, SGD lr 0.01 (momentum 0.9, weight decay
 1e-4), poly decay (power 0.9) over 20k iterations. CPU runs pass smaller values on the command line.
@@ -33,6 +33,8 @@ class SegDataConfig:
     root: str = ""  #: dataset root; "" = the export's dataset_root (manifest_<split>.json)
     layout: str = ""  #: reader name: voc | coco | coco-seco; "" = the export's, else voc
     num_classes: int | None = None  #: K including background; None = the layout's (voc 21, coco 81)
+    #: the K class names, background first; () = the export's own names for its dataset, else the layout's
+    class_names: tuple[str, ...] = ()
     ignore_index: int = 255
     split: str = "train_aug"  #: training split (its ids must all have a label)
     val_split: str = "val"  #: GT-scored split; "" for none

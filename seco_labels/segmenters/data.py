@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..artifacts import h5_path, manifest_path, masks_dir, open_pseudo_labels, read_manifest
-from ..data.readers import SegmentationReader, build_reader
+from ..data.readers import SegmentationReader, build_reader, check_class_count
 from ..data.transforms import IMAGENET_MEAN, normalize
 from ..errors import ConfigError, DataError
 from .config import SegDataConfig
@@ -103,8 +103,10 @@ def _find_export(art: Path, split: str) -> tuple[str, Path, dict[str, Any]]:
 def _resolve(d: SegDataConfig) -> tuple[str, Path | None, Path | None, dict[str, Any]]:
     """Fill ``d.root``/``d.layout`` from the export when not given; returns (kind, where, art, attrs).
 
-    The number of classes is the dataset's (``--num-classes``, else the layout's), never taken from the export:
-    an export of other classes must fail the check, not redefine the dataset."""
+    The number of classes is the dataset's (``--num-classes``/``--classes``, else the layout's), never taken from
+    the export of another dataset: an export of other classes must fail the check, not redefine the dataset. An
+    export of this very dataset (same root and layout) brings its class names along, so a dataset trained with its
+    own ``--classes`` needs no second ``--classes`` here."""
     if d.labels == "gt":
         if not d.root:
             raise ConfigError("--labels gt trains on the GT masks of --split: pass --data-root DIR")
@@ -118,6 +120,10 @@ def _resolve(d: SegDataConfig) -> tuple[str, Path | None, Path | None, dict[str,
                               "missing); pass --data-root DIR")
         d.root = str(attrs["dataset_root"])
     d.layout = d.layout or str(attrs.get("layout") or "voc")
+    same_dataset = (attrs.get("dataset_root") and Path(d.root).resolve() == Path(attrs["dataset_root"]).resolve()
+                    and d.layout == (attrs.get("layout") or "voc"))
+    if same_dataset and not d.class_names and d.num_classes is None and attrs.get("class_names"):
+        d.class_names = tuple(attrs["class_names"])
     return kind, where, art, attrs
 
 
@@ -232,9 +238,11 @@ def open_labels(d: SegDataConfig) -> tuple[LabelSet, Dataset | None]:
             (names the file or id and what to do).
     """
     kind, where, art, attrs = _resolve(d)
-    reader = build_reader(d.layout, d.root, d.split, num_classes=d.num_classes, ignore_index=d.ignore_index,
-                          require_masks=kind == "gt", require_tags=False)
-    d.num_classes = reader.num_classes
+    reader = build_reader(d.layout, d.root, d.split, num_classes=d.num_classes, class_names=d.class_names or None,
+                          ignore_index=d.ignore_index, require_masks=kind == "gt", require_tags=False)
+    if kind == "gt" and not d.class_names:
+        check_class_count(reader)
+    d.num_classes, d.class_names = reader.num_classes, tuple(reader.class_names)
     labels = LabelSet(kind, reader, where, art, attrs)
     if kind != "gt":
         _check_classes(labels, d)
@@ -253,8 +261,8 @@ def open_val_reader(d: SegDataConfig) -> SegmentationReader | None:
     """The validation split's reader (images and GT masks required), or None without ``val_split``."""
     if not d.val_split:
         return None
-    return build_reader(d.layout, d.root, d.val_split, num_classes=d.num_classes, ignore_index=d.ignore_index,
-                        require_masks=True, require_tags=False)
+    return build_reader(d.layout, d.root, d.val_split, num_classes=d.num_classes, class_names=d.class_names or None,
+                        ignore_index=d.ignore_index, require_masks=True, require_tags=False)
 
 
 def joint_augment(image: np.ndarray, mask: np.ndarray, *, crop_size: int, scale_range: tuple[float, float],

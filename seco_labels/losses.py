@@ -1,4 +1,4 @@
-"""SeCo's loss terms as pure functions (DESIGN.md §2-3).
+"""SeCo's loss terms as pure functions (docs/design.md §2-3).
 
 Every function is device-agnostic and vectorised over rows; docstrings give the shapes. Defaults reproduce the
 published SeCo code (github.com/zwyang6/SeCo, ``model/losses.py``), quirks included and documented where they
@@ -32,7 +32,7 @@ __all__ = [
     "weight_at",
 ]
 
-UNCERTAIN = -1  #: crop tag of an uncertain crop (DESIGN.md §3 step 3); 0 is background, k >= 1 a class
+UNCERTAIN = -1  #: crop tag of an uncertain crop (docs/design.md §3 step 3); 0 is background, k >= 1 a class
 
 
 def _check_dims(name: str, t: torch.Tensor, dims: int, shape: str) -> None:
@@ -46,7 +46,7 @@ def _check_dims(name: str, t: torch.Tensor, dims: int, shape: str) -> None:
 
 
 def cls_loss(logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-    """Multi-label soft-margin loss of the image classifier (DESIGN.md §2 "Classifiers").
+    """Multi-label soft-margin loss of the image classifier (docs/design.md §2 "Classifiers").
 
     Shape:
         - logits: (B, C) foreground class logits, C = K - 1.
@@ -56,7 +56,7 @@ def cls_loss(logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
     _check_dims("logits", logits, 2, "(B, C)")
     if tags.shape != logits.shape:
         raise ValueError(f"tags shape {tuple(tags.shape)} must equal logits shape {tuple(logits.shape)}")
-    # mean_c -[y log s(x) + (1 - y) log s(-x)]  (DESIGN.md §2; F.multilabel_soft_margin_loss)
+    # mean_c -[y log s(x) + (1 - y) log s(-x)]  (docs/design.md §2; F.multilabel_soft_margin_loss)
     return F.multilabel_soft_margin_loss(logits, tags.to(logits.dtype))
 
 
@@ -80,7 +80,7 @@ def label_to_affinity(label: torch.Tensor, ignore_index: int = 255) -> torch.Ten
 
 
 def ptc_loss(tokens: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
-    """ToCo's masked patch-token contrast (DESIGN.md §3 "PTC"; published ``get_masked_ptc_loss``).
+    """ToCo's masked patch-token contrast (docs/design.md §3 "PTC"; published ``get_masked_ptc_loss``).
 
     With ``cos`` the absolute cosine similarity of every token pair of an image, and the positive/negative pair
     counts taken over the whole batch:
@@ -155,7 +155,7 @@ def seg_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255)
 def _rectify(
     pos_logits: torch.Tensor, pos: torch.Tensor, tags: torch.Tensor, ratio: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Re-tag as background the rows whose positives look like noise (DESIGN.md §3 step 6; published LIL).
+    """Re-tag as background the rows whose positives look like noise (docs/design.md §3 step 6; published LIL).
 
     For each row, the mean is taken over ALL columns of ``pos_logits`` (positives' max-shifted logits, 0 for
     every non-positive column). Since the shifted logits are <= 0, every non-positive column counts as "at or
@@ -169,7 +169,7 @@ def _rectify(
     below = (pos_logits < mean).sum(dim=1)
     # The published ratio is a Python float64 division of two counts; keep float64 where the device has it.
     dt = torch.float32 if pos_logits.device.type == "mps" else torch.float64
-    flip = below.to(dt) / (at_or_above.to(dt) + 1e-6) > ratio  # (N,) DESIGN.md §3 step 6: ratio > 10
+    flip = below.to(dt) / (at_or_above.to(dt) + 1e-6) > ratio  # (N,) docs/design.md §3 step 6: ratio > 10
     revised = torch.where(flip, torch.zeros_like(tags), tags)
     pos = pos & ~flip[:, None]
     pos_logits = torch.where(flip[:, None], torch.zeros_like(pos_logits), pos_logits)
@@ -187,7 +187,7 @@ def lil_loss(
     rectify_ratio: float = 10.0,
     variant: Literal["code", "supcon"] = "code",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Local-to-local supervised contrast of student crops against teacher keys (LIL, DESIGN.md §3 step 5).
+    """Local-to-local supervised contrast of student crops against teacher keys (LIL, docs/design.md §3 step 5).
 
     Tags: -1 uncertain, 0 background, k >= 1 class k. A pair (i, j) is positive when ``q_tags[i] ==
     key_tags[j]`` (background-background pairs are positives) and row i is not uncertain. Rows tagged -1
@@ -223,7 +223,7 @@ def lil_loss(
         q_tags: (N,) long crop tags.
         key_tags: (M,) long key tags.
         tau: temperature (0.08 in SeCo).
-        rectify: re-tag noisy rows as background (DESIGN.md §3 step 6).
+        rectify: re-tag noisy rows as background (docs/design.md §3 step 6).
         rectify_ratio: the below/above-mean count ratio that triggers rectification (10).
         variant: ``"code"`` (published normalisation) or ``"supcon"`` (paper).
 
@@ -254,7 +254,7 @@ def lil_loss(
     row_ok = q_tags != UNCERTAIN  # (N,)
     col_ok = key_tags != UNCERTAIN  # (M,)
 
-    logits = torch.matmul(q, keys.T) / tau  # (N, M) scaled similarities (DESIGN.md §3 step 5)
+    logits = torch.matmul(q, keys.T) / tau  # (N, M) scaled similarities (docs/design.md §3 step 5)
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()  # published: max over all columns, <= 0
     zero = torch.zeros_like(logits)
     logits = torch.where(row_ok[:, None], logits, zero)  # published zeroes uncertain rows before masking
@@ -290,7 +290,7 @@ def lil_loss(
 
 
 def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau: float) -> torch.Tensor:
-    """Local-to-global contrast of student crops against class prototypes (LIG, DESIGN.md §3 step 4).
+    """Local-to-global contrast of student crops against class prototypes (LIG, docs/design.md §3 step 4).
 
     Reproduces the published ``LIG_Loss``. With ``l = q @ prototypes.T / tau`` (raw logits: the published code
     computes a max shift and then discards it), a crop tagged k >= 1 has the single positive prototype k-1;
@@ -323,7 +323,7 @@ def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau:
     if tags.numel() and (int(tags.min()) < UNCERTAIN or int(tags.max()) > c):
         raise ValueError(f"tags must lie in -1..{c} (C = {c} prototypes), got {tags.tolist()}")
 
-    logits = torch.matmul(q, prototypes.T) / tau  # (N, C) (DESIGN.md §3 step 4)
+    logits = torch.matmul(q, prototypes.T) / tau  # (N, C) (docs/design.md §3 step 4)
     classes = torch.arange(1, c + 1, device=tags.device)  # prototype column j is class j + 1
     pos = tags[:, None] == classes[None, :]  # (N, C) own-class prototype; tags 0 / -1 match none
     present = global_sum(pos.any(dim=0).long()) > 0  # (C,) classes tagged somewhere in the (global) batch
@@ -506,5 +506,5 @@ def crf_energy_loss(
 
 
 def weight_at(step: int, weight: float, start: int) -> float:
-    """A loss term's weight at ``step``: ``weight`` from ``start`` on, 0 before (DESIGN.md §3 schedule)."""
+    """A loss term's weight at ``step``: ``weight`` from ``start`` on, 0 before (docs/design.md §3 schedule)."""
     return float(weight) if step >= start else 0.0

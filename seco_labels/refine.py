@@ -1,10 +1,10 @@
-"""Pixel-adaptive refinement (PAR) and background thresholds for pseudo masks (DESIGN.md §4).
+"""Pixel-adaptive refinement (PAR) and background thresholds for pseudo masks (docs/design.md §4).
 
 Defaults reproduce the published SeCo/ToCo code (``model/PAR.py``; ``refine_cams_with_bkg_v2`` in
 ``utils/camutils.py``). Everything is device-agnostic and batched: one PAR call per batch covers every image and
 both background thresholds. Labels: 0 background, k >= 1 class k, ``ignore_index`` (255) ignored.
 
-The optional dense CRF (:func:`dense_crf`, :func:`crf_refine_mask`; DESIGN.md §4) runs on the CPU in NumPy through
+The optional dense CRF (:func:`dense_crf`, :func:`crf_refine_mask`; docs/design.md §4) runs on the CPU in NumPy through
 ``pydensecrf2`` (``pip install "seco-labels[crf]"``), imported only when called, so the package works without it.
 """
 
@@ -28,7 +28,7 @@ NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 
 
 
 class PAR(nn.Module):
-    """Pixel-adaptive refinement (ToCo/SeCo; DESIGN.md §4): propagate masks along local RGB + position affinities.
+    """Pixel-adaptive refinement (ToCo/SeCo; docs/design.md §4): propagate masks along local RGB + position affinities.
 
     Each pixel has ``N = 8 * len(dilations)`` neighbours, the 8-neighbourhood scaled by each dilation ``d``
     (replicate padding at the borders). Affinity to neighbour ``j`` (published ``PAR.forward``)::
@@ -94,10 +94,11 @@ class PAR(nn.Module):
             torch.sub(nb, images, out=diff[:, :, j])
         # std over neighbours is shift-invariant: std_j(I_j - I) = std_j(I_j) (published: std of the neighbours)
         std = diff.std(dim=2, keepdim=True)  # (B, 3, 1, h, w), unbiased
-        rgb = diff.abs_().div_(std + 1e-8).div_(self.w_rgb).pow_(2).neg_()  # DESIGN §4 RGB affinity
+        rgb = diff.abs_().div_(std + 1e-8).div_(self.w_rgb).pow_(2).neg_()  # docs/design.md §4 RGB affinity
         rgb = rgb.mean(dim=1, keepdim=True).softmax(dim=2)  # (B, 1, N, h, w)
         dist = self.distance.to(images.dtype)  # (N,) pixels
-        pos = (-((dist / (dist.std() + 1e-8) / self.w_rgb) ** 2)).softmax(dim=0)  # DESIGN §4 positional affinity
+        # docs/design.md §4: positional affinity
+        pos = (-((dist / (dist.std() + 1e-8) / self.w_rgb) ** 2)).softmax(dim=0)
         return rgb.add_(self.w_pos * pos[:, None, None])
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -146,7 +147,7 @@ def refine_with_background(
     box: torch.Tensor | None = None,
     down_scale: int = 2,
 ) -> torch.Tensor:
-    """PAR-refined pseudo label with high/low background thresholds (DESIGN.md §4; ``refine_cams_with_bkg_v2``).
+    """PAR-refined pseudo label with high/low background thresholds (docs/design.md §4; ``refine_cams_with_bkg_v2``).
 
     For each threshold ``t`` in (high, low): a constant background channel ``t`` is put before the CAMs, the maps
     are resized (bilinear) to ``(H // down_scale, W // down_scale)``, only background and the image's tagged

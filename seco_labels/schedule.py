@@ -1,4 +1,4 @@
-"""Learning-rate schedule as a pure function of the step (DESIGN.md §3; published PolyWarmupAdamW)."""
+"""Learning-rate schedule as a pure function of the step (docs/design.md §3; published PolyWarmupAdamW)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Multi-scale CAMs, CAM thresholds and patch decomposition (seco_labels.cams; DESIGN.md §3-4)."""
+"""Multi-scale CAMs, CAM thresholds and patch decomposition (seco_labels.cams; docs/design.md §3-4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Optional dense-CRF refinement (seco_labels.refine.dense_crf / crf_refine_mask; DESIGN.md §4) on real VOC images."""
+"""Optional dense-CRF refinement (seco_labels.refine.dense_crf / crf_refine_mask; docs/design.md §4) on real VOC
+images."""
 
 from __future__ import annotations
 

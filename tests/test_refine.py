@@ -1,4 +1,4 @@
-"""PAR and the background-threshold pseudo labels (seco_labels.refine; DESIGN.md §4)."""
+"""PAR and the background-threshold pseudo labels (seco_labels.refine; docs/design.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A timm ViT wrapped to return what SeCo needs: class token, final tokens, auxiliary-layer tokens (DESIGN.md §2)."""
+"""A timm ViT wrapped to return what SeCo needs: class token, final tokens, auxiliary-layer tokens
+(docs/design.md §2)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ class ViTEncoder(nn.Module):
         depth = len(vit.blocks)
         if not -depth <= aux_layer < depth:
             raise ConfigError(f"model.aux_layer={aux_layer} is out of range for {name} with {depth} blocks")
-        # The positional embedding is interpolated, never learnt (DESIGN.md §2).
+        # The positional embedding is interpolated, never learnt (docs/design.md §2).
         vit.pos_embed.requires_grad_(False)
         self.vit = vit
         self.aux_index = aux_layer % depth

@@ -1,4 +1,4 @@
-"""Heads on top of the encoder: ASPP decoder and projection MLP (DESIGN.md §2)."""
+"""Heads on top of the encoder: ASPP decoder and projection MLP (docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SeCo's two memories: the FIFO key reservoir with its tags, and the class prototypes (DESIGN.md §3 steps 4-5).
+"""SeCo's two memories: the FIFO key reservoir with its tags, and the class prototypes (docs/design.md §3 steps 4-5).
 
 Both keep their state in ``register_buffer``s, so it is checkpointed with the model. Both take the keys of
 *this process*; ``gather`` (by default :func:`~seco_labels.distributed.all_gather_cat`: identity in a single

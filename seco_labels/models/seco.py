@@ -1,5 +1,5 @@
 """The SeCo network: encoder, two max-pool classifiers, ASPP decoder, projection head, EMA local teacher,
-key reservoir and class prototypes (DESIGN.md §2-3). The training step that wires them is in ``train.py``."""
+key reservoir and class prototypes (docs/design.md §2-3). The training step that wires them is in ``train.py``."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ class SeCoNet(nn.Module):
         return self._pooled_logits(tokens, aux_tokens)
 
     def _pooled_logits(self, tokens: torch.Tensor, aux_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Global max pooling then the 1x1 conv equals max over the CAM only for the pooled logits (DESIGN §2).
+        # Global max pooling then the 1x1 conv equals max over the CAM only for the pooled logits (docs/design.md §2).
         return (self.classifier(F.adaptive_max_pool2d(tokens, 1)).flatten(1),
                 self.aux_classifier(F.adaptive_max_pool2d(aux_tokens, 1)).flatten(1))
 

@@ -81,6 +81,11 @@ def test_config_diff_uses_dotted_keys_and_compares_kwargs_whole():
         ConfigChange("model.backbone_kwargs", {}, {"depth": 2}),
         ConfigChange("optim.lr", 2e-4, 1e-3),
     ]
+    older = config_to_dict(get_preset("demo"))  # a checkpoint written before data.class_names existed
+    del older["data"]["class_names"]
+    assert diff_configs(older, a) == []  # the new key at its default is no change
+    a["data"]["class_names"] = ["background", "person"]
+    assert diff_configs(older, a) == [ConfigChange("data.class_names", None, ["background", "person"])]
 
 
 def test_change_rules_refuse_allow_and_record(tmp_path):

@@ -108,7 +108,8 @@ def test_rerun_with_other_settings_is_refused_until_overwrite(checkpoint, voc_ro
 def test_uneven_scale_is_refused(checkpoint, tmp_path):
     res = CliRunner().invoke(cli, ["segment", "--checkpoint", str(checkpoint), "--split", "val", "--out",
                                    str(tmp_path), "--input-size", "64", "--scales", "1.0,1.1", "--device", "cpu"])
-    assert res.exit_code == 2 and "input size 64 at scale 1.1 gives 70 px, not a multiple" in res.output
+    assert res.exit_code == 2 and "--input-size 64 at scale 1.1 gives 70 px, not a multiple" in res.output
+    assert "set --input-size to 160 (the nearest sizes where every scale of [1.0, 1.1] gives" in res.output
 
 
 def test_crf_post_processing_changes_few_pixels(checkpoint, voc_root, tmp_path):

@@ -167,6 +167,19 @@ def _comparable(attrs: dict[str, Any]) -> dict[str, Any]:
                                  default=str))
 
 
+def settings_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for each recorded setting that differs between two runs into one folder (a manifest's
+    ``before``, this run's ``after``); the whole ``config`` shows as one line. Empty when they agree.
+
+    The volatile keys (creation time, package version) do not count, nor keys only one side has: another package
+    version added or removed them, so they cannot disagree.
+    """
+    old, new = _comparable(before), _comparable(after)
+    diff = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    shown = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff if k != "config"]
+    return shown + (["the checkpoint's config differs"] if "config" in diff else [])
+
+
 # -- writer --------------------------------------------------------------------------------------------------
 class ArtifactWriter:
     """Writes one split's artifacts; resumable, and never leaves a half-written file in place of a good one.
@@ -178,6 +191,7 @@ class ArtifactWriter:
         formats: ``"h5"`` and/or ``"png"``.
         overwrite: drop this split's earlier outputs first instead of resuming them.
         queue_size: images waiting for the background thread before :meth:`add` blocks.
+        verb: what made the outputs, for the settings message (``exported``; ``segmented`` by seco segment).
         is_primary: False in every torchrun process but rank 0. All processes write their images' parts and PNGs
             into the same folder; rank 0 alone prepares it and assembles the HDF5 file in :meth:`finalize`, which
             every process calls (it waits for all of them), so the result does not depend on the process count.
@@ -188,8 +202,9 @@ class ArtifactWriter:
 
     def __init__(self, out_dir: str | Path, split: str, attrs: dict[str, Any], *,
                  formats: Iterable[str] = ("h5", "png"), overwrite: bool = False, queue_size: int = 8,
-                 is_primary: bool = True) -> None:
+                 verb: str = "exported", is_primary: bool = True) -> None:
         self.out_dir = Path(out_dir)
+        self.verb = verb
         self.split = split
         self.formats = tuple(formats)
         if not self.formats or set(self.formats) - {"h5", "png"}:
@@ -238,16 +253,11 @@ class ArtifactWriter:
             before, where = ArtifactFile(self.h5).attrs, self.h5
         if before is None:
             return
-        old, new = _comparable(before), _comparable(self.attrs)
-        # keys only one side has were added by another package version; they cannot disagree
-        diff = sorted(k for k in set(old) & set(new) if old[k] != new[k])
-        if diff:
-            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4] if k != "config")
-            if "config" in diff:
-                shown = (shown + "; " if shown else "") + "the checkpoint's config differs"
+        changes = settings_changes(before, self.attrs)
+        if changes:
             raise ConfigError(
-                f"{self.out_dir} already holds split {self.split!r} exported with other settings ({where}): {shown}. "
-                "Pass --overwrite to redo it, or export to another --out"
+                f"{self.out_dir} already holds split {self.split!r} {self.verb} with other settings ({where}): "
+                f"{'; '.join(changes[:5])}. Pass --overwrite to redo it, or write to another --out"
             )
 
     # -- progress --------------------------------------------------------------------------------------

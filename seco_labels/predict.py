@@ -35,10 +35,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__
-from .artifacts import _comparable, manifest_path, read_manifest, save_mask_png
+from .artifacts import manifest_path, read_manifest, save_mask_png, settings_changes
 from .config import load_config_file
 from .data import build_reader, normalize
-from .data.readers import READERS, SegmentationReader, _decode
+from .data.readers import READERS, SegmentationReader, decode_image
 from .errors import CheckpointError, ConfigError, DataError
 from .export import load_trained_model
 from .cams import check_scales
@@ -46,7 +46,7 @@ from .io import atomic_path, atomic_write_text, sha256_file
 from .refine import dense_crf, require_crf
 from .segment import SEG_SCALES, multi_scale_seg_logits
 from .segmenters import forward_logits, predict_mask, size_multiple
-from .show import _PALETTE, _blend
+from .show import VOC_COLORS, blend
 from .train import resolve_device
 
 __all__ = [
@@ -135,7 +135,7 @@ class ImageFolder:
 
     def load_image(self, image_id: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB (grey, RGBA, palette images converted); DataError naming an unreadable file."""
-        img = _decode(self._paths[image_id], "image")
+        img = decode_image(self._paths[image_id], "image")
         return np.array(img.convert("RGB") if img.mode != "RGB" else img)
 
 
@@ -352,7 +352,7 @@ def split_images(predictor: Predictor, split: str, *, data_root: str | None = No
 def overlay_image(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """(H, W, 3) uint8: the image blended with the VOC colour of each pixel's class (``alpha`` = colour weight);
     background (0) pixels keep the image, so the objects stand out."""
-    blended = _blend(image, _PALETTE[mask], alpha)
+    blended = blend(image, VOC_COLORS[mask], alpha)
     return np.where((mask == 0)[..., None], image, blended)
 
 
@@ -367,10 +367,9 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     before = read_manifest(out, MANIFEST_NAME)
     if before is None:
         return
-    old, new = _comparable(before), _comparable(settings)
-    diff = sorted(k for k in set(old) & set(new) if old[k] != new[k])
-    if diff:
-        shown = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff[:4])
+    changes = settings_changes(before, settings)
+    if changes:
+        shown = "; ".join(changes[:5])
         raise ConfigError(f"{out} already holds predictions made with other settings "
                           f"({manifest_path(out, MANIFEST_NAME)}): {shown}. Pass --overwrite to predict every image "
                           "again, or choose another --out")

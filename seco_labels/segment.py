@@ -115,7 +115,7 @@ def segment_split(
     if overwrite:
         report.unlink(missing_ok=True)  # it describes the masks about to be deleted
     start = time.perf_counter()
-    with ArtifactWriter(out, split, attrs, formats=("png",), overwrite=overwrite) as writer:
+    with ArtifactWriter(out, split, attrs, formats=("png",), overwrite=overwrite, verb="segmented") as writer:
         done = writer.done_ids()
         todo = [i for i in reader.ids if i not in done]
         for image_id in tqdm(todo, desc=f"segment {split}", unit="img", disable=quiet or not sys.stderr.isatty()):

@@ -22,14 +22,15 @@ from .errors import DataError
 from .io import atomic_path
 from .plots import font
 
-__all__ = ["ShowPanel", "StripLayout", "heat_colors", "panels_for", "fit_text", "layout_strip", "draw_strip",
-           "write_strips", "ERROR_COLORS", "UNCERTAIN_COLOR", "CAPTION_SIZES"]
+__all__ = ["ShowPanel", "StripLayout", "heat_colors", "blend", "panels_for", "fit_text", "layout_strip", "draw_strip",
+           "write_strips", "ERROR_COLORS", "UNCERTAIN_COLOR", "VOC_COLORS", "CAPTION_SIZES"]
 
 #: error-map colours (RGB): prediction right, wrong, uncertain (255) on a labelled pixel, GT ignored
 ERROR_COLORS = {"right": (40, 170, 60), "wrong": (220, 30, 30), "uncertain": (240, 200, 0), "ignored": (128, 128, 128)}
-_PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+#: (256, 3) uint8 RGB of each class index in the VOC palette: ``VOC_COLORS[mask]`` colours a label map
+VOC_COLORS = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
 #: colour of 255 ("uncertain" in a pseudo mask, "no label" in a GT mask) in the VOC palette: beige
-UNCERTAIN_COLOR: tuple[int, int, int] = tuple(int(v) for v in _PALETTE[255])  # type: ignore[assignment]
+UNCERTAIN_COLOR: tuple[int, int, int] = tuple(int(v) for v in VOC_COLORS[255])  # type: ignore[assignment]
 #: font sizes (px) tried in turn for a caption that does not fit its panel on one line
 CAPTION_SIZES = (13, 12, 11, 10, 9)
 # "jet"-like ramp: dark blue -> blue -> cyan -> yellow -> red -> dark red, at evenly spaced stops
@@ -79,7 +80,8 @@ def heat_colors(cam: np.ndarray) -> np.ndarray:
     return ((1 - t) * _HEAT_STOPS[lo] + t * _HEAT_STOPS[lo + 1]).round().astype(np.uint8)
 
 
-def _blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
+def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
+    """``(1 - alpha) * image + alpha * color``, rounded: two (H, W, 3) uint8 pictures -> (H, W, 3) uint8."""
     return (image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha).round().astype(np.uint8)
 
 
@@ -117,11 +119,11 @@ def panels_for(
     if cams is not None and keys is not None:
         for cam, key in zip(cams, keys):
             name = class_names[int(key)] if 0 <= int(key) < len(class_names) else str(int(key))
-            panels.append(ShowPanel(f"CAM: {name}", _blend(image, heat_colors(cam), 0.6)))
-    panels.append(ShowPanel("pseudo mask", _PALETTE[mask.astype(np.uint8)], label_map=True,
+            panels.append(ShowPanel(f"CAM: {name}", blend(image, heat_colors(cam), 0.6)))
+    panels.append(ShowPanel("pseudo mask", VOC_COLORS[mask.astype(np.uint8)], label_map=True,
                             legend=(("uncertain (255)", UNCERTAIN_COLOR),)))
     if gt is not None:
-        panels.append(ShowPanel("ground truth", _PALETTE[gt.astype(np.uint8)], label_map=True,
+        panels.append(ShowPanel("ground truth", VOC_COLORS[gt.astype(np.uint8)], label_map=True,
                                 legend=(("no label (255)", UNCERTAIN_COLOR),)))
         labelled = gt != ignore_index
         err = np.empty((h, w, 3), np.uint8)
@@ -132,7 +134,7 @@ def panels_for(
         # the caption stays short (narrow portrait panels); the legend says what each colour means
         key = (("right", ERROR_COLORS["right"]), ("wrong", ERROR_COLORS["wrong"]),
                ("uncertain", ERROR_COLORS["uncertain"]), ("no GT label", ERROR_COLORS["ignored"]))
-        panels.append(ShowPanel("errors", _blend(image, err, 0.7), legend=key))
+        panels.append(ShowPanel("errors", blend(image, err, 0.7), legend=key))
     return panels
 
 

@@ -81,8 +81,8 @@ def test_rerun_with_other_settings_is_refused_until_overwrite(checkpoint, voc_ro
     other = [a if a != "1.0,1.5" else "1.0" for a in args]
     res = CliRunner().invoke(cli, other)
     assert res.exit_code == 2
-    assert (f"{out} already holds split 'val' exported with other settings ({out / 'manifest_val.json'}): "
-            "scales: [1.0, 1.5] -> [1.0]. Pass --overwrite to redo it, or export to another --out") in res.output
+    assert (f"{out} already holds split 'val' segmented with other settings ({out / 'manifest_val.json'}): "
+            "scales: [1.0, 1.5] -> [1.0]. Pass --overwrite to redo it, or write to another --out") in res.output
     res = CliRunner().invoke(cli, args + ["--no-flip"])
     assert res.exit_code == 2 and "flip: True -> False" in res.output
     assert {p.name: p.read_bytes() for p in (out / "masks_val").glob("*.png")} == before  # nothing touched

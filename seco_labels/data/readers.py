@@ -29,6 +29,7 @@ __all__ = [
     "load_tags_file",
     "tags_from_mask",
     "check_class_count",
+    "decode_image",
 ]
 
 _LABELS_FILE = "cls_labels_onehot.npy"
@@ -107,7 +108,7 @@ def tags_from_mask(mask: np.ndarray, num_classes: int, ignore_index: int = 255) 
     return tags
 
 
-def _decode(path: Path, what: str) -> Image.Image:
+def decode_image(path: Path, what: str) -> Image.Image:
     """Open and fully decode an image file; any decoder failure becomes a DataError naming the file."""
     img = None
     try:
@@ -276,7 +277,7 @@ class SegmentationReader:
 
     def load_image(self, image_id: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB; grey, RGBA, CMYK and palette images are converted."""
-        img = _decode(self.image_path(image_id), "image")
+        img = decode_image(self.image_path(image_id), "image")
         return np.array(img.convert("RGB") if img.mode != "RGB" else img)  # writable, unlike np.asarray
 
     def load_mask(self, image_id: str, image_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -286,7 +287,7 @@ class SegmentationReader:
         else read from the image header.
         """
         path = self.mask_path(image_id)
-        img = _decode(path, "mask")
+        img = decode_image(path, "mask")
         if img.mode not in ("P", "L", "I", "I;16"):
             raise DataError(
                 f"mask {path} of {image_id} has mode {img.mode}; masks must hold class indices in one channel "

@@ -29,22 +29,21 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__
 from .artifacts import manifest_path, read_manifest, save_mask_png, settings_changes
+from .cams import check_scales
 from .config import load_config_file
-from .data import build_reader, normalize
+from .data import build_reader
 from .data.readers import READERS, SegmentationReader, decode_image
 from .errors import CheckpointError, ConfigError, DataError
 from .export import load_trained_model
-from .cams import check_scales
 from .io import atomic_path, atomic_write_text, sha256_file
-from .refine import dense_crf, require_crf
-from .segment import SEG_SCALES, multi_scale_seg_logits
+from .refine import require_crf
+from .segment import SEG_SCALES, segment_image
 from .segmenters import forward_logits, predict_mask, size_multiple
 from .show import VOC_COLORS, blend
 from .train import resolve_device
@@ -202,17 +201,9 @@ class SecoPredictor(Predictor):
     flip: bool = True
     crf: bool = False
 
-    @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:
-        # the per-image body of segment.segment_split (which has no per-image function to call)
-        x = F.interpolate(normalize(image)[None], size=(self.input_size, self.input_size), mode="bilinear",
-                          align_corners=False).to(self.device)
-        logits = multi_scale_seg_logits(self.model, x, self.scales, image.shape[:2], flip=self.flip)[0]  # (K, H, W)
-        if self.crf:
-            pred = dense_crf(np.ascontiguousarray(image), logits.softmax(0).cpu().numpy()).argmax(0)
-        else:
-            pred = logits.argmax(0).cpu().numpy()
-        return pred.astype(np.uint8)
+        return segment_image(self.model, image, input_size=self.input_size, scales=self.scales, flip=self.flip,
+                             crf=self.crf, device=self.device)
 
 
 def _model_kind(path: Path) -> tuple[str, Path]:

@@ -31,7 +31,7 @@ from .models import SeCoNet
 from .refine import dense_crf, require_crf
 from .train import resolve_device
 
-__all__ = ["SEG_SCALES", "multi_scale_seg_logits", "segment_split"]
+__all__ = ["SEG_SCALES", "multi_scale_seg_logits", "segment_image", "segment_split"]
 
 #: published segmentation inference scales (multiples of the training crop size)
 SEG_SCALES: tuple[float, ...] = (1.0, 1.25, 1.5)
@@ -57,6 +57,21 @@ def multi_scale_seg_logits(model: SeCoNet, x: torch.Tensor, scales: Sequence[flo
             seg = seg[: x.shape[0]] + seg[x.shape[0] :].flip(-1)  # published: sum of image and mirror logits
         per_scale.append(seg)
     return torch.stack(per_scale).amax(dim=0)
+
+
+@torch.no_grad()
+def segment_image(model: SeCoNet, rgb: np.ndarray, *, input_size: int, scales: Sequence[float] = SEG_SCALES,
+                  flip: bool = True, crf: bool = False, device: torch.device | str = "cpu") -> np.ndarray:
+    """The paper's segmentation of one image: ``rgb`` (H, W, 3) uint8 resized to ``input_size`` squared,
+    :func:`multi_scale_seg_logits` back at (H, W), optionally dense-CRF refined, argmax -> (H, W) uint8 classes."""
+    x = F.interpolate(normalize(rgb)[None], size=(input_size, input_size), mode="bilinear",
+                      align_corners=False).to(device)
+    logits = multi_scale_seg_logits(model, x, scales, rgb.shape[:2], flip=flip)[0]  # (K, H, W)
+    if crf:
+        pred = dense_crf(np.ascontiguousarray(rgb), logits.softmax(0).cpu().numpy()).argmax(0)
+    else:
+        pred = logits.argmax(0).cpu().numpy()
+    return pred.astype(np.uint8)
 
 
 def segment_split(
@@ -119,16 +134,10 @@ def segment_split(
         done = writer.done_ids()
         todo = [i for i in reader.ids if i not in done]
         for image_id in tqdm(todo, desc=f"segment {split}", unit="img", disable=quiet or not sys.stderr.isatty()):
-            rgb = reader.load_image(image_id)
-            x = F.interpolate(normalize(rgb)[None], size=(size, size), mode="bilinear", align_corners=False).to(dev)
-            logits = multi_scale_seg_logits(model, x, scales, rgb.shape[:2], flip=flip)[0]  # (K, H, W)
-            if crf:
-                probs = dense_crf(np.ascontiguousarray(rgb), logits.softmax(0).cpu().numpy())
-                pred = probs.argmax(0)
-            else:
-                pred = logits.argmax(0).cpu().numpy()
+            pred = segment_image(model, reader.load_image(image_id), input_size=size, scales=scales, flip=flip,
+                                 crf=crf, device=dev)
             # no CAMs here: an empty (0, H, W) CAM, which a PNG-only writer never stores
-            writer.add(image_id, np.zeros((0, *pred.shape), np.float16), np.zeros(0, np.int64), pred.astype(np.uint8))
+            writer.add(image_id, np.zeros((0, *pred.shape), np.float16), np.zeros(0, np.int64), pred)
     cfg.data.root, cfg.data.layout = str(root), lay
     save_config(cfg, out / "config.yaml")
     result = {"split": split, "images": len(reader.ids), "segmented": len(todo),

@@ -343,7 +343,7 @@ def test_fit_segmenter_sigterm_saves_resumes_logs_plain_lines_and_refuses_change
     done = subprocess.run([*cmd, "--resume", "auto", "--quiet"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"{run} already finished at step {iters}/{iters}; nothing to do" in done.stdout
-    assert f"last logged: lr " in done.stdout and "steps 30" in done.stdout
+    assert "last logged: lr " in done.stdout and "steps 30" in done.stdout
 
 
 def _torchrun_workers(pid: int) -> dict[int, int]:

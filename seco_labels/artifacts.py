@@ -41,7 +41,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .data.classes import voc_palette
-from .data.readers import build_reader
+from .data.readers import build_reader, check_image_id, decode_image
 from .distributed import barrier
 from .errors import ConfigError, DataError
 from .io import atomic_path, atomic_write_bytes, atomic_write_text
@@ -96,9 +96,13 @@ def read_manifest(art: str | Path, split: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{path} is unreadable ({e}); delete it and export again with --overwrite") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} holds a JSON {type(manifest).__name__}, not the settings object; delete it and "
+                        "export again with --overwrite")
+    return manifest
 
 
 # -- encoding ------------------------------------------------------------------------------------------------
@@ -280,8 +284,9 @@ class ArtifactWriter:
         """Queue one image: ``cam`` (k, H, W) float in [0, 1], ``keys`` (k,) class indices 1..K-1 of its channels,
         ``mask`` (H, W) uint8 with 255 = ignore. Blocks while the queue is full; re-raises a writer failure."""
         self._raise_pending()
-        if "/" in image_id or image_id.startswith("."):
-            raise DataError(f"image id {image_id!r} cannot name a file; ids must not contain '/' or start with '.'")
+        # readers already refuse such ids in split lists; checked again here because this is where files are
+        # named, whatever the caller (defence in depth)
+        check_image_id(image_id, fix="or rename the image")
         cam = np.asarray(cam)
         if cam.ndim != 3 or cam.shape[0] != len(keys) or cam.shape[1:] != mask.shape:
             raise ValueError(f"{image_id}: cam {cam.shape}, keys {len(keys)} and mask {mask.shape} disagree")
@@ -405,13 +410,18 @@ class ArtifactWriter:
 
 
 # -- reading -------------------------------------------------------------------------------------------------
+#: what h5py raises on a damaged file: mostly OSError, but corrupt metadata can surface as any of these
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
+
+
 class ArtifactFile:
     """One ``cams_<split>.h5``: masks and CAMs by image id (a ``seco evaluate`` mask and CAM source).
 
     The file is opened on first use in each process (safe to pickle into DataLoader workers).
 
     Raises:
-        DataError: the file is missing, not HDF5, truncated, of a newer format, or lacks an id.
+        DataError: the file is missing, not HDF5, truncated or damaged, of a newer format, lacks an id, or holds a
+            mask or CAM of the wrong type or shape (names the file, and the id where there is one).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -420,13 +430,27 @@ class ArtifactFile:
         self._file: h5py.File | None = None
         self._pid: int | None = None
         f = self._h5()
-        if "format_version" not in f.attrs or "masks" not in f or "cams" not in f:
-            raise DataError(f"{self.path} is not a seco_labels artifact (no format_version, /cams or /masks)")
-        version = int(f.attrs["format_version"])
+        try:
+            complete = ("format_version" in f.attrs and isinstance(f.get("masks"), h5py.Group)
+                        and isinstance(f.get("cams"), h5py.Group))
+            if not complete:
+                raise DataError(f"{self.path} is not a seco_labels artifact (no format_version, /cams or /masks)")
+            version = int(f.attrs["format_version"])
+            self.attrs = _read_root_attrs(f)
+        except DataError:
+            self.close()
+            raise
+        except _H5_ERRORS as e:
+            self.close()
+            raise self._damaged(e) from None
         if version > FORMAT_VERSION:
+            self.close()
             raise DataError(f"{self.path} has format version {version}; this seco_labels reads up to "
                             f"{FORMAT_VERSION}: upgrade seco-labels")
-        self.attrs = _read_root_attrs(f)
+
+    def _damaged(self, e: BaseException, image_id: str | None = None) -> DataError:
+        what = f" (reading {image_id})" if image_id is not None else ""
+        return DataError(f"artifact {self.path} is unreadable or damaged{what}: {e}; export it again")
 
     def _h5(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
@@ -434,7 +458,7 @@ class ArtifactFile:
                 raise DataError(f"artifact {self.path} not found; run seco export-masks first")
             try:
                 self._file = h5py.File(self.path, "r")
-            except OSError as e:
+            except _H5_ERRORS as e:
                 raise DataError(f"artifact {self.path} is unreadable or truncated ({e}); export it again") from None
             self._pid = os.getpid()
         return self._file
@@ -450,22 +474,51 @@ class ArtifactFile:
             self._file = None
 
     def ids(self) -> set[str]:
-        return set(self._h5()["masks"].keys())
+        try:
+            return set(self._h5()["masks"].keys())
+        except _H5_ERRORS as e:
+            raise self._damaged(e) from None
 
     def _get(self, group: str, image_id: str) -> h5py.Dataset:
         try:
-            return self._h5()[group][image_id]
-        except KeyError:
-            raise DataError(f"image {image_id!r} is not in {self.path} (/{group}); export it first") from None
+            grp = self._h5()[group]
+            present = image_id in grp
+            ds = grp[image_id] if present else None
+        except _H5_ERRORS as e:
+            raise self._damaged(e, image_id) from None
+        if ds is None:
+            raise DataError(f"image {image_id!r} is not in {self.path} (/{group}); export it first")
+        if not isinstance(ds, h5py.Dataset):
+            raise DataError(f"/{group}/{image_id} in {self.path} is a {type(ds).__name__}, not a dataset; "
+                            "export it again")
+        return ds
 
     def load_mask(self, image_id: str) -> np.ndarray:
         """(H, W) uint8 pseudo mask, 255 = ignore."""
-        return self._get("masks", image_id)[()]
+        ds = self._get("masks", image_id)
+        try:
+            mask = ds[()]
+        except _H5_ERRORS as e:
+            raise self._damaged(e, image_id) from None
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.ndim != 2 or 0 in mask.shape:
+            raise DataError(f"mask of {image_id} in {self.path} is {getattr(mask, 'dtype', type(mask).__name__)} "
+                            f"{getattr(mask, 'shape', '')}, not a (H, W) uint8 mask; export it again")
+        return mask
 
     def load_cam(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """``(cam (k, H, W) float32 in [0, 1], keys (k,) int64)``; keys are the channels' class indices 1..K-1."""
         ds = self._get("cams", image_id)
-        return ds[()].astype(np.float32), np.asarray(ds.attrs["keys"], dtype=np.int64)
+        try:
+            cam = ds[()]
+            keys = np.asarray(ds.attrs["keys"])
+        except _H5_ERRORS as e:
+            raise self._damaged(e, image_id) from None
+        if (not isinstance(cam, np.ndarray) or cam.dtype.kind != "f" or cam.ndim != 3 or keys.ndim != 1
+                or keys.dtype.kind not in "iu" or keys.shape[0] != cam.shape[0]):
+            raise DataError(f"CAM of {image_id} in {self.path} is {getattr(cam, 'dtype', '?')} "
+                            f"{getattr(cam, 'shape', '?')} with keys {keys.dtype} {keys.shape}, not (k, H, W) floats "
+                            "with k class keys; export it again")
+        return cam.astype(np.float32), keys.astype(np.int64)
 
 
 class PseudoLabels(Dataset):
@@ -479,6 +532,8 @@ class PseudoLabels(Dataset):
     def __init__(self, masks: ArtifactFile | Path, reader, ids: list[str], attrs: dict[str, Any], *,
                  with_cams: bool = False, transform: Callable[..., Any] | None = None) -> None:
         self._masks = masks
+        #: where the masks come from, for messages
+        self.source_name = masks.name if isinstance(masks, ArtifactFile) else str(masks)
         self.reader = reader
         self.ids = ids
         self.attrs = attrs
@@ -495,11 +550,13 @@ class PseudoLabels(Dataset):
         if isinstance(self._masks, ArtifactFile):
             return self._masks.load_mask(image_id)
         path = self._masks / f"{image_id}.png"
-        try:
-            with Image.open(path) as img:
-                return np.array(img)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"pseudo mask {path} of {image_id} is unreadable ({e}); export it again") from None
+        with decode_image(path, "pseudo mask", "Export it again") as img:
+            mode = img.mode
+            mask = np.array(img)
+        if mode not in ("P", "L", "I", "I;16") or mask.ndim != 2:
+            raise DataError(f"pseudo mask {path} of {image_id} has mode {mode}; pseudo masks are palette 'P' PNGs "
+                            "of class indices: export it again")
+        return mask
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
@@ -509,11 +566,33 @@ class PseudoLabels(Dataset):
             raise DataError(f"pseudo mask of {image_id} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
                             f"{self.reader.image_path(image_id)} is {image.shape[1]}x{image.shape[0]}; the artifact "
                             "was exported from another copy of the dataset (pass data_root=...)")
+        valid = ((mask >= 0) & (mask < self.num_classes)) | (mask == self.ignore_index)
+        if not valid.all():
+            bad = np.unique(mask[~valid])
+            raise DataError(f"pseudo mask of {image_id} in {self.source_name} has values {bad.tolist()[:8]} outside "
+                            f"0..{self.num_classes - 1} and {self.ignore_index}; export it again")
         item: tuple = (torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.int64)))
         if self.with_cams:
             cam, keys = self._masks.load_cam(image_id)  # type: ignore[union-attr]
             item += (torch.from_numpy(cam), torch.from_numpy(keys))
         return self.transform(*item) if self.transform is not None else item
+
+
+def _check_attrs(attrs: dict[str, Any], where: str | Path) -> None:
+    """Refuse recorded settings of the wrong type (a damaged or hand-edited file), naming the file and the key;
+    the dataset reader built from them would otherwise fail with a bare TypeError."""
+    expect: dict[str, tuple[type, ...]] = {
+        "split": (str,), "dataset_root": (str,), "layout": (str,), "num_classes": (int,), "ignore_index": (int,),
+        "class_names": (list,),
+    }
+    for key, types in expect.items():
+        value = attrs.get(key)
+        bad = value is not None and (not isinstance(value, types) or isinstance(value, bool))
+        if not bad and key == "class_names" and value is not None:
+            bad = not all(isinstance(v, str) for v in value)
+        if bad:
+            raise DataError(f"{where} records {key} = {value!r} ({type(value).__name__}), not a valid "
+                            f"{types[0].__name__}; the file is damaged: export it again")
 
 
 def _find_split(art: Path) -> str:
@@ -550,6 +629,9 @@ def open_pseudo_labels(
     path = Path(path)
     if path.suffix == ".h5":
         art, source = path.parent, ArtifactFile(path)
+        _check_attrs(source.attrs, path)
+        if not split and not source.attrs.get("split"):
+            raise DataError(f"{path} does not record its split; pass split=...")
         split = split or str(source.attrs["split"])
     else:
         art = path
@@ -560,6 +642,7 @@ def open_pseudo_labels(
         source = ArtifactFile(h5) if h5.is_file() else masks_dir(art, split)
     if isinstance(source, ArtifactFile):
         attrs, exported = source.attrs, source.ids()
+        _check_attrs(attrs, source.path)
     else:
         if with_cams:
             raise ConfigError(f"{art} has no cams_{split}.h5 (exported with --format png): CAMs are not available")
@@ -567,6 +650,7 @@ def open_pseudo_labels(
             raise DataError(f"{art} holds neither cams_{split}.h5 nor masks_{split}/; run seco export-masks "
                             f"--split {split} --out {art}")
         attrs = read_manifest(art, split) or {}
+        _check_attrs(attrs, manifest_path(art, split))
         exported = {p.stem for p in source.glob("*.png")}
     root = data_root or attrs.get("dataset_root")
     if root is None:

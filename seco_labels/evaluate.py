@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.readers import READERS, SegmentationReader
+from .data.readers import READERS, SegmentationReader, decode_image, read_image_size
 from .errors import ConfigError, DataError
 from .io import atomic_write_text
 from .metrics import ConfusionMatrix
@@ -94,15 +93,12 @@ class PngMaskFolder:
 
     def load_mask(self, image_id: str) -> np.ndarray:
         path = self.folder / f"{image_id}.png"
-        try:
-            with Image.open(path) as img:
-                img.load()
-                mode = img.mode
-                mask = np.array(img)
-        except FileNotFoundError:
-            raise DataError(f"prediction {path} for {image_id} not found") from None
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"prediction {path} for {image_id} is unreadable ({e}); re-export it") from None
+        if not path.is_file():
+            raise DataError(f"prediction {path} for {image_id} not found")
+        # decode_image: any decoder failure, an empty image or a decompression bomb is a DataError naming the file
+        with decode_image(path, "prediction", "Re-export it") as img:
+            mode = img.mode
+            mask = np.array(img)
         if mode not in ("P", "L", "I", "I;16") or mask.ndim != 2:
             raise DataError(
                 f"prediction {path} for {image_id} has mode {mode}; masks must hold class indices in one channel "
@@ -162,12 +158,7 @@ def open_ground_truth(
         def image_size(self, image_id: str) -> tuple[int, int]:
             if self.image_path(image_id).is_file():
                 return super().image_size(image_id)
-            path = self.mask_path(image_id)
-            try:
-                with Image.open(path) as img:
-                    return img.height, img.width
-            except (OSError, ValueError, SyntaxError) as e:
-                raise DataError(f"mask {path} of {image_id} is unreadable ({e}); re-copy it") from None
+            return read_image_size(self.mask_path(image_id), "mask", "Re-copy it")
 
     _MasksOnly.__name__ = _MasksOnly.__qualname__ = f"MasksOnly{base.__name__}"
     return _MasksOnly(root, split, num_classes=num_classes, class_names=class_names, ignore_index=ignore_index,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -30,6 +31,10 @@ __all__ = [
     "tags_from_mask",
     "check_class_count",
     "decode_image",
+    "read_image_size",
+    "image_to_rgb",
+    "id_problem",
+    "check_image_id",
 ]
 
 _LABELS_FILE = "cls_labels_onehot.npy"
@@ -93,10 +98,41 @@ def load_tags_file(path: str | Path) -> dict[str, np.ndarray]:
         obj = obj.item()
     if not isinstance(obj, dict):
         raise DataError(f"labels file {path} holds a {type(obj).__name__}, expected a dict {{image_id: multi-hot}}")
+    return {_label_key(k, path): _label_vector(k, v, path) for k, v in obj.items()}
+
+
+def _label_key(key: object, path: Path) -> str:
+    """An image id of a labels file as str; bytes keys (pickles written by Python 2 tooling) are decoded."""
+    if isinstance(key, (bytes, np.bytes_)):
+        try:
+            return bytes(key).decode()
+        except UnicodeDecodeError:
+            raise DataError(f"labels file {path} has a key {key!r} that is not UTF-8 text") from None
+    return str(key)
+
+
+def _label_vector(key: object, value: object, path: Path) -> np.ndarray:
+    """One label vector as a flat float32 multi-hot; refuses what cannot be one (names the file and the id).
+
+    A (K-1,) vector, or the same with extra axes of length 1 ((1, K-1), (K-1, 1)), of 0/1 (or soft scores in
+    [0, 1]); a matrix, a complex or text array, or NaN/inf/negative values are refused.
+    """
     try:
-        return {str(k): np.asarray(v, dtype=np.float32).reshape(-1) for k, v in obj.items()}
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"dtype {arr.dtype}")
+        vec = arr.astype(np.float32)
     except (TypeError, ValueError) as e:
-        raise DataError(f"labels file {path} has a non-numeric label vector ({e})") from None
+        raise DataError(f"labels file {path} has a non-numeric label vector for {key!r} ({e}); expected a float "
+                        "multi-hot array") from None
+    if sum(d != 1 for d in vec.shape) > 1:
+        raise DataError(f"label vector of {key!r} in {path} has shape {vec.shape}; expected one (num_classes - 1,) "
+                        "multi-hot vector per image")
+    vec = vec.reshape(-1)
+    if not np.isfinite(vec).all() or (vec < 0).any() or (vec > 1).any():
+        raise DataError(f"label vector of {key!r} in {path} has values outside 0..1 ({vec[:8].tolist()}...); "
+                        "tags are multi-hot: 1 for a class present, 0 absent")
+    return vec
 
 
 def tags_from_mask(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
@@ -108,22 +144,130 @@ def tags_from_mask(mask: np.ndarray, num_classes: int, ignore_index: int = 255) 
     return tags
 
 
-def decode_image(path: Path, what: str) -> Image.Image:
-    """Open and fully decode an image file; any decoder failure becomes a DataError naming the file."""
+def id_problem(image_id: str) -> str | None:
+    """Why ``image_id`` cannot name a file (``"it contains '/'"``...), or None when it can.
+
+    An id becomes ``<folder>/<id>.<ext>`` when images, masks and outputs are read and written, so it must stay a
+    plain file name: no path separator of any platform, no leading '.' (``..``, hidden files), no NUL, not empty.
+    """
+    if not image_id.strip():
+        return "it is empty"
+    if "\x00" in image_id:
+        return "it contains a NUL character"
+    if "/" in image_id or "\\" in image_id:
+        return "it contains '/'" if "/" in image_id else "it contains a backslash"
+    if image_id.startswith("."):
+        return "it starts with '.'"
+    return None
+
+
+def check_image_id(image_id: str, where: str = "", fix: str = "or remove the line") -> None:
+    """Refuse an id that cannot name a file (see :func:`id_problem`); ``where`` prefixes the message, ``fix``
+    ends it (what else the user can do).
+
+    The one id check of the package: readers apply it to every split-list line, the artifact writer to every id
+    it writes, so no id reaches a path outside the dataset or the output folder.
+
+    Raises:
+        DataError: names the id, what is wrong with it and what to do.
+    """
+    problem = id_problem(image_id)
+    if problem is not None:
+        raise DataError(
+            f"{where}image id {image_id!r} cannot name a file ({problem}): ids must not contain '/', '\\' or NUL, "
+            f"start with '.' or be empty; use the image's file name without folder or extension "
+            f"(e.g. 2007_000032), {fix}"
+        )
+
+
+#: what a corrupt file can make PIL raise: plugins fail with almost any exception type (EOFError, struct.error,
+#: IndexError, KeyError, ...), so the decoding calls below catch Exception and name the file instead
+_HINT = "Re-copy the file, or remove its id from the split list"
+
+
+def _open_image(path: Path, what: str, hint: str, *, load: bool) -> Image.Image:
+    """``Image.open`` (and with ``load`` the full decode), every failure a DataError naming the file.
+
+    PIL warns (DecompressionBombWarning) above ``Image.MAX_IMAGE_PIXELS`` and raises above twice that; both are
+    refused here, with the warning turned into an error only inside this call (``catch_warnings`` restores the
+    filters on exit, so no global state outlives it).
+    """
     img = None
     try:
-        img = Image.open(path)
-        img.load()  # decode now (and release the file): a truncated file must fail here, not as a grey strip
-        return img
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if load:
+                img.load()  # decode now (and release the file): a truncated file must fail here, not as a grey strip
     except FileNotFoundError:
         raise DataError(f"{what} {path} not found; check --data-root") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         if img is not None:
             img.close()
         raise DataError(
-            f"{what} {path} is unreadable; it may be corrupt or truncated ({e}). Re-copy the file, or remove its "
-            "id from the split list"
+            f"{what} {path} is too large to decode safely ({e}); downscale it (or raise PIL.Image.MAX_IMAGE_PIXELS "
+            f"if the image is genuine). {hint}"
         ) from None
+    except Exception as e:  # see _HINT: anything a corrupt file makes PIL raise
+        if img is not None:
+            img.close()
+        raise DataError(f"{what} {path} is unreadable; it may be corrupt or truncated ({e}). {hint}") from None
+    if img.width < 1 or img.height < 1:
+        img.close()
+        raise DataError(f"{what} {path} has no pixels ({img.width}x{img.height}); it is corrupt. {hint}")
+    return img
+
+
+def decode_image(path: Path, what: str, hint: str = _HINT) -> Image.Image:
+    """Open and fully decode an image file; any decoder failure becomes a DataError naming the file.
+
+    ``what`` names the file's role in the message ("image", "mask"), ``hint`` says what to do.
+
+    Raises:
+        DataError: missing, unreadable, truncated, empty (a 0 dimension) or larger than PIL's decompression-bomb
+            limit (``Image.MAX_IMAGE_PIXELS``).
+    """
+    return _open_image(Path(path), what, hint, load=True)
+
+
+def read_image_size(path: Path, what: str, hint: str = _HINT) -> tuple[int, int]:
+    """(H, W) of an image file from its header, without decoding the pixels; errors as :func:`decode_image`."""
+    with _open_image(Path(path), what, hint, load=False) as img:
+        return img.height, img.width
+
+
+def image_to_rgb(img: Image.Image, path: Path | str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a decoded image; ``path`` names the file in errors.
+
+    RGB is returned as is; grey (L), 1-bit, LA, RGBA, CMYK, YCbCr and palette (P, PA, with or without
+    transparency) images are converted by PIL (alpha dropped). 16-bit grey (``I;16`` in any byte order) keeps its
+    8 high bits (``value >> 8``), and 32-bit integer grey (``I``, what PIL makes of 16-bit PNGs and TIFFs) is
+    read as 16-bit data: clipped to 0..65535, then ``>> 8``; PIL's own conversion would clip both to 0..255,
+    i.e. turn nearly every pixel white. 16-bit RGB(A) PNGs are reduced to 8 bits by PIL when read.
+
+    Raises:
+        DataError: a float ('F') image (its value range is unknown, so no scaling is right: save it as 8-bit),
+            or a mode PIL cannot convert to RGB (names the file and the mode).
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return np.array(img)  # writable, unlike np.asarray
+    if mode.startswith("I;16") or mode == "I":
+        grey = np.asarray(img)
+        if mode == "I":
+            grey = np.clip(grey, 0, 65535)
+        grey8 = (grey.astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(grey8[..., None], 3, axis=2)
+    if mode == "F":
+        raise DataError(
+            f"image {path} has 32-bit float pixels (mode F), whose value range is unknown; save it as an 8-bit "
+            "RGB or grey image (PNG or JPEG)"
+        )
+    try:
+        return np.array(img.convert("RGB"))
+    except (ValueError, OSError) as e:
+        raise DataError(f"image {path} has mode {mode}, which cannot be converted to RGB ({e}); save it as an "
+                        "8-bit RGB image") from None
 
 
 class SegmentationReader:
@@ -216,8 +360,22 @@ class SegmentationReader:
         )
 
     def _read_split(self) -> list[str]:
-        # a line may carry extra columns (some lists append a label); the id is the first field
-        ids = [ln.split()[0] for ln in self.split_file.read_text().splitlines() if ln.strip()]
+        """The ids of the split list, each checked by :func:`check_image_id` (naming the file and line)."""
+        try:
+            # utf-8-sig: a list saved by a Windows editor starts with a BOM that would otherwise join the first id
+            text = self.split_file.read_bytes().decode("utf-8-sig")
+        except OSError as e:
+            raise DataError(f"split list {self.split_file} could not be read ({e.strerror or e})") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"split list {self.split_file} is not UTF-8 text ({e}); list one image id per line") from None
+        ids = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            # a line may carry extra columns (some lists append a label); the id is the first field
+            image_id = line.split()[0]
+            check_image_id(image_id, f"split list {self.split_file} line {number}: ")
+            ids.append(image_id)
         if not ids:
             raise DataError(f"split {self.split!r} is empty ({self.split_file}); list one image id per line")
         return ids
@@ -266,19 +424,14 @@ class SegmentationReader:
 
     def image_size(self, image_id: str) -> tuple[int, int]:
         """(H, W) of an image from its header, without decoding the pixels."""
-        path = self.image_path(image_id)
-        try:
-            with Image.open(path) as img:
-                return img.height, img.width
-        except FileNotFoundError:
-            raise DataError(f"image {path} not found; check --data-root") from None
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"image {path} is unreadable; it may be corrupt or truncated ({e}). Re-copy it") from None
+        return read_image_size(self.image_path(image_id), "image")
 
     def load_image(self, image_id: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB; grey, RGBA, CMYK and palette images are converted."""
-        img = decode_image(self.image_path(image_id), "image")
-        return np.array(img.convert("RGB") if img.mode != "RGB" else img)  # writable, unlike np.asarray
+        """(H, W, 3) uint8 RGB; grey, 16-bit grey, RGBA, CMYK and palette images are converted (see
+        :func:`image_to_rgb`)."""
+        path = self.image_path(image_id)
+        with decode_image(path, "image") as img:
+            return image_to_rgb(img, path)
 
     def load_mask(self, image_id: str, image_size: tuple[int, int] | None = None) -> np.ndarray:
         """(H, W) uint8 class indices in 0..K-1 or ``ignore_index``; 'P' PNGs give their palette indices.
@@ -287,13 +440,14 @@ class SegmentationReader:
         else read from the image header.
         """
         path = self.mask_path(image_id)
-        img = decode_image(path, "mask")
-        if img.mode not in ("P", "L", "I", "I;16"):
+        with decode_image(path, "mask") as img:
+            mode = img.mode
+            mask = np.asarray(img)
+        if mode not in ("P", "L", "I", "I;16"):
             raise DataError(
-                f"mask {path} of {image_id} has mode {img.mode}; masks must hold class indices in one channel "
+                f"mask {path} of {image_id} has mode {mode}; masks must hold class indices in one channel "
                 "(palette 'P' or grey 'L' PNG), not colours"
             )
-        mask = np.asarray(img)
         h, w = image_size if image_size is not None else self.image_size(image_id)
         if mask.shape != (h, w):
             raise DataError(
@@ -304,7 +458,7 @@ class SegmentationReader:
         if bad.size:
             hint = (
                 "the PNG's palette indices are read as classes, so it was written with another class numbering"
-                if img.mode == "P"
+                if mode == "P"
                 else "if it was converted from a colour (palette) mask the values are grey levels, not classes; "
                 "save masks as palette 'P' PNGs of class indices"
             )

@@ -458,3 +458,89 @@ def test_demo_data_is_a_small_consistent_voc_set():
     assert set(load_tags_file(DEMO_ROOT / "cls_labels_onehot.npy")) == set(train.ids) | set(val.ids)
     assert sum(p.stat().st_size for p in DEMO_ROOT.rglob("*") if p.is_file()) < 3_000_000
     assert (DEMO_ROOT / "README.md").read_text().count("GPL-3.0") >= 1
+
+
+# -- 16-bit and other image modes -----------------------------------------------------------------------------------
+
+
+def png_bytes(arr: np.ndarray, bit_depth: int, color_type: int, *, size: tuple[int, int] | None = None) -> bytes:
+    """A PNG written by hand (PIL cannot write 16-bit RGB or grey+alpha): ``arr`` (H, W[, C]) samples,
+    ``color_type`` 0 grey, 2 RGB, 4 grey+alpha, 6 RGBA; ``size`` (W, H) overrides the header's dimensions."""
+    import struct
+    import zlib
+
+    h, w = arr.shape[:2]
+    samples = np.asarray(arr).astype(">u2" if bit_depth == 16 else np.uint8)
+    rows = b"".join(b"\x00" + samples[i].tobytes() for i in range(h))  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    width, height = size or (w, h)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_16_bit_images_keep_their_values(small_voc, voc_train):
+    """16-bit grey (PNG 'I;16', TIFF 'I;16', TIFF 32-bit 'I') and 16-bit RGB / grey+alpha PNGs read as the 8-bit
+    image they were scaled up from; PIL's own convert('RGB') would make every 16-bit grey pixel 255. (PIL cannot
+    write 16-bit RGB PNGs: those are written by hand, see png_bytes.)"""
+    ids = voc_train.ids[:6]
+    rgb = voc_train.load_image(ids[0])
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    grey16 = grey.astype(np.uint16) * 257  # 0..255 -> 0..65535, as a 16-bit export of the same picture
+    img16 = Image.fromarray(grey16)
+    assert img16.mode == "I;16"  # Pillow >= 12 infers it (its mode= argument is deprecated)
+    jpg = lambda i: small_voc / "JPEGImages" / f"{i}.jpg"  # noqa: E731 -- PIL goes by content, not the suffix
+    img16.save(jpg(ids[0]), format="PNG")
+    img16.save(jpg(ids[1]), format="TIFF")
+    Image.fromarray(grey16.astype(np.int32)).save(jpg(ids[2]), format="TIFF")  # mode 'I'
+    jpg(ids[3]).write_bytes(png_bytes(rgb.astype(np.uint16) * 257, 16, 2))
+    jpg(ids[4]).write_bytes(png_bytes(np.stack([grey16, np.full_like(grey16, 65535)], -1), 16, 4))
+    with Image.open(jpg(ids[0])) as a, Image.open(jpg(ids[1])) as b, Image.open(jpg(ids[2])) as c:
+        assert (a.mode, b.mode, c.mode) == ("I;16", "I;16", "I")
+        # the bug this guards against: PIL clips 16-bit values to 0..255, so every pixel above 0 turns white
+        assert (np.asarray(a.convert("RGB"))[..., 0] == 255).mean() > 0.95
+    r = build_reader("voc", small_voc, "train")
+    for i in ids[:3] + ids[4:5]:
+        out = r.load_image(i)
+        assert out.dtype == np.uint8 and out.shape == (*grey.shape, 3)
+        for c in range(3):
+            assert np.abs(out[..., c].astype(int) - grey).max() <= 1, i
+    out = r.load_image(ids[3])
+    assert np.abs(out.astype(int) - rgb).max() <= 1
+
+    # 32-bit 'I' beyond 16 bits is clipped, not wrapped
+    big = np.array([[-5, 0, 65535, 70000, 2**31 - 1]], dtype=np.int32)
+    Image.fromarray(big).save(jpg(ids[5]), format="TIFF")
+    np.testing.assert_array_equal(r.load_image(ids[5])[0, :, 0], [0, 0, 255, 255, 255])
+
+
+def test_float_images_are_refused_by_name(small_voc, voc_train):
+    i = voc_train.ids[0]
+    path = small_voc / "JPEGImages" / f"{i}.jpg"
+    Image.fromarray(np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(48, 64)).save(path, format="TIFF")
+    r = build_reader("voc", small_voc, "train")
+    with pytest.raises(DataError, match=re.escape(f"image {path} has 32-bit float pixels (mode F)")):
+        r.load_image(i)
+
+
+def test_8_bit_modes_convert_as_pil_does(small_voc, voc_train):
+    """Grey, grey+alpha, 1-bit, CMYK, RGBA and palette images (with and without transparency) read as PIL's own
+    RGB conversion of the decoded file."""
+    ids = voc_train.ids[:6]
+    base = Image.fromarray(voc_train.load_image(ids[0]))
+    pal = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal_t = pal.copy()
+    pal_t.info["transparency"] = 3
+    cases = [(base.convert("L"), "PNG"), (base.convert("LA"), "PNG"), (base.convert("1"), "PNG"),
+             (base.convert("CMYK"), "JPEG"), (pal, "PNG"), (pal_t, "PNG")]
+    for i, (img, fmt) in zip(ids, cases):
+        img.save(small_voc / "JPEGImages" / f"{i}.jpg", format=fmt)
+    r = build_reader("voc", small_voc, "train")
+    for i, (img, _) in zip(ids, cases):
+        with Image.open(small_voc / "JPEGImages" / f"{i}.jpg") as f:
+            assert f.mode == img.mode
+            want = np.asarray(f.convert("RGB"))
+        np.testing.assert_array_equal(r.load_image(i), want)
+    assert len(np.unique(r.load_image(ids[2]))) == 2  # 1-bit: black and white only

@@ -180,6 +180,16 @@ def test_evaluate_refuses_the_escaping_id(escape_set, tmp_path):
                  _expected(split_file, line))
 
 
+def test_show_refuses_the_escaping_id(escape_set, tmp_path):
+    root, split_file, line = escape_set
+    art = tmp_path / "work" / "show" / "art"
+    (art / "masks_train").mkdir(parents=True)
+    for png in (root / "SegmentationClassAug").glob("*.png"):
+        shutil.copy(png, art / "masks_train")
+    _run_refused(["show", "--pred", str(art), "--split", "train", "--data-root", str(root), "-q"], tmp_path, art,
+                 _expected(split_file, line))
+
+
 @pytest.mark.parametrize("command", ["segment", "export-masks"])
 def test_segment_and_export_refuse_the_escaping_id(command, escape_set, tiny_checkpoint, tmp_path):
     root, split_file, line = escape_set

@@ -77,7 +77,8 @@ def load_tags_file(path: str | Path) -> dict[str, np.ndarray]:
     pickled dict. Keys are returned as ``str``; values as flat float32 arrays.
 
     Raises:
-        DataError: the file is missing, not a pickle of numpy arrays, or not a dict (names the file).
+        DataError: the file is missing, not a pickle of numpy arrays, or not a dict, or a vector is not numeric,
+            not one (K-1,) vector, or has values outside 0..1 (names the file and the id).
     """
     path = Path(path)
     try:
@@ -180,8 +181,7 @@ def check_image_id(image_id: str, where: str = "", fix: str = "or remove the lin
         )
 
 
-#: what a corrupt file can make PIL raise: plugins fail with almost any exception type (EOFError, struct.error,
-#: IndexError, KeyError, ...), so the decoding calls below catch Exception and name the file instead
+#: what to do about an unreadable dataset image or mask (the default end of the messages below)
 _HINT = "Re-copy the file, or remove its id from the split list"
 
 
@@ -208,7 +208,7 @@ def _open_image(path: Path, what: str, hint: str, *, load: bool) -> Image.Image:
             f"{what} {path} is too large to decode safely ({e}); downscale it (or raise PIL.Image.MAX_IMAGE_PIXELS "
             f"if the image is genuine). {hint}"
         ) from None
-    except Exception as e:  # see _HINT: anything a corrupt file makes PIL raise
+    except Exception as e:  # PIL's plugins fail on corrupt input with almost any type (EOFError, struct.error, ...)
         if img is not None:
             img.close()
         raise DataError(f"{what} {path} is unreadable; it may be corrupt or truncated ({e}). {hint}") from None

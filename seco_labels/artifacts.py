@@ -23,6 +23,7 @@ lazily, once per process, so they are safe in DataLoader workers.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -44,7 +45,7 @@ from .data.classes import voc_palette
 from .data.readers import build_reader, check_image_id, decode_image
 from .distributed import barrier
 from .errors import ConfigError, DataError
-from .io import atomic_path, atomic_write_bytes, atomic_write_text
+from .io import atomic_path, atomic_write_bytes, atomic_write_text, folder_lock, remove_stale_temps
 
 __all__ = [
     "FORMAT_VERSION",
@@ -88,6 +89,12 @@ def manifest_path(art: str | Path, split: str) -> Path:
 
 def _parts_dir(art: str | Path, split: str) -> Path:
     return Path(art) / f".parts_{split}"
+
+
+def lock_name(split: str) -> str:
+    """The lock file of a split in an artifact folder (``ART/.lock_<split>``; :func:`seco_labels.io.folder_lock`):
+    one writer per split and folder, while other splits of the folder may be written at the same time."""
+    return f".lock_{split}"
 
 
 def read_manifest(art: str | Path, split: str) -> dict[str, Any] | None:
@@ -200,8 +207,15 @@ class ArtifactWriter:
             into the same folder; rank 0 alone prepares it and assembles the HDF5 file in :meth:`finalize`, which
             every process calls (it waits for all of them), so the result does not depend on the process count.
 
+    Rank 0 holds the split's lock (``ART/.lock_<split>``, see :func:`lock_name`) from construction to the end of
+    :meth:`finalize` (or of the ``with`` block), so a second export of the split into ``ART`` fails at once instead
+    of merging (and deleting) the first one's parts; holding it, it removes the temp files a killed run left.
+
     Raises:
         ConfigError: ``ART`` already holds this split exported with other settings (and not ``overwrite``).
+        FolderBusyError: another process is writing this split of ``ART``.
+        DiskFullError: a part, PNG or the HDF5 file did not fit (raised by :meth:`add`, :meth:`flush`,
+            :meth:`finalize`); the finished images and the previous HDF5 file are kept, a rerun resumes.
     """
 
     def __init__(self, out_dir: str | Path, split: str, attrs: dict[str, Any], *,
@@ -220,8 +234,15 @@ class ArtifactWriter:
         # Under torchrun every process builds a writer over the same folder: all check the settings (read-only),
         # rank 0 alone prepares the folder, and nobody writes before it has.
         self.primary = is_primary
-        if not overwrite:
-            self._check_settings()
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(folder_lock(self.out_dir, lock_name(split), what=f"split {split}",
+                                             enabled=is_primary))
+        try:
+            if not overwrite:
+                self._check_settings()
+        except BaseException:
+            self._lock.close()
+            raise
         barrier()
         if self.primary:
             self._prepare(overwrite)
@@ -238,12 +259,16 @@ class ArtifactWriter:
             for folder in (self.parts, self.masks):
                 shutil.rmtree(folder, ignore_errors=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        # A killed run's temp files (up to a whole HDF5 file): only this split's names, since other splits may be
+        # under way in the same folder; the parts and masks folders are this split's alone.
+        remove_stale_temps(self.out_dir, [f"{self.h5.name}", manifest_path(self.out_dir, self.split).name,
+                                          f"export_{self.split}.json", f"segment_{self.split}.json"])
+        remove_stale_temps(self.parts)
+        remove_stale_temps(self.masks)
         if "h5" in self.formats:
             self.parts.mkdir(exist_ok=True)
         if "png" in self.formats:
             self.masks.mkdir(exist_ok=True)
-            for stale in self.masks.glob(".*.tmp"):  # left by a killed run's atomic writes
-                stale.unlink(missing_ok=True)
         previous = read_manifest(self.out_dir, self.split) or {}
         # the export's first start, kept across resumed runs; SOURCE_DATE_EPOCH pins it (reproducible builds)
         created = previous.get("created") or _now_iso()
@@ -343,11 +368,14 @@ class ArtifactWriter:
         The new file is built under a temporary name and renamed over the old one; the parts are deleted after.
         Under torchrun every process calls it: each writes its own queue, then rank 0 assembles once all have.
         """
-        self.close()
-        barrier()
-        if self.primary:
-            self._assemble()
-        barrier()
+        try:
+            self.close()
+            barrier()
+            if self.primary:
+                self._assemble()
+            barrier()
+        finally:
+            self._lock.close()
 
     def _assemble(self) -> None:
         if "h5" not in self.formats:
@@ -407,6 +435,7 @@ class ArtifactWriter:
                 self.close()
             except BaseException:
                 pass
+            self._lock.close()
 
 
 # -- reading -------------------------------------------------------------------------------------------------

@@ -48,11 +48,18 @@ _ARCH_KEYS = (
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` (plus format and version) to ``path`` via a temp file and ``os.replace``."""
+    """Write ``state`` (plus format and version) to ``path`` via a temp file and ``os.replace``.
+
+    Raises:
+        DiskFullError: the disk (or quota, or file size limit) filled up; ``path`` keeps the previous checkpoint and
+            the temp file is removed.
+    """
     path = Path(path)
     payload = {"format": CHECKPOINT_FORMAT, "version": __version__, **state}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # a file object, not the path: torch's own writer reports a failed write as "unexpected pos" without the
+        # errno, while Python's file keeps the OSError (ENOSPC) in the exception chain for atomic_path to name
+        torch.save(payload, f)
     return path
 
 

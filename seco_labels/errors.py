@@ -6,7 +6,10 @@ Each names the file, image id or option at fault and says what to do next. The C
 
 from __future__ import annotations
 
-__all__ = ["SecoError", "DataError", "ConfigError", "CheckpointError", "CrfUnavailableError"]
+__all__ = [
+    "SecoError", "DataError", "ConfigError", "CheckpointError", "CrfUnavailableError", "OutputError", "DiskFullError",
+    "FolderBusyError",
+]
 
 
 class SecoError(Exception):
@@ -27,3 +30,23 @@ class CheckpointError(SecoError, ValueError):
 
 class CrfUnavailableError(SecoError, ImportError):
     """The optional dense-CRF package (pydensecrf2) is not installed; the message says how to install it."""
+
+
+class OutputError(SecoError):
+    """An output folder (``--out``) cannot be written: a path component is a file, or permission is missing. Raised
+    before any work starts (names the path and the reason)."""
+
+
+class DiskFullError(SecoError, OSError):
+    """A write failed because the file system is full (ENOSPC), the quota is reached (EDQUOT) or the file size limit
+    is (EFBIG). The file being written was left as it was before (its temporary file removed); the message names the
+    mount point and the file. ``errno`` and ``filename`` are those of the failure."""
+
+    def __str__(self) -> str:
+        # the message alone: OSError's own str() would turn it into "[Errno 28] ...: 'file'" once filename is set
+        return str(self.args[0]) if self.args else ""
+
+
+class FolderBusyError(SecoError):
+    """Another process holds the advisory lock of an output folder (see :func:`seco_labels.io.folder_lock`); the
+    message names the folder and that process's id."""

@@ -41,7 +41,7 @@ from .data import build_reader
 from .data.readers import READERS, SegmentationReader, decode_image
 from .errors import CheckpointError, ConfigError, DataError
 from .export import load_trained_model
-from .io import atomic_path, atomic_write_text, sha256_file
+from .io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
 from .refine import require_crf
 from .segment import SEG_SCALES, segment_image
 from .segmenters import forward_logits, predict_mask, size_multiple
@@ -71,6 +71,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MANIFEST_NAME = "predict"
 #: overlays go to ``OUT/<OVERLAY_DIR>/<id>.jpg``
 OVERLAY_DIR = "overlay"
+#: the advisory lock of an OUT being written (:func:`seco_labels.io.folder_lock`): one seco predict per OUT
+LOCK_NAME = ".lock_predict"
 #: weight of the class colour in an overlay pixel (the image keeps the rest); background pixels keep the image
 OVERLAY_ALPHA = 0.5
 
@@ -386,13 +388,24 @@ def predict_to_folder(
     alone). For a split, ``OUT/config.yaml`` records its dataset, so ``seco evaluate --pred OUT --split S`` finds
     the ground truth.
 
+    Runs holding ``OUT/.lock_predict`` (:data:`LOCK_NAME`); holding it, removes the temp files a killed run left.
+
     Returns:
         ``{"images", "predicted", "overlaid", "skipped_done", "bad" (ids), "seconds", "out"}``.
 
     Raises:
         ConfigError: other settings in ``OUT``. DataError: an unreadable image (unless ``skip_bad``).
+        FolderBusyError: another process is writing ``OUT``. DiskFullError: a file did not fit (finished images
+            are kept; a rerun resumes).
     """
-    out = Path(out_dir)
+    with folder_lock(Path(out_dir), LOCK_NAME, what="seco predict"):
+        return _predict_to_folder(predictor, images, Path(out_dir), overlay=overlay, overwrite=overwrite,
+                                  skip_bad=skip_bad, quiet=quiet)
+
+
+def _predict_to_folder(predictor: Predictor, images: ImageSource, out: Path, *, overlay: bool, overwrite: bool,
+                       skip_bad: bool, quiet: bool) -> dict[str, Any]:
+    """:func:`predict_to_folder`'s work, under its lock."""
     if isinstance(images, SegmentationReader):
         source = {"split": images.split, "data_root": str(images.root.resolve()), "layout": images.layout}
     else:
@@ -403,8 +416,7 @@ def predict_to_folder(
     if not overwrite:
         _check_settings(out, settings)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.rglob(".*.tmp"):  # left by a killed run's atomic writes
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(out, recursive=True)  # left by a killed run's atomic writes (their names only)
     atomic_write_text(manifest_path(out, MANIFEST_NAME), json.dumps(settings, indent=2, sort_keys=True) + "\n")
     if isinstance(images, SegmentationReader):  # the data section seco evaluate reads (cli.options._art_config)
         data = {"root": source["data_root"], "layout": images.layout, "num_classes": predictor.num_classes}

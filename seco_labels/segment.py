@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .artifacts import ArtifactWriter
+from .artifacts import ArtifactWriter, lock_name
 from .config import config_to_dict, save_config
 from .data import build_reader, normalize
 from .export import load_trained_model
 from .cams import check_scales
-from .io import atomic_write_text, sha256_file
+from .io import atomic_write_text, folder_lock, sha256_file
 from .models import SeCoNet
 from .refine import dense_crf, require_crf
 from .train import resolve_device
@@ -126,22 +126,26 @@ def segment_split(
         "input_size": size, "package_version": __version__, "config": config_to_dict(cfg),
     }
     out = Path(out_dir)
-    report = out / f"segment_{split}.json"
-    if overwrite:
-        report.unlink(missing_ok=True)  # it describes the masks about to be deleted
-    start = time.perf_counter()
-    with ArtifactWriter(out, split, attrs, formats=("png",), overwrite=overwrite, verb="segmented") as writer:
-        done = writer.done_ids()
-        todo = [i for i in reader.ids if i not in done]
-        for image_id in tqdm(todo, desc=f"segment {split}", unit="img", disable=quiet or not sys.stderr.isatty()):
-            pred = segment_image(model, reader.load_image(image_id), input_size=size, scales=scales, flip=flip,
-                                 crf=crf, device=dev)
-            # no CAMs here: an empty (0, H, W) CAM, which a PNG-only writer never stores
-            writer.add(image_id, np.zeros((0, *pred.shape), np.float16), np.zeros(0, np.int64), pred)
-    cfg.data.root, cfg.data.layout = str(root), lay
-    save_config(cfg, out / "config.yaml")
-    result = {"split": split, "images": len(reader.ids), "segmented": len(todo),
-              "skipped_done": len(reader.ids) - len(todo), "scales": list(scales), "flip": flip, "crf": crf,
-              "input_size": size, "seconds": round(time.perf_counter() - start, 3), "checkpoint": str(checkpoint)}
-    atomic_write_text(report, json.dumps(result, indent=2))
-    return result
+    # the writer locks the split too; held from here, the report and config.yaml are written under the lock
+    with folder_lock(out, lock_name(split), what=f"split {split}"):
+        report = out / f"segment_{split}.json"
+        if overwrite:
+            report.unlink(missing_ok=True)  # it describes the masks about to be deleted
+        start = time.perf_counter()
+        with ArtifactWriter(out, split, attrs, formats=("png",), overwrite=overwrite, verb="segmented") as writer:
+            done = writer.done_ids()
+            todo = [i for i in reader.ids if i not in done]
+            bar = tqdm(todo, desc=f"segment {split}", unit="img", disable=quiet or not sys.stderr.isatty())
+            for image_id in bar:
+                pred = segment_image(model, reader.load_image(image_id), input_size=size, scales=scales,
+                                     flip=flip, crf=crf, device=dev)
+                # no CAMs here: an empty (0, H, W) CAM, which a PNG-only writer never stores
+                writer.add(image_id, np.zeros((0, *pred.shape), np.float16), np.zeros(0, np.int64), pred)
+        cfg.data.root, cfg.data.layout = str(root), lay
+        save_config(cfg, out / "config.yaml")
+        result = {"split": split, "images": len(reader.ids), "segmented": len(todo),
+                  "skipped_done": len(reader.ids) - len(todo), "scales": list(scales), "flip": flip, "crf": crf,
+                  "input_size": size, "seconds": round(time.perf_counter() - start, 3),
+                  "checkpoint": str(checkpoint)}
+        atomic_write_text(report, json.dumps(result, indent=2))
+        return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -39,7 +40,7 @@ from .distributed import (
     DistContext, DistributedError, all_gather_objects, all_reduce_mean, barrier, global_sum, init_distributed,
 )
 from .errors import CheckpointError, ConfigError, DataError, SecoError
-from .io import atomic_write_text
+from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps
 from .losses import cls_loss, crf_energy_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
 from .metrics import ConfusionMatrix
 from .models import SeCoNet, build_seco
@@ -346,6 +347,27 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
+#: the lock file of a run folder (:func:`seco_labels.io.folder_lock`)
+RUN_LOCK = ".lock"
+#: files of a run folder written by temp file + rename: a killed run may leave their ``.<name>.<random>.tmp``
+RUN_FILES = ("last.pt", "config.yaml", "metrics.jsonl", "metrics.json", "per_class.csv")
+
+
+def holding_run_lock(fit: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorates a trainer's ``fit``: it runs holding the run folder's lock (``RUN_DIR/.lock``; rank 0 alone under
+    torchrun, for all processes), and first removes the temp files a killed run left there (:data:`RUN_FILES`).
+
+    Raises:
+        FolderBusyError: another process is writing the run folder.
+    """
+    @functools.wraps(fit)
+    def locked(self: "TrainerMixin", *args: Any, **kwargs: Any) -> Any:
+        with self.run_lock():
+            return fit(self, *args, **kwargs)
+
+    return locked
+
+
 def _eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(round(seconds))))  # "0:02:23", "1 day, 2:46:29" (as mmsegmentation)
 
@@ -400,10 +422,23 @@ class TrainerMixin:
         atomic_write_text(self.log_path, "".join(ln + "\n" for ln in kept))
 
     def _log(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to ``metrics.jsonl`` (rank 0), whole or not at all (DiskFullError on a full disk)."""
         if not self.dist.is_primary:
             return
-        with self.log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.log_path, json.dumps(record))
+
+    @contextlib.contextmanager
+    def run_lock(self) -> Iterator[None]:
+        """Hold ``RUN_DIR/.lock`` (re-entrant; rank 0 only) and, holding it, remove the temp files of
+        :data:`RUN_FILES` a killed run left in ``RUN_DIR`` (other files there are left alone).
+
+        Raises:
+            FolderBusyError: another process is writing ``RUN_DIR``.
+        """
+        with folder_lock(self.run_dir, RUN_LOCK, what="a training run", enabled=self.dist.is_primary):
+            if self.dist.is_primary:
+                remove_stale_temps(self.run_dir, RUN_FILES)
+            yield
 
     def last_logged(self) -> dict[str, Any]:
         """The last step record of ``metrics.jsonl`` merged with the validation records of that step ({} when there
@@ -755,6 +790,7 @@ class Trainer(TrainerMixin):
             self._log({"step": self.step - 1, "memory_digests": self.check_memories()})
         return self.save()
 
+    @holding_run_lock
     def fit(self) -> dict[str, Any]:
         """Train from ``self.step`` to ``train.iters``; returns the last step's terms and validation scores.
 
@@ -762,8 +798,12 @@ class Trainer(TrainerMixin):
         step and validation records of ``metrics.jsonl``. Records of steps >= ``self.step`` are dropped from the log
         first (they are re-run), so each step is logged once.
 
+        Runs holding ``RUN_DIR/.lock`` (:meth:`run_lock`).
+
         Raises:
             TrainingInterrupted: SIGINT/SIGTERM arrived; the step under way was finished and checkpointed first.
+            FolderBusyError: another process is writing ``RUN_DIR``.
+            DiskFullError: a checkpoint or log write did not fit; the previous ``last.pt`` is kept.
         """
         t = self.cfg.train
         if self.dist.is_primary:

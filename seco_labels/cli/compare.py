@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import defaults_file_option
+from .options import check_out, defaults_file_option, out_option
 
 
 @cli.command("compare")
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for compare.md, compare.csv and compare.png (default: the folder that holds the runs' "
-                   "folders, e.g. seg for seg/a and seg/b).")
+@out_option("--out", "out_dir", default=None,
+            help="Folder for compare.md, compare.csv and compare.png (default: the folder that holds the runs' "
+                 "folders, e.g. seg for seg/a and seg/b).")
 @click.option("--name", "names", multiple=True,
               help="Column name of each run, in order (repeatable; default arch/encoder (gt|pseudo) or the folder).")
 @click.option("--stem", default="compare", show_default=True, help="File name stem of the three outputs.")
@@ -30,7 +30,8 @@ def compare_cmd(runs, out_dir, names, stem, title, quiet):
     if names and len(names) != len(runs):
         raise click.UsageError(f"{len(names)} --name value(s) for {len(runs)} run(s); give one per run or none")
     scores = [load_run(Path(r), names[i] if names else None) for i, r in enumerate(runs)]
-    paths = compare_runs(scores, out_dir or default_out_dir(scores), stem=stem, title=title)
+    out = out_dir or check_out(default_out_dir(scores))
+    paths = compare_runs(scores, out, stem=stem, title=title)
     if not quiet:
         click.echo(format_markdown(scores), nl=False)
     click.echo(f"wrote {paths['md']}, {paths['csv']} and {paths['png']}", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import config_options, resolve_config
+from .options import config_options, lock_out, out_option, resolve_config
 from .train import allow_changes_option, exit_interrupted, report_resume
 
 
@@ -20,8 +20,8 @@ STEPS = 5  # train, export, evaluate, fit-segmenter (pseudo masks and GT), compa
 
 @cli.command("demo")
 @config_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="seco-demo", show_default=True,
-              help="Folder for the demo's outputs (re-running continues it).")
+@out_option("--out", "out_dir", default="seco-demo", show_default=True,
+            help="Folder for the demo's outputs (re-running continues it).")
 @click.option("--iters", type=int, default=None, help="Training iterations (default: the demo preset's).")
 @click.option("--seg-iters", type=int, default=80, show_default=True,
               help="Iterations of each segmenter (deeplabv3plus/resnet18 on the pseudo masks and on the GT).")
@@ -38,6 +38,7 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
     from ..show import write_strips
     from ..train import Trainer, TrainingInterrupted
 
+    lock_out(out_dir, ".lock", "seco demo")  # its train/, artifacts/ and segmenter folders lock themselves too
     cfg = resolve_config(preset or "demo", config_file, overrides,
                          **{"train.seed": seed, "train.device": device, "train.iters": iters})
     run_dir = Path(out_dir) / "train"

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import defaults_file_option, exported_dataset, resolve_predictions
+from .options import check_out, defaults_file_option, exported_dataset, out_option, resolve_predictions
 
 
 @cli.command("evaluate")
@@ -24,9 +24,9 @@ from .options import defaults_file_option, exported_dataset, resolve_predictions
 @click.option("--cams", "with_cams", is_flag=True,
               help="Also score the raw CAMs of cams_<split>.h5, sweeping the background threshold "
                    "(writes cams_metrics_<split>.json and cams_per_class_<split>.csv).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Where metrics_<split>.json and per_class_<split>.csv go (default: ART_DIR); reports of "
-                   "other splits in it are kept.")
+@out_option("--out", "out_dir", default=None,
+            help="Where metrics_<split>.json and per_class_<split>.csv go (default: ART_DIR); reports of "
+                 "other splits in it are kept.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no table (the mIoU line is still printed).")
 @defaults_file_option
 def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, quiet):
@@ -35,6 +35,7 @@ def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, 
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
 
     masks, cams, art_dir = resolve_predictions(Path(pred), split, with_cams)
+    out = out_dir or check_out(art_dir)  # before any scoring: a read-only export folder fails now
     data = exported_dataset(art_dir, split, Path(pred))
     if gt_root is None:
         gt_root = data.get("root") or None
@@ -50,7 +51,6 @@ def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, 
 
     reader = open_ground_truth(gt_root, split, layout=layout, num_classes=num_classes, class_names=class_names)
     show_bar = not quiet and sys.stderr.isatty()
-    out = out_dir or art_dir
     results = [("", "pseudo masks", "", evaluate_masks(masks, reader, progress=show_bar))]
     if cams is not None:
         sweep = sweep_cam_threshold(cams, reader, progress=show_bar)

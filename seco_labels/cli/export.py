@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import cli
-from .options import defaults_file_option, parse_scales
+from .options import defaults_file_option, lock_out, out_option, parse_scales
 
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
@@ -18,7 +18,7 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @cli.command("export-masks")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="RUN_DIR/last.pt of seco train.")
 @click.option("--split", required=True, help="Split to export, e.g. train.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Artifact folder.")
+@out_option("--out", "out_dir", required=True, help="Artifact folder.")
 @click.option("--data-root", default=None, help="Dataset root (default: the training run's).")
 @click.option("--layout", default=None, help="Dataset layout (default: the training run's).")
 @click.option("--format", "formats", default="h5,png", show_default=True, callback=_formats,
@@ -49,9 +49,11 @@ def export_cmd(checkpoint, split, out_dir, data_root, layout, formats, scales, f
     Under torchrun (torchrun --nproc_per_node N -m seco_labels.cli export-masks ...) the N processes share the
     images and rank 0 merges their parts into one cams_<split>.h5, identical to a one-process export.
     """
+    from ..artifacts import lock_name
     from ..distributed import is_primary_process, shutdown_distributed
     from ..export import ExportOptions, export_split
 
+    lock_out(out_dir, lock_name(split), f"split {split}")
     options = ExportOptions(scales=scales, flip=flip, cam_source=cam_source, tags=tags, tag_threshold=tag_threshold,
                             crf=crf, high_thre=high_thre,
                             low_thre=low_thre, input_size=input_size, formats=formats, overwrite=overwrite,

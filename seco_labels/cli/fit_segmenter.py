@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import cli
-from .options import classes_option
+from .options import classes_option, lock_out, out_option
 from .train import allow_changes_option, exit_interrupted, report_finished, report_resume
 
 
@@ -50,7 +50,7 @@ class SmpArchChoice(click.Choice):
 @classes_option
 @click.option("--split", default=None, help="Training split (data.split; default train_aug).")
 @click.option("--val-split", default=None, help="GT-scored split (data.val_split; default val; '' for none).")
-@click.option("--out", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder SEG_DIR.")
+@out_option("--out", "run_dir", required=True, help="Run folder SEG_DIR.")
 @click.option("--iters", type=int, default=None, help="Training iterations (train.iters; default 20000).")
 @click.option("--batch-size", type=int, default=None, help="Images per step (data.batch_size; default 8).")
 @click.option("--crop-size", type=int, default=None,
@@ -92,8 +92,9 @@ def fit_segmenter_cmd(arch, encoder, encoder_weights, model_kwargs, labels, data
     from ..errors import ConfigError
     from ..segmenters.config import segmenter_config
     from ..segmenters.train import SegmenterTrainer
-    from ..train import TrainingInterrupted
+    from ..train import RUN_LOCK, TrainingInterrupted
 
+    lock_out(run_dir, RUN_LOCK, "a training run")
     kwargs = None
     if model_kwargs is not None:
         try:

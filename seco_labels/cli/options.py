@@ -1,5 +1,7 @@
-"""Options shared by several commands, the preset -> file -> --set -> option layering of the config, and how
-``--pred`` (an artifact folder, an HDF5 file or a PNG folder) and its dataset are found."""
+"""Options shared by several commands, the preset -> file -> --set -> option layering of the config, how
+``--pred`` (an artifact folder, an HDF5 file or a PNG folder) and its dataset are found, and the output folder:
+``--out`` checked before any work (:func:`out_option`, :func:`check_out`) and locked against a second run
+(:func:`lock_out`)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,45 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
+from ..io import check_writable_dir, folder_lock
 from ..config import SecoConfig, apply_overrides, set_values, config_from_dict, get_preset, list_presets, load_config_file
+
+
+def check_out(path: str | Path, option: str = "--out") -> Path:
+    """:func:`seco_labels.io.check_writable_dir` for an output folder a command derives itself (a default next to
+    its input); raises :class:`OutputError` (exit 1, one line naming the path and the reason)."""
+    return check_writable_dir(path, option=option)
+
+
+def _check_out(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--out`` callback: the folder is writable or can be created, checked while the options are parsed, before
+    the command does any work. Parsing runs outside :class:`SecoCommand`'s handler, hence the ClickException."""
+    if value is None:
+        return None
+    try:
+        check_writable_dir(value, option=param.opts[0] if param.opts else "--out")
+    except OutputError as e:
+        raise click.ClickException(str(e)) from None  # exit 1: the run failed, the usage was right
+    return value
+
+
+def out_option(*param_decls: str, **attrs: Any) -> Callable:
+    """``--out``: an output folder that must exist and be writable, or be creatable (its nearest existing parent
+    a writable folder); otherwise the command stops at once with exit 1 and "cannot write --out PATH: REASON".
+    Takes click.option's arguments; the type is a folder path."""
+    attrs.setdefault("metavar", "DIRECTORY")
+    return click.option(*(param_decls or ("--out",)), type=click.Path(), callback=_check_out, **attrs)
+
+
+def lock_out(folder: str | Path, name: str = ".lock", what: str = "") -> None:
+    """Hold the advisory lock ``FOLDER/NAME`` (:func:`seco_labels.io.folder_lock`) until the running command ends,
+    so a second run into the folder stops at once ("FOLDER is being written by process PID", exit 1) before
+    building a model or reading data. Under torchrun only rank 0 takes it: every rank writes the folder."""
+    from ..distributed import is_primary_process
+
+    click.get_current_context().with_resource(
+        folder_lock(Path(folder), name, what=what, enabled=is_primary_process()))
 
 
 def config_options(func: Callable) -> Callable:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import defaults_file_option, parse_scales
+from .options import defaults_file_option, lock_out, out_option, parse_scales
 
 
 def _optional_scales(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -24,8 +24,8 @@ def _optional_scales(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--split", default=None, help="Or a dataset split, e.g. val (with --data-root/--layout).")
 @click.option("--data-root", default=None, help="Dataset root of --split (default: the model's training data).")
 @click.option("--layout", default=None, help="Dataset layout of --split (default: the model's training data).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Folder: <id>.png masks (VOC palette), overlay/<id>.jpg, manifest_predict.json.")
+@out_option("--out", "out_dir", required=True,
+            help="Folder: <id>.png masks (VOC palette), overlay/<id>.jpg, manifest_predict.json.")
 @click.option("--overlay", is_flag=True, help="Also write OUT/overlay/<id>.jpg: the image blended with the mask.")
 @click.option("--flip/--no-flip", default=None,
               help="Add the mirror image's logits (default: on for the SeCo decoder, off for smp models).")
@@ -45,8 +45,9 @@ def predict_cmd(model_path, images_dir, split, data_root, layout, out_dir, overl
     size) or the SeCo decoder (seco segment's multi-scale + flip protocol). Resumable: finished images are skipped
     unless --overwrite."""
     from ..errors import ConfigError
-    from ..predict import ImageFolder, load_predictor, predict_to_folder, split_images
+    from ..predict import LOCK_NAME, ImageFolder, load_predictor, predict_to_folder, split_images
 
+    lock_out(out_dir, LOCK_NAME, "seco predict")
     if (images_dir is None) == (split is None):
         raise ConfigError("pass either --images DIR or --split SPLIT")
     if images_dir is not None and (data_root or layout):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import click
 
 from . import cli
-from .options import defaults_file_option, parse_scales
+from .options import defaults_file_option, lock_out, out_option, parse_scales
 
 
 @cli.command("segment")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="RUN_DIR/last.pt of seco train.")
 @click.option("--split", required=True, help="Split to segment, e.g. val.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Folder: masks_<split>/<id>.png, manifest_<split>.json (the settings), config.yaml, "
-                   "segment_<split>.json.")
+@out_option("--out", "out_dir", required=True,
+            help="Folder: masks_<split>/<id>.png, manifest_<split>.json (the settings), config.yaml, "
+                 "segment_<split>.json.")
 @click.option("--data-root", default=None, help="Dataset root (default: the training run's).")
 @click.option("--layout", default=None, help="Dataset layout (default: the training run's).")
 @click.option("--scales", default="1.0,1.25,1.5", show_default=True, callback=parse_scales,
@@ -35,8 +35,10 @@ def segment_cmd(checkpoint, split, out_dir, data_root, layout, scales, flip, crf
 
     A rerun with the same settings resumes (finished images are kept); one with other settings (checkpoint,
     scales, flip, crf, input size, dataset) is refused unless --overwrite."""
+    from ..artifacts import lock_name
     from ..segment import segment_split
 
+    lock_out(out_dir, lock_name(split), f"split {split}")
     result = segment_split(checkpoint, split, out_dir, data_root=data_root, layout=layout, scales=scales, flip=flip,
                            crf=crf, input_size=input_size, overwrite=overwrite, device=device,
                            quiet=quiet)

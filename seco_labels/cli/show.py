@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import exported_dataset, resolve_predictions
+from .options import check_out, exported_dataset, out_option, resolve_predictions
 
 
 @cli.command("show")
@@ -19,8 +19,7 @@ from .options import exported_dataset, resolve_predictions
 @click.option("--ids", default=None, help="Comma-separated image ids (default: the first --n of the split).")
 @click.option("-n", "--n", "count", type=click.IntRange(min=1), default=16, show_default=True,
               help="How many images when --ids is not given.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder of the PNGs (default: ART/show_<split>).")
+@out_option("--out", "out_dir", default=None, help="Folder of the PNGs (default: ART/show_<split>).")
 @click.option("--data-root", default=None, help="Images (and GT) root (default: the exported dataset's).")
 @click.option("--layout", default=None, help="Dataset layout (default: the exported dataset's, else voc).")
 @click.option("--height", type=click.IntRange(min=32), default=240, show_default=True, help="Panel height, pixels.")
@@ -35,6 +34,7 @@ def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt,
 
     pred_path = Path(pred)
     masks, cams, art_dir = resolve_predictions(pred_path, split, want_cams=False)
+    out = Path(out_dir) if out_dir else check_out(art_dir / f"show_{split}")
     if cams is None and hasattr(masks, "load_cam"):
         cams = masks  # the HDF5 artifact holds the CAMs too
     elif cams is None:
@@ -61,7 +61,6 @@ def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt,
         wanted = [i for i in reader.ids if i in have][:count]
         if not wanted:
             raise click.ClickException(f"no image of split {split!r} of {root} has a prediction in {pred}")
-    out = Path(out_dir) if out_dir else art_dir / f"show_{split}"
     write_strips(wanted, reader, masks, out, cams=cams, with_gt=not no_gt, height=height, split=split,
                  progress=not quiet and sys.stderr.isatty())
     click.echo(f"wrote {len(wanted)} image(s) to {out}")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from . import cli
-from .options import classes_option, config_options, resolve_config
+from .options import classes_option, config_options, lock_out, out_option, resolve_config
 
 #: log fields that count things: printed as integers
 COUNT_KEYS = ("crops_tagged", "crops_rectified", "steps")
@@ -80,7 +80,7 @@ def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
 @click.option("--split", default=None, help="Training split (data.train_split).")
 @click.option("--val-split", default=None, help="Validation split with GT masks (data.val_split); '' for none.")
 @classes_option
-@click.option("--out", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder.")
+@out_option("--out", "run_dir", required=True, help="Run folder.")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False), default=None,
               help="Local ViT weights file (model.backbone_weights); default random init.")
 @click.option("--iters", type=int, default=None, help="Training iterations (train.iters).")
@@ -101,8 +101,9 @@ def train_cmd(preset, config_file, overrides, seed, device, quiet, data_root, la
     with DistributedDataParallel; see docs/distributed.md.
     """
     from ..distributed import is_primary_process, shutdown_distributed
-    from ..train import Trainer, TrainingInterrupted
+    from ..train import RUN_LOCK, Trainer, TrainingInterrupted
 
+    lock_out(run_dir, RUN_LOCK, "a training run")
     cfg = resolve_config(
         preset, config_file, overrides,
         **{

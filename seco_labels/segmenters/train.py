@@ -33,10 +33,10 @@ from ..checkpoint import latest_checkpoint
 from ..config import config_to_dict, save_config
 from ..data.readers import SegmentationReader
 from ..errors import CheckpointError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, disk_full_guard
 from ..evaluate import EvalResult, evaluate_masks, write_reports
 from ..schedule import lr_multiplier
-from ..train import TrainerMixin, StepBatchSampler, resolve_amp, resolve_device
+from ..train import TrainerMixin, StepBatchSampler, holding_run_lock, resolve_amp, resolve_device
 from .config import SegmenterConfig
 from .data import SegTrainDataset, open_labels, open_val_reader
 from .model import build_segmenter, check_names, forward_logits, predict_mask, preflight, round_up, size_multiple
@@ -165,8 +165,13 @@ class SegmenterTrainer(TrainerMixin):
         for p in (tmp, old):
             shutil.rmtree(p, ignore_errors=True)
         d = self.cfg.data
-        self.model.save_pretrained(tmp, metrics=metrics, dataset=f"{d.layout} {d.root}, split {d.split}, labels "
-                                                                 f"{d.labels}")
+        try:
+            with disk_full_guard(final):  # a full disk: DiskFullError, and model/ stays the previous one
+                self.model.save_pretrained(tmp, metrics=metrics, dataset=f"{d.layout} {d.root}, split {d.split}, "
+                                                                         f"labels {d.labels}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         mode = 0o666 & ~_umask()
         for f in tmp.iterdir():  # hub writers may leave 0600 files; outputs get the usual permissions
             f.chmod(mode)
@@ -227,6 +232,7 @@ class SegmenterTrainer(TrainerMixin):
                        "iters": self.step, "crop_size": d.crop_size, "size_multiple": self.multiple}
         return result
 
+    @holding_run_lock
     def fit(self) -> dict[str, Any]:
         """Train from ``self.step`` to ``train.iters``, save ``last.pt`` and ``model/``, then score the val split
         and write ``metrics.json`` + ``per_class.csv``. Returns the last step's record and the val mIoU.
@@ -235,8 +241,12 @@ class SegmenterTrainer(TrainerMixin):
         scores nothing (``already_finished``) and returns its last logged step and val mIoU. Records of steps >=
         ``self.step`` are dropped from the log first (they are re-run), so each step is logged once.
 
+        Runs holding ``RUN_DIR/.lock`` (:meth:`run_lock`).
+
         Raises:
             TrainingInterrupted: SIGINT/SIGTERM arrived; the step under way was finished and checkpointed first.
+            FolderBusyError: another process is writing ``RUN_DIR``.
+            DiskFullError: a checkpoint, log or model write did not fit; the previous files are kept.
         """
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)

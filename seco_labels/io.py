@@ -10,7 +10,6 @@ import errno as errno_codes
 import hashlib
 import os
 import re
-import resource
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -19,10 +18,12 @@ from typing import Iterable, Iterator
 
 from .errors import DiskFullError, FolderBusyError, OutputError
 
-try:  # POSIX (Linux, macOS); Windows has no flock
+try:  # POSIX (Linux, macOS); Windows has no flock and no file size limit
     import fcntl
+    import resource
 except ImportError:  # pragma: no cover - exercised on Windows only
     fcntl = None  # type: ignore[assignment]
+    resource = None  # type: ignore[assignment]
 
 __all__ = [
     "atomic_path", "atomic_write_text", "atomic_write_bytes", "append_line", "sha256_file", "check_writable_dir",
@@ -78,9 +79,10 @@ def _full_errno(exc: BaseException, written: Path | None) -> int | None:
             size = written.stat().st_size
         except OSError:
             size = -1
-        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-        if soft != resource.RLIM_INFINITY and size >= soft:
-            return errno_codes.EFBIG
+        if resource is not None:
+            soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+            if soft != resource.RLIM_INFINITY and size >= soft:
+                return errno_codes.EFBIG
         try:
             vfs = os.statvfs(written.parent)
         except OSError:

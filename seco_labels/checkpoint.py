@@ -2,7 +2,8 @@
 
 Layout of the saved dict (format 1)::
 
-    {"format": 1, "version": str, "step": int (next step to run), "config": dict (resolved SecoConfig),
+    {"format": 1, "version": str, "kind": "seco" | "segmenter" (which trainer wrote it; absent in early seco
+     checkpoints), "step": int (next step to run), "config": dict (resolved SecoConfig or SegmenterConfig),
      "model": state_dict (student + EMA teacher + reservoir + prototypes),
      "optimizer": state_dict, "scaler": state_dict | None, "rng": {"torch": ByteTensor,
      "cuda": [ByteTensor] | None}, "metrics": dict}
@@ -26,11 +27,12 @@ import torch
 
 from . import __version__
 from .errors import CheckpointError, ConfigError
-from .io import atomic_path
+from .io import append_line, atomic_path
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "check_compatible", "latest_checkpoint", "CHECKPOINT_FORMAT",
-    "ConfigChange", "diff_configs", "check_changes", "record_changes", "CHANGES_FILE",
+    "ConfigChange", "diff_configs", "check_changes", "record_changes", "CHANGES_FILE", "checkpoint_kind",
+    "require_kind",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -100,6 +102,32 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
         raise CheckpointError(not_ours)
     return ckpt
+
+
+def checkpoint_kind(ckpt: dict[str, Any]) -> str:
+    """``"seco"`` (``seco train``) or ``"segmenter"`` (``seco fit-segmenter``): the trainer that wrote ``ckpt``.
+    Early seco checkpoints carry no kind; the segmenter's always did."""
+    return str(ckpt.get("kind") or "seco")
+
+
+def require_kind(ckpt: dict[str, Any], kind: str, path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` when ``ckpt`` (loaded from ``path``) was not written by the ``kind`` trainer,
+    saying what the file is and which file to pass instead."""
+    actual = checkpoint_kind(ckpt)
+    if actual == kind:
+        return
+    cfg = ckpt.get("config") or {}
+    model = cfg.get("model") or {}
+    what = {
+        "seco": f"a seco train checkpoint (backbone {model.get('backbone', '?')}, step {ckpt.get('step', '?')})",
+        "segmenter": (f"a seco fit-segmenter checkpoint ({model.get('arch', '?')}/{model.get('encoder', '?')}, "
+                      f"step {ckpt.get('step', '?')})"),
+    }.get(actual, f"a checkpoint of kind {actual!r}")
+    wanted = {
+        "seco": "the RUN_DIR/last.pt written by seco train (a segmenter predicts with seco predict --model SEG_DIR)",
+        "segmenter": "the SEG_DIR/last.pt of a seco fit-segmenter run, or another --out for a new run",
+    }[kind]
+    raise CheckpointError(f"{path} is {what}; pass {wanted}")
 
 
 def check_compatible(ckpt_config: dict[str, Any], config: dict[str, Any], source: str | os.PathLike) -> None:
@@ -221,6 +249,5 @@ def record_changes(run_dir: str | os.PathLike, changes: list[ConfigChange], *, s
         "changes": {c.key: {"old": c.old, "new": c.new} for c in changes},
         "allowed_by": allowed_by,
     }
-    with path.open("a") as f:
-        f.write(json.dumps(entry) + "\n")
+    append_line(path, json.dumps(entry))
     return path

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .artifacts import ArtifactWriter
 from .cams import check_scales, multi_scale_cams
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, require_kind
 from .config import SecoConfig, config_from_dict, config_to_dict, save_config
 from .data import build_reader, normalize
 from .distributed import all_gather_objects, barrier, init_distributed
@@ -74,6 +74,7 @@ class ExportOptions:
 def load_trained_model(checkpoint: str | Path, device: torch.device) -> tuple[SeCoNet, SecoConfig]:
     """Build the network from the checkpoint's own config and load its weights strictly."""
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    require_kind(ckpt, "seco", checkpoint)  # a segmenter's config would fail as "unknown config key 'data.labels'"
     cfg = config_from_dict(ckpt["config"])
     cfg.model.backbone_weights = None  # the checkpoint holds the trained weights
     model = build_seco(cfg.model, cfg.data.num_classes)

@@ -38,7 +38,7 @@ from .artifacts import manifest_path, read_manifest, save_mask_png, settings_cha
 from .cams import check_scales
 from .config import load_config_file
 from .data import build_reader
-from .data.readers import READERS, SegmentationReader, decode_image
+from .data.readers import READERS, SegmentationReader, decode_image, image_to_rgb
 from .errors import CheckpointError, ConfigError, DataError
 from .export import load_trained_model
 from .io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
@@ -135,9 +135,10 @@ class ImageFolder:
         return self._paths[image_id]
 
     def load_image(self, image_id: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB (grey, RGBA, palette images converted); DataError naming an unreadable file."""
-        img = decode_image(self._paths[image_id], "image")
-        return np.array(img.convert("RGB") if img.mode != "RGB" else img)
+        """(H, W, 3) uint8 RGB (grey, 16-bit, RGBA, palette images converted as the dataset readers do); DataError
+        naming an unreadable file."""
+        path = self._paths[image_id]
+        return image_to_rgb(decode_image(path, "image"), path)
 
 
 # -- predictors ----------------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ class SecoPredictor(Predictor):
 def _model_kind(path: Path) -> tuple[str, Path]:
     """(``"smp"``, the smp model folder) or (``"seco"``, the checkpoint file) for ``--model``; CheckpointError
     naming the path when it is neither."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import checkpoint_kind, load_checkpoint
 
     if not path.exists():
         raise CheckpointError(f"--model {path} not found; pass a fit-segmenter run folder (SEG_DIR or SEG_DIR/model) "
@@ -234,7 +235,7 @@ def _model_kind(path: Path) -> tuple[str, Path]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip checkpoint, truncated, foreign: load_checkpoint says which, naming the file
         ckpt = load_checkpoint(path)
-    if isinstance(ckpt, dict) and ckpt.get("kind") == "segmenter":
+    if isinstance(ckpt, dict) and checkpoint_kind(ckpt) == "segmenter":
         run = path.parent
         hint = (f"pass its run folder {run}" if (run / "model" / "config.json").is_file() else
                 "its model/ is written when training ends: continue it with seco fit-segmenter --resume auto")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .cams import box_mask, cam_to_label, cam_to_roi_mask, check_scales, decompose, multi_scale_cams
 from .checkpoint import (
     _ARCH_KEYS, ConfigChange, check_changes, check_compatible, latest_checkpoint, load_checkpoint, record_changes,
-    save_checkpoint,
+    require_kind, save_checkpoint,
 )
 from .config import SecoConfig, config_to_dict, save_config
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, denormalize
@@ -50,7 +50,7 @@ from .schedule import lr_multiplier
 __all__ = [
     "Trainer", "SecoObjective", "memory_digest", "seco_step", "evaluate", "resolve_device", "resolve_amp",
     "StepBatchSampler", "LOSS_TERMS",
-    "batch_to_device", "TrainerMixin", "TrainingInterrupted", "peak_memory_mb",
+    "batch_to_device", "TrainerMixin", "TrainingInterrupted", "NonFiniteLossError", "peak_memory_mb",
 ]
 
 #: Every term of the objective, in the order they are logged.
@@ -338,6 +338,15 @@ class TrainingInterrupted(SecoError):
         return 128 + self.signum
 
 
+class NonFiniteLossError(SecoError, FloatingPointError):
+    """The loss went NaN or infinite: training stopped before the step's update (the message names the step, the
+    term, the learning rate and the last good checkpoint)."""
+
+
+#: a loss this many times its running median is reported as a possible divergence
+DIVERGENCE_FACTOR = 100.0
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory so far, MiB: CUDA ``max_memory_allocated`` on a GPU, else the process's maximum resident set size
     (``getrusage``; what ``/usr/bin/time`` reports)."""
@@ -597,6 +606,41 @@ class TrainerMixin:
         if rng.get("cuda") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(rng["cuda"])
 
+    def _check_loss(self, loss: float, terms: dict[str, float | None] | None = None, *,
+                    lr_hint: str = "--set optim.lr=...") -> None:
+        """Before the update of step ``self.step``: raise :class:`NonFiniteLossError` for a NaN/inf ``loss`` (naming
+        the first non-finite of ``terms``, the learning rate and the last checkpoint), and warn on stderr when the
+        loss is :data:`DIVERGENCE_FACTOR` times the lowest running median (over up to 50 steps) seen so far (at
+        most once per 100 steps)."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not math.isfinite(loss):
+            bad = next((k for k, v in (terms or {}).items() if v is not None and not math.isfinite(v)), None)
+            which = f"loss term {bad} = {terms[bad]}" if bad else f"the loss = {loss}"  # type: ignore[index]
+            last = latest_checkpoint(self.run_dir)
+            where = (f"the last good checkpoint is {last} (saved before this step)" if last is not None else
+                     "no checkpoint was saved yet")
+            raise NonFiniteLossError(
+                f"{which} at step {self.step} with learning rate {lr:.3e}: training stopped before this update; "
+                f"{where}. Lower the learning rate ({lr_hint}) and continue with --resume auto --allow-changes, or "
+                "start a new run"
+            )
+        # the reference is the lowest running median seen: the median of a run that has started to diverge
+        # rises with it and would hide the divergence
+        recent: list[float] = self.__dict__.setdefault("_recent_losses", [])
+        if len(recent) >= 3:
+            median = sorted(abs(v) for v in recent)[len(recent) // 2]
+            ref = min(median, self.__dict__.get("_loss_reference", math.inf))
+            self._loss_reference = ref
+            quiet_until = self.__dict__.get("_divergence_quiet_until", -1)
+            if ref > 0 and abs(loss) > DIVERGENCE_FACTOR * ref and self.step >= quiet_until:
+                self._divergence_quiet_until = self.step + 100
+                if self.dist.is_primary:
+                    print(f"warning: step {self.step}: loss {loss:.4g} is {abs(loss) / ref:.0f}x its running median "
+                          f"({ref:.4g}); training may be diverging: lower the learning rate ({lr:.3e}) if it goes on",
+                          file=sys.stderr, flush=True)
+        recent.append(loss)
+        del recent[:-50]
+
     def _autocast(self) -> ContextManager[Any]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -695,9 +739,10 @@ class Trainer(TrainerMixin):
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return self._common_state()
+        return {"kind": "seco", **self._common_state()}
 
     def load_state_dict(self, ckpt: dict[str, Any], source: str | Path) -> None:
+        require_kind(ckpt, "seco", source)
         check_compatible(ckpt.get("config", {}), config_to_dict(self.cfg), source)
         self._load_common_state(ckpt, source)
         self.step = int(ckpt["step"])
@@ -738,9 +783,7 @@ class Trainer(TrainerMixin):
             group["lr"] = base * mult
         batch = batch_to_device(batch, self.device)
         out = self.objective(batch, self.step, autocast=self._autocast, timer=timer)
-        if not torch.isfinite(out.loss):
-            bad = {k: v for k, v in out.terms.items() if v is not None and not math.isfinite(v)}
-            raise FloatingPointError(f"non-finite loss at step {self.step}: {bad or out.terms}; lower optim.lr")
+        self._check_loss(float(out.loss.detach()), out.terms)
         with timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()

@@ -21,6 +21,16 @@ VOC_DEMO = TESTS.parent / "seco_labels" / "demo_data" / "voc-demo"
 TEST_DATA = TESTS / "data"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The extended fuzzing runs when markers are chosen (``pytest -m slow``), not in a plain ``pytest -q``."""
+    if config.option.markexpr:
+        return
+    skip = pytest.mark.skip(reason="extended fuzzing: run it with pytest -m slow")
+    for item in items:
+        if "fuzz_extended" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def voc_root() -> Path:
     """44 real images in VOC layout, 21 classes (train 32, val 12): the bundled demo set."""

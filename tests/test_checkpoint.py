@@ -110,3 +110,30 @@ def test_change_rules_refuse_allow_and_record(tmp_path):
     entry = json.loads(path.read_text())
     assert entry["changes"] == {"train.seed": {"old": 0, "new": 7}} and entry["step"] == 100
     assert entry["allowed_by"] == "--allow-changes" and entry["time"].endswith("+00:00")
+
+
+def test_a_checkpoint_of_the_other_trainer_is_named(voc_root, tiny_checkpoint, tmp_path):
+    """A fit-segmenter last.pt given where a seco train one is needed, and the reverse: one line naming the file,
+    what it is, and what to pass."""
+    seg = tmp_path / "seg"
+    res = CliRunner().invoke(cli, ["fit-segmenter", "--arch", "unet", "--encoder", "resnet18", "--model-kwargs",
+                                   "{encoder_depth: 3, decoder_channels: [32, 16, 8]}", "--labels", "gt",
+                                   "--data-root", str(voc_root), "--split", "val", "--val-split", "", "--out", str(seg),
+                                   "--iters", "1", "--batch-size", "2", "--crop-size", "64", "--num-workers", "0",
+                                   "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(seg / "last.pt"), "--split", "val", "--out",
+                                   str(tmp_path / "art"), "--data-root", str(voc_root)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert (f"{seg / 'last.pt'} is a seco fit-segmenter checkpoint (unet/resnet18, step 1); pass the RUN_DIR/last.pt "
+            "written by seco train") in " ".join(res.output.split())
+    assert not (tmp_path / "art").exists()  # refused before anything was written
+
+    assert torch.load(tiny_checkpoint, weights_only=True)["kind"] == "seco"
+    res = CliRunner().invoke(cli, ["fit-segmenter", "--arch", "unet", "--encoder", "resnet18", "--labels", "gt",
+                                   "--data-root", str(voc_root), "--split", "val", "--val-split", "", "--out",
+                                   str(tmp_path / "seg2"), "--resume", str(tiny_checkpoint), "--iters", "1",
+                                   "--num-workers", "0", "--device", "cpu", "--quiet"])
+    assert res.exit_code == 1
+    assert (f"{tiny_checkpoint} is a seco train checkpoint (backbone vit_tiny_patch16_224, step 4); pass the "
+            "SEG_DIR/last.pt of a seco fit-segmenter run") in " ".join(res.output.split())

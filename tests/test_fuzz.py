@@ -12,9 +12,8 @@ Every case runs under a time guard (``signal.alarm`` for Python-level loops, ``f
 ends the run with a traceback if C code hangs), so a hang fails instead of stalling the suite.
 
 The quick part (the ``test_fuzz_quick`` and ``test_odd_*`` cases) runs in the normal suite. ``test_fuzz_more``
-(more seeds, marked ``slow``) runs only when ``SECO_FUZZ=full`` is set: ``pytest -q`` (what CI runs) includes
-``slow`` tests, so the extended fuzzing opts in by that variable, e.g. ``SECO_FUZZ=full pytest -q
-tests/test_fuzz.py``.
+(more seeds, marked ``slow`` and ``fuzz_extended``) runs when markers are chosen, e.g. ``pytest -m slow
+tests/test_fuzz.py``; a plain ``pytest -q`` (what CI runs) skips it (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -22,9 +21,7 @@ from __future__ import annotations
 import faulthandler
 import io
 import json
-import os
 import pickle
-import shutil
 import signal
 import struct
 import sys
@@ -354,7 +351,7 @@ def test_fuzz_quick(corpus, tmp_path, target, mutation, seed):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SECO_FUZZ") != "full", reason="extended fuzzing: set SECO_FUZZ=full")
+@pytest.mark.fuzz_extended
 @pytest.mark.parametrize("target, mutation, seed", MORE)
 def test_fuzz_more(corpus, tmp_path, target, mutation, seed):
     run_case(corpus, tmp_path, target, mutation, seed)

@@ -395,3 +395,35 @@ def test_a_signal_to_one_torchrun_process_stops_every_process_after_the_same_ste
     # the stop checkpoint checked that both processes hold the same memories after that same step
     digests = [r for r in log if "memory_digests" in r]
     assert [r["step"] for r in digests] == [step - 1] and len(set(digests[0]["memory_digests"])) == 1
+
+
+# -- a loss that diverges or goes non-finite ---------------------------------------------------------------------
+def test_exploding_loss_warns_then_non_finite_loss_stops_with_our_error(voc_root, tmp_path, capfd):
+    from seco_labels.train import NonFiniteLossError
+
+    cfg = tiny_config(voc_root, iters=12)
+    cfg.train.val_every, cfg.data.num_workers, cfg.train.ckpt_every = 0, 0, 3
+    cfg.optim.lr = 2.0  # 10^4 x the demo preset's: the loss grows from 1.5 to ~1e7 within 12 steps, still finite
+    Trainer(cfg, tmp_path / "big", quiet=True).fit()
+    err = capfd.readouterr().err
+    assert "warning: step 3: loss " in err and "training may be diverging" in err, err
+    assert err.count("training may be diverging") == 1  # once per 100 steps, not at every step
+
+    cfg.optim.lr = 1e4  # the loss goes NaN at step 3, after the checkpoint of step 3
+    run = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError) as info:
+        Trainer(cfg, run, quiet=True).fit()
+    message = str(info.value)
+    assert message.startswith("loss term cls = nan at step 3 with learning rate ")
+    assert f"the last good checkpoint is {run / 'last.pt'} (saved before this step)" in message
+    assert "Lower the learning rate (--set optim.lr=...) and continue with --resume auto --allow-changes" in message
+    assert [r["step"] for r in read_log(run)] == [0, 1, 2]  # the bad step is neither logged nor applied
+    from click.testing import CliRunner
+
+    from seco_labels.cli import cli
+
+    cfg_file = _cfg_file(voc_root, tmp_path, 12, ckpt_every=3)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg_file), "--set", "optim.lr=10000",
+                                   "--set", "data.num_workers=0", "--out", str(tmp_path / "c"), "--quiet"])
+    assert res.exit_code == 1 and "Error: loss term cls = nan at step 3" in res.output
+    assert "Traceback" not in res.output

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..artifacts import h5_path, manifest_path, masks_dir, open_pseudo_labels, read_manifest
-from ..data.readers import SegmentationReader, build_reader, check_class_count
+from ..data.readers import SegmentationReader, build_reader, check_class_count, decode_image
 from ..data.transforms import IMAGENET_MEAN, normalize
 from ..errors import ConfigError, DataError
 from .config import SegDataConfig
@@ -131,7 +131,7 @@ def _png_header(path: Path, image_id: str) -> tuple[tuple[int, int], str]:
     try:
         with Image.open(path) as img:  # reads the header only
             return (img.height, img.width), img.mode
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise DataError(f"pseudo mask {path} of {image_id} is unreadable ({e}); export it again") from None
 
 
@@ -206,11 +206,7 @@ def _check_values(labels: LabelSet) -> None:
         return
     for image_id in labels.ids:
         path = labels.where / f"{image_id}.png"
-        try:
-            with Image.open(path) as img:
-                mask = np.asarray(img)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"pseudo mask {path} of {image_id} is unreadable ({e}); export it again") from None
+        mask = np.asarray(decode_image(path, f"pseudo mask of {image_id}", hint="Export it again"))
         _check_mask(labels, image_id, mask, k, ignore)
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..checkpoint import latest_checkpoint
+from ..checkpoint import latest_checkpoint, require_kind
 from ..config import config_to_dict, save_config
 from ..data.readers import SegmentationReader
 from ..errors import CheckpointError
@@ -144,9 +144,7 @@ class SegmenterTrainer(TrainerMixin):
         return {"kind": "segmenter", **self._common_state()}
 
     def load_state_dict(self, ckpt: dict[str, Any], source: str | Path) -> None:
-        if ckpt.get("kind") != "segmenter":
-            raise CheckpointError(f"{source} is a seco train checkpoint, not a fit-segmenter one; pass the "
-                                  "RUN_DIR/last.pt of a fit-segmenter run or choose another --out")
+        require_kind(ckpt, "segmenter", source)
         mine = config_to_dict(self.cfg)
         theirs = ckpt.get("config", {})
         diffs = [f"{s}.{k}: checkpoint {theirs.get(s, {}).get(k)!r} vs requested {mine[s][k]!r}"
@@ -202,8 +200,7 @@ class SegmenterTrainer(TrainerMixin):
         with self._autocast():
             logits = forward_logits(self.model, x)  # (B, K, S, S)
         loss = ce_loss(logits.float(), y, self.cfg.data.ignore_index)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.step}; lower optim.lr (--lr)")
+        self._check_loss(float(loss.detach()), lr_hint="--lr")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

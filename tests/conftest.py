@@ -1,7 +1,7 @@
-"""Shared fixtures: the real images bundled in the repository, and offline settings.
+"""Fixtures used across the test files: the real images bundled in the repository, and offline settings.
 
-Every test runs from a fresh clone alone: the data below ships with the repository (a few MB). The larger sets
-the benchmarks use (``shared/data`` beside the project) are never needed here.
+Every test runs from a fresh clone alone: the data below ships with the repository (a few MB); nothing outside the
+repository is read.
 """
 
 from __future__ import annotations

@@ -138,7 +138,8 @@ class ImageFolder:
         """(H, W, 3) uint8 RGB (grey, 16-bit, RGBA, palette images converted as the dataset readers do); DataError
         naming an unreadable file."""
         path = self._paths[image_id]
-        return image_to_rgb(decode_image(path, "image"), path)
+        with decode_image(path, "image") as img:
+            return image_to_rgb(img, path)
 
 
 # -- predictors ----------------------------------------------------------------------------------------------

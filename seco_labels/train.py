@@ -478,6 +478,20 @@ class TrainerMixin:
                 f"eta {_eta(sec * (iters - self.step))} | peak mem {peak_memory_mb(self.device):.0f} MB")
         print(line, file=sys.stderr, flush=True)
 
+    def _end_step(self, record: dict[str, Any], bar: tqdm, times: list[float],
+                  postfix: Callable[[], dict[str, str]]) -> None:
+        """After a training step: log ``record``, advance ``self.step`` and the bar, collect the step time, and
+        every ``train.log_every`` steps (and at the last) set the bar's ``postfix()`` and write the plain line."""
+        self._log(record)
+        times.append(record["time"])
+        self.step += 1
+        bar.update(1)
+        t = self.cfg.train
+        if self.step % t.log_every == 0 or self.step == t.iters:
+            bar.set_postfix(postfix())
+            self._plain_progress(record, times)
+            times.clear()
+
     # -- resume and checkpoints ----------------------------------------------------------------------------
     def resume(self, spec: str | None, *, allow_changes: bool = False) -> bool:
         """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if present;
@@ -877,16 +891,9 @@ class Trainer(TrainerMixin):
                     **self._over_processes(out),
                     "time": time.perf_counter() - start,
                 }
-                self._log(record)
                 last = record
-                times.append(record["time"])
-                self.step += 1
-                bar.update(1)
-                if self.step % t.log_every == 0 or self.step == t.iters:
-                    bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in record.items()
-                                     if k.startswith("loss_") and v is not None})
-                    self._plain_progress(record, times)
-                    times = []
+                self._end_step(record, bar, times, lambda: {k[5:]: f"{v:.3f}" for k, v in record.items()
+                                                            if k.startswith("loss_") and v is not None})
                 if t.val_every and (self.step % t.val_every == 0 or self.step == t.iters):
                     scores = self.validate()
                     if scores:

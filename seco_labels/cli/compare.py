@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import check_out, defaults_file_option, out_option
+from ..io import check_writable_dir
+from .options import defaults_file_option, out_option
 
 
 @cli.command("compare")
@@ -30,7 +31,7 @@ def compare_cmd(runs, out_dir, names, stem, title, quiet):
     if names and len(names) != len(runs):
         raise click.UsageError(f"{len(names)} --name value(s) for {len(runs)} run(s); give one per run or none")
     scores = [load_run(Path(r), names[i] if names else None) for i, r in enumerate(runs)]
-    out = out_dir or check_out(default_out_dir(scores))
+    out = out_dir or check_writable_dir(default_out_dir(scores))
     paths = compare_runs(scores, out, stem=stem, title=title)
     if not quiet:
         click.echo(format_markdown(scores), nl=False)

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import check_out, defaults_file_option, exported_dataset, out_option, resolve_predictions
+from ..io import check_writable_dir
+from .options import defaults_file_option, exported_dataset, out_option, resolve_predictions
 
 
 @cli.command("evaluate")
@@ -35,7 +36,7 @@ def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, 
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
 
     masks, cams, art_dir = resolve_predictions(Path(pred), split, with_cams)
-    out = out_dir or check_out(art_dir)  # before any scoring: a read-only export folder fails now
+    out = out_dir or check_writable_dir(art_dir)  # before any scoring: a read-only export folder fails now
     data = exported_dataset(art_dir, split, Path(pred))
     if gt_root is None:
         gt_root = data.get("root") or None

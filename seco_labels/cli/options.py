@@ -1,7 +1,7 @@
 """Options shared by several commands, the preset -> file -> --set -> option layering of the config, how
 ``--pred`` (an artifact folder, an HDF5 file or a PNG folder) and its dataset are found, and the output folder:
-``--out`` checked before any work (:func:`out_option`, :func:`check_out`) and locked against a second run
-(:func:`lock_out`)."""
+``--out`` checked before any work (:func:`out_option`; a default folder with ``io.check_writable_dir``) and
+locked against a second run (:func:`lock_out`)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ import click
 from ..errors import ConfigError, OutputError
 from ..io import check_writable_dir, folder_lock
 from ..config import SecoConfig, apply_overrides, set_values, config_from_dict, get_preset, list_presets, load_config_file
-
-
-def check_out(path: str | Path, option: str = "--out") -> Path:
-    """:func:`seco_labels.io.check_writable_dir` for an output folder a command derives itself (a default next to
-    its input); raises :class:`OutputError` (exit 1, one line naming the path and the reason)."""
-    return check_writable_dir(path, option=option)
 
 
 def _check_out(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import check_out, exported_dataset, out_option, resolve_predictions
+from ..io import check_writable_dir
+from .options import exported_dataset, out_option, resolve_predictions
 
 
 @cli.command("show")
@@ -34,7 +35,7 @@ def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt,
 
     pred_path = Path(pred)
     masks, cams, art_dir = resolve_predictions(pred_path, split, want_cams=False)
-    out = Path(out_dir) if out_dir else check_out(art_dir / f"show_{split}")
+    out = Path(out_dir) if out_dir else check_writable_dir(art_dir / f"show_{split}")
     if cams is None and hasattr(masks, "load_cam"):
         cams = masks  # the HDF5 artifact holds the CAMs too
     elif cams is None:

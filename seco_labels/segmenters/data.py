@@ -206,7 +206,8 @@ def _check_values(labels: LabelSet) -> None:
         return
     for image_id in labels.ids:
         path = labels.where / f"{image_id}.png"
-        mask = np.asarray(decode_image(path, f"pseudo mask of {image_id}", hint="Export it again"))
+        with decode_image(path, f"pseudo mask of {image_id}", hint="Export it again") as img:
+            mask = np.asarray(img)
         _check_mask(labels, image_id, mask, k, ignore)
 
 

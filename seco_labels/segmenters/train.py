@@ -264,15 +264,8 @@ class SegmenterTrainer(TrainerMixin):
                 loss = self.train_step(next(loader))
                 record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss,
                           "time": time.perf_counter() - start}
-                self._log(record)
                 last = record
-                times.append(record["time"])
-                self.step += 1
-                bar.update(1)
-                if self.step % t.log_every == 0 or self.step == t.iters:
-                    bar.set_postfix(loss=f"{loss:.3f}")
-                    self._plain_progress(record, times)
-                    times = []
+                self._end_step(record, bar, times, lambda: {"loss": f"{loss:.3f}"})
                 saved = self.step % t.ckpt_every == 0 or self.step == t.iters
                 if saved:
                     self.save()

@@ -178,8 +178,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def diff_configs(old: dict[str, Any], new: dict[str, Any]) -> list[ConfigChange]:
-    """Every dotted key (``loss.lig.weight``; ``*kwargs`` mappings such as ``model.backbone_kwargs`` compare whole) whose
-    value differs between two configs as :func:`seco_labels.config.config_to_dict` writes them, sorted by key.
+    """Every dotted key (``loss.lig.weight``; ``*kwargs`` mappings such as ``model.backbone_kwargs`` compare whole)
+    whose value differs between two configs as :func:`seco_labels.config.config_to_dict` writes them, sorted by key.
     A key missing on one side (a config of an older version) counts as None there, and as no change when the other
     side holds an empty value (a key added since, at its default: ``data.class_names = []``)."""
     a, b = _flatten(old), _flatten(new)

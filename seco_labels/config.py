@@ -199,7 +199,8 @@ class SecoConfig:
         if m.reservoir_size % keys_per_step:
             # the reservoir is a FIFO that takes whole steps of keys (docs/design.md §3): say which values fit
             per_image = 2 + k.num_local_crops
-            batches = [b for b in range(1, m.reservoir_size // per_image + 1) if m.reservoir_size % (b * per_image) == 0]
+            batches = [b for b in range(1, m.reservoir_size // per_image + 1)
+                       if m.reservoir_size % (b * per_image) == 0]
             near = sorted(sorted(batches, key=lambda b: (abs(b - d.batch_size), b))[:4])
             lower = m.reservoir_size // keys_per_step * keys_per_step
             sizes = [n for n in (lower, lower + keys_per_step) if n > 0]

@@ -283,9 +283,10 @@ class SegmentationReader:
 
     Class names are ``class_names`` when given (K names, background first; K is then their count), else the
     layout's own when ``num_classes`` is its count, else ``class_1``... Tags come from ``cls_labels_onehot.npy``;
-    without that file they are derived from the masks (on first use of each id, then cached). ``require_tags=False`` accepts a split without tags (a labels file or masks),
-    for exports that predict the tags; ``require_images=False`` defers a missing image to its loading, so a
-    caller can skip it (``export-masks --skip-bad``).
+    without that file they are derived from the masks (on first use of each id, then cached).
+    ``require_tags=False`` accepts a split without tags (a labels file or masks), for exports that predict the
+    tags; ``require_images=False`` defers a missing image to its loading, so a caller can skip it
+    (``export-masks --skip-bad``).
 
     Raises:
         DataError: the root, split list, a listed image (or mask, with ``require_masks``) is missing, the split

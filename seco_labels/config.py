@@ -16,6 +16,7 @@ import yaml
 
 from .data.classes import check_class_names
 from .errors import ConfigError
+from .losses import GAUSSIAN_FILTERS
 
 __all__ = [
     "DataConfig",
@@ -129,6 +130,9 @@ class LossConfig:
     energy_sigma_rgb: float = 15.0
     energy_sigma_xy: float = 100.0  #: pixels at crop resolution
     energy_scale: float = 0.5  #: the energy is computed on an image downscaled by this factor
+    #: Gaussian filter of the energy: "lattice" (published permutohedral lattice, linear in pixels, ~0.6x the
+    #: exact sum, which the published strength includes) or "exact" (dense, quadratic in pixels)
+    energy_filter: str = "lattice"
 
 
 @dataclass
@@ -191,6 +195,10 @@ class SecoConfig:
             raise ConfigError(f"decompose.area_rule={k.area_rule!r}: choose 'label_sum' or 'fraction'")
         if self.loss.lil_variant not in ("code", "supcon"):
             raise ConfigError(f"loss.lil_variant={self.loss.lil_variant!r}: choose 'code' or 'supcon'")
+        if self.loss.energy_filter not in GAUSSIAN_FILTERS:
+            raise ConfigError(
+                f"loss.energy_filter={self.loss.energy_filter!r}: choose one of {', '.join(GAUSSIAN_FILTERS)}"
+            )
         if k.local_crop_size >= d.crop_size:
             raise ConfigError(
                 f"decompose.local_crop_size={k.local_crop_size} must be smaller than data.crop_size={d.crop_size}"

@@ -7,7 +7,8 @@ happen; where the code departs from the paper, the paper's variant is an option 
 Terms: multi-label classification (:func:`cls_loss`), ToCo's token contrast (:func:`label_to_affinity`,
 :func:`ptc_loss`), the bg/fg-balanced segmentation CE (:func:`seg_loss`), local-to-local and local-to-global
 contrast (:func:`lil_loss`, :func:`lig_loss`), the dense CRF-energy regulariser in pure torch
-(:func:`crf_energy_loss`, :func:`dense_gaussian_filter`), and the per-term schedule (:func:`weight_at`).
+(:func:`crf_energy_loss` with the filters of :data:`GAUSSIAN_FILTERS`: the published permutohedral lattice or
+the exact :func:`dense_gaussian_filter`), and the per-term schedule (:func:`weight_at`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import global_sum, world_size
+from .lattice import permutohedral_filter
 
 __all__ = [
     "cls_loss",
@@ -28,6 +30,7 @@ __all__ = [
     "lil_loss",
     "lig_loss",
     "dense_gaussian_filter",
+    "GAUSSIAN_FILTERS",
     "crf_energy_loss",
     "weight_at",
 ]
@@ -425,6 +428,12 @@ def _symmetric_gaussian_filter(
     return out
 
 
+#: Gaussian filters of the CRF energy, ``(features (B, F, N), values (B, K, N)) -> (B, K, N)``:
+#: ``lattice`` is the published one (rloss's permutohedral lattice, unnormalised, about 0.6x the exact sum;
+#: linear in pixels), ``exact`` the dense sum over every pixel pair (quadratic in pixels).
+GAUSSIAN_FILTERS = {"lattice": permutohedral_filter, "exact": dense_gaussian_filter}
+
+
 def crf_energy_loss(
     image: torch.Tensor,
     probs: torch.Tensor,
@@ -436,6 +445,7 @@ def crf_energy_loss(
     scale: float = 0.5,
     weight: float = 1e-7,
     ignore_index: int = 255,
+    filter: str = "lattice",
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Dense CRF-energy regulariser of Tang et al. (ECCV 2018) as the published ``DenseEnergyLoss`` computes it.
@@ -443,7 +453,7 @@ def crf_energy_loss(
     Image, ROI and label are downscaled by ``scale`` with nearest neighbours and the probabilities bilinearly
     (the published ``F.interpolate`` calls, ``recompute_scale_factor=True``); ``sigma_xy`` is scaled with them.
     With ``S = probs * roi``, ``W_ij = exp(-|p_i - p_j|^2 / (2 sigma_xy^2) - |I_i - I_j|^2 / (2 sigma_rgb^2))``
-    over all pixel pairs of an image (exact, i == j included), ``Gate = max(roi - max_k probs, 0)`` set to 1
+    over all pixel pairs of an image (i == j included), ``Gate = max(roi - max_k probs, 0)`` set to 1
     where the label is ``ignore_index`` (before clamping), and ``AS = Gate * (W S)`` per class:
 
         loss = -weight * sum(S * AS) / B
@@ -454,7 +464,11 @@ def crf_energy_loss(
     dependence on ``max_k probs``. We reproduce the published gradient: the value is computed from a detached
     ``AS``, and a straight-through term ``-2 * weight / B * sum((p - p.detach()) * roi * AS)`` (exactly 0 in
     value) carries it. The gradient then flows through the bilinear downscale to ``probs`` as in the published
-    code. The kernel is exact where the published code used an approximate permutohedral lattice.
+    code.
+
+    ``filter`` names the Gaussian filter that computes ``W S`` (:data:`GAUSSIAN_FILTERS`): ``"lattice"``, the
+    published permutohedral lattice, whose low bias is part of the published loss strength, or ``"exact"``,
+    the dense sum (``chunk_size`` applies to it only; see :func:`dense_gaussian_filter`).
 
     Shape:
         - image: (B, 3, H, W) float RGB in 0..255 (not normalised).
@@ -474,6 +488,8 @@ def crf_energy_loss(
         raise ValueError(f"label shape {tuple(label.shape)} must be (B, H, W) = {(b, h, w)}")
     if not 0 < scale <= 1:
         raise ValueError(f"scale must be in (0, 1], got {scale}")
+    if filter not in GAUSSIAN_FILTERS:
+        raise ValueError(f"unknown CRF-energy filter {filter!r}; use one of {', '.join(GAUSSIAN_FILTERS)}")
     dtype = torch.promote_types(probs.dtype, torch.float32)
 
     # Published DenseEnergyLoss.forward: nearest for image / ROI / label, bilinear for the probabilities.
@@ -496,7 +512,11 @@ def crf_energy_loss(
         sxy = sigma_xy * scale  # published: sigma_xy scaled with the image
         pos = torch.stack([xs, ys]).reshape(1, 2, hs * ws).expand(b, 2, hs * ws) / sxy  # (B, 2, N)
         feats = torch.cat([pos, image_s.reshape(b, 3, hs * ws) / sigma_rgb], dim=1)  # (B, 5, N)
-        a_s = dense_gaussian_filter(feats, s.reshape(b, k, hs * ws), chunk_size)  # (B, K, N) W S
+        values = s.reshape(b, k, hs * ws)
+        if filter == "exact":
+            a_s = dense_gaussian_filter(feats, values, chunk_size)  # (B, K, N) W S
+        else:
+            a_s = GAUSSIAN_FILTERS[filter](feats, values).to(dtype)
         a_s = a_s.reshape(b, k, hs, ws) * gate[:, None]  # AS = Gate * (W S)
         value = -weight * (s * a_s).sum() / b  # Tang et al. 2018 / published: -sum(S * AS) / B
 

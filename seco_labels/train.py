@@ -257,7 +257,7 @@ def seco_step(
                 terms["reg"] = crf_energy_loss(
                     image_255, seg.softmax(1), box_mask(box, size).float(), pseudo, sigma_rgb=lc.energy_sigma_rgb,
                     sigma_xy=lc.energy_sigma_xy, scale=lc.energy_scale, weight=lc.energy_weight,
-                    ignore_index=cfg.data.ignore_index,
+                    filter=lc.energy_filter, ignore_index=cfg.data.ignore_index,
                 )
         loss = sum((w[name] * value for name, value in terms.items() if w[name] > 0), x.new_zeros(()))
 

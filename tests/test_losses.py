@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from seco_labels.lattice import permutohedral_filter
 from seco_labels.losses import (
     cls_loss,
     crf_energy_loss,
@@ -19,6 +22,8 @@ from seco_labels.losses import (
     seg_loss,
     weight_at,
 )
+
+from conftest import VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
 
 
 def unit(*v: float) -> list[float]:
@@ -412,7 +417,7 @@ def test_crf_energy_matches_bruteforce_and_published_gradient(scale):
     image, probs, roi, label = _energy_inputs()
     probs = probs.requires_grad_(True)
     expected, a_s = _energy_reference(image, probs.detach(), roi, label, scale=scale, **ENERGY_KW)
-    loss = crf_energy_loss(image, probs, roi, label, scale=scale, **ENERGY_KW)
+    loss = crf_energy_loss(image, probs, roi, label, scale=scale, filter="exact", **ENERGY_KW)
     assert loss.item() == pytest.approx(expected, rel=1e-9)
     loss.backward()
     roi_s = roi if scale == 1.0 else roi[..., ::2, ::2]
@@ -422,18 +427,63 @@ def test_crf_energy_matches_bruteforce_and_published_gradient(scale):
     assert torch.allclose(probs.grad, grad_s, rtol=1e-9, atol=1e-12)
 
 
-def test_crf_energy_default_weight_and_float32():
+def test_crf_energy_exact_filter_weight_and_float32():
     image, probs, roi, label = _energy_inputs()
     expected, _ = _energy_reference(image, probs, roi, label, 15.0, 100.0, 0.5, 1e-7)
-    loss = crf_energy_loss(image.float(), probs.float(), roi.float(), label)
+    loss = crf_energy_loss(image.float(), probs.float(), roi.float(), label, filter="exact")
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(expected, rel=1e-4)
 
 
+def _real_energy_inputs(size: int = 48):
+    """Two demo images at size x size, a blurry 3-class segmentation, padding on image 1, some ignored pixels."""
+    files = sorted((VOC_DEMO / "JPEGImages").glob("*.jpg"))[:2]
+    image = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize((size, size)),
+                                                     dtype=np.float32)).permute(2, 0, 1) for f in files])
+    g = torch.Generator().manual_seed(0)
+    logits = F.interpolate(torch.randn(2, 3, 6, 6, generator=g) * 4, size=(size, size), mode="bilinear")
+    roi = torch.ones(2, size, size)
+    roi[1, :, size * 3 // 4:] = 0
+    label = logits.argmax(1)
+    label[0, : size // 4] = 255
+    return image, logits.softmax(1), roi, label
+
+
+def test_crf_energy_default_is_the_published_lattice():
+    # The published DenseEnergyLoss filters with rloss's permutohedral lattice: the default reproduces its
+    # formula with our lattice (checked against rloss itself in test_lattice.py), and on real images comes out
+    # at about 0.6x the exact filter's energy, the published strength.
+    image, probs, roi, label = _real_energy_inputs()
+    probs = probs.requires_grad_(True)
+    loss = crf_energy_loss(image, probs, roi, label, weight=1.0)
+    exact = crf_energy_loss(image, probs.detach(), roi, label, weight=1.0, filter="exact")
+    # nearest picks the even pixels; bilinear at an exact factor 2 averages 2x2 blocks
+    image_s, roi_s, label_s = image[..., ::2, ::2], roi[:, ::2, ::2], label[:, ::2, ::2]
+    probs_s = F.avg_pool2d(probs.detach(), 2)
+    s = probs_s * roi_s[:, None]
+    gate = torch.where(label_s == 255, 1.0, roi_s - probs_s.max(1).values).clamp(min=0)
+    b, k, h, w = s.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    feats = torch.cat([torch.stack([xs, ys]).reshape(1, 2, -1).expand(b, 2, -1) / 50.0,
+                       image_s.reshape(b, 3, -1) / 15.0], dim=1)
+    a_s = permutohedral_filter(feats, s.reshape(b, k, -1)).reshape(b, k, h, w) * gate[:, None]
+    assert loss.item() == pytest.approx(-float((s * a_s).sum()) / b, rel=1e-5)
+    assert 0.45 < loss.item() / exact.item() < 0.75
+    loss.backward()  # the published gradient, -2 AS roi / B, through the bilinear downscale
+    grad_s = (-2 * a_s * roi_s[:, None] / b).repeat_interleave(2, 2).repeat_interleave(2, 3) / 4
+    torch.testing.assert_close(probs.grad, grad_s, rtol=1e-4, atol=1e-6)
+
+
+def test_crf_energy_unknown_filter_is_refused():
+    image, probs, roi, label = _energy_inputs()
+    with pytest.raises(ValueError, match="unknown CRF-energy filter 'fast'; use one of lattice, exact"):
+        crf_energy_loss(image, probs, roi, label, filter="fast")
+
+
 def test_crf_energy_chunk_size_invariant():
     image, probs, roi, label = _energy_inputs()
-    a = crf_energy_loss(image, probs, roi, label, scale=1.0, chunk_size=7, **ENERGY_KW)
-    b = crf_energy_loss(image, probs, roi, label, scale=1.0, chunk_size=10000, **ENERGY_KW)
+    a = crf_energy_loss(image, probs, roi, label, scale=1.0, filter="exact", chunk_size=7, **ENERGY_KW)
+    b = crf_energy_loss(image, probs, roi, label, scale=1.0, filter="exact", chunk_size=10000, **ENERGY_KW)
     assert a.item() == pytest.approx(b.item(), rel=1e-12)
 
 
@@ -447,9 +497,10 @@ def test_crf_energy_prefers_segments_aligned_with_edges():
     roi = torch.ones(1, 8, 8)
     label = torch.full((1, 8, 8), 255)  # all ignored -> gate 1 everywhere
     kw = dict(sigma_rgb=15.0, sigma_xy=4.0, scale=1.0, weight=1.0)
-    e_aligned = crf_energy_loss(image, aligned, roi, label, **kw)
-    e_crossing = crf_energy_loss(image, crossing, roi, label, **kw)
-    assert e_aligned.item() < e_crossing.item() < 0
+    for name in ("lattice", "exact"):
+        e_aligned = crf_energy_loss(image, aligned, roi, label, filter=name, **kw)
+        e_crossing = crf_energy_loss(image, crossing, roi, label, filter=name, **kw)
+        assert e_aligned.item() < e_crossing.item() < 0, name
 
 
 def test_crf_energy_rejects_bad_shapes():

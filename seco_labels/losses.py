@@ -31,6 +31,7 @@ __all__ = [
     "lig_loss",
     "dense_gaussian_filter",
     "GAUSSIAN_FILTERS",
+    "energy_features",
     "crf_energy_loss",
     "weight_at",
 ]
@@ -428,6 +429,23 @@ def _symmetric_gaussian_filter(
     return out
 
 
+def energy_features(image: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
+    """The CRF energy's bilateral features ``(x, y, r, g, b)`` divided by their bandwidths (Tang et al. 2018
+    eq. 7; rloss's feature order): x is the column, y the row, in pixels of ``image``.
+
+    Shape: image (B, 3, H, W) float RGB 0..255 -> (B, 5, H * W) in the image's dtype.
+    """
+    _check_dims("image", image, 4, "(B, 3, H, W)")
+    b, _, h, w = image.shape
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=image.device, dtype=image.dtype),
+        torch.arange(w, device=image.device, dtype=image.dtype),
+        indexing="ij",
+    )
+    pos = torch.stack([xs, ys]).reshape(1, 2, h * w).expand(b, 2, h * w) / sigma_xy  # (B, 2, N)
+    return torch.cat([pos, image.reshape(b, 3, h * w) / sigma_rgb], dim=1)  # (B, 5, N)
+
+
 #: Gaussian filters of the CRF energy, ``(features (B, F, N), values (B, K, N)) -> (B, K, N)``:
 #: ``lattice`` is the published one (rloss's permutohedral lattice, unnormalised, about 0.6x the exact sum;
 #: linear in pixels), ``exact`` the dense sum over every pixel pair (quadratic in pixels).
@@ -504,14 +522,7 @@ def crf_energy_loss(
         s = probs_s * roi_s  # (B, K, h', w') S = probs * ROI
         gate = roi_s[:, 0] - probs_s.max(dim=1).values  # published Gate = ROI - max_k probs
         gate = torch.where(label_s == ignore_index, torch.ones_like(gate), gate).clamp(min=0)  # (B, h', w')
-        ys, xs = torch.meshgrid(
-            torch.arange(hs, device=probs.device, dtype=dtype),
-            torch.arange(ws, device=probs.device, dtype=dtype),
-            indexing="ij",
-        )
-        sxy = sigma_xy * scale  # published: sigma_xy scaled with the image
-        pos = torch.stack([xs, ys]).reshape(1, 2, hs * ws).expand(b, 2, hs * ws) / sxy  # (B, 2, N)
-        feats = torch.cat([pos, image_s.reshape(b, 3, hs * ws) / sigma_rgb], dim=1)  # (B, 5, N)
+        feats = energy_features(image_s, sigma_rgb, sigma_xy * scale)  # published: sigma_xy scaled with the image
         values = s.reshape(b, k, hs * ws)
         if filter == "exact":
             a_s = dense_gaussian_filter(feats, values, chunk_size)  # (B, K, N) W S

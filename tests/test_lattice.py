@@ -8,26 +8,18 @@ import torch
 from PIL import Image
 
 from seco_labels.lattice import PermutohedralLattice, permutohedral_filter
-from seco_labels.losses import dense_gaussian_filter
+from seco_labels.losses import dense_gaussian_filter, energy_features
 
 from conftest import TEST_DATA, VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
 
 REFERENCE = TEST_DATA / "rloss_lattice_reference.npz"
 
 
-def _bilateral_features(image: np.ndarray | torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
-    """(B, 3, H, W) RGB 0..255 -> (B, 5, H*W) features (x, y, r, g, b) / sigmas, as the CRF energy builds them."""
-    image = torch.as_tensor(image, dtype=torch.float32)
-    b, _, h, w = image.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    pos = torch.stack([xs, ys]).reshape(1, 2, h * w).expand(b, 2, h * w) / sigma_xy
-    return torch.cat([pos, image.reshape(b, 3, h * w) / sigma_rgb], dim=1)
-
-
-def _demo_images(n: int, size: tuple[int, int]) -> np.ndarray:
+def _demo_images(n: int, size: tuple[int, int]) -> torch.Tensor:
+    """The first n demo images resized to size (W, H): (n, 3, H, W) float RGB 0..255."""
     files = sorted((Path(VOC_DEMO) / "JPEGImages").glob("*.jpg"))[:n]
-    return np.stack([np.asarray(Image.open(f).convert("RGB").resize(size), dtype=np.float32).transpose(2, 0, 1)
-                     for f in files])
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize(size), dtype=np.float32))
+                        .permute(2, 0, 1) for f in files])
 
 
 def test_matches_the_published_rloss_filter():
@@ -37,7 +29,7 @@ def test_matches_the_published_rloss_filter():
     ref = np.load(REFERENCE)
     image, values, expected = ref["image"], ref["values"], ref["rloss"]
     b, k, h, w = values.shape
-    feats = _bilateral_features(image.astype(np.float32), float(ref["sigma_rgb"]), float(ref["sigma_xy"]))
+    feats = energy_features(torch.from_numpy(image).float(), float(ref["sigma_rgb"]), float(ref["sigma_xy"]))
     out = permutohedral_filter(feats, torch.from_numpy(values).reshape(b, k, h * w)).reshape(b, k, h, w)
     assert out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), expected, rtol=2e-5, atol=1e-5)
@@ -47,7 +39,7 @@ def test_matches_the_published_rloss_filter():
 def test_low_bias_against_the_exact_gaussian_on_real_images(size):
     # The lattice is unnormalised: on real images it returns about 0.6x the exact dense sum (0.54-0.69 over
     # the 5-95% range of pixels at a 448 crop, docs/algorithm.md); the published loss strength includes this.
-    feats = _bilateral_features(_demo_images(2, size), 15.0, 50.0)
+    feats = energy_features(_demo_images(2, size), 15.0, 50.0)
     values = torch.ones(2, 1, feats.shape[2])
     ratio = (permutohedral_filter(feats, values) / dense_gaussian_filter(feats, values)).flatten()
     assert 0.5 < ratio.median() < 0.7
@@ -56,7 +48,7 @@ def test_low_bias_against_the_exact_gaussian_on_real_images(size):
 
 def test_linear_and_channel_separable():
     g = torch.Generator().manual_seed(0)
-    feats = _bilateral_features(_demo_images(2, (20, 16)), 15.0, 50.0)
+    feats = energy_features(_demo_images(2, (20, 16)), 15.0, 50.0)
     lattice = PermutohedralLattice(feats)
     u, v = torch.rand(2, 2, 320, generator=g), torch.rand(2, 2, 320, generator=g)
     fu, fv = lattice.filter(u), lattice.filter(v)
@@ -66,7 +58,7 @@ def test_linear_and_channel_separable():
 
 def test_items_do_not_share_vertices_and_pixel_order_does_not_matter():
     g = torch.Generator().manual_seed(1)
-    feats = _bilateral_features(_demo_images(2, (16, 12)), 15.0, 50.0)
+    feats = energy_features(_demo_images(2, (16, 12)), 15.0, 50.0)
     values = torch.rand(2, 3, feats.shape[2], generator=g)
     both = permutohedral_filter(feats, values)
     torch.testing.assert_close(both[:1], permutohedral_filter(feats[:1], values[:1]))
@@ -79,13 +71,13 @@ def test_items_do_not_share_vertices_and_pixel_order_does_not_matter():
 
 def test_vertex_count_grows_with_pixels_not_their_square():
     for size in [(16, 16), (48, 48)]:
-        feats = _bilateral_features(_demo_images(1, size), 15.0, 50.0)
+        feats = energy_features(_demo_images(1, size), 15.0, 50.0)
         n = feats.shape[2]
         assert 0 < PermutohedralLattice(feats).num_vertices <= 6 * n  # at most d + 1 = 6 corners per pixel
 
 
 def test_gradient_flows_to_values():
-    feats = _bilateral_features(_demo_images(1, (6, 5)), 15.0, 10.0)
+    feats = energy_features(_demo_images(1, (6, 5)), 15.0, 10.0)
     n = feats.shape[2]
     # Filtering the N unit vectors as N channels gives the operator's matrix: row k is F e_k, so F = M^T.
     matrix = permutohedral_filter(feats, torch.eye(n)[None])[0].T  # (N, N) out = matrix @ v
@@ -110,7 +102,7 @@ def test_bad_shapes_and_spread_features_are_refused():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
-    feats = _bilateral_features(_demo_images(2, (40, 32)), 15.0, 50.0)
+    feats = energy_features(_demo_images(2, (40, 32)), 15.0, 50.0)
     values = torch.rand(2, 4, feats.shape[2])
     torch.testing.assert_close(permutohedral_filter(feats.cuda(), values.cuda()).cpu(),
                                permutohedral_filter(feats, values), rtol=1e-4, atol=1e-4)

@@ -465,7 +465,7 @@ def test_crf_energy_default_is_the_published_lattice():
     b, k, h, w = s.shape
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     feats = torch.cat([torch.stack([xs, ys]).reshape(1, 2, -1).expand(b, 2, -1) / 50.0,
-                       image_s.reshape(b, 3, -1) / 15.0], dim=1)
+                       image_s.reshape(b, 3, -1) / 15.0], dim=1)  # (x, y, rgb) / sigmas, spelled out
     a_s = permutohedral_filter(feats, s.reshape(b, k, -1)).reshape(b, k, h, w) * gate[:, None]
     assert loss.item() == pytest.approx(-float((s * a_s).sum()) / b, rel=1e-5)
     assert 0.45 < loss.item() / exact.item() < 0.75

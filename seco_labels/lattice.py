@@ -135,15 +135,16 @@ def _enclosing_simplex(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def _barycentric(elevated: torch.Tensor, rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-    """Barycentric weights (P, d + 1) of the simplex corners (Adams et al. 2010, p. 10)."""
-    p, d1 = elevated.shape
-    d = d1 - 1
-    v = (elevated - rem0) * (1.0 / d1)
-    bary = v.new_zeros(p, d + 2)
-    bary.scatter_add_(1, d - rank, v)
-    bary.scatter_add_(1, d - rank + 1, -v)
-    bary[:, 0] += 1.0 + bary[:, d + 1]
-    return bary[:, : d + 1]
+    """Barycentric weights (P, d + 1) of the simplex corners (Adams et al. 2010, p. 10).
+
+    With ``v = (elevated - rem0) / (d + 1)`` and ``a[j] = v[i]`` for the coordinate i of rank ``d - j`` (rank is
+    a permutation of 0..d), corner j weighs ``a[j] - a[j - 1]`` and corner 0 ``1 + a[0] - a[d]``.
+    """
+    d = elevated.shape[1] - 1
+    v = (elevated - rem0) * (1.0 / (d + 1))
+    slot = (d - rank)[:, :, None] == torch.arange(d + 1, device=rank.device)  # (P, d + 1, d + 1) one-hot
+    a = (v[:, :, None] * slot).sum(1)  # (P, d + 1) a one-hot sum, cheaper than a row-wise scatter on CPU
+    return a - torch.cat([a[:, d:] - 1.0, a[:, :d]], dim=1)
 
 
 def _simplex_vertices(rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,64 @@
+"""benchmarks/gpu_check.py, the script run first on any GPU: its CPU smoke version runs end to end here, so that
+it cannot rot before a GPU arrives."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("seco_gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["seco_gpu_check"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(table: str, label: str) -> list[str]:
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0].startswith(label):
+            return cells[1:]
+    raise AssertionError(f"no row {label!r} in:\n{table}")
+
+
+def test_cpu_tiny_check_prints_every_row(gpu_check, capsys):
+    rc = gpu_check.main(["--device", "cpu", "--tiny", "--steps", "1", "--images", "4"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.startswith("# gpu_check: CPU")
+    fp32, bf16 = (float(v) for v in _row(out, "training step, s/iter"))
+    assert fp32 > 0 and bf16 > 0
+    assert all(float(v) > 0 for v in _row(out, "peak memory, GiB"))
+    assert all(float(v) > 0 for v in _row(out, "model TFLOP per step"))  # the FLOP counter saw the matmuls
+    assert _row(out, "MFU")[0].startswith("—")  # no peak known for a CPU
+    assert re.fullmatch(r"[\d.]+ h", _row(out, "300 iterations, projected")[0])
+    for scales in ("1 scale", "7 scales"):
+        assert all(float(v) > 0 for v in _row(out, f"export, {scales} + flip, images/s"))
+    assert _row(out, "torchrun, 1 process, 3 steps")[0].startswith("ok (gloo")
+    assert re.match(r"loss_\w+ [\d.]+%; crops_\w+ [\d.]+%", _row(out, "bf16 vs fp32")[1])
+
+
+def test_peaks_come_from_the_option_or_the_table(gpu_check):
+    import torch
+
+    assert gpu_check.peak_tflops(torch.device("cpu"), None) is None
+    assert gpu_check.peak_tflops(torch.device("cpu"), "100,10") == (100.0, 10.0)
+    assert gpu_check.PEAK_TFLOPS["H200"] == (989.0, 67.0)
+
+
+def test_without_cuda_the_gpu_default_says_what_to_run(gpu_check, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert gpu_check.main([]) == 2
+    assert "--device cpu --tiny" in capsys.readouterr().err

@@ -177,12 +177,20 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: keys added since the first checkpoints, with the value that does what versions without the key did: an older
+#: config that lacks one is compared as holding that value
+LEGACY_VALUES: dict[str, Any] = {"loss.norm_group_size": 0, "optim.unstarted_grads": "none"}
+
+
 def diff_configs(old: dict[str, Any], new: dict[str, Any]) -> list[ConfigChange]:
     """Every dotted key (``loss.lig.weight``; ``*kwargs`` mappings such as ``model.backbone_kwargs`` compare whole)
     whose value differs between two configs as :func:`seco_labels.config.config_to_dict` writes them, sorted by key.
-    A key missing on one side (a config of an older version) counts as None there, and as no change when the other
-    side holds an empty value (a key added since, at its default: ``data.class_names = []``)."""
+    A key missing on one side (a config of an older version) counts as its :data:`LEGACY_VALUES` value or None
+    there, and as no change when the other side holds an empty value (a key added since, at its default:
+    ``data.class_names = []``)."""
     a, b = _flatten(old), _flatten(new)
+    a = {**{k: v for k, v in LEGACY_VALUES.items() if k in b}, **a}
+    b = {**{k: v for k, v in LEGACY_VALUES.items() if k in a}, **b}
 
     def same(k: str) -> bool:
         if (k not in a and b[k] in ([], {}, "")) or (k not in b and a[k] in ([], {}, "")):

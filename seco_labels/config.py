@@ -126,6 +126,11 @@ class LossConfig:
     rectify: bool = True  #: re-tag crops whose positives look like noise as background
     rectify_ratio: float = 10.0
     lil_variant: str = "code"  #: "code" (published normalisation) or "supcon" (paper, mean over positives)
+    #: images per loss-normalisation group: PTC, seg, LIL and LIG take their counts (pairs, pixels, rows, positives,
+    #: present classes; LIL's step keys) over each group of this many consecutive images of the global batch and the
+    #: group losses are averaged, as a published run on batch/N GPUs x N images normalises per GPU; 0 = the whole
+    #: global batch. Any number of processes gives the same losses (docs/distributed.md "Loss normalisation")
+    norm_group_size: int = 0
     energy_weight: float = 1e-7  #: inner scale of the CRF energy (published DenseEnergyLoss weight)
     energy_sigma_rgb: float = 15.0
     energy_sigma_xy: float = 100.0  #: pixels at crop resolution
@@ -146,6 +151,10 @@ class OptimConfig:
     warmup_iters: int = 1500
     warmup_ratio: float = 1e-6  #: lr multiplier at step 0 of the warm-up
     power: float = 0.9
+    #: gradients of trainable parameters no active loss term reaches (projection head before LIL/LIG start, decoder
+    #: before seg/reg): "zero" (published: its loop adds every term from step 0 as 0 x term, so AdamW decays those
+    #: weights and advances their moments and step counts) or "none" (they stay None and AdamW leaves them alone)
+    unstarted_grads: str = "zero"
 
 
 @dataclass
@@ -195,6 +204,13 @@ class SecoConfig:
             raise ConfigError(f"decompose.area_rule={k.area_rule!r}: choose 'label_sum' or 'fraction'")
         if self.loss.lil_variant not in ("code", "supcon"):
             raise ConfigError(f"loss.lil_variant={self.loss.lil_variant!r}: choose 'code' or 'supcon'")
+        group = self.loss.norm_group_size
+        if group < 0 or (group and d.batch_size % group):
+            raise ConfigError(
+                f"loss.norm_group_size={group} must be 0 (the whole batch) or divide data.batch_size={d.batch_size}"
+            )
+        if self.optim.unstarted_grads not in ("zero", "none"):
+            raise ConfigError(f"optim.unstarted_grads={self.optim.unstarted_grads!r}: choose 'zero' or 'none'")
         if self.loss.energy_filter not in GAUSSIAN_FILTERS:
             raise ConfigError(
                 f"loss.energy_filter={self.loss.energy_filter!r}: choose one of {', '.join(GAUSSIAN_FILTERS)}"
@@ -254,8 +270,10 @@ def _coco() -> SecoConfig:
     cfg.loss.seg = LossTerm(0.12, 16001)
     cfg.loss.reg = LossTerm(0.05, 16001)
     cfg.train.iters = 80000
-    # The published COCO run: 2 GPUs x 4 images (--spg 4); our batch is the global one (docs/distributed.md).
+    # The published COCO run: 2 GPUs x 4 images (--spg 4); our batch is the global one (docs/distributed.md),
+    # normalised per 4 images as each of those GPUs normalised its own losses.
     cfg.data.batch_size = 8
+    cfg.loss.norm_group_size = 4
     return cfg.validate()
 
 

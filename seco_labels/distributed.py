@@ -10,10 +10,11 @@ Backends follow PyTorch's advice: NCCL when the processes drive CUDA devices, gl
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,8 @@ from .errors import ConfigError, SecoError
 
 __all__ = [
     "DistContext", "DistributedError", "launched_by_torchrun", "is_primary_process", "init_distributed", "all_gather_cat", "all_reduce_mean",
-    "all_gather_objects", "barrier", "shutdown_distributed", "global_sum", "world_size",
+    "all_gather_objects", "barrier", "shutdown_distributed", "global_sum", "world_size", "LOCAL", "normalise_over",
+    "NormGroups", "norm_groups",
 ]
 
 
@@ -122,9 +124,41 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+#: :func:`normalise_over` scope of a process that normalises its losses alone: no collective
+LOCAL = "local"
+
+_scopes: list[Any] = []  # the active normalise_over scopes, innermost last; none = every process
+
+
+def _scope() -> Any:
+    return _scopes[-1] if _scopes else None
+
+
+def _is_local(scope: Any) -> bool:
+    return isinstance(scope, str) and scope == LOCAL
+
+
+@contextlib.contextmanager
+def normalise_over(scope: Any) -> Iterator[None]:
+    """Within the block, :func:`global_sum` and :func:`world_size` sum and count over ``scope`` instead of every
+    process: ``None`` (every process), :data:`LOCAL` (this process alone) or a process group (its processes).
+
+    The training step normalises each group of images of ``loss.norm_group_size`` by that group's own counts with
+    it (:func:`norm_groups`, docs/distributed.md "Loss normalisation").
+    """
+    _scopes.append(scope)
+    try:
+        yield
+    finally:
+        _scopes.pop()
+
+
 def world_size() -> int:
-    """Processes in the run: 1 outside torchrun."""
-    return dist.get_world_size() if _active() else 1
+    """Processes in the run (1 outside torchrun), or in the :func:`normalise_over` scope when one is active."""
+    scope = _scope()
+    if _is_local(scope) or not _active():
+        return 1
+    return dist.get_world_size(scope)
 
 
 def global_sum(t: torch.Tensor) -> torch.Tensor:
@@ -132,13 +166,80 @@ def global_sum(t: torch.Tensor) -> torch.Tensor:
 
     Batch-wide losses use it for their normalisers: ``world_size() * local_sum / global_sum(local_count)``,
     averaged over processes as DDP averages gradients, has the value and gradient of ``sum / count`` on the
-    global batch, so a run does not depend on how the batch is split (docs/distributed.md).
+    global batch, so a run does not depend on how the batch is split (docs/distributed.md). Inside
+    :func:`normalise_over` the sum (and :func:`world_size`) cover that scope's processes only.
     """
-    if not _active():
+    scope = _scope()
+    if _is_local(scope) or not _active():
         return t.detach()
     out = t.detach().clone()
-    dist.all_reduce(out)
+    dist.all_reduce(out, group=scope)
     return out
+
+
+@dataclass(frozen=True)
+class NormGroups:
+    """Where this process's images fall in the loss-normalisation groups of ``loss.norm_group_size``
+    (docs/distributed.md "Loss normalisation").
+
+    The global batch is cut into consecutive groups of ``size`` images. This process holds ``chunks`` whole groups
+    (``chunks`` equal consecutive slices of its batch), or, when a group spans several processes, its share of one
+    (``chunks == 1``). ``first`` is the global-batch index of the first image of this process's first group;
+    ``scope`` is what a group's counts are summed over (:func:`normalise_over`): :data:`LOCAL` for whole groups,
+    ``None`` for a group of every process, else the process group of its processes.
+    """
+
+    size: int
+    chunks: int
+    first: int
+    scope: Any
+
+
+_rank_groups: dict[int, Any] = {}  # processes per group -> this process's group (created once, collectively)
+
+
+def _consecutive_group(k: int) -> Any:
+    """This process's group of ``k`` consecutive ranks; the first call creates every such group on every rank
+    (``new_group`` is collective, so all processes call this at the same point)."""
+    if k not in _rank_groups:
+        rank, mine = dist.get_rank(), None
+        for start in range(0, dist.get_world_size(), k):
+            group = dist.new_group(list(range(start, start + k)))
+            if start <= rank < start + k:
+                mine = group
+        _rank_groups[k] = mine
+    return _rank_groups[k]
+
+
+def norm_groups(group_size: int, local_batch: int) -> NormGroups:
+    """The :class:`NormGroups` of this process for groups of ``group_size`` images (0: the whole global batch).
+
+    Args:
+        group_size: ``loss.norm_group_size``.
+        local_batch: this process's images per step (the global batch over the processes).
+
+    Raises:
+        ConfigError: the groups do not fall on process boundaries: ``group_size`` must divide this process's
+            batch or be a multiple of it.
+    """
+    world = dist.get_world_size() if _active() else 1
+    rank = dist.get_rank() if _active() else 0
+    size = group_size or local_batch * world
+    if size <= local_batch:
+        if local_batch % size:
+            raise ConfigError(
+                f"loss.norm_group_size={group_size} does not divide the {local_batch} images each of {world} "
+                "process(es) takes; pick a number of processes that gives each a multiple or divisor of it"
+            )
+        return NormGroups(size, local_batch // size, rank * local_batch, LOCAL)
+    if size % local_batch:
+        raise ConfigError(
+            f"loss.norm_group_size={group_size} is not a multiple of the {local_batch} images each of {world} "
+            "processes takes; pick a number of processes that gives each a multiple or divisor of it"
+        )
+    k = size // local_batch  # processes per group
+    scope = None if k == world else _consecutive_group(k)
+    return NormGroups(size, 1, rank // k * size, scope)
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
@@ -169,3 +270,4 @@ def shutdown_distributed() -> None:
     """Leave the process group (end of a torchrun command); nothing in a single process."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _rank_groups.clear()

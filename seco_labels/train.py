@@ -34,10 +34,11 @@ from .checkpoint import (
     _ARCH_KEYS, ConfigChange, check_changes, check_compatible, latest_checkpoint, load_checkpoint, record_changes,
     require_kind, save_checkpoint,
 )
-from .config import SecoConfig, config_to_dict, save_config
+from .config import LossConfig, SecoConfig, config_to_dict, save_config
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, denormalize
 from .distributed import (
-    DistContext, DistributedError, all_gather_objects, all_reduce_mean, barrier, global_sum, init_distributed,
+    DistContext, DistributedError, NormGroups, all_gather_objects, all_reduce_mean, barrier, global_sum,
+    init_distributed, norm_groups, normalise_over,
 )
 from .errors import CheckpointError, ConfigError, DataError, SecoError
 from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps
@@ -51,6 +52,7 @@ __all__ = [
     "Trainer", "SecoObjective", "memory_digest", "seco_step", "evaluate", "resolve_device", "resolve_amp",
     "StepBatchSampler", "LOSS_TERMS",
     "batch_to_device", "TrainerMixin", "TrainingInterrupted", "NonFiniteLossError", "peak_memory_mb",
+    "zero_missing_grads",
 ]
 
 #: Every term of the objective, in the order they are logged.
@@ -142,6 +144,54 @@ def _token_box(box: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]) 
     return torch.stack([h0, h1, w0, w1], dim=1).long()
 
 
+def _group_mean(groups: NormGroups, loss_fn: Callable[..., torch.Tensor], *batched: torch.Tensor) -> torch.Tensor:
+    """``loss_fn`` of each loss-normalisation group, its batch-wide counts taken over the group, averaged over the
+    groups (``loss.norm_group_size``, docs/distributed.md "Loss normalisation").
+
+    Every tensor of ``batched`` is image-major along dim 0 (B images, or B x rows per image) and is cut into
+    ``groups.chunks`` equal consecutive slices, one per group of this process.
+    """
+    with normalise_over(groups.scope):
+        losses = [loss_fn(*parts) for parts in zip(*(t.chunk(groups.chunks) for t in batched))]
+    return torch.stack(losses).mean()
+
+
+def _contrast_terms(
+    q: torch.Tensor,
+    view_tags: torch.Tensor,
+    step_keys: tuple[torch.Tensor, torch.Tensor],
+    memory: tuple[torch.Tensor, torch.Tensor],
+    prototypes: torch.Tensor,
+    lc: LossConfig,
+    groups: NormGroups,
+    views: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LIL and LIG of each loss-normalisation group, averaged over the groups, and every row's revised tag.
+
+    A group's crops are keyed by the group's own step keys, then the reservoir, as each published GPU keys its
+    crops by its own keys then the gathered reservoir (``LIL_Loss`` reads ``queue_feats_all[b:]``).
+
+    Shape:
+        - q: (B * V, D) this process's projected views, image-major (``views`` = V per image); view_tags: (B * V,).
+        - step_keys: ((G_all * V, D) keys, (G_all * V,) tags) of every process's images, in global-batch order.
+        - memory: ((R, D) keys, (R,) tags) of the reservoir after this step's push.
+        - prototypes: (C, D).
+        - output: LIL scalar, LIG scalar, revised tags (B * V,).
+    """
+    lil, lig, revised = [], [], []
+    with normalise_over(groups.scope):
+        for j, (q_j, tags_j) in enumerate(zip(q.chunk(groups.chunks), view_tags.chunk(groups.chunks))):
+            rows = slice((groups.first + j * groups.size) * views, (groups.first + (j + 1) * groups.size) * views)
+            keys = torch.cat([step_keys[0][rows].float(), memory[0].float()])
+            key_tags = torch.cat([step_keys[1][rows], memory[1]])
+            loss, tags_r = lil_loss(q_j, keys, tags_j, key_tags, lc.lil_tau, rectify=lc.rectify,
+                                    rectify_ratio=lc.rectify_ratio, variant=lc.lil_variant)
+            lil.append(loss)
+            lig.append(lig_loss(q_j, prototypes.float(), tags_r, lc.lig_tau))
+            revised.append(tags_r)
+    return torch.stack(lil).mean(), torch.stack(lig).mean(), torch.cat(revised)
+
+
 @dataclass
 class StepOutput:
     """The loss to back-propagate, the value of every term computed this step (None = inactive), and counts of
@@ -163,18 +213,23 @@ def seco_step(
     *,
     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
     timer: PhaseTimer = _no_timer,
+    times_zero: bool = False,
 ) -> StepOutput:
     """The whole SeCo objective for one batch (docs/design.md §3), with the memories updated as a side effect.
 
     ``batch`` holds ``image``/``global2``/``strong`` (B, 3, S, S), ``box`` (B, 4), ``tags`` (B, K-1),
     ``label_idx`` (B,), ``crop_seed`` (B,), all on the model's device. Terms whose weight is 0 at ``step`` are
-    not computed. Under torchrun B is this process's share of the global batch; the memories gather every
-    process's keys, and LIL contrasts against all of this step's keys, as in one process.
+    not computed, unless ``times_zero``: then they are computed and added times 0, as the published loop does
+    (slower; the reference that ``optim.unstarted_grads="zero"`` reproduces without those forward passes). Under
+    torchrun B is this process's share of the global batch; the memories gather every process's keys. PTC, seg,
+    LIL and LIG are normalised per group of ``loss.norm_group_size`` images (:func:`_group_mean`), and each
+    group's crops are keyed by its own step keys then the reservoir.
     """
     lc, cc, dc = cfg.loss, cfg.cam, cfg.decompose
     x, tags, box = batch["image"], batch["tags"], batch["box"]
     size = (x.shape[-2], x.shape[-1])
     w = {name: weight_at(step, getattr(lc, name).weight, getattr(lc, name).start) for name in LOSS_TERMS}
+    on = {name: times_zero or w[name] > 0 for name in LOSS_TERMS}  # the terms computed this step
     terms: dict[str, torch.Tensor] = {}
     counts: dict[str, float | None] = {"crops_tagged": None, "crops_rectified": None}
 
@@ -218,29 +273,29 @@ def seco_step(
         keys = torch.cat([feats[:, :2], local_k], dim=1).reshape(b * (n + 2), -1)
         k = model.teacher_project(keys).float()
         # Published order: this step's keys enter the reservoir before LIL reads it.
-        step_keys, step_key_tags = model.reservoir.push(k, view_tags)  # every process's keys
-        all_keys = torch.cat([step_keys.float(), model.reservoir.keys.clone().float()])
-        all_key_tags = torch.cat([step_key_tags, model.reservoir.tags.clone()])
+        step_keys = model.reservoir.push(k, view_tags)  # every process's keys and tags, in global-batch order
+        memory = (model.reservoir.keys.clone(), model.reservoir.tags.clone())
+
+    groups = norm_groups(lc.norm_group_size, b)
 
     with timer("losses"):
         terms["cls"] = cls_loss(out.logits.float(), tags)
         terms["aux"] = cls_loss(out.aux_logits.float(), tags)
-        if w["ptc"] > 0:
+        if on["ptc"]:
             grid = tuple(out.tokens.shape[-2:])
             small_aux = F.interpolate(cams_aux, size=grid, mode="bilinear", align_corners=False)
             _, aux_label = cam_to_label(
                 small_aux, tags, box=_token_box(box, size, grid), bkg_thre=cc.bkg_thre, high_thre=cc.high_thre,
                 low_thre=cc.low_thre, ignore_index=cfg.data.ignore_index, ignore_mid=True,
             )
-            terms["ptc"] = ptc_loss(out.tokens.float(), label_to_affinity(aux_label, cfg.data.ignore_index))
-        if w["lil"] > 0 or w["lig"] > 0:
-            terms["lil"], revised = lil_loss(
-                q, all_keys, view_tags, all_key_tags, lc.lil_tau, rectify=lc.rectify,
-                rectify_ratio=lc.rectify_ratio, variant=lc.lil_variant,
+            affinity = label_to_affinity(aux_label, cfg.data.ignore_index)
+            terms["ptc"] = _group_mean(groups, ptc_loss, out.tokens.float(), affinity)
+        if on["lil"] or on["lig"]:
+            terms["lil"], terms["lig"], revised = _contrast_terms(
+                q, view_tags, step_keys, memory, prototypes, lc, groups, views=n + 2,
             )
-            terms["lig"] = lig_loss(q, prototypes.float(), revised, lc.lig_tau)
             counts["crops_rectified"] = float((revised != view_tags).sum())
-        if w["seg"] > 0 or w["reg"] > 0:
+        if on["seg"] or on["reg"]:
             seg_cam = cams if step >= cc.seg_final_cam_from else cams_aux
             valid_cam, _ = cam_to_label(
                 seg_cam, tags, box=box, bkg_thre=cc.bkg_thre, high_thre=cc.high_thre, low_thre=cc.low_thre,
@@ -252,14 +307,15 @@ def seco_step(
                 low_thre=cc.low_thre, ignore_index=cfg.data.ignore_index, box=box, down_scale=cc.par_downscale,
             )
             seg = F.interpolate(out.seg.float(), size=size, mode="bilinear", align_corners=False)
-            terms["seg"] = seg_loss(seg, pseudo, cfg.data.ignore_index)
-            if w["reg"] > 0:
+            seg_fn = functools.partial(seg_loss, ignore_index=cfg.data.ignore_index)
+            terms["seg"] = _group_mean(groups, seg_fn, seg, pseudo)
+            if on["reg"]:  # a mean over images: the same for any grouping
                 terms["reg"] = crf_energy_loss(
                     image_255, seg.softmax(1), box_mask(box, size).float(), pseudo, sigma_rgb=lc.energy_sigma_rgb,
                     sigma_xy=lc.energy_sigma_xy, scale=lc.energy_scale, weight=lc.energy_weight,
                     filter=lc.energy_filter, ignore_index=cfg.data.ignore_index,
                 )
-        loss = sum((w[name] * value for name, value in terms.items() if w[name] > 0), x.new_zeros(()))
+        loss = sum((w[name] * value for name, value in terms.items() if on[name]), x.new_zeros(()))
 
     counts["crops_tagged"] = float((view_tags >= 0).sum())
     return StepOutput(
@@ -315,6 +371,24 @@ def evaluate(
         f"{name}_miou": ConfusionMatrix.from_matrix(sum(all_gather_objects(m.mat)), cfg.data.ignore_index).miou()
         for name, m in mats.items()
     }
+
+
+def zero_missing_grads(optimizer: torch.optim.Optimizer) -> int:
+    """Give every parameter of ``optimizer`` that no loss term reached this step a zero gradient; returns how many.
+
+    The published loop adds every term from step 0, as ``0 * term`` before it starts (scripts/train_voc.py
+    lines 219-224), so the projection head and decoder get zero gradients, not none: AdamW then decays their weights
+    and advances their moments and step counts, and a term's first updates are larger than on fresh moments
+    (docs/divergences.md). Every parameter we optimise is one that graph reaches; the published groups' never-used
+    ones (the ViT's ImageNet head, the frozen positional embedding, ``DINOHead.last_layer``) are not ours.
+    """
+    filled = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+                filled += 1
+    return filled
 
 
 def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -718,6 +792,8 @@ class Trainer(TrainerMixin):
         views = TrainViews(d.crop_size, d.rescale_range, d.global_crop_scale, d.strong_flip_p)
         self.dataset = TrainDataset(self.reader, views, seed=cfg.train.seed)
         self._sampler(0)  # a batch that cannot be split over the processes fails here, before the model is built
+        # so do loss groups that straddle processes unevenly; the first call also creates their process groups
+        norm_groups(cfg.loss.norm_group_size, d.batch_size // self.dist.world_size)
         torch.manual_seed(cfg.train.seed)
         self.model = build_seco(cfg.model, d.num_classes).to(self.device)
         self._check_sizes(self.model.encoder.patch_size)
@@ -801,6 +877,8 @@ class Trainer(TrainerMixin):
         with timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
+            if self.cfg.optim.unstarted_grads == "zero":
+                zero_missing_grads(self.optimizer)
         with timer("optimizer_step"):
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -88,6 +88,16 @@ def test_config_diff_uses_dotted_keys_and_compares_kwargs_whole():
     assert diff_configs(older, a) == [ConfigChange("data.class_names", None, ["background", "person"])]
 
 
+def test_keys_added_since_compare_as_what_older_versions_did():
+    new = config_to_dict(get_preset("coco"))
+    older = config_to_dict(get_preset("coco"))  # a checkpoint from before the published optimiser and groups
+    del older["loss"]["norm_group_size"], older["optim"]["unstarted_grads"]
+    assert diff_configs(older, new) == [ConfigChange("loss.norm_group_size", 0, 4),
+                                        ConfigChange("optim.unstarted_grads", "none", "zero")]
+    new["loss"]["norm_group_size"], new["optim"]["unstarted_grads"] = 0, "none"  # the older behaviour: no change
+    assert diff_configs(older, new) == []
+
+
 def test_change_rules_refuse_allow_and_record(tmp_path):
     old = config_to_dict(get_preset("demo"))
     rules = dict(step=100, silent=("train.device",), allowed=("train.iters",))

@@ -20,8 +20,9 @@ import torch
 import yaml
 
 from seco_labels.checkpoint import load_checkpoint
-from seco_labels.config import config_to_dict
-from seco_labels.distributed import DistributedError, init_distributed
+from seco_labels.config import config_to_dict, get_preset
+from seco_labels.distributed import LOCAL, DistributedError, NormGroups, init_distributed, norm_groups
+from seco_labels.losses import label_to_affinity
 from seco_labels.errors import ConfigError
 from seco_labels.train import LOSS_TERMS, StepBatchSampler, Trainer
 
@@ -210,6 +211,124 @@ def test_two_process_export_is_byte_identical(one_process_run, voc_root, tmp_pat
     assert (killed / "cams_train.h5").read_bytes() == (one / "cams_train.h5").read_bytes()
     for name in pngs:
         assert (killed / "masks_train" / name).read_bytes() == (one / "masks_train" / name).read_bytes(), name
+
+
+# -- loss normalisation groups over 4 processes ------------------------------------------------------------------
+#: Each process computes the group-normalised PTC, seg, LIL and LIG of its 2 images of a fixed 8-image batch, for
+#: every group size, and saves the values and the gradients of their sum w.r.t. its inputs.
+GROUPS_SCRIPT = """
+import sys
+import torch
+from seco_labels.distributed import all_gather_cat, init_distributed, norm_groups, shutdown_distributed
+from test_distributed import group_inputs, group_terms, rank_share
+
+ctx = init_distributed(torch.device("cpu"))
+b = 8 // ctx.world_size
+mine = rank_share(group_inputs(), ctx.rank, b)
+mine["keys"] = tuple(all_gather_cat(t) for t in mine["keys"])  # every process's step keys, as the reservoir gives
+results = {g: group_terms(mine, norm_groups(g, b)) for g in (0, 1, 2, 4, 8)}
+torch.save(results, f"{sys.argv[1]}/rank{ctx.rank}.pt")
+shutdown_distributed()
+"""
+
+
+def group_inputs(views: int = 12, dim: int = 8, classes: int = 4) -> dict:
+    """A fixed batch of 8 images: tokens and affinities (PTC), logits and labels (seg), projected views, their
+    tags and keys (LIL, LIG), a reservoir and prototypes; image-major along dim 0."""
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 3, (8, 4, 4), generator=g)
+    label[label == 2] = 255
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)  # noqa: E731
+    return {
+        "tokens": torch.randn(8, dim, 4, 4, generator=g),
+        "affinity": label_to_affinity(label),
+        "logits": torch.randn(8, classes + 1, 4, 4, generator=g),
+        "label": torch.randint(0, classes + 1, (8, 4, 4), generator=g),
+        "q": unit(8 * views, dim),
+        "tags": torch.randint(-1, classes + 1, (8 * views,), generator=g),
+        "keys": (unit(8 * views, dim), torch.randint(-1, classes + 1, (8 * views,), generator=g)),
+        "memory": (unit(8 * views * 2, dim), torch.randint(-1, classes + 1, (8 * views * 2,), generator=g)),
+        "prototypes": unit(classes, dim),
+    }
+
+
+def rank_share(inputs: dict, rank: int, b: int) -> dict:
+    """The inputs of the ``rank``-th process taking ``b`` images: its slice of every per-image tensor."""
+    def share(t: torch.Tensor) -> torch.Tensor:
+        per_image = t.shape[0] // 8
+        return t[rank * b * per_image : (rank + 1) * b * per_image]
+
+    shared = ("memory", "prototypes")  # the same in every process
+    return {k: v if k in shared else tuple(map(share, v)) if isinstance(v, tuple) else share(v)
+            for k, v in inputs.items()}
+
+
+def group_terms(inputs: dict, groups) -> dict:
+    """The group-normalised terms of ``inputs`` as the training step computes them, the gradient of their sum
+    w.r.t. tokens, logits and q, and LIL's revised tags."""
+    from seco_labels.config import LossConfig
+    from seco_labels.losses import ptc_loss, seg_loss
+    from seco_labels.train import _contrast_terms, _group_mean
+
+    x = {k: inputs[k].clone().requires_grad_() for k in ("tokens", "logits", "q")}
+    ptc = _group_mean(groups, ptc_loss, x["tokens"], inputs["affinity"])
+    seg = _group_mean(groups, seg_loss, x["logits"], inputs["label"])
+    lil, lig, revised = _contrast_terms(x["q"], inputs["tags"], inputs["keys"], inputs["memory"],
+                                        inputs["prototypes"], LossConfig(), groups, views=12)
+    (ptc + seg + lil + lig).backward()
+    return {"terms": torch.stack([ptc, seg, lil, lig]).detach(), "revised": revised,
+            **{f"grad_{k}": v.grad for k, v in x.items()}}
+
+
+def test_loss_groups_give_every_process_count_the_losses_and_gradients_of_one_process(tmp_path):
+    script = tmp_path / "groups.py"
+    script.write_text(GROUPS_SCRIPT)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), ENV.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", str(script),
+           str(tmp_path)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(4)]
+    inputs = group_inputs()
+    for size in (0, 1, 2, 4, 8):  # 4 processes x 2 images: 2 groups each, 1 each, 1 per 2 processes, 1 in all
+        one = group_terms(inputs, norm_groups(size, 8))
+        # DDP averages over processes: the mean of their terms and gradients is the one-process step's
+        torch.testing.assert_close(torch.stack([r[size]["terms"] for r in ranks]).mean(0), one["terms"],
+                                   rtol=1e-5, atol=1e-7, msg=f"norm_group_size={size}")
+        for key in ("grad_tokens", "grad_logits", "grad_q"):
+            torch.testing.assert_close(torch.cat([r[size][key] for r in ranks]) / 4, one[key], rtol=1e-5,
+                                       atol=1e-8, msg=f"{key}, norm_group_size={size}")
+        assert torch.equal(torch.cat([r[size]["revised"] for r in ranks]), one["revised"])
+    # and the group size is what changes the losses: 8 groups of 1 image, 2 of 4 and 1 of 8 differ
+    values = {size: group_terms(inputs, norm_groups(size, 8))["terms"] for size in (1, 4, 8)}
+    assert not torch.allclose(values[1], values[4]) and not torch.allclose(values[4], values[8])
+
+
+def test_two_processes_of_one_loss_group_each_train_like_one_process_of_two_groups(voc_root, tmp_path):
+    # the published coco set-up in small: each process normalises its own images, as each published GPU did
+    cfg_file = _config_file(voc_root, tmp_path, iters=4, ckpt_every=4)
+    one = _train(cfg_file, tmp_path / "one", 1, "--set", "loss.norm_group_size=2")
+    two = _train(cfg_file, tmp_path / "two", 2, "--set", "loss.norm_group_size=2")
+    assert one.returncode == two.returncode == 0
+    per_group, per_process = _steps(tmp_path / "one"), _steps(tmp_path / "two")
+    assert all(r[f"loss_{t}"] is not None for t in LOSS_TERMS for r in per_group[3:])
+    _assert_same_losses(per_group, per_process)
+    a, b = (load_checkpoint(tmp_path / run / "last.pt")["model"]["proj_head.mlp.0.weight"] for run in ("one", "two"))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_groups_must_fall_on_process_boundaries():
+    assert norm_groups(4, 8) == NormGroups(size=4, chunks=2, first=0, scope=LOCAL)
+    assert norm_groups(0, 8) == NormGroups(size=8, chunks=1, first=0, scope=LOCAL)
+    with pytest.raises(ConfigError, match="loss.norm_group_size=4 does not divide the 6 images"):
+        norm_groups(4, 6)
+    with pytest.raises(ConfigError, match="loss.norm_group_size=4 is not a multiple of the 3 images"):
+        norm_groups(4, 3)
+    cfg = get_preset("coco")  # groups of 4 images
+    cfg.data.batch_size, cfg.model.reservoir_size = 10, 10 * 12 * 10
+    with pytest.raises(ConfigError, match=r"loss.norm_group_size=4 must be 0 \(the whole batch\) or divide "
+                                          r"data.batch_size=10"):
+        cfg.validate()
 
 
 # -- in-process units: no subprocess needed ---------------------------------------------------------------------

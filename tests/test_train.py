@@ -117,6 +117,134 @@ def test_batch_sampler_resumes_mid_epoch():
     assert first[0][0][0] == 0 and first[3][0][0] == 1  # 3 batches per epoch, then epoch 1
 
 
+# -- terms that have not started: zero gradients, as the published 0 x term ----------------------------------------
+def _train_steps(cfg, run_dir: Path, steps: int) -> Trainer:
+    trainer = Trainer(cfg, run_dir, quiet=True)
+    loader = iter(trainer._train_loader())
+    for _ in range(steps):
+        trainer.train_step(next(loader))
+        trainer.step += 1
+    return trainer
+
+
+def _adam_state(trainer: Trainer, module: torch.nn.Module) -> list[dict]:
+    return [trainer.optimizer.state[p] for p in module.parameters()]
+
+
+def test_unstarted_terms_step_the_optimiser_as_the_published_zero_times_term(voc_root, tmp_path, monkeypatch):
+    import functools
+
+    import seco_labels.train as train_module
+
+    cfg = tiny_config(voc_root, iters=6)  # LIL/LIG start at step 2, seg/reg at step 3
+    cfg.data.num_workers = 0
+    ours = _train_steps(cfg, tmp_path / "ours", 5)
+
+    # the reference: the published graph, every term computed from step 0 and added times 0 before its start, so
+    # the gradients of the projection head and decoder are zero tensors that autograd itself produced
+    reference_cfg = tiny_config(voc_root, iters=6)
+    reference_cfg.data.num_workers = 0
+    reference_cfg.optim.unstarted_grads = "none"  # no filling: the graph alone
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "seco_step", functools.partial(train_module.seco_step, times_zero=True))
+        reference = _train_steps(reference_cfg, tmp_path / "reference", 5)
+
+    for (name, a), b in zip(ours.model.state_dict().items(), reference.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
+    for module in (ours.model.proj_head, ours.model.decoder):
+        for st in _adam_state(ours, module):
+            assert float(st["step"]) == 5  # stepped at every step, before its terms started too
+    for module in ("proj_head", "decoder"):
+        pairs = zip(_adam_state(ours, getattr(ours.model, module)),
+                    _adam_state(reference, getattr(reference.model, module)))
+        for a, b in pairs:
+            assert float(a["step"]) == float(b["step"])
+            torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=0, atol=1e-10)
+            torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=0, atol=1e-12)
+
+    # the former behaviour stays an option: those parameters were not stepped before their terms started
+    cfg.optim.unstarted_grads = "none"
+    skipped = _train_steps(cfg, tmp_path / "none", 5)
+    assert [float(st["step"]) for st in _adam_state(skipped, skipped.model.proj_head)][:1] == [3.0]
+    assert [float(st["step"]) for st in _adam_state(skipped, skipped.model.decoder)][:1] == [2.0]
+    first = skipped.model.proj_head.mlp[0].weight
+    assert (first - ours.model.proj_head.mlp[0].weight).abs().max() > 1e-5
+
+
+# -- loss normalisation groups: the coco preset normalises as the published 2 GPUs x 4 images --------------------
+def _record_calls(monkeypatch, module, names: tuple[str, ...]) -> dict[str, list]:
+    """Wrap ``module``'s loss functions so that every call's arguments are recorded; the results are unchanged."""
+    calls: dict[str, list] = {name: [] for name in names}
+    for name in names:
+        def wrapped(*args, _fn=getattr(module, name), _name=name, **kwargs):
+            calls[_name].append((args, kwargs))
+            return _fn(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapped)
+    return calls
+
+
+def _published_group_terms(calls: dict[str, list], groups: int, views: int) -> dict[str, float]:
+    """The published per-GPU losses from the whole-batch calls of a step: each group of images computes PTC, seg,
+    LIL and LIG alone (LIL keyed by the group's own step keys, then the reservoir), and the groups are averaged."""
+    from seco_labels.losses import lig_loss, lil_loss, ptc_loss, seg_loss
+
+    (ptc_args, ptc_kw), = calls["ptc_loss"]
+    (seg_args, seg_kw), = calls["seg_loss"]
+    (lil_args, lil_kw), = calls["lil_loss"]
+    (lig_args, _), = calls["lig_loss"]
+    q, keys, q_tags, key_tags, tau = lil_args
+    rows = q.shape[0] // groups  # views of one group's images
+    step = rows * groups  # this step's keys come first
+    out: dict[str, list[float]] = {"ptc": [], "seg": [], "lil": [], "lig": []}
+    for g in range(groups):
+        own = slice(g * rows, (g + 1) * rows)
+        half = lambda t: t.chunk(groups)[g]  # noqa: E731 - images of group g
+        out["ptc"].append(float(ptc_loss(*map(half, ptc_args), **ptc_kw).detach()))
+        out["seg"].append(float(seg_loss(*map(half, seg_args[:2]), *seg_args[2:], **seg_kw).detach()))
+        lil, revised = lil_loss(q[own], torch.cat([keys[own], keys[step:]]), q_tags[own],
+                                torch.cat([key_tags[own], key_tags[step:]]), tau, **lil_kw)
+        out["lil"].append(float(lil.detach()))
+        out["lig"].append(float(lig_loss(q[own], lig_args[1], revised, lig_args[3]).detach()))
+    assert rows % views == 0
+    return {name: sum(v) / groups for name, v in out.items()}
+
+
+def test_coco_preset_normalises_losses_as_the_published_two_gpus_of_four_images(coco_root, tmp_path, monkeypatch):
+    import copy
+
+    import seco_labels.train as train_module
+    from seco_labels.train import batch_to_device, seco_step
+
+    coco = get_preset("coco")
+    cfg = tiny_config(coco_root)
+    cfg.data.layout, cfg.data.num_classes, cfg.data.num_workers = "coco", 81, 0
+    cfg.data.batch_size = coco.data.batch_size  # 8: the published 2 GPUs x 4 images
+    cfg.model.reservoir_size = 8 * 12 * 2
+    cfg.loss = copy.deepcopy(coco.loss)  # the preset's normalisation, weights and temperatures
+    for name in LOSS_TERMS:
+        getattr(cfg.loss, name).start = 0  # every term at step 0
+    cfg.validate()
+    trainer = Trainer(cfg, tmp_path / "run", quiet=True)
+    batch = batch_to_device(next(iter(trainer._train_loader())), trainer.device)
+    model = copy.deepcopy(trainer.model)  # the step updates the memories: each run starts from the same ones
+
+    whole_batch = copy.deepcopy(cfg)
+    whole_batch.loss.norm_group_size = 0  # one group of 8: the losses of one GPU with all 8 images
+    with monkeypatch.context() as m:
+        calls = _record_calls(m, train_module, ("ptc_loss", "seg_loss", "lil_loss", "lig_loss"))
+        one_group = seco_step(trainer.model, batch, 0, whole_batch, trainer.par)
+    published = _published_group_terms(calls, groups=2, views=12)
+    # the grouping matters: LIL divides by rows x positives, so over one group of 8 it is about half as strong
+    # (0.59x here, where the 96 step keys are a third of the 288 columns; 0.50x with the real reservoir of 4608)
+    assert one_group.terms["lil"] < 0.7 * published["lil"]
+
+    out = seco_step(model, batch, 0, cfg, trainer.par)
+    for name, value in published.items():
+        assert out.terms[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    for name in ("cls", "aux", "reg"):  # means over images: no group counts
+        assert out.terms[name] == pytest.approx(one_group.terms[name], rel=1e-5, abs=1e-9), name
+
+
 def _train_cmd(root: Path, run_dir: Path, cfg_file: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "seco_labels.cli", "train", "--config", str(cfg_file), "--out", str(run_dir),
             "--data-root", str(root), "--quiet", *extra]

@@ -12,6 +12,7 @@ k - 1), :data:`UNCERTAIN` (-1) for uncertain pixels in a ROI mask, and ``ignore_
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -371,35 +372,36 @@ def decompose(
     return Decomposition(crops=crops, crop_tags=crop_tags, global_tags=global_tags, centers=tops + cs // 2)
 
 
-def _sizes_that_fit(scales: Sequence[float], size: int, patch: int) -> tuple[int | None, int]:
-    """The nearest sizes below (None if none) and above ``size`` whose every ``int(s * size)`` is a multiple of
-    ``patch``."""
-    def fits(n: int) -> bool:
-        return all(int(s * n) % patch == 0 and int(s * n) > 0 for s in scales)
-
-    below = next((n for n in range(size - 1, 0, -1) if fits(n)), None)
-    above = next(n for n in range(size + 1, size + 64 * patch + 1) if fits(n))
-    return below, above
+def _smallest_size(scales: Sequence[float], patch: int) -> int:
+    """The smallest size whose every ``int(s * size)`` (scales > 0) is at least one ``patch``."""
+    size = math.ceil(patch / min(scales))
+    while any(int(s * size) < patch for s in scales):  # float truncation can leave int(s * size) one short
+        size += 1
+    return size
 
 
 def check_scales(scales: Sequence[float], size: int, patch: int, *, size_option: str = "--input-size",
                  scales_option: str = "--scales") -> None:
-    """Every ``scale * size`` (pixels, truncated) must be a multiple of the ViT's ``patch`` size: the encoder
-    splits the resized image into whole patches.
+    """Every ``scale * size`` (pixels, truncated) must hold at least one ``patch`` of the ViT.
+
+    Any other size is accepted, as the published code accepts it: its patch embedding is a stride-``patch``
+    convolution that drops the last ``side % patch`` pixels (so does :class:`~seco_labels.models.ViTEncoder`),
+    and the token-grid CAM is upsampled to the whole input (``multi_scale_cams``), e.g. crop 224 at scale 0.75:
+    168 px, 10 x 10 tokens covering 160 px, CAM stretched over 224 px. A side below one patch gives no token.
 
     ``size_option``/``scales_option`` name the options that set them (``data.crop_size``, ``cam.scales`` in
     training), so the message says what to change.
 
     Raises:
-        ConfigError: naming the first scale that does not fit and the nearest sizes that do.
+        ConfigError: a scale that is not positive, or the smallest scale giving less than one patch (names the
+            smallest size that works).
     """
     scales = list(dict.fromkeys(scales))  # each scale once in the message
-    uneven = [sc for sc in scales if int(sc * size) % patch]
-    if uneven:
-        below, above = _sizes_that_fit(scales, size, patch)
-        nearest = f"{below} or {above}" if below else str(above)
+    if not scales or min(scales) <= 0:
+        raise ConfigError(f"{scales_option} {scales}: give one or more positive scales")
+    s = min(scales)
+    if int(s * size) < patch:
         raise ConfigError(
-            f"{size_option} {size} at scale {uneven[0]} gives {int(uneven[0] * size)} px, not a multiple of the "
-            f"backbone's {patch} px patches; set {size_option} to {nearest} (the nearest sizes where every scale of "
-            f"{scales} gives a multiple of {patch}), or other {scales_option}"
+            f"{size_option} {size} at scale {s} gives {int(s * size)} px, less than one of the backbone's {patch} "
+            f"px patches; set {size_option} to {_smallest_size(scales, patch)} or more, or other {scales_option}"
         )

@@ -296,7 +296,7 @@ def load_predictor(
 
     Raises:
         CheckpointError: ``path`` is neither kind, holds no model, or records no number of classes.
-        ConfigError: a SeCo-only option with an smp model, or a scale that does not fit the ViT's patches.
+        ConfigError: a SeCo-only option with an smp model, or a scale that leaves less than one ViT patch.
         CrfUnavailableError: ``crf`` without the crf extra.
     """
     kind, where = _model_kind(Path(path))

@@ -101,7 +101,7 @@ def segment_split(
     deletes the split's earlier masks and manifest and segments every image again.
 
     Raises:
-        ConfigError: a scale that does not give a multiple of the backbone's patch size, or ``out_dir`` holding
+        ConfigError: a scale that leaves less than one patch of the backbone, or ``out_dir`` holding
             this split made with other settings (names them, old -> new) and not ``overwrite``.
         CheckpointError: unreadable checkpoint. DataError: missing split or images.
         CrfUnavailableError: ``crf`` without the crf extra.

@@ -294,3 +294,31 @@ def test_decompose_global_tags_batch() -> None:
     assert out.crop_tags.shape == (4, 2) and out.crop_tags.dtype == torch.long
     with pytest.raises(ValueError, match="area_rule"):
         decompose([_view(4, 20, 20)], roi, num_crops=2, crop_size=6, area_rule="area")
+
+
+# -- sizes the ViT can cut into patches (issue 12, part 5) ------------------------------------------------------
+def test_check_scales_accepts_what_the_published_code_trains_on() -> None:
+    """The published ViT drops the pixels of a side that fill no whole patch: crop 224 with the VOC inference
+    scales (0.75 -> 168, 1.25 -> 280, 1.75 -> 392 px) runs, and so does a crop of 200 (12.5 patches)."""
+    from seco_labels.cams import check_scales
+
+    check_scales((1.0, 0.5, 0.75, 1.25, 1.5, 1.75, 2.0), 224, 16)
+    check_scales((1.0, 0.5, 0.75, 1.5), 200, 16)
+    check_scales((0.5,), 32, 16)  # exactly one patch
+
+
+@pytest.mark.parametrize("scales, size, message", [
+    ((1.0, 0.5), 30, "data.crop_size 30 at scale 0.5 gives 15 px, less than one of the backbone's 16 px patches; "
+                     "set data.crop_size to 32 or more, or other cam.scales"),
+    ((1.0, 0.75, 0.3), 50, "data.crop_size 50 at scale 0.3 gives 15 px, less than one of the backbone's 16 px "
+                           "patches; set data.crop_size to 54 or more"),  # int(0.3 * 54) = 16, int(0.3 * 53) = 15
+    ((1.0,), 8, "data.crop_size 8 at scale 1.0 gives 8 px"),
+    ((1.0, 0.0), 448, "cam.scales [1.0, 0.0]: give one or more positive scales"),
+])
+def test_check_scales_refuses_a_side_below_one_patch_naming_the_smallest_size_that_works(scales, size, message):
+    from seco_labels.cams import check_scales
+    from seco_labels.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        check_scales(scales, size, 16, size_option="data.crop_size", scales_option="cam.scales")
+    assert message in str(err.value)

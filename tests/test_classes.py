@@ -154,20 +154,22 @@ def test_masks_with_no_foreground_at_all_are_refused(three_classes, tmp_path):
 
 
 # -- sizes that cannot train ------------------------------------------------------------------------------------
-def test_crop_size_that_is_no_multiple_of_the_patch_is_refused_up_front(voc_root, tmp_path):
+def test_crop_size_below_one_patch_at_a_scale_is_refused_up_front(voc_root, tmp_path):
+    """A crop that is no multiple of 16 trains (the published patch embedding drops the remainder, see
+    test_cli.py), but a scaled side below one 16 px patch has no token at all."""
     cfg_file = _tiny_cli_config(tmp_path, voc_root)
-    res = CliRunner().invoke(cli, ["train", "--config", str(cfg_file), "--set", "data.crop_size=100", "--out",
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg_file), "--set", "data.crop_size=24", "--out",
                                    str(tmp_path / "run"), "--quiet"])
     assert res.exit_code == 2, res.output
-    assert ("data.crop_size 100 at scale 1.0 gives 100 px, not a multiple of the backbone's 16 px patches; set "
-            "data.crop_size to 96 or 128 (the nearest sizes where every scale of [1.0, 0.5] gives a multiple of "
-            "16)") in " ".join(res.output.split())
+    assert ("data.crop_size 24 at scale 0.5 gives 12 px, less than one of the backbone's 16 px patches; set "
+            "data.crop_size to 32 or more, or other cam.scales") in " ".join(res.output.split())
     assert "Usage: seco train [OPTIONS]" in res.output or "Usage: cli train [OPTIONS]" in res.output
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     cfg = tiny_config(voc_root)
-    cfg.data.crop_size = 80  # 80 fits, but 0.5 x 80 = 40 does not
-    with pytest.raises(ConfigError, match=r"data.crop_size 80 at scale 0.5 gives 40 px.* set data.crop_size to "
-                                          r"64 or 96 .*or other cam.scales"):
+    cfg.cam.scales = (1.0, 0.25)  # 0.25 x 48 = 12 px
+    cfg.data.crop_size = 48
+    with pytest.raises(ConfigError, match=r"data.crop_size 48 at scale 0.25 gives 12 px.* set data.crop_size to "
+                                          r"64 or more, or other cam.scales"):
         Trainer(cfg, tmp_path / "r2", quiet=True)
     cfg = tiny_config(voc_root)
     cfg.decompose.local_crop_size = 24

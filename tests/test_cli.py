@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -122,3 +124,56 @@ def test_demo_runs_train_export_evaluate(tmp_path):
     assert "fit-segmenter on pseudo masks: 2 steps, val mIoU" in again.output
     fewer = CliRunner().invoke(cli, ["demo", "--iters", "1", "--seg-iters", "2", "--out", str(out), "--quiet"])
     assert fewer.exit_code == 2 and "has already trained 2 steps, more than the requested train.iters=1" in fewer.output
+
+
+def _two_image_val_copy(voc_root: Path, root: Path, ids: tuple[str, ...]) -> Path:
+    """voc-demo with its train split and a val split of ``ids`` only (PAR on full-size images is the slow part
+    of an export on a CPU)."""
+    splits = root / "ImageSets" / "Segmentation"
+    splits.mkdir(parents=True)
+    for name in ("JPEGImages", "SegmentationClassAug", "cls_labels_onehot.npy"):
+        (root / name).symlink_to(voc_root / name)
+    (splits / "train.txt").symlink_to(voc_root / "ImageSets" / "Segmentation" / "train.txt")
+    (splits / "val.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_crop_224_with_the_published_scales_trains_validates_and_exports(voc_root, tmp_path):
+    """Issue 12: 0.75 x 224 = 168, 1.25 x 224 = 280 and 1.75 x 224 = 392 px are no multiples of 16; the published
+    stride-16 patch embedding drops the remainder and trains on them. So does this run, with every loss term on
+    from step 0, validation at crop 224 with the same scales, and an export of images of 500 x 333 and 448 x 336
+    (resized to 224, and to 200 = 12.5 patches) whose masks come back at the images' own sizes."""
+    from PIL import Image
+
+    ids = ("coco_000000000260", "coco_000000000536")
+    data = _two_image_val_copy(voc_root, tmp_path / "data", ids)
+    run = tmp_path / "run"
+    scales = "[1.0,0.5,0.75,1.25,1.5,1.75,2.0]"
+    res = CliRunner().invoke(cli, [
+        "train", "--preset", "demo", "--data-root", str(data), "--split", "train", "--val-split", "val",
+        "--out", str(run), "--iters", "2", "--batch-size", "2", "--quiet",
+        "--set", "data.crop_size=224", "--set", f"cam.scales={scales}", "--set", "model.reservoir_size=48",
+        "--set", "model.backbone_kwargs={depth: 2}", "--set", "model.aux_layer=-1", "--set", "model.proto_start=0",
+        "--set", "train.val_every=2", "--set", "train.val_max_images=2", "--set", "optim.warmup_iters=1",
+        *[a for term in ("lig", "lil", "seg", "reg") for a in ("--set", f"loss.{term}.start=0")],
+    ])
+    assert res.exit_code == 0, res.output
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [0, 1]
+    for r in steps:
+        terms = [r[f"loss_{t}"] for t in ("cls", "aux", "ptc", "lil", "lig", "seg", "reg")]  # all on, all finite
+        assert all(v is not None and math.isfinite(v) for v in terms), r
+    val = [r for r in log if "seg_miou" in r]
+    assert len(val) == 1 and all(0 <= val[0][k] <= 1 for k in ("cam_miou", "cam_aux_miou", "seg_miou"))
+    for extra, out in ((["--scales", "published-ms"], tmp_path / "art"),  # input size 224, the crop size
+                       (["--scales", "1.0,0.75", "--input-size", "200"], tmp_path / "art200")):
+        exported = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(run / "last.pt"), "--split", "val",
+                                            "--out", str(out), "--num-workers", "0", "--quiet", *extra])
+        assert exported.exit_code == 0, exported.output
+        report = json.loads((out / "export_val.json").read_text())
+        assert report["exported"] == 2 and report["bad"] == []
+        for i in ids:
+            with Image.open(data / "JPEGImages" / f"{i}.jpg") as img, Image.open(out / "masks_val" / f"{i}.png") as m:
+                assert m.size == img.size  # (500, 333) and (448, 336): sides that are no multiples of 16

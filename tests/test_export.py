@@ -236,9 +236,10 @@ def test_checkpoint_mismatch_is_clear(checkpoint, coco_root, voc_root, tmp_path)
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match="does not match its own config"):
         load_trained_model(other, torch.device("cpu"))
-    with pytest.raises(ConfigError, match="scale 0.75 gives 168 px, not a multiple of the backbone's 16 px"):
+    with pytest.raises(ConfigError, match="--input-size 24 at scale 0.5 gives 12 px, less than one of the "
+                                          "backbone's 16 px patches; set --input-size to 32 or more"):
         export_split(checkpoint, "val", tmp_path / "b", data_root=str(voc_root),
-                     options=ExportOptions(input_size=224, num_workers=0), quiet=True)
+                     options=ExportOptions(input_size=24, num_workers=0), quiet=True)
 
 
 def test_h5_only_export_then_evaluate_masks_and_cams(checkpoint, voc_root, tmp_path):

@@ -105,11 +105,14 @@ def test_rerun_with_other_settings_is_refused_until_overwrite(checkpoint, voc_ro
     assert res.exit_code == 0 and f"segmented 0 image(s) of val into {out} ({len(ids)} already done" in res.output
 
 
-def test_uneven_scale_is_refused(checkpoint, tmp_path):
+def test_scale_below_one_patch_is_refused(checkpoint, tmp_path):
+    """64 x 1.1 = 70 px is no multiple of 16 but runs, as in the published code (test_cli.py); 64 x 0.2 = 12 px
+    holds no patch at all."""
     res = CliRunner().invoke(cli, ["segment", "--checkpoint", str(checkpoint), "--split", "val", "--out",
-                                   str(tmp_path), "--input-size", "64", "--scales", "1.0,1.1", "--device", "cpu"])
-    assert res.exit_code == 2 and "--input-size 64 at scale 1.1 gives 70 px, not a multiple" in res.output
-    assert "set --input-size to 160 (the nearest sizes where every scale of [1.0, 1.1] gives" in res.output
+                                   str(tmp_path), "--input-size", "64", "--scales", "1.1,0.2", "--device", "cpu"])
+    assert res.exit_code == 2 and "--input-size 64 at scale 0.2 gives 12 px, less than one of the backbone's 16 px " \
+                                  "patches; set --input-size to 80 or more, or other --scales" in res.output
+    assert not any(tmp_path.iterdir())  # refused before any image
 
 
 def test_crf_post_processing_changes_few_pixels(checkpoint, voc_root, tmp_path):

@@ -1,8 +1,11 @@
 """A timm ViT wrapped to return what SeCo needs: class token, final tokens, auxiliary-layer tokens
-(docs/design.md §2)."""
+(docs/design.md §2), and the strict loading of a local ViT weights file (``--backbone-weights``)."""
 
 from __future__ import annotations
 
+import math
+import pickle
+import zipfile
 from pathlib import Path
 
 import timm
@@ -12,11 +15,117 @@ from timm.layers import resample_abs_pos_embed
 
 from ..errors import ConfigError
 
-__all__ = ["ViTEncoder", "EncoderOutput"]
+__all__ = ["ViTEncoder", "EncoderOutput", "load_vit_weights"]
+
+#: Keys of an ImageNet classifier that the encoder (built with ``num_classes=0``) has no place for: the 1000-class
+#: ``head`` of timm and of the published code's ``jx_vit_base_p16_224-80ecf9dd.pth``, and the ``pre_logits``
+#: layer of the original ImageNet-21k ViT checkpoints.
+_CLASSIFIER_PREFIXES = ("head.", "pre_logits.")
+#: Keys under which training scripts commonly wrap a state dict (``{"model": state_dict, "epoch": ...}``).
+_WRAPPER_KEYS = ("model", "state_dict")
+#: What torch.load raises on a file that is not a readable weights file: a foreign pickle, a
+#: truncated or corrupt zip, a text file (KeyError from the pickle opcode table), an empty file.
+_READ_ERRORS: tuple[type[Exception], ...] = (
+    pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile,
+)
+
+
+def _unreadable(path: Path, e: Exception) -> ConfigError:
+    """The error for a weights file that torch/safetensors cannot read; torch's own message can be a paragraph."""
+    return ConfigError(
+        f"backbone weights file {path} cannot be read as a state dict ({type(e).__name__}: {str(e)[:200]}); "
+        "pass a .pth saved with torch.save(model.state_dict(), ...) or a .safetensors file"
+    )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: ``.safetensors``, or a torch file (``torch.save``) of a state dict, bare or
+    wrapped under ``model`` / ``state_dict``. Nothing but tensors and plain containers is unpickled."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError  # safetensors is a timm dependency
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise _unreadable(path, e) from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except _READ_ERRORS as e:
+            raise _unreadable(path, e) from None
+    if isinstance(obj, dict):
+        wrapped = [k for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)]
+        if wrapped and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            obj = obj[wrapped[0]]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(
+            f"backbone weights file {path} holds no state dict (a dict of tensors, bare or under 'model' or "
+            "'state_dict'); pass a .pth saved with torch.save(model.state_dict(), ...) or a .safetensors file"
+        )
+    return obj
+
+
+def _resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], path: Path) -> torch.Tensor:
+    """(1, 1 + g*g, D) position embedding of a square g x g grid -> (1, 1 + h*w, D) for the model's ``grid``,
+    bicubic without antialiasing as the encoder resamples it at every input size."""
+    n = pos_embed.shape[1] - 1
+    g = math.isqrt(n)
+    if pos_embed.dim() != 3 or g * g != n:
+        raise ConfigError(
+            f"backbone weights file {path}: pos_embed has shape {tuple(pos_embed.shape)}, not (1, 1 + g*g, D) of a "
+            "class token and a square patch grid"
+        )
+    return resample_abs_pos_embed(pos_embed, new_size=grid, old_size=(g, g), num_prefix_tokens=1, antialias=False)
+
+
+def _list(keys: list[str], most: int = 8) -> str:
+    """``a, b, c and 5 more``: a long key list cut for a one-line message."""
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return ", ".join(keys[:most]) + more
+
+
+def load_vit_weights(vit: nn.Module, path: str | Path, name: str) -> None:
+    """Load a local weights file into a timm ViT built with ``num_classes=0``, strictly.
+
+    Accepted layouts: timm's current ``VisionTransformer.state_dict()`` and the published code's
+    ``jx_vit_base_p16_224-80ecf9dd.pth`` (the original Google ViT-B/16, timm's
+    ``vit_base_patch16_224.orig_in21k_ft_in1k``), which the published ``model/backbone/vit.py`` loads with a
+    strict ``load_state_dict``: the same keys plus a 1000-class ``head``. Files: ``.pth``/``.pt`` (bare or under
+    ``model``/``state_dict``) or ``.safetensors``.
+
+    Conversion: classifier keys (``head.*``, ``pre_logits.*``) are dropped, the encoder has no classifier; a
+    ``pos_embed`` of another grid (e.g. a 384 px checkpoint) is resampled to the model's grid. Every other key
+    must match the model's keys and shapes exactly: nothing is silently left at random init.
+
+    Raises:
+        ConfigError: unreadable file, or keys missing, unexpected or of another shape (names them and the file).
+    """
+    path = Path(path)
+    sd = {k: v for k, v in _read_state_dict(path).items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    own = vit.state_dict()
+    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        sd["pos_embed"] = _resample_pos_embed(sd["pos_embed"], tuple(vit.patch_embed.grid_size), path)
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = ([f"missing {_list(missing)}"] if missing else []) + (
+            [f"unexpected {_list(unexpected)}"] if unexpected else [])
+        raise ConfigError(
+            f"backbone weights file {path} does not fit {name} ({'; '.join(parts)}); pass the state dict of this "
+            "architecture (model.backbone, model.backbone_kwargs)"
+        )
+    wrong = [f"{k} {tuple(sd[k].shape)} (model {tuple(v.shape)})" for k, v in own.items() if sd[k].shape != v.shape]
+    if wrong:
+        raise ConfigError(
+            f"backbone weights file {path} does not fit {name}: shapes differ for {_list(wrong, 4)}; pass the state "
+            "dict of this architecture (model.backbone, model.backbone_kwargs)"
+        )
+    vit.load_state_dict(sd, strict=True)
 
 
 class EncoderOutput(tuple):
-    """``(cls_token (B, D), tokens (B, D, h, w), aux_tokens (B, D, h, w))``; h = H / patch, w = W / patch."""
+    """``(cls_token (B, D), tokens (B, D, h, w), aux_tokens (B, D, h, w))``; h = H // patch, w = W // patch."""
 
     __slots__ = ()
 
@@ -36,7 +145,8 @@ class ViTEncoder(nn.Module):
             (``vit_base_patch16_224`` by default in the presets).
         aux_layer: index into the blocks whose output (not normed) feeds the auxiliary classifier;
             ``-3`` is the third block from the end as in the published code.
-        weights: a local weights file; ``None`` means random init. Nothing is ever downloaded.
+        weights: a local weights file loaded by :func:`load_vit_weights` (timm's layout or the published code's
+            jx layout, ``.pth`` or ``.safetensors``); ``None`` means random init. Nothing is ever downloaded.
         **kwargs: extra ``timm.create_model`` arguments (``depth=4`` for tiny test models).
 
     Raises:
@@ -49,16 +159,16 @@ class ViTEncoder(nn.Module):
         if name not in timm.list_models():
             vits = ", ".join(m for m in timm.list_models("vit_*patch16_224")[:8])
             raise ConfigError(f"unknown backbone {name!r}; use a timm ViT name, e.g. {vits}")
-        create_kwargs = dict(num_classes=0, dynamic_img_size=True, **kwargs)
-        if weights:
-            path = Path(weights)
-            if not path.is_file():
-                raise ConfigError(f"backbone weights file {path} not found; pass an existing local file")
-            create_kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        if weights and not Path(weights).is_file():
+            raise ConfigError(f"backbone weights file {weights} not found; pass an existing local file")
         try:
-            vit = timm.create_model(name, **create_kwargs)
-        except (RuntimeError, KeyError, ValueError) as e:  # timm raises these on a mismatching state dict
-            raise ConfigError(f"could not build backbone {name!r} from {weights or 'random init'}: {e}") from None
+            vit = timm.create_model(name, num_classes=0, dynamic_img_size=True, **kwargs)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # timm's errors on bad model arguments
+            raise ConfigError(f"could not build backbone {name!r} with {kwargs}: {e}") from None
+        if weights:
+            # Loaded here rather than by timm's pretrained=True: timm turns strict loading off when the classifier
+            # is removed (num_classes=0), so a missing key would silently stay at random init.
+            load_vit_weights(vit, weights, name)
         if getattr(vit, "cls_token", None) is None or getattr(vit, "pos_embed", None) is None:
             raise ConfigError(f"backbone {name!r} has no class token / absolute position embedding; SeCo needs both")
         if getattr(vit, "no_embed_class", False) or getattr(vit, "reg_token", None) is not None:
@@ -81,9 +191,22 @@ class ViTEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
-        """x: (B, 3, H, W) normalised images. Returns :class:`EncoderOutput`."""
+        """x: (B, 3, H, W) normalised images, H and W at least one patch. Returns :class:`EncoderOutput` with
+        h = H // patch, w = W // patch.
+
+        Like the published patch embedding (a stride-``patch`` convolution), the last ``H % patch`` rows and
+        ``W % patch`` columns, which fill no whole patch, are dropped: a 168 x 200 input gives a 10 x 12 grid.
+
+        Raises:
+            ValueError: H or W smaller than one patch (no token).
+        """
         vit = self.vit
-        t = vit.patch_embed(x)  # (B, h, w, D) with dynamic_img_size
+        ph, pw = vit.patch_embed.patch_size
+        hh, ww = x.shape[-2:]
+        if hh < ph or ww < pw:
+            raise ValueError(f"input of {hh}x{ww} px is smaller than one {ph}x{pw} px patch of the backbone")
+        # timm asserts whole patches; the convolution itself would ignore the remainder, so crop it off first.
+        t = vit.patch_embed(x[..., : hh - hh % ph, : ww - ww % pw])  # (B, h, w, D) with dynamic_img_size
         b, h, w, d = t.shape
         t = torch.cat([vit.cls_token.expand(b, -1, -1), t.reshape(b, h * w, d)], dim=1)
         t = vit.pos_drop(t + self._pos_embed(h, w))

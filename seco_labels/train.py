@@ -816,15 +816,15 @@ class Trainer(TrainerMixin):
         self._val_loader: DataLoader | None = None
 
     def _check_sizes(self, patch: int) -> None:
-        """Crops and their CAM scales must cut into whole ``patch`` x ``patch`` tokens: check before step 0."""
+        """Crops, their CAM scales and the local crops must hold at least one ``patch`` x ``patch`` token: check
+        before step 0."""
         d, k = self.cfg.data, self.cfg.decompose
         check_scales((1.0, *self.cfg.cam.scales), d.crop_size, patch, size_option="data.crop_size",
                      scales_option="cam.scales")
-        if k.local_crop_size % patch:
+        if k.local_crop_size < patch:  # any larger size works, as published: the remainder is dropped
             raise ConfigError(
-                f"decompose.local_crop_size={k.local_crop_size} is not a multiple of the backbone's {patch} px "
-                f"patches; set it to {k.local_crop_size // patch * patch or patch} or "
-                f"{(k.local_crop_size // patch + 1) * patch}"
+                f"decompose.local_crop_size={k.local_crop_size} is smaller than one of the backbone's {patch} px "
+                f"patches; set it to {patch} or more"
             )
 
     # -- state ---------------------------------------------------------------------------------------------

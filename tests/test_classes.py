@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import h5py
@@ -172,10 +173,21 @@ def test_crop_size_below_one_patch_at_a_scale_is_refused_up_front(voc_root, tmp_
                                           r"64 or more, or other cam.scales"):
         Trainer(cfg, tmp_path / "r2", quiet=True)
     cfg = tiny_config(voc_root)
-    cfg.decompose.local_crop_size = 24
-    with pytest.raises(ConfigError, match="decompose.local_crop_size=24 is not a multiple of the backbone's 16 px "
-                                          "patches; set it to 16 or 32"):
+    cfg.decompose.local_crop_size = 8
+    with pytest.raises(ConfigError, match="decompose.local_crop_size=8 is smaller than one of the backbone's 16 px "
+                                          "patches; set it to 16 or more"):
         Trainer(cfg, tmp_path / "r3", quiet=True)
+
+
+def test_local_crops_of_any_size_from_one_patch_train(voc_root, tmp_path):
+    """As published, a local crop that is no multiple of 16 px trains: its last pixels fill no patch."""
+    cfg = tiny_config(voc_root)
+    cfg.decompose.local_crop_size = 24
+    trainer = Trainer(cfg, tmp_path / "run", quiet=True)
+    trainer.step = max(cfg.loss.lil.start, cfg.loss.lig.start)  # the local crops feed LIL and LIG
+    out = trainer.train_step(next(iter(trainer._train_loader())))
+    assert out.terms["lil"] is not None and out.terms["lig"] is not None
+    assert all(v is None or math.isfinite(v) for v in out.terms.values())
 
 
 def test_batch_size_that_does_not_divide_the_reservoir_names_values_that_do(voc_root, tmp_path):

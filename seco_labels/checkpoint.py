@@ -179,7 +179,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 #: keys added since the first checkpoints, with the value that does what versions without the key did: an older
 #: config that lacks one is compared as holding that value
-LEGACY_VALUES: dict[str, Any] = {"loss.norm_group_size": 0, "optim.unstarted_grads": "none"}
+LEGACY_VALUES: dict[str, Any] = {
+    "loss.norm_group_size": 0, "optim.unstarted_grads": "none", "loss.energy_filter": "exact",
+}
 
 
 def diff_configs(old: dict[str, Any], new: dict[str, Any]) -> list[ConfigChange]:

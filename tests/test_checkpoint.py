@@ -91,10 +91,12 @@ def test_config_diff_uses_dotted_keys_and_compares_kwargs_whole():
 def test_keys_added_since_compare_as_what_older_versions_did():
     new = config_to_dict(get_preset("coco"))
     older = config_to_dict(get_preset("coco"))  # a checkpoint from before the published optimiser and groups
-    del older["loss"]["norm_group_size"], older["optim"]["unstarted_grads"]
-    assert diff_configs(older, new) == [ConfigChange("loss.norm_group_size", 0, 4),
+    del older["loss"]["norm_group_size"], older["optim"]["unstarted_grads"], older["loss"]["energy_filter"]
+    assert diff_configs(older, new) == [ConfigChange("loss.energy_filter", "exact", "lattice"),
+                                        ConfigChange("loss.norm_group_size", 0, 4),
                                         ConfigChange("optim.unstarted_grads", "none", "zero")]
     new["loss"]["norm_group_size"], new["optim"]["unstarted_grads"] = 0, "none"  # the older behaviour: no change
+    new["loss"]["energy_filter"] = "exact"
     assert diff_configs(older, new) == []
 
 

@@ -349,6 +349,26 @@ def test_photometric_ops(photo):
                                                                                   np.random.default_rng(3))))
 
 
+def test_random_resized_crop_is_torchvisions_crop_then_resize(photo):
+    """The published second global view is torchvision's RandomResizedCrop: crop the box, then resize it."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resized_crop
+
+    pil = Image.fromarray(photo)
+    seed = 5
+    rrc = random_resized_crop(pil, 64, (0.4, 1.0), np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)  # the same draws, to recover the box
+    w, h = pil.size
+    for _ in range(10):
+        target, aspect = w * h * rng.uniform(0.4, 1.0), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+            break
+    expected = resized_crop(pil, y, x, ch, cw, [64, 64], InterpolationMode.BICUBIC)
+    np.testing.assert_array_equal(np.asarray(rrc), np.asarray(expected))
+
+
 def test_train_views_ignore_global_rng(photo):
     views = TrainViews(96, (0.5, 2.0), (0.4, 1.0), strong_flip_p=0.0)
     out = []

@@ -133,7 +133,7 @@ def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float],
         cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
             y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-            return img.resize((size, size), Image.BICUBIC, box=(x, y, x + cw, y + ch))
+            return _crop_resize(img, (x, y, x + cw, y + ch), size)
     in_ratio = w / h
     if in_ratio < min(ratio):
         cw, ch = w, int(round(w / min(ratio)))
@@ -142,7 +142,13 @@ def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float],
     else:
         cw, ch = w, h
     x, y = (w - cw) // 2, (h - ch) // 2
-    return img.resize((size, size), Image.BICUBIC, box=(x, y, x + cw, y + ch))
+    return _crop_resize(img, (x, y, x + cw, y + ch), size)
+
+
+def _crop_resize(img: Image.Image, box: tuple[int, int, int, int], size: int) -> Image.Image:
+    """Crop, then resize bicubically to ``size`` x ``size``, as torchvision's ``resized_crop`` does on PIL images:
+    the filter sees only the box (``resize(box=)`` would also read the pixels around it)."""
+    return img.crop(box).resize((size, size), Image.BICUBIC)
 
 
 class TrainViews:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +11,13 @@ from PIL import Image
 
 from seco_labels.config import get_preset, set_values
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
+from conftest import load_benchmark  # tests/ is on sys.path (pytest prepend mode)
+
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("seco_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["seco_ablation"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ablation")
 
 
 def test_every_variant_is_a_config_switch(ablation):

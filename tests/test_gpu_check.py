@@ -3,23 +3,16 @@ it cannot rot before a GPU arrives."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+from conftest import load_benchmark  # tests/ is on sys.path (pytest prepend mode)
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("seco_gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["seco_gpu_check"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def _row(table: str, label: str) -> list[str]:

@@ -38,6 +38,9 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not Path
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SOURCE_DATE_EPOCH": "1700000000"}
 #: The losses of a 2-process run equal the 1-process run's on the same global batch up to float summation order.
 LOSS_RTOL, LOSS_ATOL = 1e-4, 1e-6
+# Unit-norm keys and prototypes (entries ~0.1) after 6 steps of 2-process vs 1-process float reductions: up to
+# 6e-5 apart since the loss groups and the crop-then-resize view (1e-5 before); the losses agree to LOSS_RTOL
+KEY_ATOL = 1e-4
 
 
 def _cli(*args: str, procs: int = 1) -> list[str]:
@@ -111,8 +114,8 @@ def test_two_processes_train_like_one(one_process_run, tmp_path):
     # ... and they equal the single process's memories on the same global batches
     a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     assert torch.equal(a["reservoir.tags"], b["reservoir.tags"]) and int(a["reservoir.ptr"]) == int(b["reservoir.ptr"])
-    torch.testing.assert_close(a["reservoir.keys"], b["reservoir.keys"], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(a["prototypes.vectors"], b["prototypes.vectors"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a["reservoir.keys"], b["reservoir.keys"], rtol=1e-4, atol=KEY_ATOL)
+    torch.testing.assert_close(a["prototypes.vectors"], b["prototypes.vectors"], rtol=1e-4, atol=KEY_ATOL)
     torch.testing.assert_close(a["classifier.weight"], b["classifier.weight"], rtol=1e-4, atol=1e-6)
     # validation was sharded over the processes and its counts summed: same scores
     val_one = [r for r in read_log(ref) if "cam_miou" in r]
@@ -178,7 +181,7 @@ def test_killed_run_resumes_with_any_number_of_processes(one_process_run, tmp_pa
     assert f"resuming {run} at step {done}" in res.stderr
     _assert_same_losses(_steps(ref), _steps(run))  # each step logged once, as in an uninterrupted run
     a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(run / "last.pt")["model"]
-    torch.testing.assert_close(a["reservoir.keys"], b["reservoir.keys"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a["reservoir.keys"], b["reservoir.keys"], rtol=1e-4, atol=KEY_ATOL)
 
 
 def test_two_process_export_is_byte_identical(one_process_run, voc_root, tmp_path):

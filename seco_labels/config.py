@@ -164,7 +164,10 @@ class TrainConfig:
     iters: int = 20000
     seed: int = 0
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
-    amp: str = "auto"  #: auto (bf16 if supported else fp16 on CUDA, off on CPU) | bf16 | fp16 | off
+    #: auto (bf16 if supported else fp16 on CUDA, fp32 on CPU) | bf16 | fp16 (on CUDA or CPU) | off
+    amp: str = "auto"
+    #: torch.compile the student and teacher ViT encoders (first steps compile for minutes; checkpoints unchanged)
+    compile: bool = False
     ckpt_every: int = 1000
     val_every: int = 2000
     log_every: int = 20

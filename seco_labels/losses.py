@@ -9,6 +9,10 @@ Terms: multi-label classification (:func:`cls_loss`), ToCo's token contrast (:fu
 contrast (:func:`lil_loss`, :func:`lig_loss`), the dense CRF-energy regulariser in pure torch
 (:func:`crf_energy_loss` with the filters of :data:`GAUSSIAN_FILTERS`: the published permutohedral lattice or
 the exact :func:`dense_gaussian_filter`), and the per-term schedule (:func:`weight_at`).
+
+Precision: every loss and filter runs in fp32 (fp64 inputs stay fp64) with autocast off, whoever calls it
+(:func:`seco_labels.precision.in_fp32`): their epsilons underflow in fp16 and their temperatures amplify bf16's
+rounding.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 
 from .distributed import global_sum, world_size
 from .lattice import permutohedral_filter
+from .precision import in_fp32
 
 __all__ = [
     "cls_loss",
@@ -49,6 +54,7 @@ def _check_dims(name: str, t: torch.Tensor, dims: int, shape: str) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
+@in_fp32
 def cls_loss(logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
     """Multi-label soft-margin loss of the image classifier (docs/design.md §2 "Classifiers").
 
@@ -83,6 +89,7 @@ def label_to_affinity(label: torch.Tensor, ignore_index: int = 255) -> torch.Ten
     return aff
 
 
+@in_fp32
 def ptc_loss(tokens: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
     """ToCo's masked patch-token contrast (docs/design.md §3 "PTC"; published ``get_masked_ptc_loss``).
 
@@ -121,6 +128,7 @@ def ptc_loss(tokens: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
+@in_fp32
 def seg_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     """Cross entropy averaged separately over background and foreground pixels (published ``get_seg_loss``).
 
@@ -180,6 +188,7 @@ def _rectify(
     return pos_logits, pos, revised
 
 
+@in_fp32
 def lil_loss(
     q: torch.Tensor,
     keys: torch.Tensor,
@@ -293,6 +302,7 @@ def lil_loss(
     return world_size() * loss, revised
 
 
+@in_fp32
 def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau: float) -> torch.Tensor:
     """Local-to-global contrast of student crops against class prototypes (LIG, docs/design.md §3 step 4).
 
@@ -348,6 +358,7 @@ def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau:
 # --------------------------------------------------------------------------------------------------------------
 
 
+@in_fp32
 def dense_gaussian_filter(
     features: torch.Tensor, values: torch.Tensor, chunk_size: int | None = None
 ) -> torch.Tensor:
@@ -452,6 +463,7 @@ def energy_features(image: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> t
 GAUSSIAN_FILTERS = {"lattice": permutohedral_filter, "exact": dense_gaussian_filter}
 
 
+@in_fp32
 def crf_energy_loss(
     image: torch.Tensor,
     probs: torch.Tensor,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .cams import box_mask
 from .errors import CrfUnavailableError
+from .precision import in_fp32
 
 __all__ = ["PAR", "refine_with_background", "dense_crf", "crf_refine_mask", "require_crf"]
 
@@ -101,13 +102,15 @@ class PAR(nn.Module):
         pos = (-((dist / (dist.std() + 1e-8) / self.w_rgb) ** 2)).softmax(dim=0)
         return rgb.add_(self.w_pos * pos[:, None, None])
 
+    @in_fp32
     def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Refine ``masks`` along ``images``.
 
         Shape:
             - images: (B, 3, h, w) float, any consistent scale (affinities are normalised by the local std).
             - masks: (B, C, h', w'), resized bilinearly (``align_corners=True``, as published) to (h, w).
-            - output: (B, C, h, w) in the images' dtype.
+            - output: (B, C, h, w) in the images' dtype, fp32 for fp16/bf16 images (computed in fp32 with
+              autocast off: ``std + 1e-8`` is 0 in fp16 and a flat region would give NaN).
         """
         if images.dim() != 4 or masks.dim() != 4 or images.shape[0] != masks.shape[0]:
             raise ValueError(
@@ -135,6 +138,7 @@ class PAR(nn.Module):
         return out
 
 
+@in_fp32
 def refine_with_background(
     par: PAR,
     images: torch.Tensor,

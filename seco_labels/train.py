@@ -45,12 +45,13 @@ from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps
 from .losses import cls_loss, crf_energy_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
 from .metrics import ConfusionMatrix
 from .models import SeCoNet, build_seco
+from .precision import grad_scaler, resolve_amp
 from .refine import PAR, refine_with_background
 from .schedule import lr_multiplier
 
 __all__ = [
     "Trainer", "SecoObjective", "memory_digest", "seco_step", "evaluate", "resolve_device", "resolve_amp",
-    "StepBatchSampler", "LOSS_TERMS",
+    "StepBatchSampler", "LOSS_TERMS", "compile_encoders", "compile_errors",
     "batch_to_device", "TrainerMixin", "TrainingInterrupted", "NonFiniteLossError", "peak_memory_mb",
     "zero_missing_grads",
 ]
@@ -79,15 +80,6 @@ def resolve_device(spec: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device
-
-
-def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for fp32. AMP is CUDA-only; on CPU everything runs in fp32."""
-    if device.type != "cuda" or mode == "off":
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -480,7 +472,7 @@ class TrainerMixin:
     dist: DistContext = DistContext()
     #: where and how verbosely the run goes, not what it computes
     SILENT_KEYS: tuple[str, ...] = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every",
-                                    "model.backbone_weights", "preset")
+                                    "model.backbone_weights", "preset", "train.compile")
     #: extending (or shortening) the run, and what only validation reads
     ALLOWED_KEYS: tuple[str, ...] = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split",
                                      "data.root", "train.amp")
@@ -753,6 +745,44 @@ class SecoObjective(nn.Module):
         return seco_step(self.model, batch, step, self.cfg, self.par, autocast=autocast, timer=timer)
 
 
+def compile_encoders(model: SeCoNet) -> None:
+    """``train.compile``: ``torch.compile`` the student's and the local teacher's ViT encoders, in place.
+
+    ``nn.Module.compile`` compiles the module's call, not a wrapper module: parameter and buffer names stay those of
+    the eager model (no ``_orig_mod.`` prefix), so state dicts, checkpoints and the teacher's EMA are unchanged.
+    Shapes are dynamic from the start: one encoder sees the batch, its flip at every CAM scale, the local crops and
+    the validation images, more shapes than the recompile limit allows static graphs for. Compilation happens in the
+    first steps (and the first validation): minutes on a CPU.
+
+    Raises:
+        ConfigError: torch.compile does not support this Python or platform.
+    """
+    import torch._dynamo  # here, not at the top: a heavy import that only train.compile needs
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError(f"train.compile=true: torch.compile does not support Python {sys.version.split()[0]} "
+                          f"with torch {torch.__version__} here; set train.compile=false")
+    for encoder in (model.encoder, model.teacher["encoder"]):
+        encoder.compile(dynamic=True)
+
+
+@contextlib.contextmanager
+def compile_errors(enabled: bool) -> Iterator[None]:
+    """Under ``train.compile``, turn a failure of torch.compile itself (dynamo, inductor, the C++ compiler it runs on
+    a CPU) into a :class:`ConfigError` that says to train without it; the original error is chained."""
+    if not enabled:
+        yield
+        return
+    import torch._dynamo.exc
+
+    try:
+        yield
+    except torch._dynamo.exc.TorchDynamoException as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"train.compile=true: torch.compile failed on this machine ({type(e).__name__}: {first}); "
+                          "set train.compile=false to train without it") from e
+
+
 def memory_digest(model: SeCoNet) -> str:
     """SHA-1 of the reservoir (keys, tags, pointer) and prototypes: equal across processes when they agree."""
     h = hashlib.sha1()
@@ -797,6 +827,8 @@ class Trainer(TrainerMixin):
         torch.manual_seed(cfg.train.seed)
         self.model = build_seco(cfg.model, d.num_classes).to(self.device)
         self._check_sizes(self.model.encoder.patch_size)
+        if cfg.train.compile:
+            compile_encoders(self.model)
         self.par = PAR(cfg.cam.par_dilations, cfg.cam.par_iters).to(self.device)
         objective = SecoObjective(self.model, self.par, self.cfg)
         self.objective: nn.Module = objective if not self.dist.distributed else DistributedDataParallel(
@@ -811,7 +843,7 @@ class Trainer(TrainerMixin):
             lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=1e-8,
         )
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = grad_scaler(self.device, self.amp_dtype)
         self.step = 0
         self._val_loader: DataLoader | None = None
 
@@ -872,13 +904,14 @@ class Trainer(TrainerMixin):
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * mult
         batch = batch_to_device(batch, self.device)
-        out = self.objective(batch, self.step, autocast=self._autocast, timer=timer)
-        self._check_loss(float(out.loss.detach()), out.terms)
-        with timer("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out.loss).backward()
-            if self.cfg.optim.unstarted_grads == "zero":
-                zero_missing_grads(self.optimizer)
+        with compile_errors(self.cfg.train.compile):  # the compiled encoder's forward and backward
+            out = self.objective(batch, self.step, autocast=self._autocast, timer=timer)
+            self._check_loss(float(out.loss.detach()), out.terms)
+            with timer("backward"):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(out.loss).backward()
+                if self.cfg.optim.unstarted_grads == "zero":
+                    zero_missing_grads(self.optimizer)
         with timer("optimizer_step"):
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -914,10 +947,11 @@ class Trainer(TrainerMixin):
         loader = self.val_loader()
         if loader is None:
             return {}
-        return evaluate(
-            self.model, loader, self.cfg, self.device, autocast=self._autocast,
-            quiet=self.quiet or not sys.stderr.isatty(),
-        )
+        with compile_errors(self.cfg.train.compile):
+            return evaluate(
+                self.model, loader, self.cfg, self.device, autocast=self._autocast,
+                quiet=self.quiet or not sys.stderr.isatty(),
+            )
 
     def checkpoint(self) -> Path:
         """:meth:`save`; under torchrun first checks and logs that every process holds the same memories."""

@@ -306,10 +306,15 @@ def test_precision_and_device_resolution():
 
     cpu = torch.device("cpu")
     assert resolve_device("cpu") == cpu
-    assert all(resolve_amp(mode, cpu) is None for mode in ("auto", "bf16", "fp16", "off"))  # fp32 on CPU
+    assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None  # fp32 on CPU unless asked
+    assert resolve_amp("bf16", cpu) is torch.bfloat16 and resolve_amp("fp16", cpu) is torch.float16
     cuda = torch.device("cuda")
     assert resolve_amp("fp16", cuda) is torch.float16 and resolve_amp("off", cuda) is None
     assert resolve_amp("bf16", cuda) is torch.bfloat16
+    with pytest.raises(ConfigError, match="cuda and cpu, not mps"):
+        resolve_amp("bf16", torch.device("mps"))
+    with pytest.raises(ConfigError, match="choose auto"):
+        resolve_amp("fp8", cpu)
     with pytest.raises(ConfigError, match="not a device"):
         resolve_device("tpu:0")
 

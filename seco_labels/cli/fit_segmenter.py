@@ -58,7 +58,7 @@ class SmpArchChoice(click.Choice):
 @click.option("--lr", type=float, default=None, help="Base learning rate (optim.lr; default 0.01).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="optim.name (default sgd).")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default=None,
-              help="Mixed precision on CUDA (train.amp; default auto).")
+              help="Mixed precision (train.amp; default auto: bf16/fp16 on CUDA, fp32 on CPU).")
 @click.option("--num-workers", type=int, default=None, help="DataLoader workers (data.num_workers; default 4).")
 @click.option("--val-every", type=int, default=None,
               help="Validate every N steps (train.val_every; 0 = only at the end).")

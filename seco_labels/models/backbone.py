@@ -206,7 +206,11 @@ class ViTEncoder(nn.Module):
         if hh < ph or ww < pw:
             raise ValueError(f"input of {hh}x{ww} px is smaller than one {ph}x{pw} px patch of the backbone")
         # timm asserts whole patches; the convolution itself would ignore the remainder, so crop it off first.
-        t = vit.patch_embed(x[..., : hh - hh % ph, : ww - ww % pw])  # (B, h, w, D) with dynamic_img_size
+        # Only when there is one: torch.compile then guards on whole patches instead of tracing the modulo into the
+        # dynamic-shape graph (where inductor 2.x fails to order strides of ``3*B*(W - Mod(W, 16))``).
+        if hh % ph or ww % pw:
+            x = x[..., : hh - hh % ph, : ww - ww % pw]
+        t = vit.patch_embed(x)  # (B, h, w, D) with dynamic_img_size
         b, h, w, d = t.shape
         t = torch.cat([vit.cls_token.expand(b, -1, -1), t.reshape(b, h * w, d)], dim=1)
         t = vit.pos_drop(t + self._pos_embed(h, w))

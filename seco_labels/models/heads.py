@@ -47,4 +47,5 @@ class ProjectionHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(x), dim=-1)
+        # fp32 unit vectors under autocast too: LIL/LIG divide their cosines by tau = 0.08
+        return F.normalize(self.mlp(x).float(), dim=-1)

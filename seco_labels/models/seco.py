@@ -12,11 +12,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from ..precision import autocast_off
 from .backbone import ViTEncoder
 from .heads import ASPPHead, ProjectionHead
 from .memory import ClassPrototypes, KeyReservoir
 
 __all__ = ["SeCoNet", "SeCoOutput", "build_seco"]
+
+
+def _fp32_conv1x1(tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) tokens, (C, D, 1, 1) classifier weight -> (B, C, h, w) fp32 scores, autocast or not.
+
+    The CAMs feed the ROI thresholds, and :func:`~seco_labels.cams.multi_scale_cams` normalises them in their own
+    dtype: in bf16 (8-bit mantissa) ``cam - min`` cancels most digits of a map whose range is small against its
+    values. With bf16 CAMs, a bf16 step changed 1.2% of the ROI pixels against fp32 (tiny ViT after 4 steps, 64 px);
+    with fp32 ones 0.44%, what the bf16 encoder alone changes. A 1x1 conv to K-1 channels costs nothing next to the
+    encoder.
+    """
+    with autocast_off(tokens.device):
+        return F.conv2d(tokens.float(), weight.float())
 
 
 @dataclass
@@ -25,11 +39,11 @@ class SeCoOutput:
 
     cls_token: torch.Tensor  #: (B, D)
     tokens: torch.Tensor  #: (B, D, h, w) final normed patch tokens
-    logits: torch.Tensor  #: (B, K-1) max-pool classifier on final tokens
-    aux_logits: torch.Tensor  #: (B, K-1) max-pool classifier on aux-layer tokens
+    logits: torch.Tensor  #: (B, K-1) max-pool classifier on final tokens (fp32)
+    aux_logits: torch.Tensor  #: (B, K-1) max-pool classifier on aux-layer tokens (fp32)
     seg: torch.Tensor  #: (B, K, h, w) decoder logits
-    cam: torch.Tensor  #: (B, K-1, h, w) raw CAM, detached
-    cam_aux: torch.Tensor  #: (B, K-1, h, w) raw aux CAM, detached
+    cam: torch.Tensor  #: (B, K-1, h, w) raw CAM, detached, fp32 under autocast too
+    cam_aux: torch.Tensor  #: (B, K-1, h, w) raw aux CAM, detached, fp32 under autocast too
     extra_cls: torch.Tensor | None = None  #: (B', D) class tokens of ``extra`` images, if any
 
 
@@ -88,8 +102,8 @@ class SeCoNet(nn.Module):
         extra_cls = None if extra is None else enc.cls_token[b:]
         logits, aux_logits = self._pooled_logits(tokens, aux_tokens)
         with torch.no_grad():
-            cam = F.conv2d(tokens.detach(), self.classifier.weight)
-            cam_aux = F.conv2d(aux_tokens.detach(), self.aux_classifier.weight)
+            cam = _fp32_conv1x1(tokens.detach(), self.classifier.weight)
+            cam_aux = _fp32_conv1x1(aux_tokens.detach(), self.aux_classifier.weight)
         return SeCoOutput(cls_token, tokens, logits, aux_logits, self.decoder(tokens), cam, cam_aux, extra_cls)
 
     @torch.no_grad()
@@ -100,13 +114,15 @@ class SeCoNet(nn.Module):
 
     def _pooled_logits(self, tokens: torch.Tensor, aux_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Global max pooling then the 1x1 conv equals max over the CAM only for the pooled logits (docs/design.md §2).
-        return (self.classifier(F.adaptive_max_pool2d(tokens, 1)).flatten(1),
-                self.aux_classifier(F.adaptive_max_pool2d(aux_tokens, 1)).flatten(1))
+        # fp32 like the CAMs, so that a logit stays the max of its CAM under autocast.
+        return (_fp32_conv1x1(F.adaptive_max_pool2d(tokens, 1), self.classifier.weight).flatten(1),
+                _fp32_conv1x1(F.adaptive_max_pool2d(aux_tokens, 1), self.aux_classifier.weight).flatten(1))
 
     def cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw CAMs (cam, cam_aux), each (B, K-1, h, w); the ``cam_fn`` of :func:`seco_labels.cams.multi_scale_cams`."""
+        """Raw CAMs (cam, cam_aux), each (B, K-1, h, w) fp32 even under autocast; the ``cam_fn`` of
+        :func:`seco_labels.cams.multi_scale_cams`."""
         _, tokens, aux_tokens = self.encoder(x)
-        return F.conv2d(tokens, self.classifier.weight), F.conv2d(aux_tokens, self.aux_classifier.weight)
+        return _fp32_conv1x1(tokens, self.classifier.weight), _fp32_conv1x1(aux_tokens, self.aux_classifier.weight)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Student class tokens of x (N, 3, h, w) -> (N, D) encoder features (not projected)."""

@@ -36,7 +36,8 @@ from ..errors import CheckpointError
 from ..io import atomic_write_text, disk_full_guard
 from ..evaluate import EvalResult, evaluate_masks, write_reports
 from ..schedule import lr_multiplier
-from ..train import TrainerMixin, StepBatchSampler, holding_run_lock, resolve_amp, resolve_device
+from ..precision import grad_scaler, resolve_amp
+from ..train import TrainerMixin, StepBatchSampler, holding_run_lock, resolve_device
 from .config import SegmenterConfig
 from .data import SegTrainDataset, open_labels, open_val_reader
 from .model import build_segmenter, check_names, forward_logits, predict_mask, preflight, round_up, size_multiple
@@ -135,7 +136,7 @@ class SegmenterTrainer(TrainerMixin):
         else:
             self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = grad_scaler(self.device, self.amp_dtype)
         self.step = 0
         self.last_result: EvalResult | None = None  #: the final validation of :meth:`fit`
 

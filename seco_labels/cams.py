@@ -24,6 +24,7 @@ from .errors import ConfigError
 __all__ = [
     "UNCERTAIN",
     "multi_scale_cams",
+    "multi_scale_class_cams",
     "check_scales",
     "cam_to_label",
     "cam_to_roi_mask",
@@ -48,6 +49,23 @@ def _upsample_max_flip(raw: torch.Tensor, size: tuple[int, int], b: int, flip: b
     if flip:
         up = torch.max(up[:b], up[b:].flip(-1))  # docs/design.md §4: max of image and flipped CAM
     return F.relu(up)
+
+
+def _picked_upsample_max_flip(raw: torch.Tensor, image_of: torch.Tensor, channel: torch.Tensor,
+                              size: tuple[int, int], b: int, flip: bool) -> torch.Tensor:
+    """:func:`_upsample_max_flip` of only the P planes ``(image_of, channel)`` of raw CAMs (B or 2B, C, h, w)
+    -> (P, H, W), bit-identical to picking them from its result for every plane.
+
+    Every plane is upsampled, and only then picked: CPU bilinear resizing has a vectorised kernel (for the
+    channels-last CAMs of a ViT, among others) and a per-element one with different rounding, chosen by the
+    input's shape and layout, so resizing the picked planes alone would differ in the last bit. The flip, max and
+    ReLU (and everything after them) are elementwise and run on the picked planes only.
+    """
+    up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)  # (nB, C, H, W)
+    picked = up[image_of, channel]  # (P, H, W)
+    if flip:
+        picked = torch.max(picked, up[image_of + b, channel].flip(-1))  # docs/design.md §4
+    return F.relu(picked)
 
 
 @torch.no_grad()
@@ -128,6 +146,71 @@ def multi_scale_cams(
         cam = cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)  # published epsilon, per (image, class)
         out.append(cam)
     return out[0], out[1]
+
+
+@torch.no_grad()
+def multi_scale_class_cams(
+    cam_fn: CamFn,
+    images: torch.Tensor,
+    scales: Sequence[float],
+    classes: Sequence[torch.Tensor],
+    *,
+    flip: bool = True,
+    source: int = 0,
+) -> list[torch.Tensor]:
+    """:func:`multi_scale_cams` of only the channels ``classes[i]`` of image ``i``, from only one of ``cam_fn``'s
+    two outputs: the exporter's CAMs (docs/design.md §4), bit-identical to ``multi_scale_cams(...)[source][i,
+    classes[i]]`` with the same ``cam_fn`` calls (same batches, so the network's numerics do not change).
+
+    Every step after the network works on each (image, channel) plane alone, so only the picked planes are
+    computed: of the other output nothing, of the untagged classes only the bilinear upsampling (see
+    :func:`_picked_upsample_max_flip`); the flip, max, ReLU, the sum over scales and the min-max normalisation run
+    on (sum of k_i) planes instead of 2 x B x C (x 2 with the flip) per scale. That work on every plane of both
+    outputs made the 1-scale export's CAM phase slower than a per-image loop on CPU. A batch whose images have no
+    class at all needs no ``cam_fn`` call.
+
+    Args:
+        cam_fn, images, scales, flip: as in :func:`multi_scale_cams`; images (B, 3, H, W).
+        classes: B long tensors, image i's CAM channels (class - 1), each (k_i,), on ``images``' device.
+        source: which output of ``cam_fn``: 0 the final classifier's CAM, 1 the auxiliary one.
+
+    Returns:
+        B tensors, image i's (k_i, H, W) normalised CAMs in [0, 1) in the dtype ``cam_fn`` computes in.
+
+    Raises:
+        ValueError: as :func:`multi_scale_cams`, or ``classes`` not one per image.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    if len(scales) == 0:
+        raise ValueError("scales is empty; pass at least one scale, e.g. (1.0,)")
+    b, _, h, w = images.shape
+    if len(classes) != b:
+        raise ValueError(f"got {len(classes)} class lists for a batch of {b} images; pass one per image")
+    counts = [len(c) for c in classes]
+    if sum(counts) == 0:  # nothing to compute: no image of the batch has a class
+        return [images.new_zeros(0, h, w) for _ in range(b)]
+    image_of = torch.repeat_interleave(torch.arange(b, device=images.device),
+                                       torch.tensor(counts, device=images.device),
+                                       output_size=sum(counts))  # (P,) image of each plane; no device sync
+    channel = torch.cat(list(classes)).long()  # (P,)
+
+    per_size: dict[tuple[int, int], torch.Tensor] = {}
+    maps: list[torch.Tensor] = []
+    for s in scales:
+        size = (int(s * h), int(s * w))
+        if min(size) < 1:
+            raise ValueError(f"scale {s} resizes {h}x{w} images to {size}; use a larger scale")
+        if size not in per_size:
+            x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            raw = cam_fn(torch.cat([x, x.flip(-1)]) if flip else x)[source]  # (2B or B, C, h', w')
+            per_size[size] = _picked_upsample_max_flip(raw, image_of, channel, (h, w), b, flip)  # (P, H, W)
+        maps.append(per_size[size])
+
+    cam = torch.stack(maps).sum(0)  # (P, H, W), the same ops as multi_scale_cams on these planes
+    cam = cam - cam.amin(dim=(-2, -1), keepdim=True)
+    cam = cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+    return list(cam.split(counts))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,12 @@ Per image (docs/design.md §4): resize to the training crop size (as the publish
 flip CAMs of the image's tagged classes, upsample to the original size, constant background at the high and
 low thresholds, PAR, argmax; pixels that are foreground only under the low threshold are ignored (255).
 Writing (``artifacts.ArtifactWriter``) is resumable: finished ids are skipped unless ``overwrite``.
+
+Where the work goes: the network passes run on batches of ``batch_size`` images (image + flip, one call per
+distinct scaled size); after them only the tagged classes of the chosen CAM source are processed
+(``cams.multi_scale_class_cams``, bit-identical to picking them from ``multi_scale_cams``); PAR runs per image on
+its tagged channels; decoding overlaps in DataLoader workers and compressing/writing in the writer's thread.
+``benchmarks/export.py`` measures this against a plain per-image loop.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .artifacts import ArtifactWriter
-from .cams import check_scales, multi_scale_cams
+from .cams import check_scales, multi_scale_class_cams
 from .checkpoint import load_checkpoint, require_kind
 from .config import SecoConfig, config_from_dict, config_to_dict, save_config
 from .data import build_reader, normalize
@@ -34,7 +40,8 @@ from .errors import CheckpointError, ConfigError, DataError
 from .io import atomic_write_text, sha256_file
 from .models import SeCoNet, build_seco
 from .refine import PAR, crf_refine_mask, refine_with_background, require_crf
-from .train import resolve_amp, resolve_device
+from .precision import resolve_amp
+from .train import resolve_device
 
 __all__ = ["SCALE_PRESETS", "ExportOptions", "load_trained_model", "export_split"]
 
@@ -110,6 +117,48 @@ class _ExportImages(Dataset):
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
+
+
+def _readable(items: list[dict[str, Any]], skip_bad: bool, bad: list[str]) -> list[dict[str, Any]]:
+    """The items whose image was read; unreadable ones raise, or with ``skip_bad`` are logged and added to ``bad``."""
+    good = []
+    for item in items:
+        if "error" not in item:
+            good.append(item)
+            continue
+        if not skip_bad:
+            raise DataError(f"{item['error']} (pass --skip-bad to log such images and go on)")
+        log.warning("skipping %s: %s", item["id"], item["error"])
+        bad.append(item["id"])
+    return good
+
+
+@dataclass
+class _Refiner:
+    """One image's crop-size CAMs of its tagged classes -> (CAMs at the original size, PAR-refined pseudo mask)."""
+
+    par: PAR
+    high: float
+    low: float
+    ignore_index: int
+
+    def __call__(self, cam: torch.Tensor, classes: torch.Tensor, rgb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """cam (k, S, S) on the device, classes (k,) long channel indices (class - 1) on the CPU, rgb (H, W, 3)
+        uint8 -> (cam (k, H, W) float32, mask (H, W) uint8: 0 background, class indices, ignore_index)."""
+        h, w = rgb.shape[:2]
+        k = len(classes)
+        if k == 0:  # no class: every pixel is background under both thresholds (what PAR would return)
+            return np.zeros((0, h, w), np.float32), np.zeros((h, w), np.uint8)
+        cam = F.interpolate(cam.float()[None], size=(h, w), mode="bilinear", align_corners=False)  # (1, k, H, W)
+        image = rgb.to(cam.device).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W) in 0..1
+        # PAR sees exactly the tagged channels it would pick from all C (in class order), so its labels 0..k index
+        # [background, classes + 1]; passing only them spares a (C, H, W) buffer of zeros per image. Ignored
+        # pixels come back as -1, which no index can be.
+        label = refine_with_background(self.par, image, cam, cam.new_ones(1, k), high_thre=self.high,
+                                       low_thre=self.low, ignore_index=-1)[0]  # (H, W) long, -1..k
+        lut = torch.cat([classes.new_zeros(1), classes + 1]).to(label.device)  # label index -> class index
+        mask = torch.where(label < 0, self.ignore_index, lut[label.clamp(min=0)])
+        return cam[0].cpu().numpy(), mask.cpu().numpy().astype(np.uint8)
 
 
 def _check_dataset(cfg: SecoConfig, checkpoint: str | Path, layout: str) -> None:
@@ -194,51 +243,33 @@ def export_split(
         # rank 0's bar stands for all processes (their shards differ by at most one image)
         bar = tqdm(total=len(reader.ids), initial=len(done), desc=f"export {split}", unit="img",
                    disable=quiet or not ctx.is_primary or not sys.stderr.isatty())
+        refine = _Refiner(par, high, low, cfg.data.ignore_index)
         with torch.no_grad():
             for items in loader:
-                good = []
-                for item in items:
-                    if "error" in item:
-                        if not opt.skip_bad:
-                            raise DataError(f"{item['error']} (pass --skip-bad to log such images and go on)")
-                        log.warning("skipping %s: %s", item["id"], item["error"])
-                        bad.append(item["id"])
-                    else:
-                        good.append(item)
+                good = _readable(items, opt.skip_bad, bad)
                 if not good:
                     continue
                 t0 = time.perf_counter()
-                x = torch.stack([it["image"] for it in good]).to(device)
+                x = torch.stack([it["image"] for it in good]).to(device)  # (b, 3, S, S)
+                if predicted:
+                    with autocast():
+                        scores = torch.sigmoid(model.classify(x)[pick].float()).cpu()  # (b, C)
+                    for it, s in zip(good, scores):
+                        it["tags"] = (s > opt.tag_threshold).float()
+                # channels of the tagged classes, found on the CPU (no device sync); only they are computed
+                classes = [torch.nonzero(it["tags"]).flatten() for it in good]
                 with autocast():
-                    cams = multi_scale_cams(model.cams, x, opt.scales, flip=opt.flip)[pick].float()  # (b, C, S, S)
-                    if predicted:
-                        scores = torch.sigmoid(model.classify(x)[pick].float())  # (b, C)
-                        for it, s in zip(good, scores):
-                            it["tags"] = (s > opt.tag_threshold).float()
+                    cams = multi_scale_class_cams(model.cams, x, opt.scales, [c.to(device) for c in classes],
+                                                  flip=opt.flip, source=pick)  # b x (k, S, S)
                 t1 = time.perf_counter()
                 timing["cam"] += t1 - t0
-                for cam, it in zip(cams, good):
-                    tags = it["tags"].to(device)
-                    keys = torch.nonzero(tags).flatten() + 1  # mask values of the tagged classes
-                    h, w = it["rgb"].shape[:2]
-                    # only the tagged channels are upsampled (the others are zeroed by the tags anyway);
-                    # an image with no class has none, and interpolate refuses an empty channel dimension
-                    valid = cam.new_zeros(1, cam.shape[0], h, w)  # (1, C, H, W)
-                    if len(keys):
-                        cam_k = F.interpolate(cam[keys - 1][None], size=(h, w), mode="bilinear",
-                                              align_corners=False)[0]
-                        valid[0, keys - 1] = cam_k
-                    else:
-                        cam_k = cam.new_zeros(0, h, w)
-                    rgb = it["rgb"].to(device).permute(2, 0, 1)[None].float() / 255.0
-                    mask = refine_with_background(par, rgb, valid, tags[None], high_thre=high, low_thre=low,
-                                                  ignore_index=cfg.data.ignore_index)[0]
-                    cam_k, mask_np = cam_k.cpu().numpy(), mask.cpu().numpy().astype(np.uint8)
+                for cam, cls, it in zip(cams, classes, good):
+                    cam_k, mask_np = refine(cam, cls, it["rgb"])
                     if opt.crf:
                         mask_np = crf_refine_mask(it["rgb"].numpy(), mask_np, cfg.data.num_classes,
                                                   ignore_index=cfg.data.ignore_index)
                     t2 = time.perf_counter()
-                    writer.add(it["id"], cam_k, keys.cpu().numpy(), mask_np)
+                    writer.add(it["id"], cam_k, (cls + 1).numpy(), mask_np)
                     t3 = time.perf_counter()
                     timing["refine"] += t2 - t1
                     timing["write"] += t3 - t2

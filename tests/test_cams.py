@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seco_labels.cams import UNCERTAIN, cam_to_label, cam_to_roi_mask, decompose, multi_scale_cams
+from seco_labels.cams import (UNCERTAIN, cam_to_label, cam_to_roi_mask, decompose, multi_scale_cams,
+                              multi_scale_class_cams)
 
 SCALES = (1.0, 0.5, 0.75, 1.5)
 
@@ -117,6 +118,37 @@ def test_multi_scale_cams_shares_calls_between_equal_sizes_and_checks_args() -> 
         multi_scale_cams(fn, _images(), ())
     with pytest.raises(ValueError, match="batch size"):
         multi_scale_cams(fn, _images(b=2), (1.0,), base=fn(_images(b=1)))
+
+
+@pytest.mark.parametrize("flip", [True, False])
+@pytest.mark.parametrize("scales", [(1.0,), (1.0, 0.5, 0.75, 1.25, 1.5, 1.75, 2.0), (0.5, 0.5, 1.0)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_multi_scale_class_cams_are_the_picked_planes_of_multi_scale_cams_bit_for_bit(flip, scales, layout) -> None:
+    """The exporter's CAMs: only some channels of one output, yet every bit as multi_scale_cams gives them, in
+    fp32 and whatever the raw CAMs' memory layout (a ViT's are channels-last; CPU resizing picks its kernel by
+    layout and shape), with the same cam_fn calls; a batch without any class calls nothing."""
+    fn = ConvCams(classes=5)
+    fn.w, fn.w_aux = fn.w.float(), fn.w_aux.float()
+    plain = fn.__call__
+
+    def cam_fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(t.contiguous(memory_format=layout) for t in plain(x))
+
+    x = _images(b=3).float()
+    full = multi_scale_cams(cam_fn, x, scales, flip=flip)
+    calls, fn.calls = fn.calls, []
+    classes = [torch.tensor([0, 3]), torch.tensor([], dtype=torch.long), torch.tensor([1, 2, 4])]
+    for source in (0, 1):
+        out = multi_scale_class_cams(cam_fn, x, scales, classes, flip=flip, source=source)
+        assert [tuple(c.shape) for c in out] == [(2, 32, 48), (0, 32, 48), (3, 32, 48)]
+        for i, c in enumerate(classes):
+            assert torch.equal(out[i], full[source][i, c])
+    assert fn.calls == calls * 2  # the same batches as multi_scale_cams, once per source here
+    fn.calls = []
+    none = multi_scale_class_cams(cam_fn, x, scales, [torch.tensor([], dtype=torch.long)] * 3, flip=flip)
+    assert [tuple(c.shape) for c in none] == [(0, 32, 48)] * 3 and fn.calls == []
+    with pytest.raises(ValueError, match="one per image"):
+        multi_scale_class_cams(cam_fn, x, scales, classes[:2])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -186,6 +186,67 @@ def test_predicted_tags_label_untagged_images(checkpoint, voc_copy, tmp_path):
         assert set(np.unique(art.load_mask(i)).tolist()) <= {0, 255, *keys.tolist()}
 
 
+def _per_image_reference(checkpoint, root: Path, ids: list[str], size: int, scales) -> dict[str, tuple]:
+    """The export recipe restated plainly, one image at a time, on every class: image id -> (CAMs of the tagged
+    classes (k, H, W) float32 at the original size, keys (k,), mask (H, W) uint8)."""
+    from seco_labels.cams import multi_scale_cams
+    from seco_labels.refine import PAR, refine_with_background
+
+    model, cfg = load_trained_model(checkpoint, torch.device("cpu"))
+    par = PAR(cfg.cam.par_dilations, cfg.cam.par_iters)
+    reader = build_reader("voc", root, "val")
+    out = {}
+    with torch.no_grad():
+        for i in ids:
+            rgb = reader.load_image(i)
+            tags = torch.from_numpy(reader.tags(i).copy())  # (C,)
+            x = torch.nn.functional.interpolate(normalize(rgb)[None], size=(size, size), mode="bilinear",
+                                                align_corners=False)
+            cam = multi_scale_cams(model.cams, x, scales)[0]  # (1, C, S, S), every class
+            keys = torch.nonzero(tags).flatten() + 1
+            h, w = rgb.shape[:2]
+            valid = cam.new_zeros(1, cam.shape[1], h, w)  # (1, C, H, W), untagged classes 0
+            valid[0, keys - 1] = torch.nn.functional.interpolate(cam[:, keys - 1], size=(h, w), mode="bilinear",
+                                                                 align_corners=False)[0]
+            image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+            mask = refine_with_background(par, image, valid, tags[None], high_thre=cfg.cam.high_thre,
+                                          low_thre=cfg.cam.low_thre, ignore_index=cfg.data.ignore_index)[0]
+            out[i] = (valid[0, keys - 1].numpy(), keys.numpy(), mask.numpy().astype(np.uint8))
+    return out
+
+
+def test_export_equals_a_per_image_reference(checkpoint, voc_copy, tmp_path):
+    """What a speed-up of the exporter must not change: its CAMs and masks on real images against the recipe
+    restated one image at a time (every class of both CAM outputs, PAR over all C channels). One image per batch
+    runs the same network calls, so everything is bit-identical; 3 per batch may differ in the last bits of the
+    network's fp32 sums (matrix products of other shapes), so CAMs agree to fp16 storage precision and masks in
+    all but a few pixels where two classes tie."""
+    root, ids = voc_copy
+    ids = ids[:4]  # with 3 per batch: a full batch and a batch of 1
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    scales = (1.0, 0.5, 1.5)
+    ref = _per_image_reference(checkpoint, root, ids, 128, scales)
+    for batch_size in (1, 3):
+        out = tmp_path / f"batch{batch_size}"
+        opts = ExportOptions(scales=scales, input_size=128, batch_size=batch_size, num_workers=0)
+        export_split(checkpoint, "val", out, data_root=str(root), options=opts, quiet=True)
+        art = ArtifactFile(out / "cams_val.h5")
+        differing = 0
+        for i in ids:
+            cam_ref, keys_ref, mask_ref = ref[i]
+            cam, keys = art.load_cam(i)
+            mask = art.load_mask(i)
+            np.testing.assert_array_equal(keys, keys_ref)
+            np.testing.assert_array_equal(mask, np.asarray(Image.open(out / "masks_val" / f"{i}.png")))
+            if batch_size == 1:
+                np.testing.assert_array_equal(cam, cam_ref.astype(np.float16).astype(np.float32))  # stored as fp16
+                np.testing.assert_array_equal(mask, mask_ref)
+            else:
+                np.testing.assert_allclose(cam, cam_ref, rtol=0, atol=1e-3)  # fp16 rounding: half an ulp <= 2.5e-4
+                differing += int((mask != mask_ref).sum())
+        assert differing <= 1e-4 * sum(m.size for _, _, m in ref.values())
+
+
 def _assert_empty_export(art_dir: Path, ident: str, shape: tuple[int, int]) -> None:
     """``ident`` has an all-background mask and an empty (0, H, W) CAM, in the HDF5 file, the PNG and the reader."""
     art = ArtifactFile(art_dir / "cams_val.h5")

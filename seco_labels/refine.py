@@ -28,6 +28,33 @@ __all__ = ["PAR", "refine_with_background", "dense_crf", "crf_refine_mask", "req
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
+def _neighbour_std(diff: torch.Tensor) -> torch.Tensor:
+    """Unbiased std over dim 2 of (B, C, N, h, w) -> (B, C, 1, h, w), by two passes (mean, then squared deviations).
+
+    ``torch.std`` over a middle dimension runs a strided Welford reduction, 5x slower on a CPU (0.22 vs 0.04 s for
+    the 48 neighbours of two 320x240 images, one thread) and the largest part of PAR's time; the two-pass result
+    differs from it by at most ~3e-7 relative in fp32 (exact in fp64 to ~1e-15).
+    """
+    n = diff.shape[2]
+    mean = diff.mean(dim=2)  # (B, C, h, w)
+    squares, dev = torch.zeros_like(mean), torch.empty_like(mean)
+    for j in range(n):  # per neighbour: (B, C, h, w) buffers, no (B, C, N, h, w) temporary
+        torch.sub(diff[:, :, j], mean, out=dev)
+        squares.addcmul_(dev, dev)
+    return squares.div_(n - 1).sqrt_().unsqueeze(2)
+
+
+def _first_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(dim=1)`` of (B, K, H, W) -> (B, H, W) long, the first maximum on ties, as torch's: a loop over the
+    few channels of a pseudo label is 3-4x faster on a CPU than the strided reduction over dim 1."""
+    best, index = x[:, 0].clone(), x.new_zeros(x[:, 0].shape, dtype=torch.long)
+    for k in range(1, x.shape[1]):
+        better = x[:, k] > best
+        torch.where(better, x[:, k], best, out=best)
+        index.masked_fill_(better, k)
+    return index
+
+
 class PAR(nn.Module):
     """Pixel-adaptive refinement (ToCo/SeCo; docs/design.md §4): propagate masks along local RGB + position affinities.
 
@@ -94,7 +121,7 @@ class PAR(nn.Module):
         for j, nb in enumerate(nbs):
             torch.sub(nb, images, out=diff[:, :, j])
         # std over neighbours is shift-invariant: std_j(I_j - I) = std_j(I_j) (published: std of the neighbours)
-        std = diff.std(dim=2, keepdim=True)  # (B, 3, 1, h, w), unbiased
+        std = _neighbour_std(diff)  # (B, 3, 1, h, w), unbiased
         rgb = diff.abs_().div_(std + 1e-8).div_(self.w_rgb).pow_(2).neg_()  # docs/design.md §4 RGB affinity
         rgb = rgb.mean(dim=1, keepdim=True).softmax(dim=2)  # (B, 1, N, h, w)
         dist = self.distance.to(images.dtype)  # (N,) pixels
@@ -203,7 +230,7 @@ def refine_with_background(
 
     pad = ~valid[:, :, None, None]
     label_h, label_l = (
-        keys.gather(1, part.masked_fill(pad, float("-inf")).argmax(dim=1).flatten(1)).view(b, h, w)
+        keys.gather(1, _first_argmax(part.masked_fill(pad, float("-inf"))).flatten(1)).view(b, h, w)
         for part in refined.split(kmax, dim=1)
     )
     label = label_h.masked_fill(label_h == 0, ignore_index)  # fg under low, bg under high -> ignore

@@ -206,3 +206,17 @@ def test_refine_with_background_on_a_real_image(voc_root: Path) -> None:
     fg = ((gt > 0) & (gt != X)).float()[None, None]
     near_fg = F.max_pool2d(fg, 2 * 16 + 1, stride=1, padding=16)[0, 0] > 0  # within 16 px of an object
     assert (ignored & ~near_fg).float().sum() / ignored.sum() < 0.02
+
+
+def test_par_helpers_equal_the_torch_reductions_they_replace() -> None:
+    """The two-pass neighbour std (fp32: within 1e-6 of torch.std, fp64: 1e-12) and the channel-loop argmax (equal,
+    ties to the first channel, as torch.argmax)."""
+    from seco_labels.refine import _first_argmax, _neighbour_std
+
+    diff = torch.randn(2, 3, 48, 17, 23, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(_neighbour_std(diff), diff.std(2, keepdim=True), rtol=1e-6, atol=0)
+    d64 = diff.double() + 5.0  # an offset: what a one-pass sum of squares would lose digits to
+    torch.testing.assert_close(_neighbour_std(d64), d64.std(2, keepdim=True), rtol=1e-12, atol=0)
+    x = torch.randint(0, 3, (2, 5, 11, 13), generator=torch.Generator().manual_seed(4)).float()  # many ties
+    x[:, 3] = float("-inf")  # a padded channel
+    assert torch.equal(_first_argmax(x), x.argmax(1))

@@ -68,6 +68,35 @@ def _picked_upsample_max_flip(raw: torch.Tensor, image_of: torch.Tensor, channel
     return F.relu(picked)
 
 
+def _scaled_sizes(images: torch.Tensor, scales: Sequence[float]) -> list[tuple[int, int]]:
+    """The resized (h, w) of each scale for images (B, 3, H, W): ``(int(s*H), int(s*W))``; checks the arguments."""
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    if len(scales) == 0:
+        raise ValueError("scales is empty; pass at least one scale, e.g. (1.0,)")
+    h, w = images.shape[-2:]
+    sizes = [(int(s * h), int(s * w)) for s in scales]
+    for s, size in zip(scales, sizes):
+        if min(size) < 1:
+            raise ValueError(f"scale {s} resizes {h}x{w} images to {size}; use a larger scale")
+    return sizes
+
+
+def _resized(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """images resized (bilinear, ``align_corners=False``) to ``size``; the same tensor at its own size."""
+    if size == tuple(images.shape[-2:]):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def _sum_and_normalise(maps: list[torch.Tensor]) -> torch.Tensor:
+    """The scales' maps (each (..., H, W)) summed, then min-max normalised per map as published: ``cam - min``,
+    then ``/ (max + 1e-5)`` (docs/design.md §4)."""
+    cam = torch.stack(maps).sum(0)
+    cam = cam - cam.amin(dim=(-2, -1), keepdim=True)  # published: cam + maxpool(-cam)
+    return cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)  # published epsilon, per (image, class)
+
+
 @torch.no_grad()
 def multi_scale_cams(
     cam_fn: CamFn,
@@ -108,10 +137,7 @@ def multi_scale_cams(
     Raises:
         ValueError: ``scales`` is empty, a scale resizes to zero pixels, or ``base`` has the wrong batch size.
     """
-    if images.dim() != 4:
-        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
-    if len(scales) == 0:
-        raise ValueError("scales is empty; pass at least one scale, e.g. (1.0,)")
+    sizes = _scaled_sizes(images, scales)
     b, _, h, w = images.shape
     if base is not None and (len(base) != 2 or any(t.shape[0] != b for t in base)):
         raise ValueError(f"base must be (cam, cam_aux), each with batch size {b} like images")
@@ -119,12 +145,9 @@ def multi_scale_cams(
     per_size: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
     cam_list: list[torch.Tensor] = []
     aux_list: list[torch.Tensor] = []
-    for s in scales:
-        size = (int(s * h), int(s * w))
-        if min(size) < 1:
-            raise ValueError(f"scale {s} resizes {h}x{w} images to {size}; use a larger scale")
+    for size in sizes:
         if size not in per_size:
-            x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            x = _resized(images, size)
             if base is not None and size == (h, w):
                 raw_cam, raw_aux = (t.detach() for t in base)  # (B, C, h', w') each
                 if flip:
@@ -139,13 +162,7 @@ def multi_scale_cams(
         cam_list.append(per_size[size][0])
         aux_list.append(per_size[size][1])
 
-    out = []
-    for maps in (cam_list, aux_list):
-        cam = torch.stack(maps).sum(0)  # (B, C, H, W), sum over scales (docs/design.md §4)
-        cam = cam - cam.amin(dim=(-2, -1), keepdim=True)  # published: cam + maxpool(-cam)
-        cam = cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)  # published epsilon, per (image, class)
-        out.append(cam)
-    return out[0], out[1]
+    return _sum_and_normalise(cam_list), _sum_and_normalise(aux_list)  # (B, C, H, W) each
 
 
 @torch.no_grad()
@@ -180,10 +197,7 @@ def multi_scale_class_cams(
     Raises:
         ValueError: as :func:`multi_scale_cams`, or ``classes`` not one per image.
     """
-    if images.dim() != 4:
-        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
-    if len(scales) == 0:
-        raise ValueError("scales is empty; pass at least one scale, e.g. (1.0,)")
+    sizes = _scaled_sizes(images, scales)
     b, _, h, w = images.shape
     if len(classes) != b:
         raise ValueError(f"got {len(classes)} class lists for a batch of {b} images; pass one per image")
@@ -197,20 +211,14 @@ def multi_scale_class_cams(
 
     per_size: dict[tuple[int, int], torch.Tensor] = {}
     maps: list[torch.Tensor] = []
-    for s in scales:
-        size = (int(s * h), int(s * w))
-        if min(size) < 1:
-            raise ValueError(f"scale {s} resizes {h}x{w} images to {size}; use a larger scale")
+    for size in sizes:
         if size not in per_size:
-            x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            x = _resized(images, size)
             raw = cam_fn(torch.cat([x, x.flip(-1)]) if flip else x)[source]  # (2B or B, C, h', w')
             per_size[size] = _picked_upsample_max_flip(raw, image_of, channel, (h, w), b, flip)  # (P, H, W)
         maps.append(per_size[size])
 
-    cam = torch.stack(maps).sum(0)  # (P, H, W), the same ops as multi_scale_cams on these planes
-    cam = cam - cam.amin(dim=(-2, -1), keepdim=True)
-    cam = cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)
-    return list(cam.split(counts))
+    return list(_sum_and_normalise(maps).split(counts))  # (P, H, W): the same ops as multi_scale_cams
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.export import SCALE_PRESETS, ExportOptions, export_split  # noqa: E402
-from seco_labels.train import LOSS_TERMS, Trainer, batch_to_device  # noqa: E402
+from seco_labels.runtime import batch_to_device  # noqa: E402
+from seco_labels.train import LOSS_TERMS, Trainer  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "seco_labels" / "demo_data" / "voc-demo"
 #: dense peak TFLOP/s (bf16 tensor cores, fp32 without TF32), matched by substring of the CUDA device name

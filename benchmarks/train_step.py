@@ -43,7 +43,8 @@ from seco_labels.cams import multi_scale_cams  # noqa: E402
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.data import TrainDataset, TrainViews, build_reader  # noqa: E402
 from seco_labels.losses import GAUSSIAN_FILTERS, cls_loss, energy_features  # noqa: E402
-from seco_labels.train import Trainer, batch_to_device  # noqa: E402
+from seco_labels.runtime import batch_to_device  # noqa: E402
+from seco_labels.train import Trainer  # noqa: E402
 
 PHASES = ("cam_inference", "crop_sampling", "student_forward", "teacher_forward", "losses", "backward", "optimizer_step")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-mini"

@@ -46,7 +46,7 @@ from .refine import require_crf
 from .segment import SEG_SCALES, segment_image
 from .segmenters import forward_logits, predict_mask, size_multiple
 from .show import VOC_COLORS, blend
-from .train import resolve_device
+from .runtime import resolve_device
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -29,7 +29,7 @@ from .cams import check_scales
 from .io import atomic_write_text, folder_lock, sha256_file
 from .models import SeCoNet
 from .refine import dense_crf, require_crf
-from .train import resolve_device
+from .runtime import resolve_device
 
 __all__ = ["SEG_SCALES", "multi_scale_seg_logits", "segment_image", "segment_split"]
 

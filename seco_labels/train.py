@@ -1,22 +1,17 @@
 """SeCo training: one step of the objective, the loop, validation, checkpoints and resume (docs/design.md §3, §6).
 
-Reads top-down like torchvision's reference scripts: ``resolve_device`` -> ``build_loaders`` ->
-``seco_step`` (the objective) -> ``evaluate`` -> :class:`Trainer` (loop, checkpoints, resume, logging).
+Reads top-down like torchvision's reference scripts: ``seco_step`` (the objective) -> ``evaluate`` ->
+:class:`Trainer` (loop, checkpoints, resume, logging). What the trainer shares with ``seco fit-segmenter`` and the
+inference commands is in :mod:`seco_labels.runtime` (device, batches, the batch sampler) and
+:mod:`seco_labels.run_state` (the run folder: log, checkpoints, resume, lock, signals, progress).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import hashlib
-import json
-import math
-import os
-import resource
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,34 +21,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .cams import box_mask, cam_to_label, cam_to_roi_mask, check_scales, decompose, multi_scale_cams
-from .checkpoint import (
-    _ARCH_KEYS, ConfigChange, check_changes, check_compatible, latest_checkpoint, load_checkpoint, record_changes,
-    require_kind, save_checkpoint,
-)
+from .checkpoint import check_compatible, latest_checkpoint, require_kind
 from .config import LossConfig, SecoConfig, config_to_dict, save_config
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, denormalize
 from .distributed import (
-    DistContext, DistributedError, NormGroups, all_gather_objects, all_reduce_mean, barrier, global_sum,
-    init_distributed, norm_groups, normalise_over,
+    DistributedError, NormGroups, all_gather_objects, all_reduce_mean, init_distributed, norm_groups, normalise_over,
 )
-from .errors import CheckpointError, ConfigError, DataError, SecoError
-from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps
+from .errors import ConfigError
 from .losses import cls_loss, crf_energy_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
 from .metrics import ConfusionMatrix
 from .models import SeCoNet, build_seco
 from .precision import grad_scaler, resolve_amp
 from .refine import PAR, refine_with_background
+from .run_state import RunState, holding_run_lock
+from .runtime import StepBatchSampler, batch_to_device, resolve_device
 from .schedule import lr_multiplier
 
 __all__ = [
-    "Trainer", "SecoObjective", "memory_digest", "seco_step", "evaluate", "resolve_device", "resolve_amp",
-    "StepBatchSampler", "LOSS_TERMS", "compile_encoders", "compile_errors",
-    "batch_to_device", "TrainerMixin", "TrainingInterrupted", "NonFiniteLossError", "peak_memory_mb",
-    "zero_missing_grads",
+    "Trainer", "SecoObjective", "memory_digest", "seco_step", "evaluate", "LOSS_TERMS", "compile_encoders",
+    "compile_errors", "zero_missing_grads",
+    # re-exported for export.py until it imports them from runtime/precision itself
+    "resolve_device", "resolve_amp",
 ]
 
 #: Every term of the objective, in the order they are logged.
@@ -64,62 +56,6 @@ PhaseTimer = Callable[[str], ContextManager[Any]]
 
 def _no_timer(name: str) -> ContextManager[Any]:
     return contextlib.nullcontext()
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda``/``cuda:N`` fail clearly without a GPU."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {spec}: CUDA is not available on this machine; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return device
-
-
-class StepBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Endless batches of ``(epoch, index)`` pairs, a pure function of (seed, step); distributed-aware.
-
-    Each epoch is a fresh permutation drawn from ``seed + epoch``, cut into global batches of ``batch_size``;
-    incomplete last batches are dropped. Rank ``r`` of ``world_size`` gets the ``r``-th contiguous slice of each
-    global batch, so the ranks' slices concatenated in rank order are the single-process batch: the global batch,
-    the order of the gathered keys and hence the training run do not depend on the number of processes.
-    Starting at ``start_step`` reproduces exactly the batches an uninterrupted run would have seen, which is
-    what makes ``--resume`` lose nothing (with the same or another number of processes). The epoch travels with
-    the index so that per-sample randomness is seeded by (seed, epoch, index) inside DataLoader workers too.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0, *, rank: int = 0,
-                 world_size: int = 1) -> None:
-        if num_items < batch_size:
-            raise DataError(
-                f"the training split has {num_items} images, fewer than data.batch_size={batch_size}; "
-                "add images or lower the batch size"
-            )
-        if batch_size % world_size:
-            raise ConfigError(
-                f"data.batch_size={batch_size} is the global batch and must split evenly over {world_size} "
-                f"processes; pick a multiple of {world_size}"
-            )
-        self.n, self.batch_size, self.seed, self.start_step = num_items, batch_size, seed, start_step
-        self.steps_per_epoch = num_items // batch_size
-        per_rank = batch_size // world_size
-        self.rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        step = self.start_step
-        while True:
-            epoch, pos = divmod(step, self.steps_per_epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-            for b in range(pos, self.steps_per_epoch):
-                batch = perm[b * self.batch_size : (b + 1) * self.batch_size][self.rank_slice]
-                yield [(epoch, int(i)) for i in batch]
-            step = (epoch + 1) * self.steps_per_epoch
 
 
 def _token_box(box: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
@@ -383,350 +319,6 @@ def zero_missing_grads(optimizer: torch.optim.Optimizer) -> int:
     return filled
 
 
-def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move every tensor of a collated batch to ``device``; other values (ids) stay as they are."""
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
-class TrainingInterrupted(SecoError):
-    """SIGINT or SIGTERM stopped training after a whole step, and ``checkpoint`` holds that step.
-
-    ``step`` steps of ``iters`` are trained; :attr:`exit_code` is the shell's convention for a process ended by the
-    signal (128 + its number: 130 for SIGINT, 143 for SIGTERM), which the CLI exits with.
-    """
-
-    def __init__(self, signum: int, step: int, iters: int, checkpoint: Path) -> None:
-        self.signum, self.step, self.iters, self.checkpoint = signum, step, iters, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}/{iters}; saved {checkpoint}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-class NonFiniteLossError(SecoError, FloatingPointError):
-    """The loss went NaN or infinite: training stopped before the step's update (the message names the step, the
-    term, the learning rate and the last good checkpoint)."""
-
-
-#: a loss this many times its running median is reported as a possible divergence
-DIVERGENCE_FACTOR = 100.0
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far, MiB: CUDA ``max_memory_allocated`` on a GPU, else the process's maximum resident set size
-    (``getrusage``; what ``/usr/bin/time`` reports)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
-
-
-#: the lock file of a run folder (:func:`seco_labels.io.folder_lock`)
-RUN_LOCK = ".lock"
-#: files of a run folder written by temp file + rename: a killed run may leave their ``.<name>.<random>.tmp``
-RUN_FILES = ("last.pt", "config.yaml", "metrics.jsonl", "metrics.json", "per_class.csv")
-
-
-def holding_run_lock(fit: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorates a trainer's ``fit``: it runs holding the run folder's lock (``RUN_DIR/.lock``; rank 0 alone under
-    torchrun, for all processes), and first removes the temp files a killed run left there (:data:`RUN_FILES`).
-
-    Raises:
-        FolderBusyError: another process is writing the run folder.
-    """
-    @functools.wraps(fit)
-    def locked(self: "TrainerMixin", *args: Any, **kwargs: Any) -> Any:
-        with self.run_lock():
-            return fit(self, *args, **kwargs)
-
-    return locked
-
-
-def _eta(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(round(seconds))))  # "0:02:23", "1 day, 2:46:29" (as mmsegmentation)
-
-
-class TrainerMixin:
-    """What the SeCo and segmenter trainers share: the JSONL metrics log, resume (with the config-change check),
-    checkpoints, the plain progress lines, stopping cleanly on SIGINT/SIGTERM, the autocast context, and restoring
-    model, optimiser, grad scaler and torch/CUDA RNG from a checkpoint (needs ``run_dir``, ``device``, ``amp_dtype``,
-    ``model``, ``optimizer``, ``scaler``, ``quiet``; ``resume``/``save`` call the trainer's
-    ``state_dict``/``load_state_dict``). Under torchrun (``dist``) only rank 0 writes the log and checkpoints;
-    every rank reads them on resume.
-
-    Config keys on resume (:func:`seco_labels.checkpoint.check_changes`): ``SILENT_KEYS`` may change freely,
-    ``ALLOWED_KEYS`` may change and are recorded in ``RUN_DIR/config_changes.jsonl``, ``ARCH_KEYS`` are checked by
-    ``load_state_dict`` (they cannot change); any other change needs ``allow_changes`` and is recorded too.
-    """
-
-    run_dir: Path
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    cfg: Any
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    step: int
-    quiet: bool = False
-    dist: DistContext = DistContext()
-    #: where and how verbosely the run goes, not what it computes
-    SILENT_KEYS: tuple[str, ...] = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every",
-                                    "model.backbone_weights", "preset", "train.compile")
-    #: extending (or shortening) the run, and what only validation reads
-    ALLOWED_KEYS: tuple[str, ...] = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split",
-                                     "data.root", "train.amp")
-    ARCH_KEYS: tuple[str, ...] = tuple(f"{s}.{k}" for s, k in _ARCH_KEYS)
-    #: set by :meth:`resume`: the checkpoint loaded (None: starting at step 0) and the recorded config changes
-    resumed_from: Path | None = None
-    config_changes: list[ConfigChange] = []
-    #: set by ``fit``: the run had already reached ``train.iters`` when it was called (nothing was trained)
-    already_finished: bool = False
-
-    # -- logging -------------------------------------------------------------------------------------------
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop records of steps >= ``step``: they are (re-)run now, after a resume or by a fresh start at step 0
-        over the log of an attempt that died before its first checkpoint. Each step is logged once."""
-        if not self.dist.is_primary or not self.log_path.exists():
-            return
-        kept = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
-        atomic_write_text(self.log_path, "".join(ln + "\n" for ln in kept))
-
-    def _log(self, record: dict[str, Any]) -> None:
-        """Append ``record`` to ``metrics.jsonl`` (rank 0), whole or not at all (DiskFullError on a full disk)."""
-        if not self.dist.is_primary:
-            return
-        append_line(self.log_path, json.dumps(record))
-
-    @contextlib.contextmanager
-    def run_lock(self) -> Iterator[None]:
-        """Hold ``RUN_DIR/.lock`` (re-entrant; rank 0 only) and, holding it, remove the temp files of
-        :data:`RUN_FILES` a killed run left in ``RUN_DIR`` (other files there are left alone).
-
-        Raises:
-            FolderBusyError: another process is writing ``RUN_DIR``.
-        """
-        with folder_lock(self.run_dir, RUN_LOCK, what="a training run", enabled=self.dist.is_primary):
-            if self.dist.is_primary:
-                remove_stale_temps(self.run_dir, RUN_FILES)
-            yield
-
-    def last_logged(self) -> dict[str, Any]:
-        """The last step record of ``metrics.jsonl`` merged with the validation records of that step ({} when there
-        is no log): what ``fit`` returns for a run that had already finished."""
-        if not self.log_path.is_file():
-            return {}
-        records = [json.loads(ln) for ln in self.log_path.read_text().splitlines() if ln.strip()]
-        steps = [r for r in records if "loss" in r]
-        if not steps:
-            return {}
-        last = dict(steps[-1])
-        for r in records:
-            if "split" in r and r["step"] == last["step"]:
-                last.update({k: v for k, v in r.items() if k not in ("step", "split")})
-        return last
-
-    def _plain_progress(self, record: dict[str, Any], times: list[float]) -> None:
-        """When stderr is not a terminal (nohup, a cluster's log file) and not quiet, write one plain line (what the
-        progress bar shows on a terminal): step/total, loss and its terms, lr, mean s/it over ``times`` (the steps
-        since the last line), ETA at that speed, and :func:`peak_memory_mb`."""
-        if self.quiet or sys.stderr.isatty():
-            return
-        iters = self.cfg.train.iters
-        terms = [f"{k[5:]} {v:.4f}" for k, v in record.items() if k.startswith("loss_") and v is not None]
-        sec = sum(times) / max(len(times), 1)
-        loss = f"loss {record['loss']:.4f}" + (f" ({', '.join(terms)})" if terms else "")
-        line = (f"step {self.step}/{iters} | {loss} | lr {record['lr']:.3e} | {sec:.3f} s/it | "
-                f"eta {_eta(sec * (iters - self.step))} | peak mem {peak_memory_mb(self.device):.0f} MB")
-        print(line, file=sys.stderr, flush=True)
-
-    def _end_step(self, record: dict[str, Any], bar: tqdm, times: list[float],
-                  postfix: Callable[[], dict[str, str]]) -> None:
-        """After a training step: log ``record``, advance ``self.step`` and the bar, collect the step time, and
-        every ``train.log_every`` steps (and at the last) set the bar's ``postfix()`` and write the plain line."""
-        self._log(record)
-        times.append(record["time"])
-        self.step += 1
-        bar.update(1)
-        t = self.cfg.train
-        if self.step % t.log_every == 0 or self.step == t.iters:
-            bar.set_postfix(postfix())
-            self._plain_progress(record, times)
-            times.clear()
-
-    # -- resume and checkpoints ----------------------------------------------------------------------------
-    def resume(self, spec: str | None, *, allow_changes: bool = False) -> bool:
-        """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if present;
-        a path: continue from that checkpoint. Returns whether a checkpoint was loaded (``resumed_from``).
-
-        The requested config is compared with the checkpoint's: architecture changes raise
-        :class:`CheckpointError`; other changes follow :func:`seco_labels.checkpoint.check_changes` (raising
-        :class:`ConfigError` unless ``allow_changes``); the accepted ones are in ``config_changes`` and appended to
-        ``RUN_DIR/config_changes.jsonl``.
-        """
-        last = latest_checkpoint(self.run_dir)
-        if spec is None:
-            if last is not None:
-                raise ConfigError(f"{self.run_dir} already holds a run ({last}); pass --resume auto to continue it "
-                                  "or choose another --out")
-            return False
-        path = last if spec == "auto" else Path(spec)
-        if path is None:
-            return False
-        ckpt = load_checkpoint(path, map_location=self.device)
-        step = int(ckpt.get("step", 0))
-        self.load_state_dict(ckpt, path)  # type: ignore[attr-defined]  # architecture first: it cannot change
-        changes = check_changes(
-            ckpt.get("config", {}), config_to_dict(self.cfg), path, step=step, silent=self.SILENT_KEYS,
-            allowed=self.ALLOWED_KEYS, skip=self.ARCH_KEYS, allow_changes=allow_changes,
-        )
-        self.resumed_from, self.config_changes = path, changes
-        if changes and self.dist.is_primary:
-            needed = any(c.key not in self.ALLOWED_KEYS for c in changes)
-            record_changes(self.run_dir, changes, step=self.step, source=path,
-                           allowed_by="--allow-changes" if needed else "allowed without a flag")
-        return True
-
-    def save(self) -> Path:
-        path = self.run_dir / "last.pt"
-        if self.dist.is_primary:
-            save_checkpoint(path, self.state_dict())  # type: ignore[attr-defined]
-        barrier()  # no process runs ahead of a checkpoint it may have to resume from
-        return path
-
-    def checkpoint(self) -> Path:
-        """The periodic checkpoint of ``fit``: :meth:`save` (trainers add what goes with it)."""
-        return self.save()
-
-    # -- stopping on a signal ------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """While training: SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption) sets a flag that ``fit`` reads after
-        each step (:meth:`_stop_requested`). A second Ctrl-C stops at once, without saving (the previous handler);
-        a repeated SIGTERM does not, because schedulers send it to every process and torchrun forwards it again
-        (their SIGKILL after the grace period is the hard stop). Handlers are only installed from the main thread
-        (Python's rule) and restored on exit; enter this before DataLoader workers fork, so they inherit it and
-        leave the decision to the main process instead of dying of the terminal's Ctrl-C."""
-        self._stop_signal = 0
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        pid = os.getpid()
-        previous: dict[int, Any] = {}
-
-        def handler(signum: int, frame: Any) -> None:
-            if os.getpid() != pid:  # a forked DataLoader worker inherited this: the main process decides
-                return
-            if self._stop_signal:
-                if signum != signal.SIGINT or self._stop_signal != signal.SIGINT:
-                    return
-                for s, h in previous.items():
-                    signal.signal(s, h)
-                signal.raise_signal(signum)  # KeyboardInterrupt for SIGINT, termination for SIGTERM
-                return
-            self._stop_signal = signum
-            if not self.quiet:
-                print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (send it "
-                      "again to stop at once, without saving)", file=sys.stderr, flush=True)
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            previous[s] = signal.signal(s, handler)
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    def _stop_requested(self) -> bool:
-        """Whether any process got SIGINT/SIGTERM. Under torchrun one small all-reduce per step, so that every
-        process stops after the same step (a process that stopped alone would leave the others waiting in a
-        collective); a process that got no signal itself reports SIGTERM."""
-        flag = getattr(self, "_stop_signal", 0)
-        if not self.dist.distributed:
-            return bool(flag)
-        anyone = float(global_sum(torch.tensor([float(bool(flag))], device=self.device)).item()) > 0
-        if anyone and not flag:
-            self._stop_signal = int(signal.SIGTERM)
-        return anyone
-
-    def _interrupt(self, saved: bool) -> TrainingInterrupted:
-        """Save (unless this step's checkpoint was just written) and return the exception ``fit`` raises."""
-        path = self.run_dir / "last.pt" if saved else self.checkpoint()
-        return TrainingInterrupted(self._stop_signal, self.step, self.cfg.train.iters, path)
-
-    def _common_state(self) -> dict[str, Any]:
-        """What every trainer's checkpoint holds; :meth:`_load_common_state` restores it."""
-        return {
-            "step": self.step,
-            "config": config_to_dict(self.cfg),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            },
-        }
-
-    def _load_common_state(self, ckpt: dict[str, Any], source: str | Path) -> None:
-        try:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {source} does not fit this model: {e}") from None
-        if ckpt.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
-        rng = ckpt.get("rng", {})
-        if rng.get("torch") is not None:
-            torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(rng["cuda"])
-
-    def _check_loss(self, loss: float, terms: dict[str, float | None] | None = None, *,
-                    lr_hint: str = "--set optim.lr=...") -> None:
-        """Before the update of step ``self.step``: raise :class:`NonFiniteLossError` for a NaN/inf ``loss`` (naming
-        the first non-finite of ``terms``, the learning rate and the last checkpoint), and warn on stderr when the
-        loss is :data:`DIVERGENCE_FACTOR` times the lowest running median (over up to 50 steps) seen so far (at
-        most once per 100 steps)."""
-        lr = self.optimizer.param_groups[0]["lr"]
-        if not math.isfinite(loss):
-            bad = next((k for k, v in (terms or {}).items() if v is not None and not math.isfinite(v)), None)
-            which = f"loss term {bad} = {terms[bad]}" if bad else f"the loss = {loss}"  # type: ignore[index]
-            last = latest_checkpoint(self.run_dir)
-            where = (f"the last good checkpoint is {last} (saved before this step)" if last is not None else
-                     "no checkpoint was saved yet")
-            raise NonFiniteLossError(
-                f"{which} at step {self.step} with learning rate {lr:.3e}: training stopped before this update; "
-                f"{where}. Lower the learning rate ({lr_hint}) and continue with --resume auto --allow-changes, or "
-                "start a new run"
-            )
-        # the reference is the lowest running median seen: the median of a run that has started to diverge
-        # rises with it and would hide the divergence
-        recent: list[float] = self.__dict__.setdefault("_recent_losses", [])
-        if len(recent) >= 3:
-            median = sorted(abs(v) for v in recent)[len(recent) // 2]
-            ref = min(median, self.__dict__.get("_loss_reference", math.inf))
-            self._loss_reference = ref
-            quiet_until = self.__dict__.get("_divergence_quiet_until", -1)
-            if ref > 0 and abs(loss) > DIVERGENCE_FACTOR * ref and self.step >= quiet_until:
-                self._divergence_quiet_until = self.step + 100
-                if self.dist.is_primary:
-                    print(f"warning: step {self.step}: loss {loss:.4g} is {abs(loss) / ref:.0f}x its running median "
-                          f"({ref:.4g}); training may be diverging: lower the learning rate ({lr:.3e}) if it goes on",
-                          file=sys.stderr, flush=True)
-        recent.append(loss)
-        del recent[:-50]
-
-    def _autocast(self) -> ContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-
 class SecoObjective(nn.Module):
     """The network, PAR and config as one module whose ``forward(batch, step)`` is a whole training step.
 
@@ -791,7 +383,7 @@ def memory_digest(model: SeCoNet) -> str:
     return h.hexdigest()
 
 
-class Trainer(TrainerMixin):
+class Trainer(RunState):
     """Owns a run folder: builds data, model and optimiser from a resolved config, trains, checkpoints,
     validates, and resumes from ``RUN_DIR/last.pt``.
 

@@ -24,7 +24,8 @@ from seco_labels.config import config_to_dict, get_preset
 from seco_labels.distributed import LOCAL, DistributedError, NormGroups, init_distributed, norm_groups
 from seco_labels.losses import label_to_affinity
 from seco_labels.errors import ConfigError
-from seco_labels.train import LOSS_TERMS, StepBatchSampler, Trainer
+from seco_labels.runtime import StepBatchSampler
+from seco_labels.train import LOSS_TERMS, Trainer
 
 from conftest import VOC_DEMO
 from seco_labels.data import build_reader

@@ -23,7 +23,8 @@ from seco_labels.export import ExportOptions, export_split, load_trained_model
 from seco_labels.losses import cls_loss, crf_energy_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss
 from seco_labels.precision import grad_scaler, in_fp32
 from seco_labels.refine import PAR
-from seco_labels.train import LOSS_TERMS, Trainer, batch_to_device, seco_step
+from seco_labels.runtime import batch_to_device
+from seco_labels.train import LOSS_TERMS, Trainer, seco_step
 
 from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
 

@@ -18,7 +18,8 @@ from seco_labels.checkpoint import load_checkpoint
 from seco_labels.config import LossTerm, config_from_dict, config_to_dict, get_preset
 from seco_labels.errors import CheckpointError, ConfigError
 from seco_labels.models import build_seco
-from seco_labels.train import LOSS_TERMS, StepBatchSampler, Trainer
+from seco_labels.runtime import StepBatchSampler
+from seco_labels.train import LOSS_TERMS, Trainer
 
 
 def tiny_config(root: Path, iters: int = 8):
@@ -213,7 +214,8 @@ def test_coco_preset_normalises_losses_as_the_published_two_gpus_of_four_images(
     import copy
 
     import seco_labels.train as train_module
-    from seco_labels.train import batch_to_device, seco_step
+    from seco_labels.runtime import batch_to_device
+    from seco_labels.train import seco_step
 
     coco = get_preset("coco")
     cfg = tiny_config(coco_root)
@@ -302,7 +304,8 @@ def test_classification_loss_falls(voc_root, tmp_path):
 
 
 def test_precision_and_device_resolution():
-    from seco_labels.train import resolve_amp, resolve_device
+    from seco_labels.precision import resolve_amp
+    from seco_labels.runtime import resolve_device
 
     cpu = torch.device("cpu")
     assert resolve_device("cpu") == cpu
@@ -532,7 +535,7 @@ def test_a_signal_to_one_torchrun_process_stops_every_process_after_the_same_ste
 
 # -- a loss that diverges or goes non-finite ---------------------------------------------------------------------
 def test_exploding_loss_warns_then_non_finite_loss_stops_with_our_error(voc_root, tmp_path, capfd):
-    from seco_labels.train import NonFiniteLossError
+    from seco_labels.run_state import NonFiniteLossError
 
     cfg = tiny_config(voc_root, iters=12)
     cfg.train.val_every, cfg.data.num_workers, cfg.train.ckpt_every = 0, 0, 3

@@ -36,7 +36,8 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
     from ..artifacts import ArtifactFile
     from ..export import ExportOptions, export_split
     from ..show import write_strips
-    from ..train import Trainer, TrainingInterrupted
+    from ..run_state import TrainingInterrupted
+    from ..train import Trainer
 
     lock_out(out_dir, ".lock", "seco demo")  # its train/, artifacts/ and segmenter folders lock themselves too
     cfg = resolve_config(preset or "demo", config_file, overrides,

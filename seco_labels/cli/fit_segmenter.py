@@ -92,7 +92,7 @@ def fit_segmenter_cmd(arch, encoder, encoder_weights, model_kwargs, labels, data
     from ..errors import ConfigError
     from ..segmenters.config import segmenter_config
     from ..segmenters.train import SegmenterTrainer
-    from ..train import RUN_LOCK, TrainingInterrupted
+    from ..run_state import RUN_LOCK, TrainingInterrupted
 
     lock_out(run_dir, RUN_LOCK, "a training run")
     kwargs = None

@@ -45,8 +45,8 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def report_resume(trainer: Any, run_dir: str | Path, spec: str | None) -> None:
-    """Say on stderr what :meth:`TrainerMixin.resume` did: the step it continues at and the recorded config
-    changes, or that ``--resume auto`` found no checkpoint and the run starts at step 0."""
+    """Say on stderr what :meth:`seco_labels.run_state.RunState.resume` did: the step it continues at and the
+    recorded config changes, or that ``--resume auto`` found no checkpoint and the run starts at step 0."""
     if trainer.resumed_from is not None:
         click.echo(f"resuming {run_dir} at step {trainer.step}", err=True)
         if trainer.config_changes:
@@ -66,7 +66,7 @@ def report_finished(trainer: Any, run_dir: str | Path, result: dict[str, Any]) -
 
 
 def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
-    """Print the :class:`~seco_labels.train.TrainingInterrupted` message with ``hint`` (how to continue) and exit
+    """Print the :class:`~seco_labels.run_state.TrainingInterrupted` message with ``hint`` (how to continue) and exit
     with its code (130 after SIGINT, 143 after SIGTERM)."""
     if echo:
         click.echo(f"{e}; {hint}", err=True)
@@ -101,7 +101,8 @@ def train_cmd(preset, config_file, overrides, seed, device, quiet, data_root, la
     with DistributedDataParallel; see docs/distributed.md.
     """
     from ..distributed import is_primary_process, shutdown_distributed
-    from ..train import RUN_LOCK, Trainer, TrainingInterrupted
+    from ..run_state import RUN_LOCK, TrainingInterrupted
+    from ..train import Trainer
 
     lock_out(run_dir, RUN_LOCK, "a training run")
     cfg = resolve_config(

@@ -37,7 +37,8 @@ from ..io import atomic_write_text, disk_full_guard
 from ..evaluate import EvalResult, evaluate_masks, write_reports
 from ..schedule import lr_multiplier
 from ..precision import grad_scaler, resolve_amp
-from ..train import TrainerMixin, StepBatchSampler, holding_run_lock, resolve_device
+from ..run_state import RunState, holding_run_lock
+from ..runtime import StepBatchSampler, resolve_device
 from .config import SegmenterConfig
 from .data import SegTrainDataset, open_labels, open_val_reader
 from .model import build_segmenter, check_names, forward_logits, predict_mask, preflight, round_up, size_multiple
@@ -83,7 +84,7 @@ class PredictedMasks:
         return predict_mask(self.model, image, multiple=self.multiple, device=self.device, autocast=self.autocast)
 
 
-class SegmenterTrainer(TrainerMixin):
+class SegmenterTrainer(RunState):
     """Owns a run folder: checks the labels, builds the smp model, trains, checkpoints, resumes, scores on GT.
 
     Construction does every check that needs no training (names, labels, val split, crop size vs the model) and

@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
@@ -29,10 +29,14 @@ from . import __version__
 from .errors import CheckpointError, ConfigError
 from .io import append_line, atomic_path
 
+if TYPE_CHECKING:
+    from .config import SecoConfig
+    from .models import SeCoNet
+
 __all__ = [
     "save_checkpoint", "load_checkpoint", "check_compatible", "latest_checkpoint", "CHECKPOINT_FORMAT",
     "ConfigChange", "diff_configs", "check_changes", "record_changes", "CHANGES_FILE", "checkpoint_kind",
-    "require_kind",
+    "require_kind", "load_seco",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -128,6 +132,29 @@ def require_kind(ckpt: dict[str, Any], kind: str, path: str | os.PathLike) -> No
         "segmenter": "the SEG_DIR/last.pt of a seco fit-segmenter run, or another --out for a new run",
     }[kind]
     raise CheckpointError(f"{path} is {what}; pass {wanted}")
+
+
+def load_seco(path: str | os.PathLike, device: torch.device) -> tuple[SeCoNet, SecoConfig]:
+    """The trained SeCo network of a ``seco train`` checkpoint, built from the checkpoint's own config with its
+    weights loaded strictly, on ``device`` in eval mode; and that config.
+
+    Raises:
+        CheckpointError: ``path`` is missing, damaged, not ours, a segmenter's checkpoint, or its weights do not fit
+            its own config (names the file).
+    """
+    from .config import config_from_dict  # here: config and models import far more than this module needs
+    from .models import build_seco
+
+    ckpt = load_checkpoint(path, map_location="cpu")
+    require_kind(ckpt, "seco", path)  # a segmenter's config would fail as "unknown config key 'data.labels'"
+    cfg = config_from_dict(ckpt["config"])
+    cfg.model.backbone_weights = None  # the checkpoint holds the trained weights
+    model = build_seco(cfg.model, cfg.data.num_classes)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not match its own config: {e}") from None
+    return model.to(device).eval(), cfg
 
 
 def check_compatible(ckpt_config: dict[str, Any], config: dict[str, Any], source: str | os.PathLike) -> None:

@@ -36,11 +36,11 @@ from tqdm.auto import tqdm
 from . import __version__
 from .artifacts import manifest_path, read_manifest, save_mask_png, settings_changes
 from .cams import check_scales
+from .checkpoint import checkpoint_kind, load_checkpoint, load_seco
 from .config import load_config_file
 from .data import build_reader
 from .data.readers import READERS, SegmentationReader, decode_image, image_to_rgb
 from .errors import CheckpointError, ConfigError, DataError
-from .export import load_trained_model
 from .io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
 from .refine import require_crf
 from .segment import SEG_SCALES, segment_image
@@ -213,8 +213,6 @@ class SecoPredictor(Predictor):
 def _model_kind(path: Path) -> tuple[str, Path]:
     """(``"smp"``, the smp model folder) or (``"seco"``, the checkpoint file) for ``--model``; CheckpointError
     naming the path when it is neither."""
-    from .checkpoint import checkpoint_kind, load_checkpoint
-
     if not path.exists():
         raise CheckpointError(f"--model {path} not found; pass a fit-segmenter run folder (SEG_DIR or SEG_DIR/model) "
                               "or a seco train checkpoint (RUN_DIR/last.pt or RUN_DIR)")
@@ -310,7 +308,7 @@ def load_predictor(
         return _load_smp(where, dev, bool(flip))
     if crf:
         require_crf()  # fail before the model loads, not at the first image
-    model, cfg = load_trained_model(where, dev)
+    model, cfg = load_seco(where, dev)
     size = input_size or cfg.data.crop_size
     scales = tuple(SEG_SCALES if scales is None else scales)
     check_scales(scales, size, model.encoder.patch_size)

@@ -24,8 +24,8 @@ from . import __version__
 from .artifacts import ArtifactWriter, lock_name
 from .config import config_to_dict, save_config
 from .data import build_reader, normalize
-from .export import load_trained_model
 from .cams import check_scales
+from .checkpoint import load_seco
 from .io import atomic_write_text, folder_lock, sha256_file
 from .models import SeCoNet
 from .refine import dense_crf, require_crf
@@ -109,7 +109,7 @@ def segment_split(
     if crf:
         require_crf()
     dev = resolve_device(device)
-    model, cfg = load_trained_model(checkpoint, dev)
+    model, cfg = load_seco(checkpoint, dev)
     size = input_size or cfg.data.crop_size
     check_scales(scales, size, model.encoder.patch_size)
     root, lay = data_root or cfg.data.root, layout or cfg.data.layout

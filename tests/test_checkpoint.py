@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from seco_labels.checkpoint import (
-    CHANGES_FILE, ConfigChange, check_changes, diff_configs, load_checkpoint, record_changes, save_checkpoint,
+    CHANGES_FILE, ConfigChange, check_changes, diff_configs, load_checkpoint, load_seco, record_changes,
+    save_checkpoint,
 )
 from seco_labels.cli import cli
 from seco_labels.config import config_to_dict, get_preset
@@ -26,6 +28,17 @@ def real_checkpoint(tmp_path):
 def test_a_real_checkpoint_loads(real_checkpoint):
     ckpt = load_checkpoint(real_checkpoint)
     assert ckpt["step"] == 3 and ckpt["model"]["w"].shape == (64, 64)
+
+
+def test_load_seco_names_the_file_that_does_not_fit_its_config_or_is_the_other_trainers(real_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match=f"checkpoint {re.escape(str(real_checkpoint))} does not match its own "
+                                              "config: "):
+        load_seco(real_checkpoint, torch.device("cpu"))
+    seg = save_checkpoint(tmp_path / "seg.pt", {"kind": "segmenter", "step": 1, "model": {},
+                                                "config": {"model": {"arch": "unet", "encoder": "resnet18"}}})
+    with pytest.raises(CheckpointError, match=re.escape(f"{seg} is a seco fit-segmenter checkpoint (unet/resnet18, "
+                                                        "step 1); pass the RUN_DIR/last.pt written by seco train")):
+        load_seco(seg, torch.device("cpu"))
 
 
 def test_a_config_file_given_as_checkpoint_is_named_not_a_checkpoint(tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from seco_labels.cli import cli
 from seco_labels.data import build_reader
-from seco_labels.export import load_trained_model
+from seco_labels.checkpoint import load_seco
 from seco_labels.segment import multi_scale_seg_logits
 
 
@@ -24,7 +24,7 @@ def checkpoint(tiny_checkpoint):
 
 
 def test_logits_are_the_decoder_at_one_scale_and_flip_equivariant(checkpoint):
-    model, _ = load_trained_model(checkpoint, torch.device("cpu"))
+    model, _ = load_seco(checkpoint, torch.device("cpu"))
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         plain = F.interpolate(model(x).seg.float(), size=(50, 70), mode="bilinear", align_corners=False)

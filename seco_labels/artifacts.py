@@ -502,9 +502,24 @@ class ArtifactFile:
             self._file.close()
             self._file = None
 
+    def __enter__(self) -> "ArtifactFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def ids(self) -> set[str]:
         try:
             return set(self._h5()["masks"].keys())
+        except _H5_ERRORS as e:
+            raise self._damaged(e) from None
+
+    def mask_shapes(self, ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        """The shapes of the masks of ``ids`` (those the file holds; the others are left out), from the HDF5
+        headers: no mask is decoded."""
+        try:
+            group = self._h5()["masks"]
+            return {i: tuple(group[i].shape) for i in ids if i in group}
         except _H5_ERRORS as e:
             raise self._damaged(e) from None
 

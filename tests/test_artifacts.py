@@ -103,6 +103,17 @@ def test_resume_merges_earlier_file_and_parts(reader, voc_root, tmp_path):
         np.testing.assert_array_equal(art.load_mask(i), out[i][2])
 
 
+def test_mask_shapes_read_the_headers_of_held_ids_and_the_file_closes_with_its_block(reader, voc_root, tmp_path):
+    ids = reader.ids[:2]
+    with ArtifactWriter(tmp_path, "val", _attrs(voc_root)) as w:
+        for n, i in enumerate(ids):
+            w.add(i, *_fake_outputs(reader, i, n))
+    with ArtifactFile(tmp_path / "cams_val.h5") as art:
+        assert art.mask_shapes([*ids, "not_exported"]) == {i: reader.image_size(i) for i in ids}
+    assert art._file is None  # closed; a later call opens it again
+    assert art.mask_shapes(ids[:1]) == {ids[0]: reader.image_size(ids[0])}
+
+
 def test_png_only_then_h5_redoes_missing_cams(reader, voc_root, tmp_path):
     i = reader.ids[0]
     with ArtifactWriter(tmp_path, "val", _attrs(voc_root), formats=("png",)) as w:

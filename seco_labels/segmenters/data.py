@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..artifacts import h5_path, manifest_path, masks_dir, open_pseudo_labels, read_manifest
+from ..artifacts import ArtifactFile, h5_path, manifest_path, masks_dir, open_pseudo_labels, read_manifest
 from ..data.readers import SegmentationReader, build_reader, check_class_count, decode_image
 from ..data.transforms import IMAGENET_MEAN, normalize
 from ..errors import ConfigError, DataError
@@ -84,12 +83,8 @@ def _find_export(art: Path, split: str) -> tuple[str, Path, dict[str, Any]]:
                         "or --labels gt")
     h5, pngs = h5_path(art, split), masks_dir(art, split)
     if h5.is_file():
-        from ..artifacts import ArtifactFile
-
-        source = ArtifactFile(h5)
-        attrs = dict(source.attrs)
-        source.close()
-        return "h5", h5, attrs
+        with ArtifactFile(h5) as source:
+            return "h5", h5, dict(source.attrs)
     if pngs.is_dir():
         return "png", pngs, read_manifest(art, split) or {}
     held = _export_splits(art)
@@ -162,9 +157,8 @@ def _check_ids_and_sizes(labels: LabelSet) -> None:
         for i in reader.ids:
             sizes[i], _ = _png_header(reader.mask_path(i), i)
     elif labels.kind == "h5":
-        with h5py.File(labels.where, "r") as f:
-            group = f["masks"]
-            sizes = {i: tuple(group[i].shape) for i in reader.ids if i in group}
+        with ArtifactFile(labels.where) as source:
+            sizes = source.mask_shapes(reader.ids)
     else:
         sizes = {}
         for i in reader.ids:
@@ -200,9 +194,9 @@ def _check_values(labels: LabelSet) -> None:
     """Decode every mask (only when the export does not record its number of classes)."""
     k, ignore = labels.reader.num_classes, labels.reader.ignore_index
     if labels.kind == "h5":
-        with h5py.File(labels.where, "r") as f:
+        with ArtifactFile(labels.where) as source:
             for image_id in labels.ids:
-                _check_mask(labels, image_id, f["masks"][image_id][()], k, ignore)
+                _check_mask(labels, image_id, source.load_mask(image_id), k, ignore)
         return
     for image_id in labels.ids:
         path = labels.where / f"{image_id}.png"
@@ -293,7 +287,7 @@ class SegTrainDataset(Dataset):
     """Augmented (image, mask) training pairs of a :class:`LabelSet`.
 
     ``ds[(epoch, i)]`` draws from ``np.random.default_rng([seed, epoch, i])``, so a sample is the same in any
-    DataLoader worker and after a resume (pairs with :class:`seco_labels.train.StepBatchSampler`).
+    DataLoader worker and after a resume (pairs with :class:`seco_labels.runtime.StepBatchSampler`).
 
     Items: ``id`` str; ``image`` (3, S, S) float32, ImageNet-normalised; ``mask`` (S, S) int64, ``ignore_index``
     for padding and unlabelled pixels.

@@ -32,18 +32,17 @@ from tqdm.auto import tqdm
 from . import __version__
 from .artifacts import ArtifactWriter
 from .cams import check_scales, multi_scale_class_cams
-from .checkpoint import load_checkpoint, require_kind
-from .config import SecoConfig, config_from_dict, config_to_dict, save_config
+from .checkpoint import load_seco
+from .config import SecoConfig, config_to_dict, save_config
 from .data import build_reader, normalize
 from .distributed import all_gather_objects, barrier, init_distributed
 from .errors import CheckpointError, ConfigError, DataError
 from .io import atomic_write_text, sha256_file
-from .models import SeCoNet, build_seco
-from .refine import PAR, crf_refine_mask, refine_with_background, require_crf
 from .precision import resolve_amp
-from .train import resolve_device
+from .refine import PAR, crf_refine_mask, refine_with_background, require_crf
+from .runtime import resolve_device
 
-__all__ = ["SCALE_PRESETS", "ExportOptions", "load_trained_model", "export_split"]
+__all__ = ["SCALE_PRESETS", "ExportOptions", "export_split"]
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +75,6 @@ class ExportOptions:
     num_workers: int = 2
     device: str = "auto"
     amp: str = "auto"
-
-
-def load_trained_model(checkpoint: str | Path, device: torch.device) -> tuple[SeCoNet, SecoConfig]:
-    """Build the network from the checkpoint's own config and load its weights strictly."""
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    require_kind(ckpt, "seco", checkpoint)  # a segmenter's config would fail as "unknown config key 'data.labels'"
-    cfg = config_from_dict(ckpt["config"])
-    cfg.model.backbone_weights = None  # the checkpoint holds the trained weights
-    model = build_seco(cfg.model, cfg.data.num_classes)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {checkpoint} does not match its own config: {e}") from None
-    return model.to(device).eval(), cfg
 
 
 class _ExportImages(Dataset):
@@ -203,7 +188,7 @@ def export_split(
     ctx = init_distributed(resolve_device(opt.device))
     device = ctx.device
     amp_dtype = resolve_amp(opt.amp, device)
-    model, cfg = load_trained_model(checkpoint, device)
+    model, cfg = load_seco(checkpoint, device)
     c = cfg.cam
     high = c.high_thre if opt.high_thre is None else opt.high_thre
     low = c.low_thre if opt.low_thre is None else opt.low_thre

@@ -22,7 +22,8 @@ from seco_labels.cli import cli
 from seco_labels.data import build_reader, normalize
 from seco_labels.artifacts import ArtifactFile
 from seco_labels.errors import CheckpointError, ConfigError, DataError
-from seco_labels.export import SCALE_PRESETS, ExportOptions, export_split, load_trained_model
+from seco_labels.checkpoint import load_seco
+from seco_labels.export import ExportOptions, export_split
 
 from conftest import TEST_DATA, VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
 from test_train import tiny_config
@@ -77,7 +78,7 @@ def test_export_cli_and_bad_checkpoint(checkpoint, voc_root, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(checkpoint.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="bad.pt is corrupt or truncated"):
-        load_trained_model(bad, "cpu")
+        load_seco(bad, "cpu")
     res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(checkpoint), "--split", "val", "--out",
                                    str(tmp_path / "b"), "--scales", "1,x"])
     assert res.exit_code == 2 and "give positive numbers" in res.output
@@ -169,7 +170,7 @@ def test_predicted_tags_label_untagged_images(checkpoint, voc_copy, tmp_path):
     opts = ExportOptions(scales=(1.0,), num_workers=0, tags="given")
     with pytest.raises(DataError, match="tags of split 'val' cannot be derived"):
         export_split(checkpoint, "val", tmp_path / "a", data_root=str(root), options=opts, quiet=True)
-    model, cfg = load_trained_model(checkpoint, torch.device("cpu"))
+    model, cfg = load_seco(checkpoint, torch.device("cpu"))
     reader = build_reader("voc", root, "val", require_tags=False)
     x = torch.stack([torch.nn.functional.interpolate(normalize(reader.load_image(i))[None], size=(64, 64),
                                                      mode="bilinear", align_corners=False)[0] for i in ids])
@@ -192,7 +193,7 @@ def _per_image_reference(checkpoint, root: Path, ids: list[str], size: int, scal
     from seco_labels.cams import multi_scale_cams
     from seco_labels.refine import PAR, refine_with_background
 
-    model, cfg = load_trained_model(checkpoint, torch.device("cpu"))
+    model, cfg = load_seco(checkpoint, torch.device("cpu"))
     par = PAR(cfg.cam.par_dilations, cfg.cam.par_iters)
     reader = build_reader("voc", root, "val")
     out = {}
@@ -296,7 +297,7 @@ def test_checkpoint_mismatch_is_clear(checkpoint, coco_root, voc_root, tmp_path)
     other = tmp_path / "other.pt"
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match="does not match its own config"):
-        load_trained_model(other, torch.device("cpu"))
+        load_seco(other, torch.device("cpu"))
     with pytest.raises(ConfigError, match="--input-size 24 at scale 0.5 gives 12 px, less than one of the "
                                           "backbone's 16 px patches; set --input-size to 32 or more"):
         export_split(checkpoint, "val", tmp_path / "b", data_root=str(voc_root),

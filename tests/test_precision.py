@@ -16,10 +16,10 @@ from PIL import Image
 
 from seco_labels.artifacts import ArtifactFile
 from seco_labels.cams import cam_to_roi_mask, multi_scale_cams
-from seco_labels.checkpoint import load_checkpoint
+from seco_labels.checkpoint import load_checkpoint, load_seco
 from seco_labels import export as export_module
 from seco_labels import train as train_module
-from seco_labels.export import ExportOptions, export_split, load_trained_model
+from seco_labels.export import ExportOptions, export_split
 from seco_labels.losses import cls_loss, crf_energy_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss
 from seco_labels.precision import grad_scaler, in_fp32
 from seco_labels.refine import PAR
@@ -172,12 +172,12 @@ def test_bf16_export_on_cpu_matches_fp32(tiny_checkpoint, voc_root, tmp_path, mo
     matmuls: list[torch.dtype] = []
 
     def load_and_hook(*args, **kwargs):
-        model, cfg = load_trained_model(*args, **kwargs)
+        model, cfg = load_seco(*args, **kwargs)
         matmuls[:] = []
         model.encoder.vit.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: matmuls.append(o.dtype))
         return model, cfg
 
-    monkeypatch.setattr(export_module, "load_trained_model", load_and_hook)
+    monkeypatch.setattr(export_module, "load_seco", load_and_hook)
     masks, cams = {}, {}
     for amp in ("off", "bf16"):
         opts = ExportOptions(scales=(1.0, 0.5), amp=amp, device="cpu", num_workers=0, input_size=128)

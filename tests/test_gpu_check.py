@@ -36,6 +36,9 @@ def test_cpu_tiny_check_prints_every_row(gpu_check, capsys):
     assert re.fullmatch(r"[\d.]+ h", _row(out, "300 iterations, projected")[0])
     for scales in ("1 scale", "7 scales"):
         assert all(float(v) > 0 for v in _row(out, f"export, {scales} + flip, images/s"))
+        ratios = _row(out, "export / per-image fp32 loop")  # the 1-scale row comes first
+        assert all(re.fullmatch(r"\d+\.\d\dx", v) and float(v[:-1]) > 0 for v in ratios), ratios
+    assert len([ln for ln in out.splitlines() if "export / per-image fp32 loop" in ln]) == 2
     assert _row(out, "torchrun, 1 process, 3 steps")[0].startswith("ok (gloo")
     assert re.match(r"loss_\w+ [\d.]+%; crops_\w+ [\d.]+%", _row(out, "bf16 vs fp32")[1])
 

@@ -1,6 +1,6 @@
 """SeCo training: one step of the objective, the loop, validation, checkpoints and resume (docs/design.md §3, §6).
 
-Reads top-down like torchvision's reference scripts: ``seco_step`` (the objective) -> ``evaluate`` ->
+Reads top-down like torchvision's reference scripts: ``seco_step`` (the objective) -> ``validation_scores`` ->
 :class:`Trainer` (loop, checkpoints, resume, logging). What the trainer shares with ``seco fit-segmenter`` and the
 inference commands is in :mod:`seco_labels.runtime` (device, batches, the batch sampler) and
 :mod:`seco_labels.run_state` (the run folder: log, checkpoints, resume, lock, signals, progress).
@@ -42,10 +42,8 @@ from .runtime import StepBatchSampler, batch_to_device, resolve_device
 from .schedule import lr_multiplier
 
 __all__ = [
-    "Trainer", "SecoObjective", "memory_digest", "seco_step", "evaluate", "LOSS_TERMS", "compile_encoders",
+    "Trainer", "SecoObjective", "memory_digest", "seco_step", "validation_scores", "LOSS_TERMS", "compile_encoders",
     "compile_errors", "zero_missing_grads",
-    # re-exported for export.py until it imports them from runtime/precision itself
-    "resolve_device", "resolve_amp",
 ]
 
 #: Every term of the objective, in the order they are logged.
@@ -255,7 +253,7 @@ def seco_step(
 
 
 @torch.no_grad()
-def evaluate(
+def validation_scores(
     model: SeCoNet,
     loader: DataLoader,
     cfg: SecoConfig,
@@ -540,7 +538,7 @@ class Trainer(RunState):
         if loader is None:
             return {}
         with compile_errors(self.cfg.train.compile):
-            return evaluate(
+            return validation_scores(
                 self.model, loader, self.cfg, self.device, autocast=self._autocast,
                 quiet=self.quiet or not sys.stderr.isatty(),
             )

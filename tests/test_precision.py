@@ -141,7 +141,7 @@ def test_fp16_step_on_cpu_goes_through_the_grad_scaler(voc_root, tmp_path):
     # the scaler either found finite gradients and stepped, or skipped the step and halved the scale
     assert (stepped, scaler.get_scale()) in ((True, 65536.0), (False, 32768.0))
     assert trainer.state_dict()["scaler"]["scale"] == scaler.get_scale()  # checkpointed for the resume
-    scores = trainer.validate()  # evaluate() under fp16 autocast: 2 val images
+    scores = trainer.validate()  # validation_scores() under fp16 autocast: 2 val images
     assert set(scores) == {"cam_miou", "cam_aux_miou", "seg_miou"} and all(0 <= v <= 1 for v in scores.values())
 
 

@@ -58,6 +58,9 @@ __all__ = [
     "h5_path",
     "masks_dir",
     "manifest_path",
+    "export_report_path",
+    "segment_report_path",
+    "exported_splits",
     "read_manifest",
     "save_mask_png",
 ]
@@ -75,16 +78,49 @@ ROOT_ATTRS = (
 _VOLATILE = ("created", "package_version")
 
 
+# The names of a split's files in an artifact folder (docs/artifact-format.md). Only this module spells them:
+# renaming one is a change here alone.
+_H5_NAME = "cams_{}.h5"
+_MASKS_NAME = "masks_{}"
+_MANIFEST_NAME = "manifest_{}.json"
+_EXPORT_REPORT_NAME = "export_{}.json"
+_SEGMENT_REPORT_NAME = "segment_{}.json"
+
+
 def h5_path(art: str | Path, split: str) -> Path:
-    return Path(art) / f"cams_{split}.h5"
+    """``ART/cams_<split>.h5``: CAMs, masks and provenance of an exported split."""
+    return Path(art) / _H5_NAME.format(split)
 
 
 def masks_dir(art: str | Path, split: str) -> Path:
-    return Path(art) / f"masks_{split}"
+    """``ART/masks_<split>/``: one palette PNG per image."""
+    return Path(art) / _MASKS_NAME.format(split)
 
 
 def manifest_path(art: str | Path, split: str) -> Path:
-    return Path(art) / f"manifest_{split}.json"
+    """``ART/manifest_<split>.json``: the settings of a PNG-only export (or of ``seco predict``)."""
+    return Path(art) / _MANIFEST_NAME.format(split)
+
+
+def export_report_path(art: str | Path, split: str) -> Path:
+    """``ART/export_<split>.json``: what ``seco export-masks`` did (counts, seconds, settings)."""
+    return Path(art) / _EXPORT_REPORT_NAME.format(split)
+
+
+def segment_report_path(art: str | Path, split: str) -> Path:
+    """``ART/segment_<split>.json``: what ``seco segment`` did."""
+    return Path(art) / _SEGMENT_REPORT_NAME.format(split)
+
+
+def exported_splits(art: str | Path) -> list[str]:
+    """The splits an artifact folder holds (an HDF5 file or a masks folder), sorted."""
+    art = Path(art)
+    h5_prefix, h5_suffix = _H5_NAME.split("{}")
+    masks_prefix, masks_suffix = _MASKS_NAME.split("{}")
+    from_h5 = {p.name[len(h5_prefix): len(p.name) - len(h5_suffix)] for p in art.glob(_H5_NAME.format("*"))}
+    from_pngs = {p.name[len(masks_prefix): len(p.name) - len(masks_suffix)]
+                 for p in art.glob(_MASKS_NAME.format("*")) if p.is_dir()}
+    return sorted(from_h5 | from_pngs)
 
 
 def _parts_dir(art: str | Path, split: str) -> Path:
@@ -261,8 +297,9 @@ class ArtifactWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # A killed run's temp files (up to a whole HDF5 file): only this split's names, since other splits may be
         # under way in the same folder; the parts and masks folders are this split's alone.
-        remove_stale_temps(self.out_dir, [f"{self.h5.name}", manifest_path(self.out_dir, self.split).name,
-                                          f"export_{self.split}.json", f"segment_{self.split}.json"])
+        remove_stale_temps(self.out_dir, [path.name for path in (
+            self.h5, manifest_path(self.out_dir, self.split), export_report_path(self.out_dir, self.split),
+            segment_report_path(self.out_dir, self.split))])
         remove_stale_temps(self.parts)
         remove_stale_temps(self.masks)
         if "h5" in self.formats:
@@ -640,8 +677,7 @@ def _check_attrs(attrs: dict[str, Any], where: str | Path) -> None:
 
 
 def _find_split(art: Path) -> str:
-    splits = sorted({p.name[len("cams_"):-len(".h5")] for p in art.glob("cams_*.h5")}
-                    | {p.name[len("masks_"):] for p in art.glob("masks_*") if p.is_dir()})
+    splits = exported_splits(art)
     if len(splits) != 1:
         raise ConfigError(f"{art} holds splits {splits or 'none'}; pass split=... (one of them)"
                           if splits else f"{art} holds no cams_<split>.h5 or masks_<split>/; run seco export-masks")

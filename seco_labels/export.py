@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import __version__
-from .artifacts import ArtifactWriter
+from .artifacts import ArtifactWriter, export_report_path
 from .cams import check_scales, multi_scale_class_cams
 from .checkpoint import load_seco
 from .config import SecoConfig, config_to_dict, save_config
@@ -275,6 +275,6 @@ def export_split(
         # The training config pointed at the exported dataset, next to the outputs: `seco evaluate` reads it.
         cfg.data.root, cfg.data.layout = str(root), lay
         save_config(cfg, Path(out_dir) / "config.yaml")
-        atomic_write_text(Path(out_dir) / f"export_{split}.json", json.dumps(result, indent=2))
+        atomic_write_text(export_report_path(out_dir, split), json.dumps(result, indent=2))
     barrier()
     return result

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .artifacts import ArtifactWriter, lock_name
+from .artifacts import ArtifactWriter, lock_name, segment_report_path
 from .config import config_to_dict, save_config
 from .data import build_reader, normalize
 from .cams import check_scales
@@ -128,7 +128,7 @@ def segment_split(
     out = Path(out_dir)
     # the writer locks the split too; held from here, the report and config.yaml are written under the lock
     with folder_lock(out, lock_name(split), what=f"split {split}"):
-        report = out / f"segment_{split}.json"
+        report = segment_report_path(out, split)
         if overwrite:
             report.unlink(missing_ok=True)  # it describes the masks about to be deleted
         start = time.perf_counter()

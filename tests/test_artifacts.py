@@ -218,3 +218,19 @@ def test_attributes_added_later_do_not_block_a_resume(reader, voc_root, tmp_path
     del manifest["scales"]  # as written by a version that did not record it
     (tmp_path / "manifest_val.json").write_text(json.dumps(manifest))
     assert ArtifactWriter(tmp_path, "val", _attrs(voc_root)).done_ids() == {i}
+
+
+def test_exported_splits_and_the_file_names_of_a_split(tmp_path):
+    """One module spells an artifact folder's names: the splits are read back from the same patterns."""
+    from seco_labels.artifacts import (export_report_path, exported_splits, h5_path, manifest_path, masks_dir,
+                                       segment_report_path)
+
+    assert exported_splits(tmp_path) == []
+    h5_path(tmp_path, "train").write_bytes(b"")
+    masks_dir(tmp_path, "val").mkdir()
+    masks_dir(tmp_path, "x").with_suffix(".png").write_bytes(b"")  # a file, not a masks folder
+    (tmp_path / "masks_stray.txt").write_text("")
+    assert exported_splits(tmp_path) == ["train", "val"]
+    names = [p.name for p in (h5_path(tmp_path, "s"), masks_dir(tmp_path, "s"), manifest_path(tmp_path, "s"),
+                              export_report_path(tmp_path, "s"), segment_report_path(tmp_path, "s"))]
+    assert names == ["cams_s.h5", "masks_s", "manifest_s.json", "export_s.json", "segment_s.json"]

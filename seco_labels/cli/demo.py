@@ -33,7 +33,7 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
 
     Re-running continues the same --out folder; Ctrl-C during training saves a checkpoint first (exit 130)."""
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
-    from ..artifacts import ArtifactFile
+    from ..artifacts import ArtifactFile, h5_path
     from ..export import ExportOptions, export_split
     from ..show import write_strips
     from ..run_state import TrainingInterrupted
@@ -67,7 +67,7 @@ def demo_cmd(preset, config_file, overrides, seed, device, quiet, out_dir, iters
 
     reader = open_ground_truth(cfg.data.root, split, layout=cfg.data.layout, num_classes=cfg.data.num_classes,
                                class_names=cfg.data.class_names or None)
-    h5 = ArtifactFile(art / f"cams_{split}.h5")
+    h5 = ArtifactFile(h5_path(art, split))
     masks = evaluate_masks(h5, reader)
     cams = sweep_cam_threshold(h5, reader)
     masks_report, _ = write_reports(masks, art, split_in_name=True)

@@ -164,7 +164,7 @@ def resolve_predictions(pred: Path, split: str, want_cams: bool):
     if h5 is not None:
         return h5, cams, pred
     if any(pred.glob("*.png")):
-        art = pred.parent if pred.name == f"masks_{split}" else pred
+        art = pred.parent if pred == masks_dir(pred.parent, split) else pred
         return PngMaskFolder(pred), None, art
     raise click.ClickException(
         f"no predictions for split {split!r} in {pred}: expected {masks_dir(pred, split)}/, {h5_file} or <id>.png "

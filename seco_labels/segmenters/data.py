@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..artifacts import ArtifactFile, h5_path, manifest_path, masks_dir, open_pseudo_labels, read_manifest
+from ..artifacts import (ArtifactFile, exported_splits, h5_path, manifest_path, masks_dir, open_pseudo_labels,
+                         read_manifest)
 from ..data.readers import SegmentationReader, build_reader, check_class_count, decode_image
 from ..data.transforms import IMAGENET_MEAN, normalize
 from ..errors import ConfigError, DataError
@@ -71,11 +72,6 @@ class LabelSet:
         return f"{self.where}:/masks/{image_id}"
 
 
-def _export_splits(art: Path) -> list[str]:
-    return sorted({p.name[len("cams_"):-len(".h5")] for p in art.glob("cams_*.h5")}
-                  | {p.name[len("masks_"):] for p in art.glob("masks_*") if p.is_dir()})
-
-
 def _find_export(art: Path, split: str) -> tuple[str, Path, dict[str, Any]]:
     """(kind, HDF5 file or PNG folder, recorded attributes) of ``split`` in an export folder."""
     if not art.is_dir():
@@ -87,7 +83,7 @@ def _find_export(art: Path, split: str) -> tuple[str, Path, dict[str, Any]]:
             return "h5", h5, dict(source.attrs)
     if pngs.is_dir():
         return "png", pngs, read_manifest(art, split) or {}
-    held = _export_splits(art)
+    held = exported_splits(art)
     raise DataError(
         f"label folder {art} holds no labels for split {split!r} (no {h5.name} or {pngs.name}/); it holds split(s) "
         f"{', '.join(held) or 'none'}: export this split (seco export-masks --split {split} --out {art}) or "

@@ -1,6 +1,7 @@
-"""The state of a training run folder, shared by ``seco train`` and ``seco fit-segmenter``: the JSONL metrics log,
-checkpoints and resume (with the config-change check), the run lock, stopping cleanly on SIGINT/SIGTERM, the
-plain progress lines and the loss checks (:class:`RunState`, which both trainers mix in).
+"""The state of a training run folder, shared by ``seco train`` and ``seco fit-segmenter``: the training loop
+(:meth:`RunState.run_loop`), the JSONL metrics log, checkpoints and resume (with the config-change check), the run
+lock, stopping cleanly on SIGINT/SIGTERM (:mod:`seco_labels.stop_signals`), the plain progress lines and the loss
+checks (:class:`RunState`, which both trainers mix in).
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ import datetime
 import functools
 import json
 import math
-import os
-import signal
 import sys
-import threading
+import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -24,32 +23,17 @@ from tqdm.auto import tqdm
 from .checkpoint import (
     _ARCH_KEYS, ConfigChange, check_changes, latest_checkpoint, load_checkpoint, record_changes, save_checkpoint,
 )
-from .config import config_to_dict
-from .distributed import DistContext, barrier, global_sum
+from .config import config_to_dict, save_config
+from .distributed import DistContext, barrier
 from .errors import CheckpointError, ConfigError, SecoError
 from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps
 from .runtime import peak_memory_mb
+from .stop_signals import StopOnSignals, TrainingInterrupted
 
 __all__ = [
     "RunState", "TrainingInterrupted", "NonFiniteLossError", "DIVERGENCE_FACTOR", "RUN_LOCK", "RUN_FILES",
     "holding_run_lock",
 ]
-
-
-class TrainingInterrupted(SecoError):
-    """SIGINT or SIGTERM stopped training after a whole step, and ``checkpoint`` holds that step.
-
-    ``step`` steps of ``iters`` are trained; :attr:`exit_code` is the shell's convention for a process ended by the
-    signal (128 + its number: 130 for SIGINT, 143 for SIGTERM), which the CLI exits with.
-    """
-
-    def __init__(self, signum: int, step: int, iters: int, checkpoint: Path) -> None:
-        self.signum, self.step, self.iters, self.checkpoint = signum, step, iters, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}/{iters}; saved {checkpoint}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 class NonFiniteLossError(SecoError, FloatingPointError):
@@ -86,13 +70,13 @@ def _eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(round(seconds))))  # "0:02:23", "1 day, 2:46:29" (as mmsegmentation)
 
 
-class RunState:
-    """What the SeCo and segmenter trainers share: the JSONL metrics log, resume (with the config-change check),
-    checkpoints, the plain progress lines, stopping cleanly on SIGINT/SIGTERM, the autocast context, and restoring
-    model, optimiser, grad scaler and torch/CUDA RNG from a checkpoint (needs ``run_dir``, ``device``, ``amp_dtype``,
-    ``model``, ``optimizer``, ``scaler``, ``quiet``; ``resume``/``save`` call the trainer's
-    ``state_dict``/``load_state_dict``). Under torchrun (``dist``) only rank 0 writes the log and checkpoints;
-    every rank reads them on resume.
+class RunState(StopOnSignals):
+    """What the SeCo and segmenter trainers share: the training loop (:meth:`run_loop`), the JSONL metrics log,
+    resume (with the config-change check), checkpoints, the plain progress lines, stopping cleanly on SIGINT/SIGTERM,
+    the autocast context, and restoring model, optimiser, grad scaler and torch/CUDA RNG from a checkpoint (needs
+    ``run_dir``, ``device``, ``amp_dtype``, ``model``, ``optimizer``, ``scaler``, ``quiet``; ``resume``/``save``
+    call the trainer's ``state_dict``/``load_state_dict``, ``run_loop`` its ``_train_loader``). Under torchrun
+    (``dist``) only rank 0 writes the log and checkpoints; every rank reads them on resume.
 
     Config keys on resume (:func:`seco_labels.checkpoint.check_changes`): ``SILENT_KEYS`` may change freely,
     ``ALLOWED_KEYS`` may change and are recorded in ``RUN_DIR/config_changes.jsonl``, ``ARCH_KEYS`` are checked by
@@ -112,6 +96,8 @@ class RunState:
     #: the trainer's checkpoint (what :meth:`save` writes) and its restore (what :meth:`resume` calls)
     state_dict: Callable[[], dict[str, Any]]
     load_state_dict: Callable[[dict[str, Any], str | Path], None]
+    #: the training batches from step ``self.step`` on (what :meth:`run_loop` iterates)
+    _train_loader: Callable[[], Iterable[Any]]
     #: where and how verbosely the run goes, not what it computes
     SILENT_KEYS: tuple[str, ...] = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every",
                                     "model.backbone_weights", "preset", "train.compile")
@@ -186,19 +172,83 @@ class RunState:
                 f"eta {_eta(sec * (iters - self.step))} | peak mem {peak_memory_mb(self.device):.0f} MB")
         print(line, file=sys.stderr, flush=True)
 
-    def _end_step(self, record: dict[str, Any], bar: tqdm, times: list[float],
-                  postfix: Callable[[], dict[str, str]]) -> None:
+    def _end_step(self, record: dict[str, Any], bar: tqdm, times: list[float]) -> None:
         """After a training step: log ``record``, advance ``self.step`` and the bar, collect the step time, and
-        every ``train.log_every`` steps (and at the last) set the bar's ``postfix()`` and write the plain line."""
+        every ``train.log_every`` steps (and at the last) set the bar's postfix (the loss terms ``loss_<term>`` of
+        ``record``, or its ``loss`` when it has none) and write the plain line."""
         self._log(record)
         times.append(record["time"])
         self.step += 1
         bar.update(1)
         t = self.cfg.train
         if self.step % t.log_every == 0 or self.step == t.iters:
-            bar.set_postfix(postfix())
+            terms = [k for k in record if k.startswith("loss_")]
+            bar.set_postfix({k[5:]: f"{record[k]:.3f}" for k in terms if record[k] is not None} if terms else
+                            {"loss": f"{record['loss']:.3f}"})
             self._plain_progress(record, times)
             times.clear()
+
+    # -- the training loop ---------------------------------------------------------------------------------
+    def _open_run(self) -> None:
+        """The start of ``fit``: create ``RUN_DIR``, write ``config.yaml`` and drop the log records of steps >=
+        ``self.step`` (:meth:`_truncate_log`; rank 0 alone)."""
+        if self.dist.is_primary:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            self._truncate_log(self.step)
+
+    def run_loop(self, step: Callable[[Any], dict[str, Any]],
+                 validate: Callable[[], tuple[dict[str, Any], str] | None], *, desc: str,
+                 validate_last_step: bool = True) -> dict[str, Any]:
+        """Train from ``self.step`` to ``train.iters``: the loop of both trainers' ``fit``. Returns the last step's
+        record merged with what was validated after it ({} when no step ran).
+
+        ``step(batch)`` makes one optimiser step at ``self.step`` and returns the fields of its log record (``loss``
+        and, for SeCo, ``loss_<term>`` and counts); the record is ``{"step", "lr", **fields, "time"}``.
+        ``validate()`` returns the scores to log (beside ``step`` and ``split``) and the line to show, or None (no
+        val split). It is due every ``train.val_every`` steps and at the last step, unless not
+        ``validate_last_step`` (fit-segmenter validates after the loop itself, for its reports).
+
+        Each step, in this one order: the step -> log its record, advance the bar, the plain progress line ->
+        validate if due -> checkpoint (:meth:`checkpoint`) every ``train.ckpt_every`` steps and at the last -> on
+        SIGINT/SIGTERM, checkpoint (unless just done) and raise :class:`TrainingInterrupted`. Validation comes
+        before the checkpoint so that a checkpoint holds all its step did: the validation record is in the log it
+        resumes with (a run killed while validating resumes from the previous checkpoint and validates again,
+        rather than skipping that validation), and the RNG state it saves is the one after validation (SeCo's val
+        DataLoader draws its seed from torch's RNG), so a resumed run draws what the uninterrupted run would.
+
+        Raises:
+            TrainingInterrupted: SIGINT/SIGTERM arrived; the step under way was finished and checkpointed first.
+        """
+        t = self.cfg.train
+        self.model.train()
+        last: dict[str, Any] = {}
+        bar = tqdm(total=t.iters, initial=self.step, desc=desc, dynamic_ncols=True,
+                   disable=self.quiet or not sys.stderr.isatty())
+        times: list[float] = []
+        with self._stop_on_signals(), contextlib.closing(bar):  # handlers first: the loader's workers inherit them
+            loader = iter(self._train_loader()) if self.step < t.iters else iter(())
+            while self.step < t.iters:
+                start = time.perf_counter()
+                fields = step(next(loader))
+                last = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], **fields,
+                        "time": time.perf_counter() - start}
+                self._end_step(last, bar, times)
+                at_end = self.step == t.iters
+                if t.val_every and (self.step % t.val_every == 0 or at_end) and (validate_last_step or not at_end):
+                    shown = validate()
+                    if shown is not None:
+                        self._log({"step": self.step - 1, "split": self.cfg.data.val_split, **shown[0]})
+                        last = {**last, **shown[0]}
+                        if self.dist.is_primary:
+                            bar.write(f"step {self.step}: {shown[1]}")
+                saved = self.step % t.ckpt_every == 0 or self.step == t.iters
+                if saved:
+                    self.checkpoint()
+                if self._stop_requested():
+                    path = self.run_dir / "last.pt" if saved else self.checkpoint()
+                    raise TrainingInterrupted(self._stop_signal, self.step, t.iters, path)
+        return last
 
     # -- resume and checkpoints ----------------------------------------------------------------------------
     def resume(self, spec: str | None, *, allow_changes: bool = False) -> bool:
@@ -243,62 +293,6 @@ class RunState:
     def checkpoint(self) -> Path:
         """The periodic checkpoint of ``fit``: :meth:`save` (trainers add what goes with it)."""
         return self.save()
-
-    # -- stopping on a signal ------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """While training: SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption) sets a flag that ``fit`` reads after
-        each step (:meth:`_stop_requested`). A second Ctrl-C stops at once, without saving (the previous handler);
-        a repeated SIGTERM does not, because schedulers send it to every process and torchrun forwards it again
-        (their SIGKILL after the grace period is the hard stop). Handlers are only installed from the main thread
-        (Python's rule) and restored on exit; enter this before DataLoader workers fork, so they inherit it and
-        leave the decision to the main process instead of dying of the terminal's Ctrl-C."""
-        self._stop_signal = 0
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        pid = os.getpid()
-        previous: dict[int, Any] = {}
-
-        def handler(signum: int, frame: Any) -> None:
-            if os.getpid() != pid:  # a forked DataLoader worker inherited this: the main process decides
-                return
-            if self._stop_signal:
-                if signum != signal.SIGINT or self._stop_signal != signal.SIGINT:
-                    return
-                for s, h in previous.items():
-                    signal.signal(s, h)
-                signal.raise_signal(signum)  # KeyboardInterrupt for SIGINT, termination for SIGTERM
-                return
-            self._stop_signal = signum
-            if not self.quiet:
-                print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (send it "
-                      "again to stop at once, without saving)", file=sys.stderr, flush=True)
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            previous[s] = signal.signal(s, handler)
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    def _stop_requested(self) -> bool:
-        """Whether any process got SIGINT/SIGTERM. Under torchrun one small all-reduce per step, so that every
-        process stops after the same step (a process that stopped alone would leave the others waiting in a
-        collective); a process that got no signal itself reports SIGTERM."""
-        flag = getattr(self, "_stop_signal", 0)
-        if not self.dist.distributed:
-            return bool(flag)
-        anyone = float(global_sum(torch.tensor([float(bool(flag))], device=self.device)).item()) > 0
-        if anyone and not flag:
-            self._stop_signal = int(signal.SIGTERM)
-        return anyone
-
-    def _interrupt(self, saved: bool) -> TrainingInterrupted:
-        """Save (unless this step's checkpoint was just written) and return the exception ``fit`` raises."""
-        path = self.run_dir / "last.pt" if saved else self.checkpoint()
-        return TrainingInterrupted(self._stop_signal, self.step, self.cfg.train.iters, path)
 
     def _common_state(self) -> dict[str, Any]:
         """What every trainer's checkpoint holds; :meth:`_load_common_state` restores it."""

@@ -1,9 +1,10 @@
 """SeCo training: one step of the objective, the loop, validation, checkpoints and resume (docs/design.md §3, §6).
 
 Reads top-down like torchvision's reference scripts: ``seco_step`` (the objective) -> ``validation_scores`` ->
-:class:`Trainer` (loop, checkpoints, resume, logging). What the trainer shares with ``seco fit-segmenter`` and the
-inference commands is in :mod:`seco_labels.runtime` (device, batches, the batch sampler) and
-:mod:`seco_labels.run_state` (the run folder: log, checkpoints, resume, lock, signals, progress).
+:class:`Trainer` (its step, validation and checkpoint). What the trainer shares with ``seco fit-segmenter`` and
+the inference commands is in :mod:`seco_labels.runtime` (device, batches, the batch sampler) and
+:mod:`seco_labels.run_state` (the training loop and the run folder: log, checkpoints, resume, lock, signals,
+progress).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import functools
 import hashlib
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .cams import box_mask, cam_to_label, cam_to_roi_mask, check_scales, decompose, multi_scale_cams
 from .checkpoint import check_compatible, latest_checkpoint, require_kind
-from .config import LossConfig, SecoConfig, config_to_dict, save_config
+from .config import LossConfig, SecoConfig, config_to_dict
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, denormalize
 from .distributed import (
     DistributedError, NormGroups, all_gather_objects, all_reduce_mean, init_distributed, norm_groups, normalise_over,
@@ -564,48 +564,16 @@ class Trainer(RunState):
             FolderBusyError: another process is writing ``RUN_DIR``.
             DiskFullError: a checkpoint or log write did not fit; the previous ``last.pt`` is kept.
         """
-        t = self.cfg.train
-        if self.dist.is_primary:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.run_dir / "config.yaml")
-            self._truncate_log(self.step)
-        if self.step >= t.iters:
+        self._open_run()
+        if self.step >= self.cfg.train.iters:
             self.already_finished = True
             if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another folder's checkpoint
                 self.save()
             return self.last_logged()
-        self.model.train()
-        last: dict[str, Any] = {}
-        bar = tqdm(
-            total=t.iters, initial=self.step, desc="train", dynamic_ncols=True,
-            disable=self.quiet or not sys.stderr.isatty(),
-        )
-        times: list[float] = []
-        with self._stop_on_signals(), contextlib.closing(bar):
-            loader = iter(self._train_loader())
-            while self.step < t.iters:
-                start = time.perf_counter()
-                batch = next(loader)
-                out = self.train_step(batch)
-                record = {
-                    "step": self.step,
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    **self._over_processes(out),
-                    "time": time.perf_counter() - start,
-                }
-                last = record
-                self._end_step(record, bar, times, lambda: {k[5:]: f"{v:.3f}" for k, v in record.items()
-                                                            if k.startswith("loss_") and v is not None})
-                if t.val_every and (self.step % t.val_every == 0 or self.step == t.iters):
-                    scores = self.validate()
-                    if scores:
-                        self._log({"step": self.step - 1, "split": self.cfg.data.val_split, **scores})
-                        last = {**last, **scores}
-                        if self.dist.is_primary:
-                            bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-                saved = self.step % t.ckpt_every == 0 or self.step == t.iters
-                if saved:
-                    self.checkpoint()
-                if self._stop_requested():
-                    raise self._interrupt(saved)
-        return last
+        return self.run_loop(lambda batch: self._over_processes(self.train_step(batch)), self._validation_entry,
+                             desc="train")
+
+    def _validation_entry(self) -> tuple[dict[str, float], str] | None:
+        """:meth:`validate` as :meth:`run_loop` logs and shows it (None: no val split)."""
+        scores = self.validate()
+        return (scores, ", ".join(f"{k} {v:.4f}" for k, v in scores.items())) if scores else None

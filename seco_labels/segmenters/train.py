@@ -1,8 +1,9 @@
 """``seco fit-segmenter``: train an smp model on pseudo masks (or GT), checkpoint, resume, score on GT.
 
 Reads top-down: :func:`ce_loss` -> :class:`PredictedMasks` (the model as a ``seco evaluate`` mask source) ->
-:class:`SegmenterTrainer` (loop, checkpoints, resume, logging, final report). Device, AMP, the batch sampler, the
-lr schedule, checkpoint files and the metrics are those of ``seco train`` / ``seco evaluate``.
+:class:`SegmenterTrainer` (its step, validation and final report). The training loop, checkpoints, resume and
+logging (:mod:`seco_labels.run_state`), device, AMP, the batch sampler, the lr schedule and the metrics are those of
+``seco train`` / ``seco evaluate``.
 
 Files written in ``RUN_DIR``: ``config.yaml`` (resolved config), ``last.pt`` (training checkpoint with optimiser,
 every ``ckpt_every`` steps and at the end), ``metrics.jsonl`` (a record per step and per validation),
@@ -12,13 +13,11 @@ every ``ckpt_every`` steps and at the end), ``metrics.jsonl`` (a record per step
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
@@ -27,10 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..checkpoint import latest_checkpoint, require_kind
-from ..config import config_to_dict, save_config
+from ..config import config_to_dict
 from ..data.readers import SegmentationReader
 from ..errors import CheckpointError
 from ..io import atomic_write_text, disk_full_guard
@@ -247,38 +245,12 @@ class SegmenterTrainer(RunState):
             FolderBusyError: another process is writing ``RUN_DIR``.
             DiskFullError: a checkpoint, log or model write did not fit; the previous files are kept.
         """
-        t = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.run_dir / "config.yaml")
-        self._truncate_log(self.step)
-        if self.step >= t.iters and self._finished():
+        self._open_run()
+        if self.step >= self.cfg.train.iters and self._finished():
             self.already_finished = True
             return self._logged_summary()
-        self.model.train()
-        last: dict[str, Any] = {}
-        bar = tqdm(total=t.iters, initial=self.step, desc="fit-segmenter", dynamic_ncols=True,
-                   disable=self.quiet or not sys.stderr.isatty())
-        times: list[float] = []
-        with self._stop_on_signals(), contextlib.closing(bar):
-            loader = iter(self._train_loader()) if self.step < t.iters else iter(())
-            while self.step < t.iters:
-                start = time.perf_counter()
-                loss = self.train_step(next(loader))
-                record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss,
-                          "time": time.perf_counter() - start}
-                last = record
-                self._end_step(record, bar, times, lambda: {"loss": f"{loss:.3f}"})
-                saved = self.step % t.ckpt_every == 0 or self.step == t.iters
-                if saved:
-                    self.save()
-                if t.val_every and self.step % t.val_every == 0 and self.step < t.iters:
-                    result = self.validate()
-                    if result is not None:
-                        miou = result.confusion.miou()
-                        self._log({"step": self.step - 1, "split": self.cfg.data.val_split, "miou": _num(miou)})
-                        bar.write(f"step {self.step}: val mIoU {100 * miou:.2f}")
-                if self._stop_requested():
-                    raise self._interrupt(saved)
+        last = self.run_loop(lambda batch: {"loss": self.train_step(batch)}, self._validation_entry,
+                             desc="fit-segmenter", validate_last_step=False)
         if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another path
             self.save()
         result = self.last_result = self.validate()
@@ -292,6 +264,14 @@ class SegmenterTrainer(RunState):
         self.save_model({"val_miou": summary.get("val_miou"), "val_split": self.cfg.data.val_split or None,
                          "steps": self.step})
         return summary
+
+    def _validation_entry(self) -> tuple[dict[str, Any], str] | None:
+        """:meth:`validate` during training, as :meth:`run_loop` logs and shows it (None: no val split)."""
+        result = self.validate()
+        if result is None:
+            return None
+        miou = result.confusion.miou()
+        return {"miou": _num(miou)}, f"val mIoU {100 * miou:.2f}"
 
     def _finished(self) -> bool:
         """Whether the final phase of :meth:`fit` (model saved, val reports written) completed."""

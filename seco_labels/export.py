@@ -126,6 +126,7 @@ class _Refiner:
     high: float
     low: float
     ignore_index: int
+    down_scale: int  #: ``cam.par_downscale``: PAR runs at (H // down_scale, W // down_scale), as in training
 
     def __call__(self, cam: torch.Tensor, classes: torch.Tensor, rgb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """cam (k, S, S) on the device, classes (k,) long channel indices (class - 1) on the CPU, rgb (H, W, 3)
@@ -140,7 +141,7 @@ class _Refiner:
         # [background, classes + 1]; passing only them spares a (C, H, W) buffer of zeros per image. Ignored
         # pixels come back as -1, which no index can be.
         label = refine_with_background(self.par, image, cam, cam.new_ones(1, k), high_thre=self.high,
-                                       low_thre=self.low, ignore_index=-1)[0]  # (H, W) long, -1..k
+                                       low_thre=self.low, ignore_index=-1, down_scale=self.down_scale)[0]  # (H, W)
         lut = torch.cat([classes.new_zeros(1), classes + 1]).to(label.device)  # label index -> class index
         mask = torch.where(label < 0, self.ignore_index, lut[label.clamp(min=0)])
         return cam[0].cpu().numpy(), mask.cpu().numpy().astype(np.uint8)
@@ -228,7 +229,7 @@ def export_split(
         # rank 0's bar stands for all processes (their shards differ by at most one image)
         bar = tqdm(total=len(reader.ids), initial=len(done), desc=f"export {split}", unit="img",
                    disable=quiet or not ctx.is_primary or not sys.stderr.isatty())
-        refine = _Refiner(par, high, low, cfg.data.ignore_index)
+        refine = _Refiner(par, high, low, cfg.data.ignore_index, cfg.cam.par_downscale)
         with torch.no_grad():
             for items in loader:
                 good = _readable(items, opt.skip_bad, bad)

@@ -211,7 +211,8 @@ def _per_image_reference(checkpoint, root: Path, ids: list[str], size: int, scal
                                                                  align_corners=False)[0]
             image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
             mask = refine_with_background(par, image, valid, tags[None], high_thre=cfg.cam.high_thre,
-                                          low_thre=cfg.cam.low_thre, ignore_index=cfg.data.ignore_index)[0]
+                                          low_thre=cfg.cam.low_thre, ignore_index=cfg.data.ignore_index,
+                                          down_scale=cfg.cam.par_downscale)[0]
             out[i] = (valid[0, keys - 1].numpy(), keys.numpy(), mask.numpy().astype(np.uint8))
     return out
 
@@ -246,6 +247,29 @@ def test_export_equals_a_per_image_reference(checkpoint, voc_copy, tmp_path):
                 np.testing.assert_allclose(cam, cam_ref, rtol=0, atol=1e-3)  # fp16 rounding: half an ulp <= 2.5e-4
                 differing += int((mask != mask_ref).sum())
         assert differing <= 1e-4 * sum(m.size for _, _, m in ref.values())
+
+
+def test_export_refines_at_the_checkpoints_par_downscale(checkpoint, voc_copy, tmp_path):
+    """cam.par_downscale, which training's pseudo labels use, is the export's too (it used PAR's default of 2)."""
+    from seco_labels.checkpoint import load_checkpoint, save_checkpoint
+
+    root, ids = voc_copy
+    ids = ids[:2]
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    ckpt = load_checkpoint(checkpoint)
+    assert ckpt["config"]["cam"]["par_downscale"] == 2
+    ckpt["config"]["cam"]["par_downscale"] = 1
+    full_size = tmp_path / "full_size.pt"
+    save_checkpoint(full_size, ckpt)
+    masks = {}
+    for name, path in (("half", checkpoint), ("full", full_size)):
+        ref = _per_image_reference(path, root, ids, 128, (1.0,))
+        opts = ExportOptions(scales=(1.0,), input_size=128, batch_size=1, num_workers=0, formats=("png",))
+        export_split(path, "val", tmp_path / name, data_root=str(root), options=opts, quiet=True)
+        masks[name] = [np.asarray(Image.open(tmp_path / name / "masks_val" / f"{i}.png")) for i in ids]
+        for i, mask in zip(ids, masks[name]):
+            np.testing.assert_array_equal(mask, ref[i][2])
+    assert any((a != b).any() for a, b in zip(masks["half"], masks["full"]))  # the setting matters
 
 
 def _assert_empty_export(art_dir: Path, ident: str, shape: tuple[int, int]) -> None:

@@ -6,8 +6,11 @@ Every number of docs/design.md §3 lives here, never as a literal in the trainin
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -335,43 +338,70 @@ def config_to_dict(cfg: SecoConfig) -> dict[str, Any]:
     return plain(asdict(cfg))
 
 
-def _coerce(value: Any, target_type: Any, key: str) -> Any:
-    """Convert a YAML/CLI value to the dataclass field's declared type."""
-    t = str(target_type).removesuffix(" | None")  # None itself is handled first
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a config dataclass (``from __future__ import annotations`` leaves strings)."""
+    return typing.get_type_hints(cls)
+
+
+def _type_name(target: Any) -> str:
+    return target.__name__ if isinstance(target, type) else str(target)
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(value)
+    return bool(value)
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _parse_dict(value: Any) -> dict:
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if not isinstance(value, dict):
+        raise ValueError(value)
+    return dict(value)
+
+
+#: how a YAML/CLI value becomes a field's scalar type
+_PARSERS: dict[Any, Callable[[Any], Any]] = {bool: _parse_bool, int: _parse_int, float: float, dict: _parse_dict,
+                                             str: str}
+
+
+def _coerce(value: Any, target: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to a dataclass field's declared type: scalars, ``X | None``, ``tuple[T, ...]``,
+    ``tuple[T, T]`` (a string ``"0.5,2"`` or ``"(0.5, 2)"`` too), ``dict``.
+
+    Raises:
+        ConfigError: the value does not convert, naming ``key`` and the type.
+    """
     if value is None:
         return None
+    args = [a for a in typing.get_args(target) if a is not type(None)]
+    if typing.get_origin(target) in (typing.Union, types.UnionType) and len(args) == 1:  # X | None
+        target, args = args[0], list(typing.get_args(args[0]))
+    origin = typing.get_origin(target) or target
     try:
-        if t.startswith("tuple"):
+        if origin is tuple:
             if isinstance(value, str):
                 value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
             elif not isinstance(value, (list, tuple)):
                 value = [value]
-            inner = float if "float" in t else str if "str" in t else int
-            return tuple(inner(v).strip() if inner is str else inner(v) for v in value)
-        if t == "bool":
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if t == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if t == "float":
-            return float(value)
-        if t == "str":
-            return str(value)
-        if t == "dict":
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            if not isinstance(value, dict):
-                raise ValueError(value)
-            return dict(value)
+            inner = _PARSERS.get(args[0] if args else str, str)
+            return tuple(inner(v.strip() if isinstance(v, str) else v) for v in value)
+        if origin in _PARSERS:
+            return _PARSERS[origin](value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a valid {t}") from None
+        raise ConfigError(f"{key}={value!r} is not a valid {_type_name(target)}") from None
     return value
 
 
@@ -390,7 +420,7 @@ def _update(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
             else:
                 raise ConfigError(f"{path} is a section; give a mapping, e.g. {path}.<key>=value")
         else:
-            setattr(obj, key, _coerce(value, known[key].type, path))
+            setattr(obj, key, _coerce(value, _field_types(type(obj))[key], path))
 
 
 def config_from_dict(data: dict[str, Any], base: SecoConfig | None = None) -> SecoConfig:

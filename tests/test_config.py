@@ -58,6 +58,28 @@ def test_overrides_coerce_types_and_reject_unknown_keys():
         apply_overrides(cfg, ["iters"])
 
 
+def test_values_convert_to_the_resolved_field_types():
+    """Field types come from typing.get_type_hints, so ``X | None``, fixed and open tuples and dicts convert, in
+    SecoConfig and in the segmenter's config alike."""
+    from seco_labels.segmenters.config import segmenter_config
+
+    cfg = apply_overrides(get_preset("demo"), [
+        "data.rescale_range=(0.4, 1.5)", "cam.par_dilations=[1, 2.0]", "model.backbone_weights=7",
+        "model.backbone_kwargs={depth: 2}", "train.compile=yes", "data.class_names=cat, dog"])
+    assert cfg.data.rescale_range == (0.4, 1.5) and cfg.cam.par_dilations == (1, 2)
+    assert all(isinstance(d, int) for d in cfg.cam.par_dilations)
+    assert cfg.model.backbone_weights == "7" and cfg.model.backbone_kwargs == {"depth": 2}
+    assert cfg.train.compile is True and cfg.data.class_names == ("cat", "dog")
+    seg = segmenter_config(overrides=["data.labels=gt", "data.num_classes=21.0"])  # int | None
+    assert seg.data.num_classes == 21 and isinstance(seg.data.num_classes, int)
+    with pytest.raises(ConfigError, match="data.num_classes=2.5 is not a valid int"):
+        segmenter_config(overrides=["data.labels=gt", "data.num_classes=2.5"])
+    with pytest.raises(ConfigError, match="is not a valid tuple\\[float, float\\]"):
+        apply_overrides(get_preset("demo"), ["data.rescale_range=a,b"])
+    with pytest.raises(ConfigError, match="train.compile='maybe' is not a valid bool"):
+        apply_overrides(get_preset("demo"), ["train.compile=maybe"])
+
+
 def test_set_values_keeps_strings_verbatim():
     cfg = set_values(get_preset("voc"), {"data.root": "no", "train.iters": 5})
     assert cfg.data.root == "no" and cfg.train.iters == 5

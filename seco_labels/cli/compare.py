@@ -8,7 +8,7 @@ import click
 
 from . import cli
 from ..io import check_writable_dir
-from .options import defaults_file_option, out_option
+from .options import defaults_file_option, out_option, quiet_option
 
 
 @cli.command("compare")
@@ -20,7 +20,7 @@ from .options import defaults_file_option, out_option
               help="Column name of each run, in order (repeatable; default arch/encoder (gt|pseudo) or the folder).")
 @click.option("--stem", default="compare", show_default=True, help="File name stem of the three outputs.")
 @click.option("--title", default="IoU per class (%)", show_default=True, help="Chart title.")
-@click.option("-q", "--quiet", is_flag=True, help="Do not print the table.")
+@quiet_option("Do not print the table.")
 @defaults_file_option
 def compare_cmd(runs, out_dir, names, stem, title, quiet):
     """Compare the mIoU and per-class IoU of RUN_DIR... (folders holding the metrics.json of seco fit-segmenter

@@ -9,7 +9,7 @@ import click
 
 from . import cli
 from ..io import check_writable_dir
-from .options import defaults_file_option, exported_dataset, out_option, resolve_predictions
+from .options import defaults_file_option, exported_dataset, out_option, quiet_option, resolve_predictions
 
 
 @cli.command("evaluate")
@@ -28,7 +28,7 @@ from .options import defaults_file_option, exported_dataset, out_option, resolve
 @out_option("--out", "out_dir", default=None,
             help="Where metrics_<split>.json and per_class_<split>.csv go (default: ART_DIR); reports of "
                  "other splits in it are kept.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no table (the mIoU line is still printed).")
+@quiet_option("No progress bar, no table (the mIoU line is still printed).")
 @defaults_file_option
 def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, quiet):
     """Per-class IoU, precision, recall and FP/TP of pseudo masks; writes metrics_<split>.json and

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import cli
-from .options import defaults_file_option, lock_out, out_option, parse_scales
+from .options import defaults_file_option, device_option, lock_out, out_option, parse_scales, quiet_option
 
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
@@ -39,8 +39,8 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--skip-bad", is_flag=True, help="Log unreadable images and go on instead of stopping.")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Images per forward pass (per process).")
 @click.option("--num-workers", type=int, default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@device_option()
+@quiet_option()
 @defaults_file_option
 def export_cmd(checkpoint, split, out_dir, data_root, layout, formats, scales, flip, cam_source, tags, tag_threshold,
                crf, high_thre, low_thre, input_size, overwrite, skip_bad, batch_size, num_workers, device, quiet):

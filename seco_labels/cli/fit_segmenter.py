@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import cli
-from .options import classes_option, lock_out, out_option
+from .options import classes_option, device_option, lock_out, out_option, quiet_option
 from .train import allow_changes_option, exit_interrupted, report_finished, report_resume
 
 
@@ -73,8 +73,8 @@ class SmpArchChoice(click.Choice):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config value, e.g. --set optim.head_lr_mult=10 (repeatable).")
 @click.option("--seed", type=int, default=None, help="Random seed (train.seed).")
-@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (train.device).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-class table.")
+@device_option("train.device")
+@quiet_option("No progress bar and no per-class table.")
 def fit_segmenter_cmd(arch, encoder, encoder_weights, model_kwargs, labels, data_root, layout, num_classes,
                       class_names, split, val_split, run_dir, iters, batch_size, crop_size, lr, optimizer, amp,
                       num_workers, val_every, ckpt_every, val_max_images, resume, allow_changes, config_file, overrides,

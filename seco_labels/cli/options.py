@@ -45,6 +45,19 @@ def lock_out(folder: str | Path, name: str = ".lock", what: str = "") -> None:
         folder_lock(Path(folder), name, what=what, enabled=is_primary_process()))
 
 
+def device_option(config_key: str | None = None) -> Callable:
+    """``--device``: ``auto`` by default for a command that reads a checkpoint; with ``config_key``, no default (the
+    config's value stands unless the option is given)."""
+    if config_key:
+        return click.option("--device", default=None, help=f"auto | cpu | cuda | cuda:N ({config_key}).")
+    return click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+
+
+def quiet_option(help: str = "No progress bar.") -> Callable:
+    """``-q/--quiet``; ``help`` says what else the command leaves out."""
+    return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
 def config_options(func: Callable) -> Callable:
     """--preset, --config, --set, --seed, --device, --quiet."""
     options = [
@@ -55,8 +68,8 @@ def config_options(func: Callable) -> Callable:
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override any config value, e.g. --set loss.lig.weight=0 (repeatable)."),
         click.option("--seed", type=int, default=None, help="Random seed (train.seed)."),
-        click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (train.device)."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        device_option("train.device"),
+        quiet_option(),
     ]
     for option in reversed(options):
         func = option(func)

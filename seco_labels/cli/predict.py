@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import defaults_file_option, lock_out, out_option, parse_scales
+from .options import defaults_file_option, device_option, lock_out, out_option, parse_scales, quiet_option
 
 
 def _optional_scales(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -36,8 +36,8 @@ def _optional_scales(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--overwrite", is_flag=True,
               help="Predict every image again, also with other settings than OUT's (other files are kept).")
 @click.option("--skip-bad", is_flag=True, help="Log unreadable images and go on instead of stopping.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@device_option()
+@quiet_option()
 @defaults_file_option
 def predict_cmd(model_path, images_dir, split, data_root, layout, out_dir, overlay, flip, scales, crf, input_size,
                 overwrite, skip_bad, device, quiet):

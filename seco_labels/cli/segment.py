@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import cli
-from .options import defaults_file_option, lock_out, out_option, parse_scales
+from .options import defaults_file_option, device_option, lock_out, out_option, parse_scales, quiet_option
 
 
 @cli.command("segment")
@@ -25,8 +25,8 @@ from .options import defaults_file_option, lock_out, out_option, parse_scales
               help="Delete this split's earlier outputs in --out (masks_<split>/, manifest_<split>.json, and an "
                    "export's cams_<split>.h5) and segment every image again; needed to change the settings of a "
                    "split already there.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@device_option()
+@quiet_option()
 @defaults_file_option
 def segment_cmd(checkpoint, split, out_dir, data_root, layout, scales, flip, crf, input_size, overwrite, device,
                 quiet):

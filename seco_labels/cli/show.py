@@ -9,7 +9,7 @@ import click
 
 from . import cli
 from ..io import check_writable_dir
-from .options import exported_dataset, out_option, resolve_predictions
+from .options import exported_dataset, out_option, quiet_option, resolve_predictions
 
 
 @cli.command("show")
@@ -25,7 +25,7 @@ from .options import exported_dataset, out_option, resolve_predictions
 @click.option("--layout", default=None, help="Dataset layout (default: the exported dataset's, else voc).")
 @click.option("--height", type=click.IntRange(min=32), default=240, show_default=True, help="Panel height, pixels.")
 @click.option("--no-gt", is_flag=True, help="Leave out the ground-truth and error panels.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@quiet_option()
 def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt, quiet):
     """Draw one PNG per image: the image, the CAM of each tagged class, the pseudo mask (beige: uncertain), the GT
     and an error map (green right, red wrong, yellow uncertain, grey ignored in the GT), with a colour legend

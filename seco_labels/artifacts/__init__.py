@@ -1,0 +1,50 @@
+"""The pseudo-label artifact format (docs/design.md §7): schema, crash-safe writer, and the reader other projects
+import.
+
+An artifact folder ``ART`` holds, per split:
+
+- ``cams_<split>.h5``: root attributes (provenance, see :data:`ROOT_ATTRS`); ``/cams/<id>`` float16 (k, H, W)
+  CAMs of the image's k tagged classes at the original image size, attributes ``keys`` (k,) class indices 1..K-1
+  and ``size`` (H, W), one gzip+shuffle chunk per image; ``/masks/<id>`` uint8 (H, W) pseudo mask, 255 = ignore.
+- ``masks_<split>/<id>.png``: the same masks as palette-'P' PNGs in VOC colours.
+- ``manifest_<split>.json``: the export settings, so that a resumed export can refuse to mix settings.
+
+Crash safety: HDF5 files are not safe to append to from a process that may be killed, so :class:`ArtifactWriter`
+writes each finished image as its own part file (``.parts_<split>/<id>.npz``, temp file + rename) holding the
+already-compressed HDF5 chunks, and :meth:`ArtifactWriter.finalize` assembles them (with any earlier
+``cams_<split>.h5``) into a new file that replaces the old one by rename. A killed export therefore keeps every
+finished image, and the next run skips them. Compression and PNG encoding run on a background thread (zlib
+releases the GIL), off the network's path.
+
+Reading: :func:`open_pseudo_labels` gives a torch ``Dataset`` of (image, mask[, cam, keys]);
+:class:`ArtifactFile` gives per-id masks and CAMs (the ``seco evaluate`` sources). Both open the HDF5 file
+lazily, once per process, so they are safe in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from .layout import (FORMAT_VERSION, GZIP_LEVEL, ROOT_ATTRS, export_report_path, exported_splits, h5_path, lock_name,
+                     manifest_path, masks_dir, read_manifest, save_mask_png, segment_report_path, settings_changes)
+from .reader import ArtifactFile, PseudoLabels, open_pseudo_labels
+from .writer import ArtifactWriter
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ROOT_ATTRS",
+    "GZIP_LEVEL",
+    "ArtifactWriter",
+    "ArtifactFile",
+    "PseudoLabels",
+    "open_pseudo_labels",
+    "h5_path",
+    "masks_dir",
+    "manifest_path",
+    "export_report_path",
+    "segment_report_path",
+    "exported_splits",
+    "read_manifest",
+    "save_mask_png",
+    "lock_name",
+    "settings_changes",
+]
+

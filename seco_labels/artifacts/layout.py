@@ -1,0 +1,129 @@
+"""An artifact folder's layout: the file names of a split (only here), the format version and root attributes,
+the settings manifest, PNG masks, and how two runs' settings compare (docs/artifact-format.md)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.classes import voc_palette
+from ..errors import DataError
+from ..io import atomic_write_bytes
+
+
+#: bumped when the layout of ``cams_<split>.h5`` changes incompatibly
+FORMAT_VERSION = 1
+GZIP_LEVEL = 4
+#: root attributes every ``cams_<split>.h5`` carries (``config`` is a JSON string; lists are arrays)
+ROOT_ATTRS = (
+    "format_version", "created", "package_version", "split", "dataset_root", "layout", "class_names",
+    "num_classes", "ignore_index", "background_policy", "backbone", "checkpoint_sha256", "scales", "flip",
+    "cam_source", "tags_source", "crf", "high_thre", "low_thre", "input_size", "config",
+)
+#: attributes that may differ between the runs of one resumed export
+_VOLATILE = ("created", "package_version")
+
+
+# The names of a split's files in an artifact folder (docs/artifact-format.md). Only this module spells them:
+# renaming one is a change here alone.
+_H5_NAME = "cams_{}.h5"
+_MASKS_NAME = "masks_{}"
+_MANIFEST_NAME = "manifest_{}.json"
+_EXPORT_REPORT_NAME = "export_{}.json"
+_SEGMENT_REPORT_NAME = "segment_{}.json"
+
+
+def h5_path(art: str | Path, split: str) -> Path:
+    """``ART/cams_<split>.h5``: CAMs, masks and provenance of an exported split."""
+    return Path(art) / _H5_NAME.format(split)
+
+
+def masks_dir(art: str | Path, split: str) -> Path:
+    """``ART/masks_<split>/``: one palette PNG per image."""
+    return Path(art) / _MASKS_NAME.format(split)
+
+
+def manifest_path(art: str | Path, split: str) -> Path:
+    """``ART/manifest_<split>.json``: the settings of a PNG-only export (or of ``seco predict``)."""
+    return Path(art) / _MANIFEST_NAME.format(split)
+
+
+def export_report_path(art: str | Path, split: str) -> Path:
+    """``ART/export_<split>.json``: what ``seco export-masks`` did (counts, seconds, settings)."""
+    return Path(art) / _EXPORT_REPORT_NAME.format(split)
+
+
+def segment_report_path(art: str | Path, split: str) -> Path:
+    """``ART/segment_<split>.json``: what ``seco segment`` did."""
+    return Path(art) / _SEGMENT_REPORT_NAME.format(split)
+
+
+def exported_splits(art: str | Path) -> list[str]:
+    """The splits an artifact folder holds (an HDF5 file or a masks folder), sorted."""
+    art = Path(art)
+    h5_prefix, h5_suffix = _H5_NAME.split("{}")
+    masks_prefix, masks_suffix = _MASKS_NAME.split("{}")
+    from_h5 = {p.name[len(h5_prefix): len(p.name) - len(h5_suffix)] for p in art.glob(_H5_NAME.format("*"))}
+    from_pngs = {p.name[len(masks_prefix): len(p.name) - len(masks_suffix)]
+                 for p in art.glob(_MASKS_NAME.format("*")) if p.is_dir()}
+    return sorted(from_h5 | from_pngs)
+
+
+def _parts_dir(art: str | Path, split: str) -> Path:
+    return Path(art) / f".parts_{split}"
+
+
+def lock_name(split: str) -> str:
+    """The lock file of a split in an artifact folder (``ART/.lock_<split>``; :func:`seco_labels.io.folder_lock`):
+    one writer per split and folder, while other splits of the folder may be written at the same time."""
+    return f".lock_{split}"
+
+
+def read_manifest(art: str | Path, split: str) -> dict[str, Any] | None:
+    """The export settings recorded in ``ART/manifest_<split>.json``, or None when there is none."""
+    path = manifest_path(art, split)
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is unreadable ({e}); delete it and export again with --overwrite") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} holds a JSON {type(manifest).__name__}, not the settings object; delete it and "
+                        "export again with --overwrite")
+    return manifest
+
+
+def save_mask_png(path: str | Path, mask: np.ndarray) -> None:
+    """Write a (H, W) uint8 mask as a VOC-palette 'P' PNG, atomically."""
+    img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="P")
+    img.putpalette(voc_palette())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _comparable(attrs: dict[str, Any]) -> dict[str, Any]:
+    # round-trip through JSON so tuples/lists and numpy scalars compare equal
+    return json.loads(json.dumps({k: v for k, v in attrs.items() if k not in _VOLATILE}, sort_keys=True,
+                                 default=str))
+
+
+def settings_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for each recorded setting that differs between two runs into one folder (a manifest's
+    ``before``, this run's ``after``); the whole ``config`` shows as one line. Empty when they agree.
+
+    The volatile keys (creation time, package version) do not count, nor keys only one side has: another package
+    version added or removed them, so they cannot disagree.
+    """
+    old, new = _comparable(before), _comparable(after)
+    diff = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    shown = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff if k != "config"]
+    return shown + (["the checkpoint's config differs"] if "config" in diff else [])
+
+

@@ -1,0 +1,287 @@
+"""Reading an exported split: per-id masks and CAMs (:class:`ArtifactFile`) and a torch ``Dataset``
+(:func:`open_pseudo_labels`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..data.readers import build_reader, decode_image
+from ..errors import ConfigError, DataError
+
+from .encoding import _read_root_attrs
+from .layout import FORMAT_VERSION, exported_splits, h5_path, manifest_path, masks_dir, read_manifest
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+#: what h5py raises on a damaged file: mostly OSError, but corrupt metadata can surface as any of these
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
+
+
+class ArtifactFile:
+    """One ``cams_<split>.h5``: masks and CAMs by image id (a ``seco evaluate`` mask and CAM source).
+
+    The file is opened on first use in each process (safe to pickle into DataLoader workers).
+
+    Raises:
+        DataError: the file is missing, not HDF5, truncated or damaged, of a newer format, lacks an id, or holds a
+            mask or CAM of the wrong type or shape (names the file, and the id where there is one).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.name = str(self.path)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        f = self._h5()
+        try:
+            complete = ("format_version" in f.attrs and isinstance(f.get("masks"), h5py.Group)
+                        and isinstance(f.get("cams"), h5py.Group))
+            if not complete:
+                raise DataError(f"{self.path} is not a seco_labels artifact (no format_version, /cams or /masks)")
+            version = int(f.attrs["format_version"])
+            self.attrs = _read_root_attrs(f)
+        except DataError:
+            self.close()
+            raise
+        except _H5_ERRORS as e:
+            self.close()
+            raise self._damaged(e) from None
+        if version > FORMAT_VERSION:
+            self.close()
+            raise DataError(f"{self.path} has format version {version}; this seco_labels reads up to "
+                            f"{FORMAT_VERSION}: upgrade seco-labels")
+
+    def _damaged(self, e: BaseException, image_id: str | None = None) -> DataError:
+        what = f" (reading {image_id})" if image_id is not None else ""
+        return DataError(f"artifact {self.path} is unreadable or damaged{what}: {e}; export it again")
+
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            if not self.path.is_file():
+                raise DataError(f"artifact {self.path} not found; run seco export-masks first")
+            try:
+                self._file = h5py.File(self.path, "r")
+            except _H5_ERRORS as e:
+                raise DataError(f"artifact {self.path} is unreadable or truncated ({e}); export it again") from None
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_file"] = state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "ArtifactFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def ids(self) -> set[str]:
+        try:
+            return set(self._h5()["masks"].keys())
+        except _H5_ERRORS as e:
+            raise self._damaged(e) from None
+
+    def mask_shapes(self, ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        """The shapes of the masks of ``ids`` (those the file holds; the others are left out), from the HDF5
+        headers: no mask is decoded."""
+        try:
+            group = self._h5()["masks"]
+            return {i: tuple(group[i].shape) for i in ids if i in group}
+        except _H5_ERRORS as e:
+            raise self._damaged(e) from None
+
+    def _get(self, group: str, image_id: str) -> h5py.Dataset:
+        try:
+            grp = self._h5()[group]
+            present = image_id in grp
+            ds = grp[image_id] if present else None
+        except _H5_ERRORS as e:
+            raise self._damaged(e, image_id) from None
+        if ds is None:
+            raise DataError(f"image {image_id!r} is not in {self.path} (/{group}); export it first")
+        if not isinstance(ds, h5py.Dataset):
+            raise DataError(f"/{group}/{image_id} in {self.path} is a {type(ds).__name__}, not a dataset; "
+                            "export it again")
+        return ds
+
+    def load_mask(self, image_id: str) -> np.ndarray:
+        """(H, W) uint8 pseudo mask, 255 = ignore."""
+        ds = self._get("masks", image_id)
+        try:
+            mask = ds[()]
+        except _H5_ERRORS as e:
+            raise self._damaged(e, image_id) from None
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.ndim != 2 or 0 in mask.shape:
+            raise DataError(f"mask of {image_id} in {self.path} is {getattr(mask, 'dtype', type(mask).__name__)} "
+                            f"{getattr(mask, 'shape', '')}, not a (H, W) uint8 mask; export it again")
+        return mask
+
+    def load_cam(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(cam (k, H, W) float32 in [0, 1], keys (k,) int64)``; keys are the channels' class indices 1..K-1."""
+        ds = self._get("cams", image_id)
+        try:
+            cam = ds[()]
+            keys = np.asarray(ds.attrs["keys"])
+        except _H5_ERRORS as e:
+            raise self._damaged(e, image_id) from None
+        if (not isinstance(cam, np.ndarray) or cam.dtype.kind != "f" or cam.ndim != 3 or keys.ndim != 1
+                or keys.dtype.kind not in "iu" or keys.shape[0] != cam.shape[0]):
+            raise DataError(f"CAM of {image_id} in {self.path} is {getattr(cam, 'dtype', '?')} "
+                            f"{getattr(cam, 'shape', '?')} with keys {keys.dtype} {keys.shape}, not (k, H, W) floats "
+                            "with k class keys; export it again")
+        return cam.astype(np.float32), keys.astype(np.int64)
+
+
+class PseudoLabels(Dataset):
+    """Images of an exported split with their pseudo masks (and optionally CAMs); see :func:`open_pseudo_labels`.
+
+    Items: ``(image, mask)``, or ``(image, mask, cam, keys)`` with ``with_cams``; image (3, H, W) uint8, mask (H, W)
+    int64 (255 = ignore), cam (k, H, W) float32, keys (k,) int64. ``transform(*item)`` (if given) receives the
+    tuple and its return value is the item. Attributes: ``ids``, ``class_names``, ``num_classes``, ``attrs``.
+    """
+
+    def __init__(self, masks: ArtifactFile | Path, reader, ids: list[str], attrs: dict[str, Any], *,
+                 with_cams: bool = False, transform: Callable[..., Any] | None = None) -> None:
+        self._masks = masks
+        #: where the masks come from, for messages
+        self.source_name = masks.name if isinstance(masks, ArtifactFile) else str(masks)
+        self.reader = reader
+        self.ids = ids
+        self.attrs = attrs
+        self.class_names = list(attrs.get("class_names") or reader.class_names)
+        self.num_classes = int(attrs.get("num_classes") or reader.num_classes)
+        self.ignore_index = int(attrs.get("ignore_index", 255))
+        self.with_cams = with_cams
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _load_mask(self, image_id: str) -> np.ndarray:
+        if isinstance(self._masks, ArtifactFile):
+            return self._masks.load_mask(image_id)
+        path = self._masks / f"{image_id}.png"
+        with decode_image(path, "pseudo mask", "Export it again") as img:
+            mode = img.mode
+            mask = np.array(img)
+        if mode not in ("P", "L", "I", "I;16") or mask.ndim != 2:
+            raise DataError(f"pseudo mask {path} of {image_id} has mode {mode}; pseudo masks are palette 'P' PNGs "
+                            "of class indices: export it again")
+        return mask
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        image = self.reader.load_image(image_id)
+        mask = self._load_mask(image_id)
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"pseudo mask of {image_id} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+                            f"{self.reader.image_path(image_id)} is {image.shape[1]}x{image.shape[0]}; the artifact "
+                            "was exported from another copy of the dataset (pass data_root=...)")
+        valid = ((mask >= 0) & (mask < self.num_classes)) | (mask == self.ignore_index)
+        if not valid.all():
+            bad = np.unique(mask[~valid])
+            raise DataError(f"pseudo mask of {image_id} in {self.source_name} has values {bad.tolist()[:8]} outside "
+                            f"0..{self.num_classes - 1} and {self.ignore_index}; export it again")
+        item: tuple = (torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.int64)))
+        if self.with_cams:
+            cam, keys = self._masks.load_cam(image_id)  # type: ignore[union-attr]
+            item += (torch.from_numpy(cam), torch.from_numpy(keys))
+        return self.transform(*item) if self.transform is not None else item
+
+
+def _check_attrs(attrs: dict[str, Any], where: str | Path) -> None:
+    """Refuse recorded settings of the wrong type (a damaged or hand-edited file), naming the file and the key;
+    the dataset reader built from them would otherwise fail with a bare TypeError."""
+    expect: dict[str, tuple[type, ...]] = {
+        "split": (str,), "dataset_root": (str,), "layout": (str,), "num_classes": (int,), "ignore_index": (int,),
+        "class_names": (list,),
+    }
+    for key, types in expect.items():
+        value = attrs.get(key)
+        bad = value is not None and (not isinstance(value, types) or isinstance(value, bool))
+        if not bad and key == "class_names" and value is not None:
+            bad = not all(isinstance(v, str) for v in value)
+        if bad:
+            raise DataError(f"{where} records {key} = {value!r} ({type(value).__name__}), not a valid "
+                            f"{types[0].__name__}; the file is damaged: export it again")
+
+
+def _find_split(art: Path) -> str:
+    splits = exported_splits(art)
+    if len(splits) != 1:
+        raise ConfigError(f"{art} holds splits {splits or 'none'}; pass split=... (one of them)"
+                          if splits else f"{art} holds no cams_<split>.h5 or masks_<split>/; run seco export-masks")
+    return splits[0]
+
+
+def open_pseudo_labels(
+    path: str | Path,
+    split: str | None = None,
+    *,
+    data_root: str | Path | None = None,
+    with_cams: bool = False,
+    transform: Callable[..., Any] | None = None,
+) -> PseudoLabels:
+    """A torch ``Dataset`` of an exported split: ``(image, mask[, cam, keys])`` per image, in split order.
+
+    Args:
+        path: the artifact folder (``ART``) or its ``cams_<split>.h5``. Masks come from the HDF5 file when there
+            is one, else from ``masks_<split>/``.
+        split: which split of ``ART``; may be omitted when it holds only one.
+        data_root: where the images are (default: the dataset root recorded at export).
+        with_cams: also return the CAMs and their class keys (needs the HDF5 file).
+        transform: called as ``transform(image, mask[, cam, keys])``; its result is the item.
+
+    Raises:
+        ConfigError: ``split`` is ambiguous, or CAMs are asked of a PNG-only export.
+        DataError: missing artifact, images or ids (names them).
+    """
+    path = Path(path)
+    if path.suffix == ".h5":
+        art, source = path.parent, ArtifactFile(path)
+        _check_attrs(source.attrs, path)
+        if not split and not source.attrs.get("split"):
+            raise DataError(f"{path} does not record its split; pass split=...")
+        split = split or str(source.attrs["split"])
+    else:
+        art = path
+        if not art.is_dir():
+            raise DataError(f"artifact folder {art} not found; run seco export-masks --out {art}")
+        split = split or _find_split(art)
+        h5 = h5_path(art, split)
+        source = ArtifactFile(h5) if h5.is_file() else masks_dir(art, split)
+    if isinstance(source, ArtifactFile):
+        attrs, exported = source.attrs, source.ids()
+        _check_attrs(attrs, source.path)
+    else:
+        if with_cams:
+            raise ConfigError(f"{art} has no cams_{split}.h5 (exported with --format png): CAMs are not available")
+        if not source.is_dir():
+            raise DataError(f"{art} holds neither cams_{split}.h5 nor masks_{split}/; run seco export-masks "
+                            f"--split {split} --out {art}")
+        attrs = read_manifest(art, split) or {}
+        _check_attrs(attrs, manifest_path(art, split))
+        exported = {p.stem for p in source.glob("*.png")}
+    root = data_root or attrs.get("dataset_root")
+    if root is None:
+        raise ConfigError(f"{art} does not record where the images are; pass data_root=...")
+    reader = build_reader(attrs.get("layout") or "voc", root, split, num_classes=attrs.get("num_classes"),
+                          class_names=attrs.get("class_names"), require_tags=False)
+    ids = [i for i in reader.ids if i in exported]
+    if not ids:
+        raise DataError(f"no image of split {split!r} in {reader.split_file} has a pseudo mask in {art}")
+    return PseudoLabels(source, reader, ids, attrs, with_cams=with_cams, transform=transform)

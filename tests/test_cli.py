@@ -177,3 +177,23 @@ def test_crop_224_with_the_published_scales_trains_validates_and_exports(voc_roo
         for i in ids:
             with Image.open(data / "JPEGImages" / f"{i}.jpg") as img, Image.open(out / "masks_val" / f"{i}.png") as m:
                 assert m.size == img.size  # (500, 333) and (448, 336): sides that are no multiples of 16
+
+
+def test_a_runs_config_yaml_is_accepted_as_the_defaults_of_export_masks(tiny_checkpoint, tmp_path):
+    """``--config RUN/config.yaml`` (sections, not option names) gives the export its dataset root, layout, device
+    and workers; a file of option names still works, and a wrong option name is still refused."""
+    run_cfg = yaml.safe_load((tiny_checkpoint.parent / "config.yaml").read_text())
+    run_cfg["data"]["root"] = str(tmp_path / "moved-dataset")
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(run_cfg))
+    args = ["export-masks", "--checkpoint", str(tiny_checkpoint), "--split", "val", "--out", str(tmp_path / "art")]
+    res = CliRunner().invoke(cli, [*args, "--config", str(cfg_file)])
+    assert res.exit_code != 0 and "moved-dataset" in res.output, res.output  # the file's data.root was used
+    assert "unknown key" not in res.output
+    options_file = tmp_path / "options.yaml"
+    options_file.write_text(yaml.safe_dump({"data-root": str(tmp_path / "elsewhere")}))
+    res = CliRunner().invoke(cli, [*args, "--config", str(options_file)])
+    assert res.exit_code != 0 and "elsewhere" in res.output, res.output
+    options_file.write_text(yaml.safe_dump({"data-rot": "x"}))
+    res = CliRunner().invoke(cli, [*args, "--config", str(options_file)])
+    assert res.exit_code == 2 and "unknown key 'data-rot'" in res.output

@@ -91,14 +91,40 @@ def resolve_config(
     return cfg.validate()
 
 
+#: the options a run's ``config.yaml`` gives defaults to, where a command has them
+RUN_CONFIG_OPTIONS = {"data.root": "data_root", "data.layout": "layout", "train.device": "device",
+                      "data.num_workers": "num_workers"}
+
+
+def _run_config_defaults(data: dict[str, Any], options: set[str]) -> dict[str, Any] | None:
+    """The option defaults a run's ``config.yaml`` (sections ``data``, ``model``, ...) gives a command that has
+    ``options``, or None when ``data`` is not such a file (its keys are option names)."""
+    if not data or not all(isinstance(v, dict) for k, v in data.items() if k != "preset") or \
+            not {"data", "model", "train"} & set(data):
+        return None
+    found = {}
+    for key, option in RUN_CONFIG_OPTIONS.items():
+        section, name = key.split(".")
+        value = (data.get(section) or {}).get(name)
+        if option in options and value not in (None, ""):
+            found[option] = value
+    return found
+
+
 def _load_defaults(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Eager ``--config`` callback: the file's keys become the defaults of the command's other options."""
+    """Eager ``--config`` callback: the file's keys become the defaults of the command's other options. A run's
+    ``config.yaml`` is read too: its dataset root and layout, device and worker count (:data:`RUN_CONFIG_OPTIONS`)
+    become the defaults of the options the command has; the rest of it is the run's own."""
     if value is None:
         return None
     try:
         data = load_config_file(value)
     except ConfigError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+    run_defaults = _run_config_defaults(data, {p.name for p in ctx.command.params})
+    if run_defaults is not None:
+        ctx.default_map = {**(ctx.default_map or {}), **run_defaults}
+        return value
     # keys are the long option names as typed ("data-root" or "data_root"), mapped to the parameter names
     names = {o.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params if p is not param
              for o in getattr(p, "opts", []) if o.startswith("--")}
@@ -140,7 +166,8 @@ def defaults_file_option(func: Callable) -> Callable:
     """``--config FILE``: a YAML/JSON mapping of this command's option names to default values."""
     return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, is_eager=True,
                         expose_value=False, callback=_load_defaults,
-                        help="YAML/JSON file of defaults for this command's options (keys: option names).")(func)
+                        help="YAML/JSON file of defaults for this command's options (keys: option names), or a "
+                             "run's config.yaml (its data.root, data.layout, train.device, data.num_workers).")(func)
 
 
 def _art_config(folders: list[Path]) -> dict:

@@ -42,7 +42,8 @@ import torch.nn.functional as F  # noqa: E402
 from seco_labels.cams import multi_scale_cams  # noqa: E402
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.data import TrainDataset, TrainViews, build_reader  # noqa: E402
-from seco_labels.losses import GAUSSIAN_FILTERS, cls_loss, energy_features  # noqa: E402
+from seco_labels.energy import GAUSSIAN_FILTERS, energy_features  # noqa: E402
+from seco_labels.losses import cls_loss  # noqa: E402
 from seco_labels.runtime import batch_to_device  # noqa: E402
 from seco_labels.train import Trainer  # noqa: E402
 

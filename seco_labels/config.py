@@ -19,7 +19,7 @@ import yaml
 
 from .data.classes import check_class_names
 from .errors import ConfigError
-from .losses import GAUSSIAN_FILTERS
+from .energy import GAUSSIAN_FILTERS
 
 __all__ = [
     "DataConfig",

@@ -32,7 +32,8 @@ from .distributed import (
     DistributedError, NormGroups, all_gather_objects, all_reduce_mean, init_distributed, norm_groups, normalise_over,
 )
 from .errors import ConfigError
-from .losses import cls_loss, crf_energy_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
+from .energy import crf_energy_loss
+from .losses import cls_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
 from .metrics import ConfusionMatrix
 from .models import SeCoNet, build_seco
 from .precision import grad_scaler, resolve_amp

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from seco_labels.lattice import PermutohedralLattice, permutohedral_filter
-from seco_labels.losses import dense_gaussian_filter, energy_features
+from seco_labels.energy import dense_gaussian_filter, energy_features
 
 from conftest import TEST_DATA, VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
 

@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from seco_labels.energy import crf_energy_loss, dense_gaussian_filter
 from seco_labels.lattice import permutohedral_filter
 from seco_labels.losses import (
     cls_loss,
-    crf_energy_loss,
-    dense_gaussian_filter,
     label_to_affinity,
     lig_loss,
     lil_loss,

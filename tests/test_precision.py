@@ -20,7 +20,8 @@ from seco_labels.checkpoint import load_checkpoint, load_seco
 from seco_labels import export as export_module
 from seco_labels import train as train_module
 from seco_labels.export import ExportOptions, export_split
-from seco_labels.losses import cls_loss, crf_energy_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss
+from seco_labels.energy import crf_energy_loss
+from seco_labels.losses import cls_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss
 from seco_labels.precision import grad_scaler, in_fp32
 from seco_labels.refine import PAR
 from seco_labels.runtime import batch_to_device

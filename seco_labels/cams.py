@@ -43,18 +43,11 @@ CamFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _upsample_max_flip(raw: torch.Tensor, size: tuple[int, int], b: int, flip: bool) -> torch.Tensor:
-    """(B or 2B, C, h, w) raw CAMs -> (B, C, H, W): upsample, max with the un-flipped flipped half, ReLU."""
-    up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)  # (nB, C, H, W)
-    if flip:
-        up = torch.max(up[:b], up[b:].flip(-1))  # docs/design.md §4: max of image and flipped CAM
-    return F.relu(up)
-
-
-def _picked_upsample_max_flip(raw: torch.Tensor, image_of: torch.Tensor, channel: torch.Tensor,
-                              size: tuple[int, int], b: int, flip: bool) -> torch.Tensor:
-    """:func:`_upsample_max_flip` of only the P planes ``(image_of, channel)`` of raw CAMs (B or 2B, C, h, w)
-    -> (P, H, W), bit-identical to picking them from its result for every plane.
+def _upsample_max_flip(raw: torch.Tensor, size: tuple[int, int], b: int, flip: bool,
+                       planes: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(B or 2B, C, h, w) raw CAMs -> (B, C, H, W): upsample, max with the un-flipped flipped half, ReLU. With
+    ``planes = (image_of, channel)``, each (P,), only those P planes -> (P, H, W), bit-identical to picking them
+    from the whole result.
 
     Every plane is upsampled, and only then picked: CPU bilinear resizing has a vectorised kernel (for the
     channels-last CAMs of a ViT, among others) and a per-element one with different rounding, chosen by the
@@ -62,10 +55,14 @@ def _picked_upsample_max_flip(raw: torch.Tensor, image_of: torch.Tensor, channel
     ReLU (and everything after them) are elementwise and run on the picked planes only.
     """
     up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)  # (nB, C, H, W)
-    picked = up[image_of, channel]  # (P, H, W)
+
+    def half(offset: int) -> torch.Tensor:  # the images (offset 0) or their flips (offset b)
+        return up[offset: offset + b] if planes is None else up[planes[0] + offset, planes[1]]
+
+    out = half(0)
     if flip:
-        picked = torch.max(picked, up[image_of + b, channel].flip(-1))  # docs/design.md §4
-    return F.relu(picked)
+        out = torch.max(out, half(b).flip(-1))  # docs/design.md §4: max of image and flipped CAM
+    return F.relu(out)
 
 
 def _scaled_sizes(images: torch.Tensor, scales: Sequence[float]) -> list[tuple[int, int]]:
@@ -181,7 +178,7 @@ def multi_scale_class_cams(
 
     Every step after the network works on each (image, channel) plane alone, so only the picked planes are
     computed: of the other output nothing, of the untagged classes only the bilinear upsampling (see
-    :func:`_picked_upsample_max_flip`); the flip, max, ReLU, the sum over scales and the min-max normalisation run
+    :func:`_upsample_max_flip`); the flip, max, ReLU, the sum over scales and the min-max normalisation run
     on (sum of k_i) planes instead of 2 x B x C (x 2 with the flip) per scale. That work on every plane of both
     outputs made the 1-scale export's CAM phase slower than a per-image loop on CPU. A batch whose images have no
     class at all needs no ``cam_fn`` call.
@@ -215,7 +212,7 @@ def multi_scale_class_cams(
         if size not in per_size:
             x = _resized(images, size)
             raw = cam_fn(torch.cat([x, x.flip(-1)]) if flip else x)[source]  # (2B or B, C, h', w')
-            per_size[size] = _picked_upsample_max_flip(raw, image_of, channel, (h, w), b, flip)  # (P, H, W)
+            per_size[size] = _upsample_max_flip(raw, (h, w), b, flip, (image_of, channel))  # (P, H, W)
         maps.append(per_size[size])
 
     return list(_sum_and_normalise(maps).split(counts))  # (P, H, W): the same ops as multi_scale_cams

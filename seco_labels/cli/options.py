@@ -99,8 +99,8 @@ RUN_CONFIG_OPTIONS = {"data.root": "data_root", "data.layout": "layout", "train.
 def _run_config_defaults(data: dict[str, Any], options: set[str]) -> dict[str, Any] | None:
     """The option defaults a run's ``config.yaml`` (sections ``data``, ``model``, ...) gives a command that has
     ``options``, or None when ``data`` is not such a file (its keys are option names)."""
-    if not data or not all(isinstance(v, dict) for k, v in data.items() if k != "preset") or \
-            not {"data", "model", "train"} & set(data):
+    sections = set(data) - {"preset"}
+    if not sections & {"data", "model", "train"} or not all(isinstance(data[k], dict) for k in sections):
         return None
     found = {}
     for key, option in RUN_CONFIG_OPTIONS.items():

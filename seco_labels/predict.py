@@ -39,7 +39,8 @@ from .cams import check_scales
 from .checkpoint import checkpoint_kind, load_checkpoint, load_seco
 from .config import load_config_file
 from .data import build_reader
-from .data.readers import READERS, SegmentationReader, decode_image, image_to_rgb
+from .data.images import decode_image, image_to_rgb
+from .data.readers import READERS, SegmentationReader
 from .errors import CheckpointError, ConfigError, DataError
 from .io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
 from .refine import require_crf

@@ -2,17 +2,9 @@
 
 from .classes import COCO_CLASSES, VOC_CLASSES, check_class_names, read_class_names, voc_palette
 from .datasets import EvalDataset, TrainDataset, collate_eval, single_label_index
-from .readers import (
-    READERS,
-    SegmentationReader,
-    build_reader,
-    check_class_count,
-    check_image_id,
-    id_problem,
-    image_to_rgb,
-    load_tags_file,
-    tags_from_mask,
-)
+from .images import check_image_id, id_problem, image_to_rgb
+from .readers import READERS, SegmentationReader, build_reader, check_class_count
+from .tags import load_tags_file, tags_from_mask
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -8,17 +8,15 @@ handles, so a Dataset holding one can be sent to DataLoader workers.
 
 from __future__ import annotations
 
-import io
-import pickle
-import warnings
 from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np
-from PIL import Image
 
 from ..errors import ConfigError, DataError
 from .classes import COCO_CLASSES, VOC_CLASSES, check_class_names
+from .images import check_image_id, decode_image, image_to_rgb, read_image_size
+from .tags import load_tags_file, tags_from_mask
 
 __all__ = [
     "SegmentationReader",
@@ -27,247 +25,14 @@ __all__ = [
     "SeCoCOCOReader",
     "READERS",
     "build_reader",
-    "load_tags_file",
-    "tags_from_mask",
     "check_class_count",
+    # re-exported for artifacts/reader.py, segmenters/data.py, evaluate.py; remove when they import from data.images
     "decode_image",
-    "read_image_size",
-    "image_to_rgb",
-    "id_problem",
-    "check_image_id",
+    "read_image_size",  # re-exported for evaluate.py; remove when it imports from data.images
+    "check_image_id",  # re-exported for artifacts/writer.py; remove when it imports from data.images
 ]
 
 _LABELS_FILE = "cls_labels_onehot.npy"
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles (dicts of) numpy arrays and nothing else, so a labels file cannot run code."""
-
-    _ALLOWED = frozenset({
-        # numpy >= 2 and numpy 1.x spell the array reconstruction helpers differently
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        # protocol-2 pickles written by Python 3 store the raw array bytes via _codecs.encode(str, "latin1")
-        ("_codecs", "encode"),
-    })
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"it references {module}.{name}, which a labels file never needs")
-        return super().find_class(module, name)
-
-
-def _skip_npy_header(buf: io.BytesIO) -> None:
-    """Advance ``buf`` past the ``.npy`` magic and header; the pickled payload follows (object arrays)."""
-    version = np.lib.format.read_magic(buf)
-    if version == (1, 0):
-        np.lib.format.read_array_header_1_0(buf)
-    else:  # 2.0 and 3.0 share the 4-byte header length; 3.0 only allows utf8 in it
-        np.lib.format.read_array_header_2_0(buf)
-
-
-def load_tags_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Read ``cls_labels_onehot.npy``, a pickled ``{image_id: float32 (K-1,) multi-hot}``, without executing code.
-
-    Accepts the ``np.save`` form of the published WSSS code (a 0-d object array wrapping the dict) and a bare
-    pickled dict. Keys are returned as ``str``; values as flat float32 arrays.
-
-    Raises:
-        DataError: the file is missing, not a pickle of numpy arrays, or not a dict, or a vector is not numeric,
-            not one (K-1,) vector, or has values outside 0..1 (names the file and the id).
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"labels file {path} could not be read ({e.strerror or e}); check --data-root") from None
-    buf = io.BytesIO(raw)
-    try:
-        if raw.startswith(b"\x93NUMPY"):
-            _skip_npy_header(buf)
-        obj = _NumpyOnlyUnpickler(buf).load()
-    except Exception as e:  # a malformed pickle can fail with almost any exception type
-        raise DataError(
-            f"labels file {path} is not a pickled {{image_id: multi-hot array}} dict ({e}); regenerate it with "
-            "the published WSSS tooling or remove it to derive the tags from the masks"
-        ) from None
-    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
-        obj = obj.item()
-    if not isinstance(obj, dict):
-        raise DataError(f"labels file {path} holds a {type(obj).__name__}, expected a dict {{image_id: multi-hot}}")
-    return {_label_key(k, path): _label_vector(k, v, path) for k, v in obj.items()}
-
-
-def _label_key(key: object, path: Path) -> str:
-    """An image id of a labels file as str; bytes keys (pickles written by Python 2 tooling) are decoded."""
-    if isinstance(key, (bytes, np.bytes_)):
-        try:
-            return bytes(key).decode()
-        except UnicodeDecodeError:
-            raise DataError(f"labels file {path} has a key {key!r} that is not UTF-8 text") from None
-    return str(key)
-
-
-def _label_vector(key: object, value: object, path: Path) -> np.ndarray:
-    """One label vector as a flat float32 multi-hot; refuses what cannot be one (names the file and the id).
-
-    A (K-1,) vector, or the same with extra axes of length 1 ((1, K-1), (K-1, 1)), of 0/1 (or soft scores in
-    [0, 1]); a matrix, a complex or text array, or NaN/inf/negative values are refused.
-    """
-    try:
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"dtype {arr.dtype}")
-        vec = arr.astype(np.float32)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"labels file {path} has a non-numeric label vector for {key!r} ({e}); expected a float "
-                        "multi-hot array") from None
-    if sum(d != 1 for d in vec.shape) > 1:
-        raise DataError(f"label vector of {key!r} in {path} has shape {vec.shape}; expected one (num_classes - 1,) "
-                        "multi-hot vector per image")
-    vec = vec.reshape(-1)
-    if not np.isfinite(vec).all() or (vec < 0).any() or (vec > 1).any():
-        raise DataError(f"label vector of {key!r} in {path} has values outside 0..1 ({vec[:8].tolist()}...); "
-                        "tags are multi-hot: 1 for a class present, 0 absent")
-    return vec
-
-
-def tags_from_mask(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """(K-1,) float32 multi-hot of the classes present in a (H, W) mask; background (0) and ignore excluded."""
-    values = np.unique(mask)
-    fg = values[(values != 0) & (values != ignore_index)].astype(np.int64)
-    tags = np.zeros(num_classes - 1, dtype=np.float32)
-    tags[fg - 1] = 1.0
-    return tags
-
-
-def id_problem(image_id: str) -> str | None:
-    """Why ``image_id`` cannot name a file (``"it contains '/'"``...), or None when it can.
-
-    An id becomes ``<folder>/<id>.<ext>`` when images, masks and outputs are read and written, so it must stay a
-    plain file name: no path separator of any platform, no leading '.' (``..``, hidden files), no NUL, not empty.
-    """
-    if not image_id.strip():
-        return "it is empty"
-    if "\x00" in image_id:
-        return "it contains a NUL character"
-    if "/" in image_id or "\\" in image_id:
-        return "it contains '/'" if "/" in image_id else "it contains a backslash"
-    if image_id.startswith("."):
-        return "it starts with '.'"
-    return None
-
-
-def check_image_id(image_id: str, where: str = "", fix: str = "or remove the line") -> None:
-    """Refuse an id that cannot name a file (see :func:`id_problem`); ``where`` prefixes the message, ``fix``
-    ends it (what else the user can do).
-
-    The one id check of the package: readers apply it to every split-list line, the artifact writer to every id
-    it writes, so no id reaches a path outside the dataset or the output folder.
-
-    Raises:
-        DataError: names the id, what is wrong with it and what to do.
-    """
-    problem = id_problem(image_id)
-    if problem is not None:
-        raise DataError(
-            f"{where}image id {image_id!r} cannot name a file ({problem}): ids must not contain '/', '\\' or NUL, "
-            f"start with '.' or be empty; use the image's file name without folder or extension "
-            f"(e.g. 2007_000032), {fix}"
-        )
-
-
-#: what to do about an unreadable dataset image or mask (the default end of the messages below)
-_HINT = "Re-copy the file, or remove its id from the split list"
-
-
-def _open_image(path: Path, what: str, hint: str, *, load: bool) -> Image.Image:
-    """``Image.open`` (and with ``load`` the full decode), every failure a DataError naming the file.
-
-    PIL warns (DecompressionBombWarning) above ``Image.MAX_IMAGE_PIXELS`` and raises above twice that; both are
-    refused here, with the warning turned into an error only inside this call (``catch_warnings`` restores the
-    filters on exit, so no global state outlives it).
-    """
-    img = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            if load:
-                img.load()  # decode now (and release the file): a truncated file must fail here, not as a grey strip
-    except FileNotFoundError:
-        raise DataError(f"{what} {path} not found; check --data-root") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        if img is not None:
-            img.close()
-        raise DataError(
-            f"{what} {path} is too large to decode safely ({e}); downscale it (or raise PIL.Image.MAX_IMAGE_PIXELS "
-            f"if the image is genuine). {hint}"
-        ) from None
-    except Exception as e:  # PIL's plugins fail on corrupt input with almost any type (EOFError, struct.error, ...)
-        if img is not None:
-            img.close()
-        raise DataError(f"{what} {path} is unreadable; it may be corrupt or truncated ({e}). {hint}") from None
-    if img.width < 1 or img.height < 1:
-        img.close()
-        raise DataError(f"{what} {path} has no pixels ({img.width}x{img.height}); it is corrupt. {hint}")
-    return img
-
-
-def decode_image(path: Path, what: str, hint: str = _HINT) -> Image.Image:
-    """Open and fully decode an image file; any decoder failure becomes a DataError naming the file.
-
-    ``what`` names the file's role in the message ("image", "mask"), ``hint`` says what to do.
-
-    Raises:
-        DataError: missing, unreadable, truncated, empty (a 0 dimension) or larger than PIL's decompression-bomb
-            limit (``Image.MAX_IMAGE_PIXELS``).
-    """
-    return _open_image(Path(path), what, hint, load=True)
-
-
-def read_image_size(path: Path, what: str, hint: str = _HINT) -> tuple[int, int]:
-    """(H, W) of an image file from its header, without decoding the pixels; errors as :func:`decode_image`."""
-    with _open_image(Path(path), what, hint, load=False) as img:
-        return img.height, img.width
-
-
-def image_to_rgb(img: Image.Image, path: Path | str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a decoded image; ``path`` names the file in errors.
-
-    RGB is returned as is; grey (L), 1-bit, LA, RGBA, CMYK, YCbCr and palette (P, PA, with or without
-    transparency) images are converted by PIL (alpha dropped). 16-bit grey (``I;16`` in any byte order) keeps its
-    8 high bits (``value >> 8``), and 32-bit integer grey (``I``, what PIL makes of 16-bit PNGs and TIFFs) is
-    read as 16-bit data: clipped to 0..65535, then ``>> 8``; PIL's own conversion would clip both to 0..255,
-    i.e. turn nearly every pixel white. 16-bit RGB(A) PNGs are reduced to 8 bits by PIL when read.
-
-    Raises:
-        DataError: a float ('F') image (its value range is unknown, so no scaling is right: save it as 8-bit),
-            or a mode PIL cannot convert to RGB (names the file and the mode).
-    """
-    mode = img.mode
-    if mode == "RGB":
-        return np.array(img)  # writable, unlike np.asarray
-    if mode.startswith("I;16") or mode == "I":
-        grey = np.asarray(img)
-        if mode == "I":
-            grey = np.clip(grey, 0, 65535)
-        grey8 = (grey.astype(np.uint32) >> 8).astype(np.uint8)
-        return np.repeat(grey8[..., None], 3, axis=2)
-    if mode == "F":
-        raise DataError(
-            f"image {path} has 32-bit float pixels (mode F), whose value range is unknown; save it as an 8-bit "
-            "RGB or grey image (PNG or JPEG)"
-        )
-    try:
-        return np.array(img.convert("RGB"))
-    except (ValueError, OSError) as e:
-        raise DataError(f"image {path} has mode {mode}, which cannot be converted to RGB ({e}); save it as an "
-                        "8-bit RGB image") from None
 
 
 class SegmentationReader:

@@ -1,9 +1,9 @@
-"""Multi-scale CAMs, CAM thresholds and patch decomposition (docs/design.md §3 steps 1-3, §4).
+"""Multi-scale CAMs and CAM thresholds (docs/design.md §3 step 1, §4); the patch decomposition that reads their ROI
+masks is :mod:`seco_labels.decompose`.
 
 Defaults reproduce the published SeCo code (github.com/zwyang6/SeCo, ``utils/camutils.py``: ``multi_scale_cam2``,
-``cam_to_label``, ``cam_to_roi_mask``, ``assign_csc_tags``), quirks included and documented where they happen;
-where the code departs from the paper, the paper's variant is an option (``decompose(area_rule="fraction")``).
-Everything is device-agnostic; randomness comes only from a ``torch.Generator`` argument.
+``cam_to_label``, ``cam_to_roi_mask``), quirks included and documented where they happen. Everything is
+device-agnostic.
 
 Label conventions: class maps are (B, H, W) long with 0 = background, k >= 1 = foreground class k (CAM channel
 k - 1), :data:`UNCERTAIN` (-1) for uncertain pixels in a ROI mask, and ``ignore_index`` (255) for ignored pixels
@@ -13,8 +13,7 @@ k - 1), :data:`UNCERTAIN` (-1) for uncertain pixels in a ROI mask, and ``ignore_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +28,6 @@ __all__ = [
     "cam_to_label",
     "cam_to_roi_mask",
     "box_mask",
-    "Decomposition",
-    "decompose",
 ]
 
 UNCERTAIN = -1  #: ROI value of an uncertain pixel and tag of an uncertain crop/view (docs/design.md §3 steps 1, 3)
@@ -315,149 +312,8 @@ def cam_to_roi_mask(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Patch decomposition
+# Scales the backbone can read
 # --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Decomposition:
-    """Local crops and tags of a batch (docs/design.md §3 steps 2-3); output of :func:`decompose`.
-
-    Tags: 0 background, k >= 1 class k, :data:`UNCERTAIN` (-1) uncertain.
-    """
-
-    crops: list[torch.Tensor]  #: one per input view, each (B*n, 3, cs, cs), image-major (image 0's n crops first)
-    crop_tags: torch.Tensor  #: (B, n) long
-    global_tags: torch.Tensor  #: (B,) long, tag of the image's global views
-    centers: torch.Tensor  #: (B, n, 2) long (row, col) pixel of each crop's centre; crop = centre - cs//2 + [0, cs)
-
-
-def _sample_tops(
-    roi: torch.Tensor, n: int, cs: int, generator: torch.Generator | None
-) -> torch.Tensor:
-    """(H, W) ROI of one image -> (n, 2) long top-left corners whose centres (+cs//2) sit on uncertain pixels."""
-    m = cs // 2
-    h, w = roi.shape
-    inner = roi[m : h - m, m : w - m]  # centres allowed here; index (i, j) <-> top-left corner (i, j)
-    cand = (inner == UNCERTAIN).nonzero()  # (N, 2)
-    if cand.shape[0] < n:  # too few uncertain pixels: uniform over the inner region (published fallback)
-        hi, wi = inner.shape
-        rng = torch.randperm(hi * wi, generator=generator) if hi * wi >= n else None
-        if rng is None:  # region smaller than n: with replacement
-            rng = torch.randint(hi * wi, (n,), generator=generator)
-        flat = rng[:n].to(roi.device)
-        return torch.stack([flat // wi, flat % wi], dim=1)
-    pick = torch.randperm(cand.shape[0], generator=generator)[:n].to(roi.device)  # without replacement
-    return cand[pick]
-
-
-def decompose(
-    views: Sequence[torch.Tensor],
-    roi: torch.Tensor,
-    *,
-    num_crops: int = 10,
-    crop_size: int = 64,
-    bg_fraction: float = 0.2,
-    area_rule: Literal["label_sum", "fraction"] = "label_sum",
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    ignore_index: int = 255,
-) -> Decomposition:
-    """Cut local crops around uncertain pixels and tag them (docs/design.md §3 steps 1-3; published
-    ``assign_csc_tags``).
-
-    Crop centres are sampled, without replacement, among the uncertain pixels (``roi == -1``) of the inner region
-    ``[cs//2, H - cs//2) x [cs//2, W - cs//2)``; with fewer than ``num_crops`` of them, uniformly over the inner
-    region (with replacement only if it has fewer than ``num_crops`` pixels). The same crops are cut from every
-    view, so a weak (student) and a strong (teacher) view stay aligned.
-
-    Tags. Let ``r`` be ``roi`` with ignored and uncertain pixels set to 0 (confident classes only).
-
-    - Global tag: exactly one class in ``r`` -> that class; two or more -> -1; none -> -1. (The published code
-      leaves such an image at its initial flag 1, i.e. "aeroplane"; not reproduced.)
-    - Single-class image (class k): its uncertain pixels count as k for the crop tags.
-    - Crop area ``<= bg_fraction`` -> 0, where the area is, with ``area_rule``:
-
-      - ``"label_sum"`` (published code, the default): ``sum(r + [roi == -1]) / cs**2``, i.e. class *indices*
-        are summed (before the single-class fill), so a crop that is 5% class 15 has "area" 0.75. A quirk of
-        the published code, kept for fidelity: for any class > 4 almost every crop touching it is non-background.
-      - ``"fraction"`` (paper): fraction of crop pixels that are confident foreground or uncertain.
-    - Otherwise: exactly one class among the crop's (filled) confident pixels -> that class; else -1.
-
-    Args:
-        views: tensors (B, 3, H, W) (any channels) aligned with ``roi``; e.g. ``[weak_view, strong_view]``.
-        roi: (B, H, W) long ROI mask from :func:`cam_to_roi_mask`.
-        num_crops: crops per image (n).
-        crop_size: crop side ``cs`` in pixels; needs ``H, W > 2 * (cs // 2)`` (the inner region is not empty).
-        bg_fraction: phi (docs/design.md §3 step 3).
-        area_rule: ``"label_sum"`` or ``"fraction"``, see above.
-        generator: source of randomness, or one generator per image (then an image's crops do not depend on the
-            other images of the batch, which keeps multi-process training equal to single-process training).
-            The published code reseeds the global RNG with 0 for every image; we don't, so crop positions differ
-            between steps.
-        ignore_index: value of ignored ROI pixels.
-
-    Returns:
-        :class:`Decomposition`: ``crops`` (one (B*n, 3, cs, cs) per view), ``crop_tags`` (B, n),
-        ``global_tags`` (B,), ``centers`` (B, n, 2).
-    """
-    if roi.dim() != 3:
-        raise ValueError(f"roi must be (B, H, W), got shape {tuple(roi.shape)}")
-    b, h, w = roi.shape
-    for i, v in enumerate(views):
-        if v.dim() != 4 or v.shape[0] != b or tuple(v.shape[-2:]) != (h, w):
-            raise ValueError(f"views[{i}] has shape {tuple(v.shape)}; expected (B, 3, H, W) = ({b}, 3, {h}, {w})")
-    if crop_size < 1 or min(h, w) - 2 * (crop_size // 2) < 1:
-        raise ValueError(
-            f"crop_size {crop_size} leaves no crop centre in {h}x{w} images; it needs H, W > 2 * (crop_size // 2)"
-        )
-    if num_crops < 1:
-        raise ValueError(f"num_crops must be >= 1, got {num_crops}")
-    if area_rule not in ("label_sum", "fraction"):
-        raise ValueError(f"area_rule must be 'label_sum' or 'fraction', got {area_rule!r}")
-    n, cs = num_crops, crop_size
-
-    roi = roi.long()
-    uncertain = roi == UNCERTAIN  # (B, H, W)
-    r = roi.masked_fill(uncertain | (roi == ignore_index), 0)  # confident classes only
-
-    # Global tags and the single-class fill (docs/design.md §3 step 3, "global view").
-    global_tags = torch.full((b,), UNCERTAIN, dtype=torch.long, device=roi.device)
-    for i in range(b):
-        classes = torch.unique(r[i])
-        classes = classes[classes != 0]
-        if classes.numel() == 1:
-            global_tags[i] = classes[0]
-    single = global_tags > 0  # (B,)
-    filled = torch.where(uncertain & single[:, None, None], global_tags[:, None, None], r)  # (B, H, W)
-
-    gens = list(generator) if isinstance(generator, Sequence) else [generator] * b
-    if len(gens) != b:
-        raise ValueError(f"got {len(gens)} generators for a batch of {b} images; pass one per image or a single one")
-    tops = torch.stack([_sample_tops(roi[i], n, cs, gens[i]) for i in range(b)])  # (B, n, 2)
-    offs = torch.arange(cs, device=roi.device)
-    rows = (tops[..., 0, None] + offs)[:, :, :, None]  # (B, n, cs, 1)
-    cols = (tops[..., 1, None] + offs)[:, :, None, :]  # (B, n, 1, cs)
-    bidx = torch.arange(b, device=roi.device)[:, None, None, None]  # (B, 1, 1, 1)
-
-    crops = []
-    for v in views:
-        patches = v.permute(0, 2, 3, 1)[bidx.to(v.device), rows.to(v.device), cols.to(v.device)]  # (B, n, cs, cs, 3)
-        crops.append(patches.permute(0, 1, 4, 2, 3).reshape(b * n, v.shape[1], cs, cs))
-
-    r_c = r[bidx, rows, cols]  # (B, n, cs, cs) confident classes, unfilled
-    unc_c = uncertain[bidx, rows, cols]
-    fill_c = filled[bidx, rows, cols]
-    if area_rule == "label_sum":
-        area = (r_c + unc_c.long()).sum(dim=(-2, -1)).float() / (cs * cs)  # published: summed class indices
-    else:
-        area = ((r_c > 0) | unc_c).float().mean(dim=(-2, -1))  # fraction of fg + uncertain pixels
-    hi_cls = fill_c.amax(dim=(-2, -1))  # (B, n), 0 if no class
-    lo_cls = torch.where(fill_c > 0, fill_c, torch.iinfo(torch.long).max).amin(dim=(-2, -1))
-    one_class = (hi_cls > 0) & (lo_cls == hi_cls)
-    crop_tags = torch.where(one_class, hi_cls, torch.full_like(hi_cls, UNCERTAIN))
-    crop_tags = torch.where(area <= bg_fraction, torch.zeros_like(crop_tags), crop_tags)  # docs/design.md §3 step 3
-
-    return Decomposition(crops=crops, crop_tags=crop_tags, global_tags=global_tags, centers=tops + cs // 2)
 
 
 def _smallest_size(scales: Sequence[float], patch: int) -> int:

@@ -24,10 +24,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .cams import box_mask, cam_to_label, cam_to_roi_mask, check_scales, decompose, multi_scale_cams
+from .cams import box_mask, cam_to_label, cam_to_roi_mask, check_scales, multi_scale_cams
 from .checkpoint import check_compatible, latest_checkpoint, require_kind
 from .config import LossConfig, SecoConfig, config_to_dict
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, denormalize
+from .decompose import decompose
 from .distributed import (
     DistributedError, NormGroups, all_gather_objects, all_reduce_mean, init_distributed, norm_groups, normalise_over,
 )

@@ -1,4 +1,5 @@
-"""Multi-scale CAMs, CAM thresholds and patch decomposition (seco_labels.cams; docs/design.md §3-4)."""
+"""Multi-scale CAMs, CAM thresholds (seco_labels.cams) and patch decomposition (seco_labels.decompose;
+docs/design.md §3-4)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seco_labels.cams import (UNCERTAIN, cam_to_label, cam_to_roi_mask, decompose, multi_scale_cams,
-                              multi_scale_class_cams)
+from seco_labels.cams import UNCERTAIN, cam_to_label, cam_to_roi_mask, multi_scale_cams, multi_scale_class_cams
+from seco_labels.decompose import decompose
 
 SCALES = (1.0, 0.5, 0.75, 1.5)
 

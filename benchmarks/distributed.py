@@ -31,7 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from seco_labels.config import config_to_dict, get_preset
+from seco_labels.config import get_preset
+from seco_labels.config_io import config_to_dict
 
 
 def _cmd(procs: int, *args: str) -> list[str]:

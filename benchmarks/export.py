@@ -52,7 +52,8 @@ from PIL import Image  # noqa: E402
 
 from seco_labels.artifacts import save_mask_png  # noqa: E402
 from seco_labels.checkpoint import save_checkpoint  # noqa: E402
-from seco_labels.config import config_to_dict, get_preset  # noqa: E402
+from seco_labels.config import get_preset  # noqa: E402
+from seco_labels.config_io import config_to_dict  # noqa: E402
 from seco_labels.data import build_reader, normalize  # noqa: E402
 from seco_labels.checkpoint import load_seco  # noqa: E402
 from seco_labels.export import SCALE_PRESETS, ExportOptions, export_split  # noqa: E402

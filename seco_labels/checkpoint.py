@@ -213,7 +213,7 @@ LEGACY_VALUES: dict[str, Any] = {
 
 def diff_configs(old: dict[str, Any], new: dict[str, Any]) -> list[ConfigChange]:
     """Every dotted key (``loss.lig.weight``; ``*kwargs`` mappings such as ``model.backbone_kwargs`` compare whole)
-    whose value differs between two configs as :func:`seco_labels.config.config_to_dict` writes them, sorted by key.
+    whose value differs between two configs as :func:`seco_labels.config_io.config_to_dict` writes them, sorted by key.
     A key missing on one side (a config of an older version) counts as its :data:`LEGACY_VALUES` value or None
     there, and as no change when the other side holds an empty value (a key added since, at its default:
     ``data.class_names = []``)."""

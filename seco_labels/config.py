@@ -1,22 +1,20 @@
-"""Typed configuration: dataclasses grouped by concern, presets, YAML/JSON in, resolved config out.
+"""Typed configuration: dataclasses grouped by concern, their validation, presets, and layering onto a config.
 
 Layering (lowest to highest priority): preset -> ``--config FILE`` -> ``--set key=value`` / named CLI options.
-Every number of docs/design.md §3 lives here, never as a literal in the training code.
+Every number of docs/design.md §3 lives here, never as a literal in the training code. Reading config files,
+converting values to a field's type and writing a resolved config out are :mod:`seco_labels.config_io`.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from .config_io import _coerce, _field_types
+from .config_io import load_config_file  # re-exported for cli/options.py, artifacts/folder.py; remove when they import from config_io
 from .data.classes import check_class_names
 from .errors import ConfigError
 from .energy import GAUSSIAN_FILTERS
@@ -34,12 +32,11 @@ __all__ = [
     "PRESETS",
     "get_preset",
     "list_presets",
-    "load_config_file",
     "apply_overrides",
     "set_values",
     "config_from_dict",
-    "config_to_dict",
-    "save_config",
+    # re-exported for cli/options.py, artifacts/folder.py; remove when they import from config_io
+    "load_config_file",
 ]
 
 
@@ -325,86 +322,6 @@ def get_preset(name: str) -> SecoConfig:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}") from None
 
 
-def config_to_dict(cfg: SecoConfig) -> dict[str, Any]:
-    """Plain nested dict (tuples become lists) suitable for YAML, JSON and ``torch.save``."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(asdict(cfg))
-
-
-@functools.lru_cache(maxsize=None)
-def _field_types(cls: type) -> dict[str, Any]:
-    """The resolved annotations of a config dataclass (``from __future__ import annotations`` leaves strings)."""
-    return typing.get_type_hints(cls)
-
-
-def _type_name(target: Any) -> str:
-    return target.__name__ if isinstance(target, type) else str(target)
-
-
-def _parse_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(value)
-    return bool(value)
-
-
-def _parse_int(value: Any) -> int:
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(value)
-    return int(value)
-
-
-def _parse_dict(value: Any) -> dict:
-    if isinstance(value, str):
-        value = yaml.safe_load(value)
-    if not isinstance(value, dict):
-        raise ValueError(value)
-    return dict(value)
-
-
-#: how a YAML/CLI value becomes a field's scalar type
-_PARSERS: dict[Any, Callable[[Any], Any]] = {bool: _parse_bool, int: _parse_int, float: float, dict: _parse_dict,
-                                             str: str}
-
-
-def _coerce(value: Any, target: Any, key: str) -> Any:
-    """Convert a YAML/CLI value to a dataclass field's declared type: scalars, ``X | None``, ``tuple[T, ...]``,
-    ``tuple[T, T]`` (a string ``"0.5,2"`` or ``"(0.5, 2)"`` too), ``dict``.
-
-    Raises:
-        ConfigError: the value does not convert, naming ``key`` and the type.
-    """
-    if value is None:
-        return None
-    args = [a for a in typing.get_args(target) if a is not type(None)]
-    if typing.get_origin(target) in (typing.Union, types.UnionType) and len(args) == 1:  # X | None
-        target, args = args[0], list(typing.get_args(args[0]))
-    origin = typing.get_origin(target) or target
-    try:
-        if origin is tuple:
-            if isinstance(value, str):
-                value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-            elif not isinstance(value, (list, tuple)):
-                value = [value]
-            inner = _PARSERS.get(args[0] if args else str, str)
-            return tuple(inner(v.strip() if isinstance(v, str) else v) for v in value)
-        if origin in _PARSERS:
-            return _PARSERS[origin](value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a valid {_type_name(target)}") from None
-    return value
-
-
 def _update(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
     known = {f.name: f for f in fields(obj)}
     for key, value in updates.items():
@@ -433,23 +350,6 @@ def config_from_dict(data: dict[str, Any], base: SecoConfig | None = None) -> Se
     return base
 
 
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a nested mapping."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} not found")
-    try:
-        text = p.read_text()
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {p} could not be parsed: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
 def set_values(cfg: SecoConfig, values: dict[str, Any]) -> SecoConfig:
     """Set dotted keys (``{"train.iters": 100}``) to already-typed values (coerced to the field type)."""
     for key, value in values.items():
@@ -475,10 +375,3 @@ def apply_overrides(cfg: SecoConfig, overrides: list[str] | tuple[str, ...]) -> 
             raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
         set_values(cfg, {key: value})
     return cfg
-
-
-def save_config(cfg: SecoConfig, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML, atomically."""
-    from .io import atomic_write_text
-
-    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

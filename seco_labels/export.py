@@ -33,7 +33,8 @@ from . import __version__
 from .artifacts import ArtifactWriter, export_report_path
 from .cams import check_scales, multi_scale_class_cams
 from .checkpoint import load_seco
-from .config import SecoConfig, config_to_dict, save_config
+from .config import SecoConfig
+from .config_io import config_to_dict, save_config
 from .data import build_reader, normalize
 from .distributed import all_gather_objects, barrier, init_distributed
 from .errors import CheckpointError, ConfigError, DataError

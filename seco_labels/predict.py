@@ -37,7 +37,7 @@ from . import __version__
 from .artifacts import manifest_path, read_manifest, save_mask_png, settings_changes
 from .cams import check_scales
 from .checkpoint import checkpoint_kind, load_checkpoint, load_seco
-from .config import load_config_file
+from .config_io import load_config_file
 from .data import build_reader
 from .data.images import decode_image, image_to_rgb
 from .data.readers import READERS, SegmentationReader

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (
     _ARCH_KEYS, ConfigChange, check_changes, latest_checkpoint, load_checkpoint, record_changes, save_checkpoint,
 )
-from .config import config_to_dict, save_config
+from .config_io import config_to_dict, save_config
 from .distributed import DistContext, barrier
 from .errors import CheckpointError, ConfigError, SecoError
 from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .artifacts import ArtifactWriter, lock_name, segment_report_path
-from .config import config_to_dict, save_config
+from .config_io import config_to_dict, save_config
 from .data import build_reader, normalize
 from .cams import check_scales
 from .checkpoint import load_seco

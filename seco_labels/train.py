@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from .cams import box_mask, cam_to_label, cam_to_roi_mask, check_scales, multi_scale_cams
 from .checkpoint import check_compatible, latest_checkpoint, require_kind
-from .config import LossConfig, SecoConfig, config_to_dict
+from .config import LossConfig, SecoConfig
+from .config_io import config_to_dict
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, denormalize
 from .decompose import decompose
 from .distributed import (

@@ -14,7 +14,8 @@ from seco_labels.checkpoint import (
     save_checkpoint,
 )
 from seco_labels.cli import cli
-from seco_labels.config import config_to_dict, get_preset
+from seco_labels.config import get_preset
+from seco_labels.config_io import config_to_dict
 from seco_labels.errors import CheckpointError, ConfigError
 
 

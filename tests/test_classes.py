@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from seco_labels.cli import cli
-from seco_labels.config import config_to_dict
+from seco_labels.config_io import config_to_dict
 from seco_labels.data import build_reader, read_class_names, voc_palette
 from seco_labels.errors import ConfigError, DataError
 from seco_labels.train import Trainer

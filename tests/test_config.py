@@ -5,15 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from seco_labels.config import (
-    apply_overrides,
-    config_from_dict,
-    config_to_dict,
-    get_preset,
-    load_config_file,
-    save_config,
-    set_values,
-)
+from seco_labels.config import apply_overrides, config_from_dict, get_preset, set_values
+from seco_labels.config_io import config_to_dict, load_config_file, save_config
 from seco_labels.errors import ConfigError
 
 

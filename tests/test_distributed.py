@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from seco_labels.checkpoint import load_checkpoint
-from seco_labels.config import config_to_dict, get_preset
+from seco_labels.config import get_preset
+from seco_labels.config_io import config_to_dict
 from seco_labels.distributed import LOCAL, DistributedError, NormGroups, init_distributed, norm_groups
 from seco_labels.losses import label_to_affinity
 from seco_labels.errors import ConfigError

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from seco_labels.checkpoint import load_checkpoint
-from seco_labels.config import LossTerm, config_from_dict, config_to_dict, get_preset
+from seco_labels.config import LossTerm, config_from_dict, get_preset
+from seco_labels.config_io import config_to_dict
 from seco_labels.errors import CheckpointError, ConfigError
 from seco_labels.models import build_seco
 from seco_labels.runtime import StepBatchSampler

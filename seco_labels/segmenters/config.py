@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import TrainConfig, apply_overrides, load_config_file, set_values
+from ..config import TrainConfig, apply_overrides, set_values
+from ..config_io import load_config_file
 from ..errors import ConfigError
 
 __all__ = [

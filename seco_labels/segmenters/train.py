@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..checkpoint import latest_checkpoint, require_kind
-from ..config import config_to_dict
+from ..config_io import config_to_dict
 from ..data.readers import SegmentationReader
 from ..errors import CheckpointError
 from ..io import atomic_write_text, disk_full_guard

@@ -28,7 +28,8 @@ from torch._dynamo.utils import counters  # noqa: E402
 
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.runtime import batch_to_device  # noqa: E402
-from seco_labels.train import LOSS_TERMS, StepOutput, Trainer  # noqa: E402
+from seco_labels.objective import LOSS_TERMS, StepOutput  # noqa: E402
+from seco_labels.train import Trainer  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "seco_labels" / "demo_data" / "voc-demo"
 

@@ -45,7 +45,8 @@ from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.data import build_reader  # noqa: E402
 from seco_labels.export import ExportOptions, export_split  # noqa: E402
 from seco_labels.runtime import batch_to_device  # noqa: E402
-from seco_labels.train import LOSS_TERMS, Trainer  # noqa: E402
+from seco_labels.objective import LOSS_TERMS  # noqa: E402
+from seco_labels.train import Trainer  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "seco_labels" / "demo_data" / "voc-demo"
 #: dense peak TFLOP/s (bf16 tensor cores, fp32 without TF32), matched by substring of the CUDA device name

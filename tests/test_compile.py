@@ -11,9 +11,11 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from seco_labels.checkpoint import load_checkpoint
+from seco_labels.compiling import compile_errors
 from seco_labels.errors import ConfigError
 from seco_labels.models import build_seco
-from seco_labels.train import LOSS_TERMS, Trainer, compile_errors
+from seco_labels.objective import LOSS_TERMS
+from seco_labels.train import Trainer
 
 from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
 

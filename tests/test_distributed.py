@@ -26,7 +26,8 @@ from seco_labels.distributed import LOCAL, DistributedError, NormGroups, init_di
 from seco_labels.losses import label_to_affinity
 from seco_labels.errors import ConfigError
 from seco_labels.runtime import StepBatchSampler
-from seco_labels.train import LOSS_TERMS, Trainer
+from seco_labels.objective import LOSS_TERMS
+from seco_labels.train import Trainer
 
 from conftest import VOC_DEMO
 from seco_labels.data import build_reader
@@ -273,7 +274,7 @@ def group_terms(inputs: dict, groups) -> dict:
     w.r.t. tokens, logits and q, and LIL's revised tags."""
     from seco_labels.config import LossConfig
     from seco_labels.losses import ptc_loss, seg_loss
-    from seco_labels.train import _contrast_terms, _group_mean
+    from seco_labels.objective import _contrast_terms, _group_mean
 
     x = {k: inputs[k].clone().requires_grad_() for k in ("tokens", "logits", "q")}
     ptc = _group_mean(groups, ptc_loss, x["tokens"], inputs["affinity"])

@@ -18,14 +18,15 @@ from seco_labels.artifacts import ArtifactFile
 from seco_labels.cams import cam_to_roi_mask, multi_scale_cams
 from seco_labels.checkpoint import load_checkpoint, load_seco
 from seco_labels import export as export_module
-from seco_labels import train as train_module
+from seco_labels import objective as objective_module
 from seco_labels.export import ExportOptions, export_split
 from seco_labels.energy import crf_energy_loss
 from seco_labels.losses import cls_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss
+from seco_labels.objective import LOSS_TERMS, seco_step
 from seco_labels.precision import grad_scaler, in_fp32
 from seco_labels.refine import PAR
 from seco_labels.runtime import batch_to_device
-from seco_labels.train import LOSS_TERMS, Trainer, seco_step
+from seco_labels.train import Trainer
 
 from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
 
@@ -59,14 +60,14 @@ def trained(voc_root, tiny_checkpoint, tmp_path_factory) -> Trainer:
 
 
 def _record_rois(monkeypatch) -> list[torch.Tensor]:
-    """Every ROI mask seco_step computes (train.cam_to_roi_mask), in call order."""
+    """Every ROI mask seco_step computes (objective.cam_to_roi_mask), in call order."""
     rois: list[torch.Tensor] = []
 
     def spy(*args, **kwargs):
         rois.append(cam_to_roi_mask(*args, **kwargs))
         return rois[-1]
 
-    monkeypatch.setattr(train_module, "cam_to_roi_mask", spy)
+    monkeypatch.setattr(objective_module, "cam_to_roi_mask", spy)
     return rois
 
 

@@ -19,8 +19,9 @@ from seco_labels.config import LossTerm, config_from_dict, get_preset
 from seco_labels.config_io import config_to_dict
 from seco_labels.errors import CheckpointError, ConfigError
 from seco_labels.models import build_seco
+from seco_labels.objective import LOSS_TERMS
 from seco_labels.runtime import StepBatchSampler
-from seco_labels.train import LOSS_TERMS, Trainer
+from seco_labels.train import Trainer
 
 
 def tiny_config(root: Path, iters: int = 8):
@@ -136,7 +137,7 @@ def _adam_state(trainer: Trainer, module: torch.nn.Module) -> list[dict]:
 def test_unstarted_terms_step_the_optimiser_as_the_published_zero_times_term(voc_root, tmp_path, monkeypatch):
     import functools
 
-    import seco_labels.train as train_module
+    import seco_labels.objective as objective_module
 
     cfg = tiny_config(voc_root, iters=6)  # LIL/LIG start at step 2, seg/reg at step 3
     cfg.data.num_workers = 0
@@ -148,7 +149,7 @@ def test_unstarted_terms_step_the_optimiser_as_the_published_zero_times_term(voc
     reference_cfg.data.num_workers = 0
     reference_cfg.optim.unstarted_grads = "none"  # no filling: the graph alone
     with monkeypatch.context() as m:
-        m.setattr(train_module, "seco_step", functools.partial(train_module.seco_step, times_zero=True))
+        m.setattr(objective_module, "seco_step", functools.partial(objective_module.seco_step, times_zero=True))
         reference = _train_steps(reference_cfg, tmp_path / "reference", 5)
 
     for (name, a), b in zip(ours.model.state_dict().items(), reference.model.state_dict().values()):
@@ -214,9 +215,9 @@ def _published_group_terms(calls: dict[str, list], groups: int, views: int) -> d
 def test_coco_preset_normalises_losses_as_the_published_two_gpus_of_four_images(coco_root, tmp_path, monkeypatch):
     import copy
 
-    import seco_labels.train as train_module
+    import seco_labels.objective as objective_module
     from seco_labels.runtime import batch_to_device
-    from seco_labels.train import seco_step
+    from seco_labels.objective import seco_step
 
     coco = get_preset("coco")
     cfg = tiny_config(coco_root)
@@ -234,7 +235,7 @@ def test_coco_preset_normalises_losses_as_the_published_two_gpus_of_four_images(
     whole_batch = copy.deepcopy(cfg)
     whole_batch.loss.norm_group_size = 0  # one group of 8: the losses of one GPU with all 8 images
     with monkeypatch.context() as m:
-        calls = _record_calls(m, train_module, ("ptc_loss", "seg_loss", "lil_loss", "lig_loss"))
+        calls = _record_calls(m, objective_module, ("ptc_loss", "seg_loss", "lil_loss", "lig_loss"))
         one_group = seco_step(trainer.model, batch, 0, whole_batch, trainer.par)
     published = _published_group_terms(calls, groups=2, views=12)
     # the grouping matters: LIL divides by rows x positives, so over one group of 8 it is about half as strong

@@ -50,7 +50,7 @@ def run_demo(
     Raises:
         TrainingInterrupted: SIGINT/SIGTERM during a training stage (its checkpoint is saved; call again to go on).
     """
-    from .artifacts import ArtifactFile, h5_path
+    from .artifacts import open_split
     from .evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
     from .export import ExportOptions, export_split
     from .segmenters.compare import compare_runs, load_run
@@ -81,16 +81,17 @@ def run_demo(
 
     reader = open_ground_truth(cfg.data.root, split, layout=cfg.data.layout, num_classes=cfg.data.num_classes,
                                class_names=cfg.data.class_names or None)
-    h5 = ArtifactFile(h5_path(art, split))
-    masks = evaluate_masks(h5, reader)
-    cams = sweep_cam_threshold(h5, reader)
+    pseudo = open_split(art, split)
+    masks = evaluate_masks(pseudo.masks, reader)
+    cams = sweep_cam_threshold(pseudo.require_cams(), reader)
     masks_report, _ = write_reports(masks, art, split_in_name=True)
     cams_report, _ = write_reports(cams.best, art, prefix="cams_", split_in_name=True)
     m = masks.summary()
     echo(f"[3/{DEMO_STAGES}] evaluate on {split}: pseudo masks mIoU {_num(m['miou'], 100)}, precision "
          f"{_num(m['mean_precision'], 100)}, recall {_num(m['mean_recall'], 100)}, FP/TP {_num(m['fp_tp'])}; "
          f"raw CAMs mIoU {_num(cams.best_miou, 100)} at background threshold {cams.best_threshold:.2f}")
-    shown = write_strips(reader.ids[:4], reader, h5, art / f"show_{split}", cams=h5, split=split)
+    shown = write_strips(reader.ids[:4], reader, pseudo.masks, art / f"show_{split}", cams=pseudo.cams,
+                         split=split)
     echo(f"  reports: {masks_report}, {cams_report}; pictures: {shown[0].parent}")
 
     seg_runs = []

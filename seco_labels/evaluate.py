@@ -1,10 +1,10 @@
 """Score pseudo masks (or raw CAMs) against ground-truth masks (docs/design.md §4, §7; ``seco evaluate``).
 
 Predictions come from a *source*: anything with ``name``, ``ids()`` and ``load_mask(id)`` (:class:`MaskSource`)
-or ``load_cam(id)`` (:class:`CamSource`). :class:`PngMaskFolder` reads ``<id>.png`` files and
-:class:`ArrayCamSource` holds CAMs in memory; the HDF5 artifact reader plugs in by implementing the same two
-protocols. Ground truth comes from a dataset reader (:func:`open_ground_truth` also accepts mask-only copies
-such as ``voc2012-gt``, which has no images).
+or ``load_cam(id)`` (:class:`CamSource`). The artifact readers of :mod:`seco_labels.artifacts` (``<id>.png`` files:
+:class:`PngMaskFolder`; the HDF5 file: ``ArtifactFile``) implement them, and :class:`ArrayCamSource` holds CAMs in
+memory. Ground truth comes from a dataset reader (:func:`open_ground_truth` also accepts mask-only copies such as
+``voc2012-gt``, which has no images).
 
 Metric conventions are those of :mod:`seco_labels.metrics`: GT pixels of ``ignore_index`` are skipped, mIoU is
 the nanmean of the K per-class IoUs (classes present in the GT or the prediction).
@@ -22,7 +22,8 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data.readers import READERS, SegmentationReader, decode_image, read_image_size
+from .artifacts import PngMaskFolder
+from .data.readers import READERS, SegmentationReader, read_image_size
 from .errors import ConfigError, DataError
 from .io import atomic_write_text
 from .metrics import ConfusionMatrix
@@ -77,34 +78,6 @@ class CamSource(Protocol):
     def ids(self) -> set[str]: ...
 
     def load_cam(self, image_id: str) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-class PngMaskFolder:
-    """``<folder>/<id>.png`` masks, palette 'P' (indices read, colours ignored) or grey 'L'."""
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise DataError(f"prediction folder {self.folder} not found; pass --pred ART_DIR or a folder of PNGs")
-        self.name = str(self.folder)
-
-    def ids(self) -> set[str]:
-        return {p.stem for p in self.folder.glob("*.png")}
-
-    def load_mask(self, image_id: str) -> np.ndarray:
-        path = self.folder / f"{image_id}.png"
-        if not path.is_file():
-            raise DataError(f"prediction {path} for {image_id} not found")
-        # decode_image: any decoder failure, an empty image or a decompression bomb is a DataError naming the file
-        with decode_image(path, "prediction", "Re-export it") as img:
-            mode = img.mode
-            mask = np.array(img)
-        if mode not in ("P", "L", "I", "I;16") or mask.ndim != 2:
-            raise DataError(
-                f"prediction {path} for {image_id} has mode {mode}; masks must hold class indices in one channel "
-                "(palette 'P' or grey 'L' PNG), not colours"
-            )
-        return mask
 
 
 class ArrayCamSource:

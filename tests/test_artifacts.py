@@ -234,3 +234,61 @@ def test_exported_splits_and_the_file_names_of_a_split(tmp_path):
     names = [p.name for p in (h5_path(tmp_path, "s"), masks_dir(tmp_path, "s"), manifest_path(tmp_path, "s"),
                               export_report_path(tmp_path, "s"), segment_report_path(tmp_path, "s"))]
     assert names == ["cams_s.h5", "masks_s", "manifest_s.json", "export_s.json", "segment_s.json"]
+
+
+def test_open_split_finds_masks_cams_and_one_provenance_record(reader, voc_root, tmp_path):
+    """The sources of a split by each way of naming it, and where its provenance is read from."""
+    from seco_labels.artifacts import PngMaskFolder, h5_path, manifest_path, masks_dir, open_split
+
+    ids = reader.ids[:2]
+    out = {i: _fake_outputs(reader, i, n) for n, i in enumerate(ids)}
+    with ArtifactWriter(tmp_path, "val", _attrs(voc_root)) as w:
+        for i in ids:
+            w.add(i, *out[i])
+    both = open_split(tmp_path)  # the only split
+    assert both.name == "val" and both.folder == tmp_path
+    assert isinstance(both.masks, ArtifactFile) and both.cams is both.masks  # the HDF5 file first
+    assert both.record_file == h5_path(tmp_path, "val") and both.dataset.num_classes == 21
+    assert both.dataset.class_names == VOC_CLASSES and both.ids() == set(ids)
+    assert both.masks.mask_shapes(reader.ids) == {i: out[i][2].shape for i in ids}
+    # the PNG folder by its path: its masks, the CAMs of the HDF5 file beside it, the same record
+    pngs = open_split(masks_dir(tmp_path, "val"), "val")
+    assert isinstance(pngs.masks, PngMaskFolder) and isinstance(pngs.cams, ArtifactFile)
+    assert pngs.folder == tmp_path and pngs.masks.mask_shapes(reader.ids) == {i: out[i][2].shape for i in ids}
+    np.testing.assert_array_equal(pngs.masks.load_mask(ids[1]), both.masks.load_mask(ids[1]))
+    # PNG only: the manifest is the record; CAMs are refused
+    h5_path(tmp_path, "val").unlink()
+    png_only = open_split(tmp_path, "val")
+    assert png_only.cams is None and png_only.record_file == manifest_path(tmp_path, "val")
+    assert png_only.dataset.root == str(voc_root)
+    with pytest.raises(ConfigError, match="has no cams_val.h5 .*--format h5"):
+        png_only.require_cams()
+    # a damaged record is named
+    manifest = json.loads(manifest_path(tmp_path, "val").read_text())
+    manifest_path(tmp_path, "val").write_text(json.dumps({**manifest, "num_classes": "21"}))
+    with pytest.raises(DataError, match=r"manifest_val\.json records num_classes = '21'"):
+        open_split(tmp_path, "val").dataset
+
+
+def test_open_split_of_a_bare_png_folder_reads_a_run_config(reader, voc_root, tmp_path):
+    from seco_labels.artifacts import ExportedDataset, open_split
+
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    i = reader.ids[0]
+    Image.fromarray(_fake_outputs(reader, i)[2]).save(folder / f"{i}.png")
+    bare = open_split(folder, "val")
+    assert bare.record == {} and bare.dataset == ExportedDataset() and bare.ids() == {i}
+    with pytest.raises(ConfigError, match="does not record where the images of split 'val' are; pass --data-root"):
+        bare.open_images(root_option="--data-root")
+    assert bare.open_images(root=voc_root).ids == reader.ids
+    (folder / "config.yaml").write_text(f"data:\n  root: {voc_root}\n  layout: voc\n  num_classes: 21\n")
+    recorded = open_split(folder, "val").dataset
+    assert recorded == ExportedDataset(str(voc_root), "voc", 21, None)
+    # another layout drops the recorded classes; a given class count replaces them
+    assert recorded.resolve(layout="coco") == ExportedDataset(str(voc_root), "coco", None, None)
+    assert recorded.resolve(num_classes=5).num_classes == 5 and recorded.resolve().num_classes == 21
+    with pytest.raises(DataError, match=r"no predictions for split 'train' in .*: expected .*masks_train/"):
+        open_split(tmp_path, "train")
+    with pytest.raises(ConfigError, match="nope not found"):
+        open_split(tmp_path / "nope", "val")

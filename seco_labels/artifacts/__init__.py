@@ -16,16 +16,18 @@ already-compressed HDF5 chunks, and :meth:`ArtifactWriter.finalize` assembles th
 finished image, and the next run skips them. Compression and PNG encoding run on a background thread (zlib
 releases the GIL), off the network's path.
 
-Reading: :func:`open_pseudo_labels` gives a torch ``Dataset`` of (image, mask[, cam, keys]);
-:class:`ArtifactFile` gives per-id masks and CAMs (the ``seco evaluate`` sources). Both open the HDF5 file
-lazily, once per process, so they are safe in DataLoader workers.
+Reading: :func:`open_split` finds an exported split (:class:`ArtifactSplit`: its masks, CAMs, dataset and
+provenance); :func:`open_pseudo_labels` gives a torch ``Dataset`` of (image, mask[, cam, keys]);
+:class:`ArtifactFile` and :class:`PngMaskFolder` give per-id masks (and CAMs: the ``seco evaluate`` sources). The
+HDF5 file is opened lazily, once per process, so all of them are safe in DataLoader workers.
 """
 
 from __future__ import annotations
 
 from .layout import (FORMAT_VERSION, GZIP_LEVEL, ROOT_ATTRS, export_report_path, exported_splits, h5_path, lock_name,
                      manifest_path, masks_dir, read_manifest, save_mask_png, segment_report_path, settings_changes)
-from .reader import ArtifactFile, PseudoLabels, open_pseudo_labels
+from .folder import ArtifactSplit, ExportedDataset, open_pseudo_labels, open_split
+from .reader import ArtifactFile, PngMaskFolder, PseudoLabels
 from .writer import ArtifactWriter
 
 __all__ = [
@@ -34,6 +36,10 @@ __all__ = [
     "GZIP_LEVEL",
     "ArtifactWriter",
     "ArtifactFile",
+    "PngMaskFolder",
+    "ArtifactSplit",
+    "ExportedDataset",
+    "open_split",
     "PseudoLabels",
     "open_pseudo_labels",
     "h5_path",

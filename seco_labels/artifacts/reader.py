@@ -10,13 +10,14 @@ from typing import Any, Callable, Iterable
 import h5py
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from ..data.readers import build_reader, decode_image
-from ..errors import ConfigError, DataError
+from ..data.readers import decode_image
+from ..errors import DataError
 
 from .encoding import _read_root_attrs
-from .layout import FORMAT_VERSION, exported_splits, h5_path, manifest_path, masks_dir, read_manifest
+from .layout import FORMAT_VERSION
 
 
 # -- reading -------------------------------------------------------------------------------------------------
@@ -104,6 +105,10 @@ class ArtifactFile:
         except _H5_ERRORS as e:
             raise self._damaged(e) from None
 
+    def location(self, image_id: str) -> str:
+        """Where an id's mask is, for messages."""
+        return f"{self.path}:/masks/{image_id}"
+
     def _get(self, group: str, image_id: str) -> h5py.Dataset:
         try:
             grp = self._h5()[group]
@@ -146,6 +151,64 @@ class ArtifactFile:
         return cam.astype(np.float32), keys.astype(np.int64)
 
 
+class PngMaskFolder:
+    """``<folder>/<id>.png`` masks (a ``seco evaluate`` mask source): palette 'P' (indices read, colours ignored),
+    grey 'L' or 16/32-bit 'I' images of class indices. ``what`` and ``hint`` word the messages ("prediction",
+    "Re-export it")."""
+
+    #: image modes that hold class indices in one channel
+    MODES = ("P", "L", "I", "I;16")
+
+    def __init__(self, folder: str | Path, what: str = "prediction", hint: str = "Re-export it") -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DataError(f"prediction folder {self.folder} not found; pass --pred ART_DIR or a folder of PNGs")
+        self.name = str(self.folder)
+        self.what, self.hint = what, hint
+
+    def ids(self) -> set[str]:
+        return {p.stem for p in self.folder.glob("*.png")}
+
+    def location(self, image_id: str) -> str:
+        """Where an id's mask is, for messages."""
+        return str(self.folder / f"{image_id}.png")
+
+    def _bad_mode(self, path: Path, image_id: str, mode: str) -> DataError:
+        return DataError(f"{self.what} {path} of {image_id} has mode {mode}; masks must hold class indices in one "
+                         f"channel (palette 'P' or grey 'L' PNG), not colours: {self.hint.lower()}")
+
+    def mask_shapes(self, ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        """The (H, W) of the masks of ``ids`` (those the folder holds; the others are left out), from the PNG
+        headers: no mask is decoded."""
+        shapes = {}
+        for image_id in ids:
+            path = self.folder / f"{image_id}.png"
+            if not path.is_file():
+                continue
+            try:
+                with Image.open(path) as img:  # reads the header only
+                    size, mode = (img.height, img.width), img.mode
+            except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+                raise DataError(f"{self.what} {path} of {image_id} is unreadable ({e}); {self.hint.lower()}") from None
+            if mode not in self.MODES:
+                raise self._bad_mode(path, image_id, mode)
+            shapes[image_id] = size
+        return shapes
+
+    def load_mask(self, image_id: str) -> np.ndarray:
+        """(H, W) integer class indices."""
+        path = self.folder / f"{image_id}.png"
+        if not path.is_file():
+            raise DataError(f"{self.what} {path} for {image_id} not found")
+        # decode_image: any decoder failure, an empty image or a decompression bomb is a DataError naming the file
+        with decode_image(path, self.what, self.hint) as img:
+            mode = img.mode
+            mask = np.array(img)
+        if mode not in self.MODES or mask.ndim != 2:
+            raise self._bad_mode(path, image_id, mode)
+        return mask
+
+
 class PseudoLabels(Dataset):
     """Images of an exported split with their pseudo masks (and optionally CAMs); see :func:`open_pseudo_labels`.
 
@@ -154,39 +217,28 @@ class PseudoLabels(Dataset):
     tuple and its return value is the item. Attributes: ``ids``, ``class_names``, ``num_classes``, ``attrs``.
     """
 
-    def __init__(self, masks: ArtifactFile | Path, reader, ids: list[str], attrs: dict[str, Any], *,
-                 with_cams: bool = False, transform: Callable[..., Any] | None = None) -> None:
+    def __init__(self, masks: ArtifactFile | PngMaskFolder, reader, ids: list[str], attrs: dict[str, Any], *,
+                 cams: ArtifactFile | None = None, transform: Callable[..., Any] | None = None) -> None:
         self._masks = masks
+        self._cams = cams
         #: where the masks come from, for messages
-        self.source_name = masks.name if isinstance(masks, ArtifactFile) else str(masks)
+        self.source_name = masks.name
         self.reader = reader
         self.ids = ids
         self.attrs = attrs
         self.class_names = list(attrs.get("class_names") or reader.class_names)
         self.num_classes = int(attrs.get("num_classes") or reader.num_classes)
         self.ignore_index = int(attrs.get("ignore_index", 255))
-        self.with_cams = with_cams
+        self.with_cams = cams is not None
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _load_mask(self, image_id: str) -> np.ndarray:
-        if isinstance(self._masks, ArtifactFile):
-            return self._masks.load_mask(image_id)
-        path = self._masks / f"{image_id}.png"
-        with decode_image(path, "pseudo mask", "Export it again") as img:
-            mode = img.mode
-            mask = np.array(img)
-        if mode not in ("P", "L", "I", "I;16") or mask.ndim != 2:
-            raise DataError(f"pseudo mask {path} of {image_id} has mode {mode}; pseudo masks are palette 'P' PNGs "
-                            "of class indices: export it again")
-        return mask
-
     def __getitem__(self, index: int):
         image_id = self.ids[index]
         image = self.reader.load_image(image_id)
-        mask = self._load_mask(image_id)
+        mask = self._masks.load_mask(image_id)
         if mask.shape != image.shape[:2]:
             raise DataError(f"pseudo mask of {image_id} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
                             f"{self.reader.image_path(image_id)} is {image.shape[1]}x{image.shape[0]}; the artifact "
@@ -197,13 +249,13 @@ class PseudoLabels(Dataset):
             raise DataError(f"pseudo mask of {image_id} in {self.source_name} has values {bad.tolist()[:8]} outside "
                             f"0..{self.num_classes - 1} and {self.ignore_index}; export it again")
         item: tuple = (torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.int64)))
-        if self.with_cams:
-            cam, keys = self._masks.load_cam(image_id)  # type: ignore[union-attr]
+        if self._cams is not None:
+            cam, keys = self._cams.load_cam(image_id)
             item += (torch.from_numpy(cam), torch.from_numpy(keys))
         return self.transform(*item) if self.transform is not None else item
 
 
-def _check_attrs(attrs: dict[str, Any], where: str | Path) -> None:
+def check_attrs(attrs: dict[str, Any], where: str | Path) -> None:
     """Refuse recorded settings of the wrong type (a damaged or hand-edited file), naming the file and the key;
     the dataset reader built from them would otherwise fail with a bare TypeError."""
     expect: dict[str, tuple[type, ...]] = {
@@ -218,70 +270,3 @@ def _check_attrs(attrs: dict[str, Any], where: str | Path) -> None:
         if bad:
             raise DataError(f"{where} records {key} = {value!r} ({type(value).__name__}), not a valid "
                             f"{types[0].__name__}; the file is damaged: export it again")
-
-
-def _find_split(art: Path) -> str:
-    splits = exported_splits(art)
-    if len(splits) != 1:
-        raise ConfigError(f"{art} holds splits {splits or 'none'}; pass split=... (one of them)"
-                          if splits else f"{art} holds no cams_<split>.h5 or masks_<split>/; run seco export-masks")
-    return splits[0]
-
-
-def open_pseudo_labels(
-    path: str | Path,
-    split: str | None = None,
-    *,
-    data_root: str | Path | None = None,
-    with_cams: bool = False,
-    transform: Callable[..., Any] | None = None,
-) -> PseudoLabels:
-    """A torch ``Dataset`` of an exported split: ``(image, mask[, cam, keys])`` per image, in split order.
-
-    Args:
-        path: the artifact folder (``ART``) or its ``cams_<split>.h5``. Masks come from the HDF5 file when there
-            is one, else from ``masks_<split>/``.
-        split: which split of ``ART``; may be omitted when it holds only one.
-        data_root: where the images are (default: the dataset root recorded at export).
-        with_cams: also return the CAMs and their class keys (needs the HDF5 file).
-        transform: called as ``transform(image, mask[, cam, keys])``; its result is the item.
-
-    Raises:
-        ConfigError: ``split`` is ambiguous, or CAMs are asked of a PNG-only export.
-        DataError: missing artifact, images or ids (names them).
-    """
-    path = Path(path)
-    if path.suffix == ".h5":
-        art, source = path.parent, ArtifactFile(path)
-        _check_attrs(source.attrs, path)
-        if not split and not source.attrs.get("split"):
-            raise DataError(f"{path} does not record its split; pass split=...")
-        split = split or str(source.attrs["split"])
-    else:
-        art = path
-        if not art.is_dir():
-            raise DataError(f"artifact folder {art} not found; run seco export-masks --out {art}")
-        split = split or _find_split(art)
-        h5 = h5_path(art, split)
-        source = ArtifactFile(h5) if h5.is_file() else masks_dir(art, split)
-    if isinstance(source, ArtifactFile):
-        attrs, exported = source.attrs, source.ids()
-        _check_attrs(attrs, source.path)
-    else:
-        if with_cams:
-            raise ConfigError(f"{art} has no cams_{split}.h5 (exported with --format png): CAMs are not available")
-        if not source.is_dir():
-            raise DataError(f"{art} holds neither cams_{split}.h5 nor masks_{split}/; run seco export-masks "
-                            f"--split {split} --out {art}")
-        attrs = read_manifest(art, split) or {}
-        _check_attrs(attrs, manifest_path(art, split))
-        exported = {p.stem for p in source.glob("*.png")}
-    root = data_root or attrs.get("dataset_root")
-    if root is None:
-        raise ConfigError(f"{art} does not record where the images are; pass data_root=...")
-    reader = build_reader(attrs.get("layout") or "voc", root, split, num_classes=attrs.get("num_classes"),
-                          class_names=attrs.get("class_names"), require_tags=False)
-    ids = [i for i in reader.ids if i in exported]
-    if not ids:
-        raise DataError(f"no image of split {split!r} in {reader.split_file} has a pseudo mask in {art}")
-    return PseudoLabels(source, reader, ids, attrs, with_cams=with_cams, transform=transform)

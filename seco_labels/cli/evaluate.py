@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
 from . import cli
 from ..io import check_writable_dir
-from .options import defaults_file_option, exported_dataset, out_option, quiet_option, resolve_predictions
+from ..artifacts import open_split
+from .options import defaults_file_option, out_option, quiet_option
 
 
 @cli.command("evaluate")
@@ -35,24 +35,17 @@ def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, 
     per_class_<split>.csv (the split is in the names, so one folder holds the reports of several splits)."""
     from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
 
-    masks, cams, art_dir = resolve_predictions(Path(pred), split, with_cams)
-    out = out_dir or check_writable_dir(art_dir)  # before any scoring: a read-only export folder fails now
-    data = exported_dataset(art_dir, split, Path(pred))
-    if gt_root is None:
-        gt_root = data.get("root") or None
-        if gt_root is None:
-            raise click.UsageError(
-                f"no ground truth: {art_dir / 'config.yaml'} does not record data.root; pass --gt DATA_ROOT"
-            )
-    layout = layout or data.get("layout") or "voc"
-    class_names = None
-    if num_classes is None and data.get("num_classes") is not None and (layout == data.get("layout", "voc")):
-        num_classes = int(data["num_classes"])
-        class_names = data.get("class_names")  # the names the masks were exported with
-
-    reader = open_ground_truth(gt_root, split, layout=layout, num_classes=num_classes, class_names=class_names)
+    source = open_split(pred, split)
+    cams = source.require_cams() if with_cams else None
+    out = out_dir or check_writable_dir(source.folder)  # before any scoring: a read-only export folder fails now
+    gt = source.dataset.resolve(root=gt_root, layout=layout, num_classes=num_classes)
+    if gt.root is None:
+        raise click.UsageError(f"no ground truth: {source.folder} does not record the dataset the split was exported "
+                               "from; pass --gt DATA_ROOT")
+    reader = open_ground_truth(gt.root, split, layout=gt.layout, num_classes=gt.num_classes,
+                               class_names=gt.class_names)
     show_bar = not quiet and sys.stderr.isatty()
-    results = [("", "pseudo masks", "", evaluate_masks(masks, reader, progress=show_bar))]
+    results = [("", "pseudo masks", "", evaluate_masks(source.masks, reader, progress=show_bar))]
     if cams is not None:
         sweep = sweep_cam_threshold(cams, reader, progress=show_bar)
         results.append(("cams_", f"raw CAMs, best background threshold {sweep.best_threshold:.2f}",

@@ -1,7 +1,6 @@
-"""Options shared by several commands, the preset -> file -> --set -> option layering of the config, how
-``--pred`` (an artifact folder, an HDF5 file or a PNG folder) and its dataset are found, and the output folder:
-``--out`` checked before any work (:func:`out_option`; a default folder with ``io.check_writable_dir``) and
-locked against a second run (:func:`lock_out`)."""
+"""Options shared by several commands, the preset -> file -> --set -> option layering of the config, and the
+output folder: ``--out`` checked before any work (:func:`out_option`; a default folder with
+``io.check_writable_dir``) and locked against a second run (:func:`lock_out`)."""
 
 from __future__ import annotations
 
@@ -168,61 +167,6 @@ def defaults_file_option(func: Callable) -> Callable:
                         expose_value=False, callback=_load_defaults,
                         help="YAML/JSON file of defaults for this command's options (keys: option names), or a "
                              "run's config.yaml (its data.root, data.layout, train.device, data.num_workers).")(func)
-
-
-def _art_config(folders: list[Path]) -> dict:
-    """The ``data`` section of the first ``config.yaml`` found in ``folders`` ({} if none)."""
-    for folder in folders:
-        path = folder / "config.yaml"
-        if path.is_file():
-            data = load_config_file(path).get("data") or {}
-            return data if isinstance(data, dict) else {}
-    return {}
-
-
-def resolve_predictions(pred: Path, split: str, want_cams: bool):
-    """(mask source or None, CAM source or None, artifact folder) for --pred: an ART folder (masks_<split>/ or
-    cams_<split>.h5), a cams_<split>.h5 file, or a folder of <id>.png masks."""
-    from ..artifacts import ArtifactFile, h5_path, masks_dir
-    from ..evaluate import PngMaskFolder
-
-    if pred.is_file():
-        if pred.suffix != ".h5":
-            raise click.BadParameter(f"{pred} is neither a folder nor an .h5 artifact", param_hint="--pred")
-        h5 = ArtifactFile(pred)
-        return h5, (h5 if want_cams else None), pred.parent
-    if not pred.is_dir():
-        raise click.BadParameter(f"{pred} not found", param_hint="--pred")
-    h5_file = h5_path(pred, split)
-    h5 = ArtifactFile(h5_file) if h5_file.is_file() else None
-    cams = h5 if want_cams else None
-    if want_cams and h5 is None:
-        raise click.ClickException(f"--cams needs {h5_file} (CAMs are only in the HDF5 artifact); export with "
-                                   "--format h5 or h5,png")
-    if masks_dir(pred, split).is_dir():
-        return PngMaskFolder(masks_dir(pred, split)), cams, pred
-    if h5 is not None:
-        return h5, cams, pred
-    if any(pred.glob("*.png")):
-        art = pred.parent if pred == masks_dir(pred.parent, split) else pred
-        return PngMaskFolder(pred), None, art
-    raise click.ClickException(
-        f"no predictions for split {split!r} in {pred}: expected {masks_dir(pred, split)}/, {h5_file} or <id>.png "
-        "files; run seco export-masks first"
-    )
-
-
-def exported_dataset(art_dir: Path, split: str, pred: Path) -> dict:
-    """``{"root", "layout", "num_classes", "class_names"}`` of the dataset ``split`` was exported from: from
-    ``ART/manifest_<split>.json`` (per split: a folder may hold splits of different datasets), else the ``data``
-    section of a ``config.yaml`` next to the predictions ({} if neither exists)."""
-    from ..artifacts import read_manifest
-
-    manifest = read_manifest(art_dir, split)
-    if manifest is not None:
-        return {"root": manifest.get("dataset_root"), "layout": manifest.get("layout"),
-                "num_classes": manifest.get("num_classes"), "class_names": manifest.get("class_names")}
-    return _art_config([art_dir, pred])
 
 
 def parse_scales(ctx, param, value: str) -> tuple[float, ...]:

@@ -9,7 +9,8 @@ import click
 
 from . import cli
 from ..io import check_writable_dir
-from .options import exported_dataset, out_option, quiet_option, resolve_predictions
+from ..artifacts import open_split
+from .options import out_option, quiet_option
 
 
 @cli.command("show")
@@ -30,28 +31,12 @@ def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt,
     """Draw one PNG per image: the image, the CAM of each tagged class, the pseudo mask (beige: uncertain), the GT
     and an error map (green right, red wrong, yellow uncertain, grey ignored in the GT), with a colour legend
     under the panels, to judge pseudo labels at a glance."""
-    from ..data import build_reader
     from ..show import write_strips
 
-    pred_path = Path(pred)
-    masks, cams, art_dir = resolve_predictions(pred_path, split, want_cams=False)
-    out = Path(out_dir) if out_dir else check_writable_dir(art_dir / f"show_{split}")
-    if cams is None and hasattr(masks, "load_cam"):
-        cams = masks  # the HDF5 artifact holds the CAMs too
-    elif cams is None:
-        from ..artifacts import ArtifactFile, h5_path
-
-        h5 = h5_path(art_dir, split)
-        cams = ArtifactFile(h5) if h5.is_file() else None
-    data = exported_dataset(art_dir, split, pred_path)
-    root = data_root or data.get("root")
-    if not root:
-        raise click.UsageError(f"no dataset recorded next to {pred}; pass --data-root DIR (the images' root)")
-    lay = layout or data.get("layout") or "voc"
-    same = lay == data.get("layout")  # the exported dataset's own class count and names
-    reader = build_reader(lay, root, split, num_classes=data.get("num_classes") if same else None,
-                          class_names=data.get("class_names") if same else None, require_tags=False)
-    have = masks.ids()
+    source = open_split(pred, split)
+    out = Path(out_dir) if out_dir else check_writable_dir(source.folder / f"show_{split}")
+    reader = source.open_images(root=data_root, layout=layout, root_option="--data-root DIR (the images' root)")
+    have = source.ids()
     if ids:
         wanted = [i.strip() for i in ids.split(",") if i.strip()]
         unknown = [i for i in wanted if i not in have]
@@ -61,7 +46,7 @@ def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt,
     else:
         wanted = [i for i in reader.ids if i in have][:count]
         if not wanted:
-            raise click.ClickException(f"no image of split {split!r} of {root} has a prediction in {pred}")
-    write_strips(wanted, reader, masks, out, cams=cams, with_gt=not no_gt, height=height, split=split,
+            raise click.ClickException(f"no image of split {split!r} of {reader.root} has a prediction in {pred}")
+    write_strips(wanted, reader, source.masks, out, cams=source.cams, with_gt=not no_gt, height=height, split=split,
                  progress=not quiet and sys.stderr.isatty())
     click.echo(f"wrote {len(wanted)} image(s) to {out}")

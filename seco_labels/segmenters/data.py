@@ -10,7 +10,7 @@ its number of classes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..artifacts import (ArtifactFile, exported_splits, h5_path, manifest_path, masks_dir, open_pseudo_labels,
-                         read_manifest)
-from ..data.readers import SegmentationReader, build_reader, check_class_count, decode_image
+from ..artifacts import ArtifactSplit, PngMaskFolder, exported_splits, h5_path, masks_dir, open_split
+from ..data.images import read_image_size
+from ..data.readers import SegmentationReader, build_reader, check_class_count
 from ..data.transforms import IMAGENET_MEAN, normalize
 from ..errors import ConfigError, DataError
 from .config import SegDataConfig
@@ -41,58 +41,58 @@ class LabelSet:
     """The checked training labels of one split.
 
     Attributes:
-        kind: ``"gt"``, ``"h5"`` (``cams_<split>.h5``) or ``"png"`` (``masks_<split>/``).
         reader: images (and GT masks) of the split; its ids are the training ids, in list order.
-        where: the HDF5 file or PNG folder the masks come from (None for GT).
-        art: the export folder (None for GT).
-        attrs: the export's recorded settings (``{}`` for GT).
+        export: the exported split the masks come from (None for GT).
     """
 
-    kind: str
     reader: SegmentationReader
-    where: Path | None = None
-    art: Path | None = None
-    attrs: dict[str, Any] = field(default_factory=dict)
+    export: ArtifactSplit | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"gt"``, ``"h5"`` (``cams_<split>.h5``) or ``"png"`` (``masks_<split>/``)."""
+        if self.export is None:
+            return "gt"
+        return "png" if isinstance(self.export.masks, PngMaskFolder) else "h5"
 
     @property
     def ids(self) -> list[str]:
         return list(self.reader.ids)
 
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The export's recorded settings (``{}`` for GT)."""
+        return self.export.record if self.export is not None else {}
+
     def describe(self) -> str:
-        if self.kind == "gt":
+        if self.export is None:
             return f"GT masks of split {self.reader.split!r} ({self.reader.root})"
-        return f"pseudo masks {self.where}"
+        return f"pseudo masks {self.export.masks.name}"
 
     def mask_file(self, image_id: str) -> str:
         """Where an id's mask is, for messages."""
-        if self.kind == "gt":
+        if self.export is None:
             return str(self.reader.mask_path(image_id))
-        if self.kind == "png":
-            return str(self.where / f"{image_id}.png")
-        return f"{self.where}:/masks/{image_id}"
+        return self.export.masks.location(image_id)
 
 
-def _find_export(art: Path, split: str) -> tuple[str, Path, dict[str, Any]]:
-    """(kind, HDF5 file or PNG folder, recorded attributes) of ``split`` in an export folder."""
+def _find_export(art: Path, split: str) -> ArtifactSplit:
+    """The exported ``split`` of a label folder."""
     if not art.is_dir():
         raise DataError(f"label folder {art} not found; pass an export folder (seco export-masks --out ART_DIR) "
                         "or --labels gt")
-    h5, pngs = h5_path(art, split), masks_dir(art, split)
-    if h5.is_file():
-        with ArtifactFile(h5) as source:
-            return "h5", h5, dict(source.attrs)
-    if pngs.is_dir():
-        return "png", pngs, read_manifest(art, split) or {}
     held = exported_splits(art)
-    raise DataError(
-        f"label folder {art} holds no labels for split {split!r} (no {h5.name} or {pngs.name}/); it holds split(s) "
-        f"{', '.join(held) or 'none'}: export this split (seco export-masks --split {split} --out {art}) or "
-        "train on a split it holds (--split)"
-    )
+    if split not in held:
+        raise DataError(
+            f"label folder {art} holds no labels for split {split!r} (no {h5_path(art, split).name} or "
+            f"{masks_dir(art, split).name}/); it holds split(s) {', '.join(held) or 'none'}: export this split "
+            f"(seco export-masks --split {split} --out {art}) or train on a split it holds (--split)"
+        )
+    return open_split(art, split)
 
 
-def _resolve(d: SegDataConfig) -> tuple[str, Path | None, Path | None, dict[str, Any]]:
-    """Fill ``d.root``/``d.layout`` from the export when not given; returns (kind, where, art, attrs).
+def _resolve(d: SegDataConfig) -> ArtifactSplit | None:
+    """Fill ``d.root``/``d.layout`` from the export when not given; returns the exported split (None for GT).
 
     The number of classes is the dataset's (``--num-classes``/``--classes``, else the layout's), never taken from
     the export of another dataset: an export of other classes must fail the check, not redefine the dataset. An
@@ -102,75 +102,56 @@ def _resolve(d: SegDataConfig) -> tuple[str, Path | None, Path | None, dict[str,
         if not d.root:
             raise ConfigError("--labels gt trains on the GT masks of --split: pass --data-root DIR")
         d.layout = d.layout or "voc"
-        return "gt", None, None, {}
-    art = Path(d.labels)
-    kind, where, attrs = _find_export(art, d.split)
+        return None
+    export = _find_export(Path(d.labels), d.split)
+    recorded = export.dataset
     if not d.root:
-        if not attrs.get("dataset_root"):
-            raise ConfigError(f"{art} does not record where the images are ({manifest_path(art, d.split).name} "
-                              "missing); pass --data-root DIR")
-        d.root = str(attrs["dataset_root"])
-    d.layout = d.layout or str(attrs.get("layout") or "voc")
-    same_dataset = (attrs.get("dataset_root") and Path(d.root).resolve() == Path(attrs["dataset_root"]).resolve()
-                    and d.layout == (attrs.get("layout") or "voc"))
-    if same_dataset and not d.class_names and d.num_classes is None and attrs.get("class_names"):
-        d.class_names = tuple(attrs["class_names"])
-    return kind, where, art, attrs
-
-
-def _png_header(path: Path, image_id: str) -> tuple[tuple[int, int], str]:
-    try:
-        with Image.open(path) as img:  # reads the header only
-            return (img.height, img.width), img.mode
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        raise DataError(f"pseudo mask {path} of {image_id} is unreadable ({e}); export it again") from None
+        if not recorded.root:
+            raise ConfigError(f"{export.folder} does not record where the images are (no provenance record of split "
+                              f"{d.split!r}); pass --data-root DIR")
+        d.root = recorded.root
+    d.layout = d.layout or recorded.layout or "voc"
+    same_dataset = (recorded.root and Path(d.root).resolve() == Path(recorded.root).resolve()
+                    and d.layout == (recorded.layout or "voc"))
+    if same_dataset and not d.class_names and d.num_classes is None and recorded.class_names:
+        d.class_names = recorded.class_names
+    return export
 
 
 def _check_classes(labels: LabelSet, d: SegDataConfig) -> None:
-    attrs, reader = labels.attrs, labels.reader
-    origin = labels.where if labels.kind == "h5" else manifest_path(labels.art, reader.split)
-    k = attrs.get("num_classes")
+    export, reader = labels.export, labels.reader
+    assert export is not None
+    recorded, origin = export.dataset, export.record_file
+    k = recorded.num_classes
     if k is not None and int(k) != reader.num_classes:
         raise DataError(
-            f"labels in {labels.art} were exported for {int(k)} classes ({origin}) but the dataset has "
+            f"labels in {export.folder} were exported for {int(k)} classes ({origin}) but the dataset has "
             f"{reader.num_classes} (layout {d.layout!r}); pass the --layout/--num-classes of the dataset they were "
             "exported from, or export the labels again for this dataset"
         )
-    names = attrs.get("class_names")
+    names = recorded.class_names
     if names and len(names) == reader.num_classes and list(names) != list(reader.class_names):
         diff = next(i for i, (a, b) in enumerate(zip(names, reader.class_names)) if a != b)
         raise DataError(
-            f"labels in {labels.art} were exported with other class names ({origin}): class {diff} is "
+            f"labels in {export.folder} were exported with other class names ({origin}): class {diff} is "
             f"{names[diff]!r} there but {reader.class_names[diff]!r} in layout {d.layout!r}; pass the export's "
             "--layout or export the labels again for this dataset"
         )
 
 
 def _check_ids_and_sizes(labels: LabelSet) -> None:
-    reader = labels.reader
-    if labels.kind == "gt":
-        sizes = {}
-        for i in reader.ids:
-            sizes[i], _ = _png_header(reader.mask_path(i), i)
-    elif labels.kind == "h5":
-        with ArtifactFile(labels.where) as source:
-            sizes = source.mask_shapes(reader.ids)
+    reader, export = labels.reader, labels.export
+    if export is None:
+        sizes = {i: read_image_size(reader.mask_path(i), f"GT mask of {i}", "Re-copy it") for i in reader.ids}
     else:
-        sizes = {}
-        for i in reader.ids:
-            path = labels.where / f"{i}.png"
-            if path.is_file():
-                sizes[i], mode = _png_header(path, i)
-                if mode not in ("P", "L"):
-                    raise DataError(f"pseudo mask {path} of {i} has mode {mode}; masks hold class indices in one "
-                                    "channel (palette 'P' or grey 'L' PNG): export it again")
-    missing = [i for i in reader.ids if i not in sizes]
-    if missing:
-        raise DataError(
-            f"{len(missing)} of {len(reader.ids)} ids of split {reader.split!r} ({reader.split_file}) have no mask in "
-            f"{labels.where}: {_first(missing)}; export them (seco export-masks --split {reader.split} --out "
-            f"{labels.art}) or train on the split the labels were exported for"
-        )
+        sizes = export.masks.mask_shapes(reader.ids)
+        missing = [i for i in reader.ids if i not in sizes]
+        if missing:
+            raise DataError(
+                f"{len(missing)} of {len(reader.ids)} ids of split {reader.split!r} ({reader.split_file}) have no mask "
+                f"in {export.masks.name}: {_first(missing)}; export them (seco export-masks --split {reader.split} "
+                f"--out {export.folder}) or train on the split the labels were exported for"
+            )
     bad = []
     for i in reader.ids:
         image_size = reader.image_size(i)
@@ -188,17 +169,10 @@ def _check_ids_and_sizes(labels: LabelSet) -> None:
 
 def _check_values(labels: LabelSet) -> None:
     """Decode every mask (only when the export does not record its number of classes)."""
+    assert labels.export is not None
     k, ignore = labels.reader.num_classes, labels.reader.ignore_index
-    if labels.kind == "h5":
-        with ArtifactFile(labels.where) as source:
-            for image_id in labels.ids:
-                _check_mask(labels, image_id, source.load_mask(image_id), k, ignore)
-        return
     for image_id in labels.ids:
-        path = labels.where / f"{image_id}.png"
-        with decode_image(path, f"pseudo mask of {image_id}", hint="Export it again") as img:
-            mask = np.asarray(img)
-        _check_mask(labels, image_id, mask, k, ignore)
+        _check_mask(labels, image_id, labels.export.masks.load_mask(image_id), k, ignore)
 
 
 def _check_mask(labels: LabelSet, image_id: str, mask: np.ndarray, k: int, ignore: int) -> None:
@@ -216,7 +190,8 @@ def open_labels(d: SegDataConfig) -> tuple[LabelSet, Dataset | None]:
     """Resolve and check the training labels of ``d`` (filling ``d.root``, ``d.layout`` from the export when
     empty, and ``d.num_classes`` from the dataset when None).
 
-    Returns the :class:`LabelSet` and, for an export, its :func:`open_pseudo_labels` dataset (None for GT).
+    Returns the :class:`LabelSet` and, for an export, its :class:`~seco_labels.artifacts.PseudoLabels` dataset
+    (None for GT).
 
     Raises:
         ConfigError: ``--labels gt`` without ``--data-root``; an export that records no dataset root.
@@ -224,22 +199,23 @@ def open_labels(d: SegDataConfig) -> tuple[LabelSet, Dataset | None]:
             split without a mask; a mask whose size is not its image's; mask values outside 0..K-1 and ignore
             (names the file or id and what to do).
     """
-    kind, where, art, attrs = _resolve(d)
+    export = _resolve(d)
     reader = build_reader(d.layout, d.root, d.split, num_classes=d.num_classes, class_names=d.class_names or None,
-                          ignore_index=d.ignore_index, require_masks=kind == "gt", require_tags=False)
-    if kind == "gt" and not d.class_names:
+                          ignore_index=d.ignore_index, require_masks=export is None, require_tags=False)
+    if export is None and not d.class_names:
         check_class_count(reader)
     d.num_classes, d.class_names = reader.num_classes, tuple(reader.class_names)
-    labels = LabelSet(kind, reader, where, art, attrs)
-    if kind != "gt":
+    labels = LabelSet(reader, export)
+    if export is not None:
         _check_classes(labels, d)
     _check_ids_and_sizes(labels)
-    if kind == "gt":
+    if export is None:
         return labels, None
-    pseudo = open_pseudo_labels(art, d.split, data_root=d.root)
+    pseudo = export.pseudo_labels(data_root=d.root)
     if pseudo.ids != reader.ids:  # both follow the split list once every id has a mask
-        raise DataError(f"the export in {art} and split {d.split!r} of {d.root} list different ids; export again")
-    if attrs.get("num_classes") is None:
+        raise DataError(f"the export in {export.folder} and split {d.split!r} of {d.root} list different ids; export "
+                        "again")
+    if export.dataset.num_classes is None:
         _check_values(labels)
     return labels, pseudo
 

@@ -21,7 +21,7 @@ from PIL import Image
 from seco_labels.cli import cli
 from seco_labels.data.classes import voc_palette
 from seco_labels.data.transforms import normalize
-from seco_labels.predict import load_predictor
+from seco_labels.predictors import load_predictor
 from seco_labels.segmenters import SegmenterTrainer
 from test_segmenters import tiny_cfg  # tests/ is on sys.path (pytest prepend mode)
 

@@ -26,8 +26,7 @@ __all__ = [
     "READERS",
     "build_reader",
     "check_class_count",
-    # re-exported for artifacts/reader.py, segmenters/data.py, evaluate.py; remove when they import from data.images
-    "decode_image",
+    "decode_image",  # re-exported for artifacts/reader.py; remove when it imports from data.images
     "read_image_size",  # re-exported for evaluate.py; remove when it imports from data.images
     "check_image_id",  # re-exported for artifacts/writer.py; remove when it imports from data.images
 ]

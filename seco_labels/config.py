@@ -14,7 +14,6 @@ from typing import Any, Callable
 import yaml
 
 from .config_io import _coerce, _field_types
-from .config_io import load_config_file  # re-exported for cli/options.py, artifacts/folder.py; remove when they import from config_io
 from .data.classes import check_class_names
 from .errors import ConfigError
 from .energy import GAUSSIAN_FILTERS
@@ -35,8 +34,6 @@ __all__ = [
     "apply_overrides",
     "set_values",
     "config_from_dict",
-    # re-exported for cli/options.py, artifacts/folder.py; remove when they import from config_io
-    "load_config_file",
 ]
 
 

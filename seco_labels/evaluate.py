@@ -23,7 +23,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .artifacts import PngMaskFolder
-from .data.readers import READERS, SegmentationReader, read_image_size
+from .data.images import read_image_size
+from .data.readers import READERS, SegmentationReader
 from .errors import ConfigError, DataError
 from .io import atomic_write_text
 from .metrics import ConfusionMatrix

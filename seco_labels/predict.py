@@ -221,7 +221,7 @@ def _predict_to_folder(predictor: Predictor, images: ImageSource, out: Path, *, 
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out, recursive=True)  # left by a killed run's atomic writes (their names only)
     atomic_write_text(manifest_path(out, MANIFEST_NAME), json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    if isinstance(images, SegmentationReader):  # the data section seco evaluate reads (cli.options._art_config)
+    if isinstance(images, SegmentationReader):  # the data section seco evaluate reads (artifacts.ArtifactSplit.record)
         data = {"root": source["data_root"], "layout": images.layout, "num_classes": predictor.num_classes}
         atomic_write_text(out / "config.yaml", yaml.safe_dump({"data": data}, sort_keys=False))
 

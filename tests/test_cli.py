@@ -6,11 +6,13 @@ import json
 import math
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from seco_labels.cli import cli
+from seco_labels.cli.options import classes_option
 
 FAST = ["--set", "data.crop_size=64", "--set", "decompose.local_crop_size=16", "--set", "model.backbone_kwargs={depth: 2}",
         "--set", "model.aux_layer=-1", "--set", "cam.scales=1.0", "--set", "train.val_max_images=2"]
@@ -36,6 +38,32 @@ def test_missing_data_root_is_a_runtime_error_naming_the_folder(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--preset", "demo", "--data-root", str(tmp_path / "nowhere"),
                                    "--out", str(tmp_path / "r")])
     assert res.exit_code == 1 and "nowhere is not a folder" in res.output
+
+
+def test_config_key_options_override_set_and_reach_the_config(tmp_path):
+    """A named option (--iters, --seed, --classes) is the config key it names, over --set; a bad value names it."""
+    from seco_labels.cli.options import config_key_option, config_values, resolve_config
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n")
+
+    @click.command()
+    @config_key_option("train.iters", "--iters", type=int)
+    @config_key_option("train.seed", "--seed", type=int)
+    @click.option("--set", "overrides", multiple=True)
+    @classes_option
+    def probe(overrides):
+        cfg = resolve_config("demo", None, overrides)
+        click.echo(f"{sorted(config_values())} {cfg.train.iters} {cfg.train.seed} {cfg.data.num_classes} "
+                   f"{list(cfg.data.class_names)}")
+
+    res = CliRunner().invoke(probe, ["--iters", "7", "--set", "train.iters=3", "--set", "train.seed=5", "--classes",
+                                     str(classes)])
+    assert res.exit_code == 0, res.output
+    assert res.output.split(" ", 4) == ["['data.class_names',", "'data.num_classes',", "'train.iters']", "7",
+                                        "5 3 ['background', 'cat', 'dog']\n"]
+    bad = CliRunner().invoke(cli, ["fit-segmenter", "--model-kwargs", "[1, 2]", "--out", str(tmp_path / "s")])
+    assert bad.exit_code == 2 and "--model-kwargs" in bad.output and "is not a YAML mapping" in bad.output
 
 
 def test_cuda_without_a_gpu_is_explained(tmp_path):

@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import load_config_file
+from ..config_io import load_config_file
 from ..data.readers import SegmentationReader, build_reader
 from ..errors import ConfigError, DataError
 from .layout import exported_splits, h5_path, manifest_path, masks_dir, read_manifest

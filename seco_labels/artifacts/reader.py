@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..data.readers import decode_image
+from ..data.images import decode_image
 from ..errors import DataError
 
 from .encoding import _read_root_attrs

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import h5py
 import numpy as np
 
-from ..data.readers import check_image_id
+from ..data.images import check_image_id
 from ..distributed import barrier
 from ..errors import ConfigError, DataError
 from ..io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps

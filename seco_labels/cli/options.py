@@ -11,7 +11,8 @@ import click
 
 from ..errors import ConfigError, OutputError
 from ..io import check_writable_dir, folder_lock
-from ..config import SecoConfig, apply_overrides, set_values, config_from_dict, get_preset, list_presets, load_config_file
+from ..config import SecoConfig, apply_overrides, config_from_dict, get_preset, list_presets, set_values
+from ..config_io import load_config_file
 
 
 def _check_out(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -45,10 +46,10 @@ def lock_out(folder: str | Path, name: str = ".lock", what: str = "") -> None:
 
 
 def device_option(config_key: str | None = None) -> Callable:
-    """``--device``: ``auto`` by default for a command that reads a checkpoint; with ``config_key``, no default (the
-    config's value stands unless the option is given)."""
+    """``--device``: ``auto`` by default for a command that reads a checkpoint; with ``config_key``, a
+    :func:`config_key_option` (the config's value stands unless the option is given)."""
     if config_key:
-        return click.option("--device", default=None, help=f"auto | cpu | cuda | cuda:N ({config_key}).")
+        return config_key_option(config_key, "--device", help=f"auto | cpu | cuda | cuda:N ({config_key}).")
     return click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 
 
@@ -57,8 +58,37 @@ def quiet_option(help: str = "No progress bar.") -> Callable:
     return click.option("-q", "--quiet", is_flag=True, help=help)
 
 
+#: where :func:`config_key_option` collects the given values, in the click context's ``meta``
+_CONFIG_VALUES = "seco_labels.config_values"
+
+
+def config_key_option(key: str, *param_decls: str, callback: Callable | None = None, **attrs: Any) -> Callable:
+    """An option that sets the config key ``key`` (``--iters`` -> ``train.iters``). The command does not receive it
+    as an argument: :func:`config_values` returns the given ones, keyed by config key, for the config layering
+    (``resolve_config``, ``segmenter_config``). ``callback`` (if any) converts the value first; the default is None
+    (not given: the config's value stands)."""
+    def record(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if callback is not None:
+            value = callback(ctx, param, value)
+        if value is not None:
+            ctx.meta.setdefault(_CONFIG_VALUES, {})[key] = value
+        return value
+
+    attrs.setdefault("default", None)
+    return click.option(*param_decls, callback=record, expose_value=False, **attrs)
+
+
+def config_values() -> dict[str, Any]:
+    """The config keys the running command's :func:`config_key_option` options were given, e.g.
+    ``{"train.iters": 100}``. Class names given without a class count set it too (``data.num_classes``)."""
+    values = dict(click.get_current_context().meta.get(_CONFIG_VALUES, {}))
+    if values.get("data.class_names") and values.get("data.num_classes") is None:
+        values["data.num_classes"] = len(values["data.class_names"])
+    return values
+
+
 def config_options(func: Callable) -> Callable:
-    """--preset, --config, --set, --seed, --device, --quiet."""
+    """--preset, --config, --set, --quiet passed to the command; --seed and --device as config keys."""
     options = [
         click.option("--preset", type=click.Choice(list_presets()), default=None,
                      help="Starting values (default: the file's 'preset' key, else voc)."),
@@ -66,7 +96,7 @@ def config_options(func: Callable) -> Callable:
                      help="YAML/JSON file overriding the preset."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override any config value, e.g. --set loss.lig.weight=0 (repeatable)."),
-        click.option("--seed", type=int, default=None, help="Random seed (train.seed)."),
+        config_key_option("train.seed", "--seed", type=int, help="Random seed (train.seed)."),
         device_option("train.device"),
         quiet_option(),
     ]
@@ -75,18 +105,14 @@ def config_options(func: Callable) -> Callable:
     return func
 
 
-def resolve_config(
-    preset: str | None, config_file: str | None, overrides: tuple[str, ...], **named: Any
-) -> SecoConfig:
-    """Preset, then the config file, then ``--set`` items, then the named options that are not None.
-
-    ``named`` maps dotted config keys to option values, e.g. ``{"train.iters": 100}``.
-    """
+def resolve_config(preset: str | None, config_file: str | None, overrides: tuple[str, ...]) -> SecoConfig:
+    """Preset, then the config file, then ``--set`` items, then the command's config-key options that were given
+    (:func:`config_values`)."""
     data = load_config_file(config_file) if config_file else {}
     base = get_preset(preset or str(data.get("preset", "voc")))
     cfg = config_from_dict({k: v for k, v in data.items() if k != "preset"}, base=base)
     apply_overrides(cfg, list(overrides))
-    set_values(cfg, {k: v for k, v in named.items() if v is not None})
+    set_values(cfg, config_values())
     return cfg.validate()
 
 
@@ -153,9 +179,9 @@ def _read_classes(ctx: click.Context, param: click.Parameter, value: str | None)
 
 def classes_option(func: Callable) -> Callable:
     """``--classes FILE``: the dataset's class names, one per line in class-index order (background first, or
-    implied); sets ``data.class_names`` and the class count."""
-    return click.option(
-        "--classes", "class_names", type=click.Path(dir_okay=False), default=None, callback=_read_classes,
+    implied); sets ``data.class_names`` and the class count (:func:`config_values`)."""
+    return config_key_option(
+        "data.class_names", "--classes", "class_names", type=click.Path(dir_okay=False), callback=_read_classes,
         help="Text file of the class names, one per line in mask-value order (class 1 first; 'background' as the "
              "first line is optional). Sets data.class_names and data.num_classes; default: the layout's classes.",
     )(func)

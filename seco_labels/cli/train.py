@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from . import cli
-from .options import classes_option, config_options, lock_out, out_option, resolve_config
+from .options import classes_option, config_key_option, config_options, lock_out, out_option, resolve_config
 
 #: log fields that count things: printed as integers
 COUNT_KEYS = ("crops_tagged", "crops_rectified", "steps")
@@ -75,22 +75,22 @@ def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
 
 @cli.command("train")
 @config_options
-@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Dataset root (data.root).")
-@click.option("--layout", default=None, help="Dataset layout: voc | coco | coco-seco (data.layout).")
-@click.option("--split", default=None, help="Training split (data.train_split).")
-@click.option("--val-split", default=None, help="Validation split with GT masks (data.val_split); '' for none.")
+@config_key_option("data.root", "--data-root", type=click.Path(file_okay=False), help="Dataset root (data.root).")
+@config_key_option("data.layout", "--layout", help="Dataset layout: voc | coco | coco-seco (data.layout).")
+@config_key_option("data.train_split", "--split", help="Training split (data.train_split).")
+@config_key_option("data.val_split", "--val-split",
+                   help="Validation split with GT masks (data.val_split); '' for none.")
 @classes_option
 @out_option("--out", "run_dir", required=True, help="Run folder.")
-@click.option("--backbone-weights", type=click.Path(dir_okay=False), default=None,
-              help="Local ViT weights file (model.backbone_weights); default random init.")
-@click.option("--iters", type=int, default=None, help="Training iterations (train.iters).")
-@click.option("--batch-size", type=int, default=None,
-              help="Images per step, summed over processes under torchrun (data.batch_size).")
+@config_key_option("model.backbone_weights", "--backbone-weights", type=click.Path(dir_okay=False),
+                   help="Local ViT weights file (model.backbone_weights); default random init.")
+@config_key_option("train.iters", "--iters", type=int, help="Training iterations (train.iters).")
+@config_key_option("data.batch_size", "--batch-size", type=int,
+                   help="Images per step, summed over processes under torchrun (data.batch_size).")
 @click.option("--resume", default=None, metavar="auto|PATH",
               help="Continue RUN_DIR/last.pt (auto; starts at step 0 when there is none) or the given checkpoint.")
 @allow_changes_option
-def train_cmd(preset, config_file, overrides, seed, device, quiet, data_root, layout, split, val_split, class_names,
-              run_dir, backbone_weights, iters, batch_size, resume, allow_changes):
+def train_cmd(preset, config_file, overrides, quiet, run_dir, resume, allow_changes):
     """Train SeCo; writes RUN_DIR/config.yaml, RUN_DIR/last.pt and RUN_DIR/metrics.jsonl.
 
     Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves RUN_DIR/last.pt and exits with 130 (SIGINT) or
@@ -105,15 +105,7 @@ def train_cmd(preset, config_file, overrides, seed, device, quiet, data_root, la
     from ..train import Trainer
 
     lock_out(run_dir, RUN_LOCK, "a training run")
-    cfg = resolve_config(
-        preset, config_file, overrides,
-        **{
-            "train.seed": seed, "train.device": device, "data.root": data_root, "data.layout": layout,
-            "data.train_split": split, "data.val_split": val_split, "model.backbone_weights": backbone_weights,
-            "train.iters": iters, "data.batch_size": batch_size, "data.class_names": class_names,
-            "data.num_classes": len(class_names) if class_names else None,
-        },
-    )
+    cfg = resolve_config(preset, config_file, overrides)
     try:
         trainer = Trainer(cfg, run_dir, quiet=quiet)
         primary = trainer.dist.is_primary

@@ -26,9 +26,6 @@ __all__ = [
     "READERS",
     "build_reader",
     "check_class_count",
-    "decode_image",  # re-exported for artifacts/reader.py; remove when it imports from data.images
-    "read_image_size",  # re-exported for evaluate.py; remove when it imports from data.images
-    "check_image_id",  # re-exported for artifacts/writer.py; remove when it imports from data.images
 ]
 
 _LABELS_FILE = "cls_labels_onehot.npy"

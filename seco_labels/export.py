@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import __version__
-from .artifacts import ArtifactWriter, export_report_path
+from .artifacts import ArtifactWriter, export_report_path, write_coco_json
 from .cams import check_scales, multi_scale_class_cams
 from .checkpoint import load_seco
 from .config import SecoConfig
@@ -56,6 +56,10 @@ SCALE_PRESETS: dict[str, tuple[float, ...]] = {
 }
 
 
+#: the ``--format`` that writes ``coco_<split>.json``
+COCO_FORMAT = "coco-json"
+
+
 @dataclass
 class ExportOptions:
     """How to turn CAMs into pseudo masks; ``None`` thresholds come from the checkpoint's config."""
@@ -69,7 +73,7 @@ class ExportOptions:
     tags: str = "given"  #: given (the dataset's tags) | predicted (classifier scores above tag_threshold)
     tag_threshold: float = 0.5  #: sigmoid score a class needs to count as present with tags="predicted"
     crf: bool = False  #: refine each pseudo mask with the dense CRF (needs the ``crf`` extra)
-    formats: tuple[str, ...] = ("h5", "png")
+    formats: tuple[str, ...] = ("h5", "png")  #: of h5, png and coco-json (COCO RLE, built from the h5 or png masks)
     overwrite: bool = False
     skip_bad: bool = False
     batch_size: int = 4
@@ -185,6 +189,10 @@ def export_split(
         raise ConfigError(f"--cam-source {opt.cam_source!r}: choose final or aux")
     if opt.tags not in ("given", "predicted"):
         raise ConfigError(f"--tags {opt.tags!r}: choose given or predicted")
+    mask_formats = tuple(f for f in opt.formats if f != COCO_FORMAT)
+    if not mask_formats:
+        raise ConfigError(f"--format {','.join(opt.formats)}: coco-json is built from the exported masks; add h5 or "
+                          "png, e.g. --format png,coco-json")
     if opt.crf:
         require_crf()  # fail before the model loads, not at the first image
     ctx = init_distributed(resolve_device(opt.device))
@@ -220,7 +228,7 @@ def export_split(
     bad: list[str] = []
     timing = {"cam": 0.0, "refine": 0.0, "write": 0.0}
     t_start = time.perf_counter()
-    with ArtifactWriter(out_dir, split, attrs, formats=opt.formats, overwrite=opt.overwrite,
+    with ArtifactWriter(out_dir, split, attrs, formats=mask_formats, overwrite=opt.overwrite,
                         is_primary=ctx.is_primary) as writer:
         done = writer.done_ids()
         todo = [i for i in reader.ids if i not in done]
@@ -265,7 +273,9 @@ def export_split(
                 bar.set_postfix(img_s=f"{bar.n / max(time.perf_counter() - t_start, 1e-9):.2f}", refresh=False)
         bar.close()
         t_flush = time.perf_counter()
-    timing["write"] += time.perf_counter() - t_flush  # the queue's tail and assembling the HDF5 file
+    if COCO_FORMAT in opt.formats and ctx.is_primary:
+        write_coco_json(out_dir, split, data_root=root)
+    timing["write"] += time.perf_counter() - t_flush  # the queue's tail, assembling the HDF5 file, the COCO JSON
     timing["total"] = time.perf_counter() - t_start
     bad = sorted(i for rank_bad in all_gather_objects(bad) for i in rank_bad)
     result = {

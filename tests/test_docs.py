@@ -182,6 +182,21 @@ def test_reading_with_seco_labels_snippet_runs(export, capsys):
     assert f"2 21 ['background', 'aeroplane', 'bicycle'] 255 {IDS[0]}" in capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' own use of numpy 2
+def test_using_pseudo_labels_coco_snippet_runs(export, capsys):
+    """The COCO example of docs/using-pseudo-labels.md, on the COCO JSON of a real export."""
+    pytest.importorskip("pycocotools")
+    from seco_labels.artifacts import write_coco_json
+
+    write_coco_json(export, "val")
+    blocks = _python_blocks(_section((DOCS / "using-pseudo-labels.md").read_text(), "## In a COCO-format code base"))
+    ns = _run_snippet(blocks[0], export, "val")
+    assert ns["first"]["seco_id"] == IDS[0] and ns["first"]["file_name"] == f"JPEGImages/{IDS[0]}.jpg"
+    printed = capsys.readouterr().out.splitlines()
+    assert printed and all(line.startswith(f"JPEGImages/{IDS[0]}.jpg ") for line in printed)
+    assert {line.split()[1] for line in printed} <= set(VOC_CLASSES[1:])
+
+
 # -- docs/cli.md -------------------------------------------------------------------------------------------------
 CLI_DOC = DOCS / "cli.md"
 

@@ -36,6 +36,7 @@ _MASKS_NAME = "masks_{}"
 _MANIFEST_NAME = "manifest_{}.json"
 _EXPORT_REPORT_NAME = "export_{}.json"
 _SEGMENT_REPORT_NAME = "segment_{}.json"
+_COCO_NAME = "coco_{}.json"
 
 
 def h5_path(art: str | Path, split: str) -> Path:
@@ -61,6 +62,11 @@ def export_report_path(art: str | Path, split: str) -> Path:
 def segment_report_path(art: str | Path, split: str) -> Path:
     """``ART/segment_<split>.json``: what ``seco segment`` did."""
     return Path(art) / _SEGMENT_REPORT_NAME.format(split)
+
+
+def coco_path(art: str | Path, split: str) -> Path:
+    """``ART/coco_<split>.json``: the pseudo masks as COCO RLE annotations (``--format coco-json``)."""
+    return Path(art) / _COCO_NAME.format(split)
 
 
 def exported_splits(art: str | Path) -> list[str]:

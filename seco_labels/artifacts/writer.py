@@ -19,8 +19,8 @@ from ..distributed import barrier
 from ..errors import ConfigError, DataError
 from ..io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps
 from .encoding import _attr_value, _gzip_chunk, _now_iso
-from .layout import (FORMAT_VERSION, GZIP_LEVEL, _parts_dir, export_report_path, h5_path, lock_name, manifest_path,
-                     masks_dir, read_manifest, save_mask_png, segment_report_path, settings_changes)
+from .layout import (FORMAT_VERSION, GZIP_LEVEL, _parts_dir, coco_path, export_report_path, h5_path, lock_name,
+                     manifest_path, masks_dir, read_manifest, save_mask_png, segment_report_path, settings_changes)
 from .reader import ArtifactFile
 
 
@@ -87,7 +87,7 @@ class ArtifactWriter:
 
     def _prepare(self, overwrite: bool) -> None:
         if overwrite:
-            for path in (self.h5, manifest_path(self.out_dir, self.split)):
+            for path in (self.h5, manifest_path(self.out_dir, self.split), coco_path(self.out_dir, self.split)):
                 path.unlink(missing_ok=True)
             for folder in (self.parts, self.masks):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -96,7 +96,7 @@ class ArtifactWriter:
         # under way in the same folder; the parts and masks folders are this split's alone.
         remove_stale_temps(self.out_dir, [path.name for path in (
             self.h5, manifest_path(self.out_dir, self.split), export_report_path(self.out_dir, self.split),
-            segment_report_path(self.out_dir, self.split))])
+            segment_report_path(self.out_dir, self.split), coco_path(self.out_dir, self.split))])
         remove_stale_temps(self.parts)
         remove_stale_temps(self.masks)
         if "h5" in self.formats:

@@ -10,8 +10,8 @@ from .options import defaults_file_option, device_option, lock_out, out_option, 
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
     formats = tuple(v.strip() for v in value.split(",") if v.strip())
-    if not formats or set(formats) - {"h5", "png"}:
-        raise click.BadParameter(f"{value!r}: choose h5, png or h5,png")
+    if not formats or set(formats) - {"h5", "png", "coco-json"}:
+        raise click.BadParameter(f"{value!r}: choose from h5, png and coco-json, e.g. h5,png")
     return formats
 
 
@@ -22,7 +22,8 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--data-root", default=None, help="Dataset root (default: the training run's).")
 @click.option("--layout", default=None, help="Dataset layout (default: the training run's).")
 @click.option("--format", "formats", default="h5,png", show_default=True, callback=_formats,
-              help="h5 (CAMs + masks in cams_<split>.h5), png (masks_<split>/<id>.png) or both.")
+              help="h5 (CAMs + masks in cams_<split>.h5), png (masks_<split>/<id>.png), coco-json (COCO RLE "
+                   "annotations in coco_<split>.json, built from the h5 or png masks); comma-separated.")
 @click.option("--scales", default="default", show_default=True, callback=parse_scales,
               help="CAM scales, comma-separated, or a preset: default, seeds, train-voc, published-ms.")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Add horizontally flipped CAMs.")

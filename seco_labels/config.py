@@ -42,7 +42,7 @@ class DataConfig:
     """Where the images and tags are, and how training views are made (docs/design.md §3)."""
 
     root: str = ""  #: dataset root folder
-    layout: str = "voc"  #: reader name: voc | coco | coco-seco
+    layout: str = "voc"  #: reader name: voc | coco | coco-seco | folder (images/ + tags.csv: docs/data.md)
     train_split: str = "train_aug"
     val_split: str = "val"
     num_classes: int = 21  #: including background (class 0)

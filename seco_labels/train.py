@@ -24,7 +24,7 @@ from .checkpoint import check_compatible, latest_checkpoint, require_kind
 from .compiling import compile_encoders, compile_errors
 from .config import SecoConfig
 from .config_io import config_to_dict
-from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count
+from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, dataset_classes
 from .distributed import DistributedError, all_gather_objects, all_reduce_mean, init_distributed, norm_groups
 from .errors import ConfigError
 from .models import SeCoNet, build_seco
@@ -89,6 +89,8 @@ class Trainer(RunState):
         d = cfg.data
         if not d.root:
             raise ConfigError("no dataset: pass --data-root DIR (or data.root in the config file)")
+        if not d.class_names and (named := dataset_classes(d.layout, d.root)):
+            d.class_names, d.num_classes = named, len(named)  # the folder layout's own classes, saved in config.yaml
         self.reader = build_reader(d.layout, d.root, d.train_split, num_classes=d.num_classes,
                                    class_names=d.class_names or None, ignore_index=d.ignore_index)
         if not d.class_names:

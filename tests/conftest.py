@@ -72,3 +72,32 @@ def tiny_checkpoint(voc_root, tmp_path_factory) -> Path:
     cfg.train.val_every = 0
     Trainer(cfg, run, quiet=True).fit()
     return run / "last.pt"
+
+
+def make_folder_dataset(voc_root: Path, dst: Path, *, with_classes: bool = True, with_masks: bool = True,
+                        split: str = "train") -> Path:
+    """The demo images of ``split`` in the folder layout: ``images/`` (half of them under ``images/sub/``),
+    ``tags.csv`` with the VOC names of each image's classes, and optionally ``classes.txt`` (the 21 VOC classes, so
+    the GT masks keep their values) and ``masks/``."""
+    import csv
+    import shutil
+
+    from seco_labels.data import VOC_CLASSES, build_reader
+
+    reader = build_reader("voc", voc_root, split)
+    rows = []
+    for n, image_id in enumerate(reader.ids):
+        rel = f"sub/{image_id}" if n % 2 else image_id
+        for kind, src, suffix in (("images", reader.image_path(image_id), ".jpg"),
+                                  ("masks", reader.mask_path(image_id), ".png")):
+            if kind == "masks" and not with_masks:
+                continue
+            (dst / kind / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst / kind / f"{rel}{suffix}")
+        names = [VOC_CLASSES[k + 1] for k in reader.tags(image_id).nonzero()[0]]
+        rows.append((f"{rel}.jpg", ";".join(names)))
+    with open(dst / "tags.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "tags"), *rows])
+    if with_classes:
+        (dst / "classes.txt").write_text("\n".join(VOC_CLASSES) + "\n")
+    return dst

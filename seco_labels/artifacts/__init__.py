@@ -8,6 +8,7 @@ An artifact folder ``ART`` holds, per split:
   and ``size`` (H, W), one gzip+shuffle chunk per image; ``/masks/<id>`` uint8 (H, W) pseudo mask, 255 = ignore.
 - ``masks_<split>/<id>.png``: the same masks as palette-'P' PNGs in VOC colours.
 - ``manifest_<split>.json``: the export settings, so that a resumed export can refuse to mix settings.
+- ``classes.json``: index, name and palette colour of each class (what the mask values mean).
 - ``coco_<split>.json`` (``--format coco-json``): the masks as COCO RLE annotations, built from the finished masks.
 
 Crash safety: HDF5 files are not safe to append to from a process that may be killed, so :class:`ArtifactWriter`
@@ -26,9 +27,9 @@ HDF5 file is opened lazily, once per process, so all of them are safe in DataLoa
 from __future__ import annotations
 
 from .coco import decode_rle, encode_rle, write_coco_json
-from .layout import (FORMAT_VERSION, GZIP_LEVEL, ROOT_ATTRS, coco_path, export_report_path, exported_splits, h5_path,
-                     lock_name, manifest_path, masks_dir, read_manifest, save_mask_png, segment_report_path,
-                     settings_changes)
+from .layout import (FORMAT_VERSION, GZIP_LEVEL, ROOT_ATTRS, classes_path, coco_path, export_report_path,
+                     exported_splits, h5_path, lock_name, manifest_path, masks_dir, read_manifest, save_mask_png,
+                     segment_report_path, settings_changes)
 from .folder import ArtifactSplit, ExportedDataset, open_pseudo_labels, open_split
 from .reader import ArtifactFile, PngMaskFolder, PseudoLabels
 from .writer import ArtifactWriter
@@ -47,6 +48,7 @@ __all__ = [
     "encode_rle",
     "decode_rle",
     "coco_path",
+    "classes_path",
     "PseudoLabels",
     "open_pseudo_labels",
     "h5_path",

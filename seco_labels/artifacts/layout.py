@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..data.classes import voc_palette
 from ..errors import DataError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, atomic_write_text
 
 
 #: bumped when the layout of ``cams_<split>.h5`` changes incompatibly
@@ -37,6 +37,7 @@ _MANIFEST_NAME = "manifest_{}.json"
 _EXPORT_REPORT_NAME = "export_{}.json"
 _SEGMENT_REPORT_NAME = "segment_{}.json"
 _COCO_NAME = "coco_{}.json"
+_CLASSES_NAME = "classes.json"
 
 
 def h5_path(art: str | Path, split: str) -> Path:
@@ -103,6 +104,22 @@ def read_manifest(art: str | Path, split: str) -> dict[str, Any] | None:
         raise DataError(f"{path} holds a JSON {type(manifest).__name__}, not the settings object; delete it and "
                         "export again with --overwrite")
     return manifest
+
+
+def classes_path(art: str | Path) -> Path:
+    """``ART/classes.json``: index, name and PNG palette colour of every class of the masks."""
+    return Path(art) / _CLASSES_NAME
+
+
+def write_classes_json(art: str | Path, class_names: list[str] | tuple[str, ...]) -> Path:
+    """Write ``ART/classes.json``, ``[{"index", "name", "color": [r, g, b]}, ...]`` in mask-value order (the
+    colours are the masks' PNG palette), atomically; returns its path."""
+    palette = voc_palette()
+    classes = [{"index": k, "name": str(name), "color": palette[3 * k: 3 * k + 3]}
+               for k, name in enumerate(class_names)]
+    path = classes_path(art)
+    atomic_write_text(path, json.dumps(classes, indent=1) + "\n")
+    return path
 
 
 def save_mask_png(path: str | Path, mask: np.ndarray) -> None:

@@ -20,7 +20,8 @@ from ..errors import ConfigError, DataError
 from ..io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps
 from .encoding import _attr_value, _gzip_chunk, _now_iso
 from .layout import (FORMAT_VERSION, GZIP_LEVEL, _parts_dir, coco_path, export_report_path, h5_path, lock_name,
-                     manifest_path, masks_dir, read_manifest, save_mask_png, segment_report_path, settings_changes)
+                     manifest_path, masks_dir, read_manifest, save_mask_png, segment_report_path, settings_changes,
+                     write_classes_json)
 from .reader import ArtifactFile
 
 
@@ -108,6 +109,8 @@ class ArtifactWriter:
         created = previous.get("created") or _now_iso()
         self.attrs["created"] = created
         atomic_write_text(manifest_path(self.out_dir, self.split), json.dumps(self.attrs, indent=2, sort_keys=True) + "\n")
+        if self.attrs.get("class_names"):  # what the mask values and palette colours mean, for any consumer
+            write_classes_json(self.out_dir, self.attrs["class_names"])
 
     def _check_settings(self) -> None:
         before = read_manifest(self.out_dir, self.split)

@@ -3,7 +3,8 @@
 from .classes import COCO_CLASSES, VOC_CLASSES, check_class_names, read_class_names, voc_palette
 from .datasets import EvalDataset, TrainDataset, collate_eval, single_label_index
 from .images import check_image_id, id_problem, image_to_rgb
-from .readers import READERS, SegmentationReader, build_reader, check_class_count
+from .readers import READERS, SegmentationReader, build_reader, check_class_count, dataset_classes
+from .folder import FolderReader, write_folder_splits  # registers the folder layout in READERS
 from .tags import load_tags_file, tags_from_mask
 from .transforms import (
     IMAGENET_MEAN,
@@ -30,6 +31,9 @@ __all__ = [
     "READERS",
     "SegmentationReader",
     "build_reader",
+    "dataset_classes",
+    "FolderReader",
+    "write_folder_splits",
     "load_tags_file",
     "tags_from_mask",
     "check_image_id",

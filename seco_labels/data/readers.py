@@ -25,6 +25,8 @@ __all__ = [
     "SeCoCOCOReader",
     "READERS",
     "build_reader",
+    "register_reader",
+    "dataset_classes",
     "check_class_count",
 ]
 
@@ -56,6 +58,8 @@ class SegmentationReader:
 
     layout: ClassVar[str] = ""
     default_classes: ClassVar[tuple[str, ...]] = VOC_CLASSES
+    #: the dataset names its own classes (the folder layout's tags file): a run adopts them (:func:`dataset_classes`)
+    classes_from_data: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -339,6 +343,22 @@ READERS: dict[str, type[SegmentationReader]] = {
     COCOReader.layout: COCOReader,
     SeCoCOCOReader.layout: SeCoCOCOReader,
 }
+
+
+def register_reader(cls: type[SegmentationReader]) -> type[SegmentationReader]:
+    """Class decorator: make ``cls`` the reader of ``cls.layout`` (``--layout``, ``data.layout``)."""
+    READERS[cls.layout] = cls
+    return cls
+
+
+def dataset_classes(layout: str, root: str | Path) -> tuple[str, ...] | None:
+    """The K class names (background first) a dataset names itself, for a layout whose classes come from the data
+    (the folder layout: ``classes.txt`` or its tags); None for a layout of fixed classes (voc, coco), whose count is
+    the config's."""
+    cls = READERS.get(layout)
+    if cls is None or not cls.classes_from_data:
+        return None
+    return tuple(cls(root, "all", require_tags=False, require_images=False).class_names)
 
 
 def build_reader(

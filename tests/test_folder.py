@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from conftest import make_folder_dataset
@@ -143,3 +144,28 @@ def test_train_export_evaluate_on_the_folder_layout(voc_root, tmp_path):
     res = CliRunner().invoke(cli, ["show", "--pred", str(art), "--split", "val", "-n", "2", "--no-gt", "-q"])
     assert res.exit_code == 0, res.output
     assert len(list((art / "show_val").glob("*.png"))) == 2
+    seg = tmp_path / "seg"
+    res = CliRunner().invoke(cli, ["fit-segmenter", "--arch", "unet", "--encoder", "resnet18", "--model-kwargs",
+                                   "{encoder_depth: 3, decoder_channels: [32, 16, 8]}", "--labels", str(art),
+                                   "--split", "val", "--val-split", "", "--out", str(seg), "--iters", "1",
+                                   "--batch-size", "2", "--crop-size", "64", "--num-workers", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    seg_data = yaml.safe_load((seg / "config.yaml").read_text())["data"]
+    assert (seg_data["layout"], seg_data["root"], seg_data["class_names"]) == ("folder", str(data), list(named))
+
+
+def test_evaluate_scores_against_the_folder_masks(folder, tmp_path):
+    """GT masks of the folder layout: perfect predictions score 1, one class removed scores below."""
+    import shutil
+
+    r = build_reader("folder", folder, "all", require_masks=True)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for image_id in r.ids:
+        shutil.copyfile(r.mask_path(image_id), preds / f"{image_id}.png")
+    res = CliRunner().invoke(cli, ["evaluate", "--pred", str(preds), "--split", "all", "--gt", str(folder),
+                                   "--layout", "folder", "-q"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((preds / "metrics_all.json").read_text())
+    assert doc["miou"] == 1.0 and doc["num_images"] == len(r.ids)
+    assert [c["name"] for c in doc["per_class"]] == list(VOC_CLASSES)

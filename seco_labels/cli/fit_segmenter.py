@@ -60,7 +60,7 @@ def _yaml_mapping(ctx: click.Context, param: click.Parameter, value: str | None)
 @config_key_option("data.root", "--data-root", type=click.Path(file_okay=False),
                    help="Dataset root (data.root; default: the export's dataset_root).")
 @config_key_option("data.layout", "--layout",
-                   help="Dataset layout voc | coco | coco-seco (default: the export's, else voc).")
+                   help="Dataset layout voc | coco | coco-seco | folder (default: the export's, else voc).")
 @config_key_option("data.num_classes", "--num-classes", type=int,
                    help="K, background included (default: the layout's; must match the export's).")
 @classes_option
@@ -83,6 +83,10 @@ def _yaml_mapping(ctx: click.Context, param: click.Parameter, value: str | None)
                    help="Write last.pt every N steps (train.ckpt_every).")
 @config_key_option("train.val_max_images", "--val-max-images", type=int,
                    help="Score only the first N val images (train.val_max_images; 0 = all).")
+@config_key_option("train.log", "--log", type=click.Choice(["jsonl", "tensorboard"]),
+                   help="tensorboard: also write SEG_DIR/tensorboard/ (loss, lr, val mIoU and images; needs pip "
+                        "install \"seco-labels[tensorboard]\"). SEG_DIR/metrics.jsonl is always written (train.log; "
+                        "default jsonl).")
 @click.option("--resume", default=None, metavar="auto|PATH",
               help="Continue SEG_DIR/last.pt (auto; starts at step 0 when there is none) or PATH.")
 @allow_changes_option
@@ -104,10 +108,12 @@ def fit_segmenter_cmd(run_dir, resume, allow_changes, config_file, overrides, qu
     """
     from ..segmenters.config import segmenter_config
     from ..segmenters.train import SegmenterTrainer
+    from ..logging_sinks import require_log
     from ..run_state import RUN_LOCK, TrainingInterrupted
 
     lock_out(run_dir, RUN_LOCK, "a training run")
     cfg = segmenter_config(config_file, overrides, **config_values())
+    require_log(cfg.train.log)  # a missing tensorboard stops the run now, not after the model and data are built
     trainer = SegmenterTrainer(cfg, run_dir, quiet=quiet)
     for note in trainer.notes:
         click.echo(note, err=True)

@@ -151,6 +151,8 @@ class EvalResult:
     gt: str  #: ground-truth root
     split: str
     info: dict = field(default_factory=dict)  #: extra JSON-safe entries for the JSON report (e.g. the sweep)
+    #: each image's mIoU (classes in its GT or prediction; None when it has no labelled pixel), by id
+    per_image: dict[str, float | None] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Scalar metrics (see :meth:`ConfusionMatrix.summary`) plus the number of images and the inputs."""
@@ -253,6 +255,7 @@ def evaluate_masks(
     _check_ids(ids, source, "prediction")
     k = reader.num_classes
     cm = ConfusionMatrix(k, ignore_index)
+    per_image: dict[str, float | None] = {}
     allowed = np.array([*range(k), ignore_index])
     for image_id in tqdm(ids, desc="evaluate", unit="img", disable=not progress):
         mask = source.load_mask(image_id)
@@ -268,8 +271,13 @@ def evaluate_masks(
                 f"prediction for {image_id} in {source.name} has values {bad.tolist()[:8]} outside 0..{k - 1} and "
                 f"{ignore_index}; it was written for another number of classes (check --num-classes/--layout)"
             )
-        cm.update(gt, mask)
-    return EvalResult(cm, list(reader.class_names), len(ids), source.name, str(reader.root), reader.split)
+        one = ConfusionMatrix(k, ignore_index)
+        one.update(gt, mask)
+        cm.merge(one)
+        miou = one.miou()
+        per_image[image_id] = None if np.isnan(miou) else float(miou)
+    return EvalResult(cm, list(reader.class_names), len(ids), source.name, str(reader.root), reader.split,
+                      per_image=per_image)
 
 
 def _check_cam(image_id: str, cam: np.ndarray, keys: np.ndarray, gt_shape: tuple[int, ...], k: int,

@@ -38,6 +38,7 @@ _EXPORT_REPORT_NAME = "export_{}.json"
 _SEGMENT_REPORT_NAME = "segment_{}.json"
 _COCO_NAME = "coco_{}.json"
 _CLASSES_NAME = "classes.json"
+_REPORT_NAME = "report_{}"
 
 
 def h5_path(art: str | Path, split: str) -> Path:
@@ -104,6 +105,11 @@ def read_manifest(art: str | Path, split: str) -> dict[str, Any] | None:
         raise DataError(f"{path} holds a JSON {type(manifest).__name__}, not the settings object; delete it and "
                         "export again with --overwrite")
     return manifest
+
+
+def report_dir(art: str | Path, split: str) -> Path:
+    """``ART/report_<split>/``: ``seco report``'s page (index.html) and its thumbnails."""
+    return Path(art) / _REPORT_NAME.format(split)
 
 
 def classes_path(art: str | Path) -> Path:

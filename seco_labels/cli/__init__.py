@@ -47,6 +47,6 @@ from . import evaluate as _evaluate  # noqa: E402,F401
 from . import export as _export  # noqa: E402,F401
 from . import compare as _compare, fit_segmenter as _fit_segmenter  # noqa: E402,F401
 from . import segment as _segment, show as _show  # noqa: E402,F401
-from . import predict as _predict  # noqa: E402,F401
+from . import predict as _predict, report as _report  # noqa: E402,F401
 
 __all__ = ["cli", "main"]

@@ -169,3 +169,24 @@ def test_evaluate_scores_against_the_folder_masks(folder, tmp_path):
     doc = json.loads((preds / "metrics_all.json").read_text())
     assert doc["miou"] == 1.0 and doc["num_images"] == len(r.ids)
     assert [c["name"] for c in doc["per_class"]] == list(VOC_CLASSES)
+
+
+def test_train_cli_draws_the_splits_then_trains(folder, tmp_path):
+    import shutil
+
+    from test_cli import FAST
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    res = CliRunner().invoke(cli, ["train", "--preset", "demo", "--out", str(tmp_path / "voc"), "--val-fraction", "0.2"])
+    assert res.exit_code == 2 and "--val-fraction draws the split lists of the folder layout, not of layout 'voc'" \
+        in res.output
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", "--preset", "demo", "--layout", "folder", "--data-root", str(data),
+                                   "--split", "train", "--val-split", "val", "--val-fraction", "0.25", "--split-seed",
+                                   "1", "--iters", "1", "--out", str(run), "-q", *FAST])
+    assert res.exit_code == 0, res.output
+    val = (data / "splits" / "val.txt").read_text().splitlines()
+    assert val[0] == "# drawn by seco_labels: --val-fraction 0.25 --split-seed 1" and len(val) - 1 == 8  # of 32
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("cam_miou" in r for r in log)  # validated on the drawn val split's GT masks

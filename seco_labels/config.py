@@ -17,6 +17,7 @@ from .config_io import _coerce, _field_types
 from .data.classes import check_class_names
 from .errors import ConfigError
 from .energy import GAUSSIAN_FILTERS
+from .logging_sinks import LOG_KINDS
 
 __all__ = [
     "DataConfig",
@@ -169,6 +170,9 @@ class TrainConfig:
     val_every: int = 2000
     log_every: int = 20
     val_max_images: int = 0  #: 0 = the whole val split
+    #: where the log goes besides RUN_DIR/metrics.jsonl (always written): jsonl (nowhere else) | tensorboard
+    #: (RUN_DIR/tensorboard/, needs the [tensorboard] extra)
+    log: str = "jsonl"
 
 
 @dataclass
@@ -236,6 +240,8 @@ class SecoConfig:
             )
         if self.train.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"train.amp={self.train.amp!r}: choose auto, bf16, fp16 or off")
+        if self.train.log not in LOG_KINDS:
+            raise ConfigError(f"train.log={self.train.log!r}: choose {' or '.join(LOG_KINDS)}")
         if not c.scales or any(s <= 0 for s in c.scales):
             raise ConfigError(f"cam.scales={c.scales}: give one or more positive scales")
         return self

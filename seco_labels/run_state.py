@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -27,6 +28,7 @@ from .config_io import config_to_dict, save_config
 from .distributed import DistContext, barrier
 from .errors import CheckpointError, ConfigError, SecoError
 from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps
+from .logging_sinks import LogSink, open_sink
 from .runtime import peak_memory_mb
 from .stop_signals import StopOnSignals, TrainingInterrupted
 
@@ -55,13 +57,19 @@ def holding_run_lock(fit: Callable[..., Any]) -> Callable[..., Any]:
     """Decorates a trainer's ``fit``: it runs holding the run folder's lock (``RUN_DIR/.lock``; rank 0 alone under
     torchrun, for all processes), and first removes the temp files a killed run left there (:data:`RUN_FILES`).
 
+    The log sink ``fit`` opened (:meth:`RunState._open_run`) is closed when it returns or raises, so an interrupted
+    run's events are on disk.
+
     Raises:
         FolderBusyError: another process is writing the run folder.
     """
     @functools.wraps(fit)
     def locked(self: "RunState", *args: Any, **kwargs: Any) -> Any:
         with self.run_lock():
-            return fit(self, *args, **kwargs)
+            try:
+                return fit(self, *args, **kwargs)
+            finally:
+                self._close_sink()
 
     return locked
 
@@ -73,14 +81,18 @@ def _eta(seconds: float) -> str:
 class RunState(StopOnSignals):
     """What the SeCo and segmenter trainers share: the training loop (:meth:`run_loop`), the JSONL metrics log,
     resume (with the config-change check), checkpoints, the plain progress lines, stopping cleanly on SIGINT/SIGTERM,
-    the autocast context, and restoring model, optimiser, grad scaler and torch/CUDA RNG from a checkpoint (needs
-    ``run_dir``, ``device``, ``amp_dtype``, ``model``, ``optimizer``, ``scaler``, ``quiet``; ``resume``/``save``
-    call the trainer's ``state_dict``/``load_state_dict``, ``run_loop`` its ``_train_loader``). Under torchrun
+    the log sink of ``train.log`` (:mod:`seco_labels.logging_sinks`), the autocast context, and restoring model,
+    optimiser, grad scaler and torch/CUDA RNG from a checkpoint (needs ``run_dir``, ``device``, ``amp_dtype``,
+    ``model``, ``optimizer``, ``scaler``, ``quiet``; ``resume``/``save`` call the trainer's
+    ``state_dict``/``load_state_dict``, ``run_loop`` its ``_train_loader``). Under torchrun
     (``dist``) only rank 0 writes the log and checkpoints; every rank reads them on resume.
 
     Config keys on resume (:func:`seco_labels.checkpoint.check_changes`): ``SILENT_KEYS`` may change freely,
     ``ALLOWED_KEYS`` may change and are recorded in ``RUN_DIR/config_changes.jsonl``, ``ARCH_KEYS`` are checked by
     ``load_state_dict`` (they cannot change); any other change needs ``allow_changes`` and is recorded too.
+
+    With ``train.log=tensorboard`` each validation also sends the sink the pictures of the trainer's
+    :meth:`validation_images`.
     """
 
     run_dir: Path
@@ -100,7 +112,7 @@ class RunState(StopOnSignals):
     _train_loader: Callable[[], Iterable[Any]]
     #: where and how verbosely the run goes, not what it computes
     SILENT_KEYS: tuple[str, ...] = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every",
-                                    "model.backbone_weights", "preset", "train.compile")
+                                    "model.backbone_weights", "preset", "train.compile", "train.log")
     #: extending (or shortening) the run, and what only validation reads
     ALLOWED_KEYS: tuple[str, ...] = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split",
                                      "data.root", "train.amp")
@@ -110,6 +122,8 @@ class RunState(StopOnSignals):
     config_changes: list[ConfigChange] = []
     #: set by ``fit``: the run had already reached ``train.iters`` when it was called (nothing was trained)
     already_finished: bool = False
+    #: the sink of ``train.log`` besides ``metrics.jsonl`` (rank 0, set by :meth:`_open_run`; None for jsonl)
+    _sink: LogSink | None = None
 
     # -- logging -------------------------------------------------------------------------------------------
     @property
@@ -129,6 +143,24 @@ class RunState(StopOnSignals):
         if not self.dist.is_primary:
             return
         append_line(self.log_path, json.dumps(record))
+        if self._sink is not None:
+            self._sink.write(record)
+
+    def validation_images(self) -> list[tuple[str, np.ndarray]]:
+        """``(tag, (H, W, 3) uint8)`` pictures of a few validation images and what the model makes of them, drawn
+        after each validation for the log sink (trainers override this; rank 0 alone calls it)."""
+        return []
+
+    def _log_images(self, step: int) -> None:
+        """Send the sink :meth:`validation_images` for the validation after step ``step``, when it keeps
+        pictures (drawing them costs forward passes a jsonl-only run does not pay)."""
+        if self._sink is not None and self._sink.wants_images and self.dist.is_primary:
+            self._sink.add_images(step, self.validation_images())
+
+    def _close_sink(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
 
     @contextlib.contextmanager
     def run_lock(self) -> Iterator[None]:
@@ -190,9 +222,16 @@ class RunState(StopOnSignals):
 
     # -- the training loop ---------------------------------------------------------------------------------
     def _open_run(self) -> None:
-        """The start of ``fit``: create ``RUN_DIR``, write ``config.yaml`` and drop the log records of steps >=
-        ``self.step`` (:meth:`_truncate_log`; rank 0 alone)."""
+        """The start of ``fit``: create ``RUN_DIR``, write ``config.yaml``, drop the log records of steps >=
+        ``self.step`` (:meth:`_truncate_log`) and open the sink of ``train.log``, which replaces those steps too
+        (rank 0 alone).
+
+        Raises:
+            ConfigError: ``train.log=tensorboard`` without the tensorboard package (names the install command).
+        """
         if self.dist.is_primary:
+            self._close_sink()
+            self._sink = open_sink(self.cfg.train.log, self.run_dir, self.step)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
             self._truncate_log(self.step)
@@ -239,6 +278,7 @@ class RunState(StopOnSignals):
                     shown = validate()
                     if shown is not None:
                         self._log({"step": self.step - 1, "split": self.cfg.data.val_split, **shown[0]})
+                        self._log_images(self.step - 1)
                         last = {**last, **shown[0]}
                         if self.dist.is_primary:
                             bar.write(f"step {self.step}: {shown[1]}")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
@@ -27,6 +28,7 @@ from .config_io import config_to_dict
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, dataset_classes
 from .distributed import DistributedError, all_gather_objects, all_reduce_mean, init_distributed, norm_groups
 from .errors import ConfigError
+from .logging_sinks import image_count
 from .models import SeCoNet, build_seco
 from .objective import PhaseTimer, SecoObjective, StepOutput, _no_timer
 from .precision import grad_scaler, resolve_amp
@@ -34,7 +36,7 @@ from .refine import PAR
 from .run_state import RunState, holding_run_lock
 from .runtime import StepBatchSampler, batch_to_device, resolve_device
 from .schedule import lr_multiplier
-from .validation import validation_scores
+from .validation import validation_images, validation_scores
 
 __all__ = ["Trainer", "memory_digest", "zero_missing_grads"]
 
@@ -227,6 +229,18 @@ class Trainer(RunState):
             return validation_scores(
                 self.model, loader, self.cfg, self.device, autocast=self._autocast,
                 quiet=self.quiet or not sys.stderr.isatty(),
+            )
+
+    def validation_images(self) -> list[tuple[str, np.ndarray]]:
+        """Strips of the first val images (:func:`seco_labels.validation.validation_images`) for the log sink."""
+        loader = self.val_loader()
+        if loader is None:
+            return []
+        dataset = loader.dataset.dataset  # the whole split, not this process's shard: rank 0 draws them alone
+        with compile_errors(self.cfg.train.compile):
+            return validation_images(
+                self.model, dataset, self.cfg, self.device, count=image_count(self.cfg.train.val_max_images),
+                class_names=dataset.reader.class_names, autocast=self._autocast,
             )
 
     def checkpoint(self) -> Path:

@@ -87,6 +87,10 @@ def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
 @config_key_option("train.iters", "--iters", type=int, help="Training iterations (train.iters).")
 @config_key_option("data.batch_size", "--batch-size", type=int,
                    help="Images per step, summed over processes under torchrun (data.batch_size).")
+@config_key_option("train.log", "--log", type=click.Choice(["jsonl", "tensorboard"]),
+                   help="tensorboard: also write RUN_DIR/tensorboard/ (loss terms, lr, validation scores and images; "
+                        "needs pip install \"seco-labels[tensorboard]\"). RUN_DIR/metrics.jsonl is always written "
+                        "(train.log; default jsonl).")
 @click.option("--resume", default=None, metavar="auto|PATH",
               help="Continue RUN_DIR/last.pt (auto; starts at step 0 when there is none) or the given checkpoint.")
 @allow_changes_option
@@ -101,11 +105,13 @@ def train_cmd(preset, config_file, overrides, quiet, run_dir, resume, allow_chan
     with DistributedDataParallel; see docs/distributed.md.
     """
     from ..distributed import is_primary_process, shutdown_distributed
+    from ..logging_sinks import require_log
     from ..run_state import RUN_LOCK, TrainingInterrupted
     from ..train import Trainer
 
     lock_out(run_dir, RUN_LOCK, "a training run")
     cfg = resolve_config(preset, config_file, overrides)
+    require_log(cfg.train.log)  # a missing tensorboard stops the run now, not after the model and data are built
     try:
         trainer = Trainer(cfg, run_dir, quiet=quiet)
         primary = trainer.dist.is_primary

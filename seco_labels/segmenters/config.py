@@ -15,6 +15,7 @@ from typing import Any
 from ..config import TrainConfig, apply_overrides, set_values
 from ..config_io import load_config_file
 from ..errors import ConfigError
+from ..logging_sinks import LOG_KINDS
 
 __all__ = [
     "SegDataConfig",
@@ -106,6 +107,8 @@ class SegmenterConfig:
             raise ConfigError(f"optim.lr={o.lr} must be positive")
         if t.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"train.amp={t.amp!r}: choose auto, bf16, fp16 or off")
+        if t.log not in LOG_KINDS:
+            raise ConfigError(f"train.log={t.log!r}: choose {' or '.join(LOG_KINDS)}")
         if t.iters < 1 or t.ckpt_every < 1 or t.log_every < 1:
             raise ConfigError(f"train.iters={t.iters}, train.ckpt_every={t.ckpt_every} and train.log_every="
                               f"{t.log_every} must be positive")

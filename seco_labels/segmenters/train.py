@@ -32,6 +32,7 @@ from ..config_io import config_to_dict
 from ..data.readers import SegmentationReader
 from ..errors import CheckpointError
 from ..io import atomic_write_text, disk_full_guard
+from ..logging_sinks import image_count
 from ..evaluate import EvalResult, evaluate_masks, write_reports
 from ..schedule import lr_multiplier
 from ..precision import grad_scaler, resolve_amp
@@ -93,7 +94,8 @@ class SegmenterTrainer(RunState):
     ``RUN_DIR/config_changes.jsonl``); any other change (lr, labels, crops, seed...) needs ``allow_changes``.
     """
 
-    SILENT_KEYS = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every", "model.encoder_weights")
+    SILENT_KEYS = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every", "model.encoder_weights",
+                   "train.log")
     ALLOWED_KEYS = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split", "data.root",
                     "train.amp")
     ARCH_KEYS = tuple(f"{s}.{k}" for s, k in MODEL_KEYS)
@@ -229,6 +231,30 @@ class SegmenterTrainer(RunState):
                        "iters": self.step, "crop_size": d.crop_size, "size_multiple": self.multiple}
         return result
 
+    def validation_images(self) -> list[tuple[str, np.ndarray]]:
+        """``(tag, strip)`` of the first val images for the log sink: the image, the model's mask, the GT and the
+        errors (:func:`seco_labels.show.panels_for`), as ``seco evaluate`` would score that mask."""
+        from ..show import draw_strip, panels_for
+
+        reader = self.val_reader
+        if reader is None:
+            return []
+        strips = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for i, image_id in enumerate(reader.ids[: image_count(self.cfg.train.val_max_images)]):
+                image = reader.load_image(image_id)
+                pred = predict_mask(self.model, image, multiple=self.multiple, device=self.device,
+                                    autocast=self._autocast if self.amp_dtype else None)
+                panels = panels_for(image, pred, reader.class_names, gt=reader.load_mask(image_id, image.shape[:2]),
+                                    ignore_index=self.cfg.data.ignore_index)
+                panels[1].caption, panels[1].legend = "prediction", ()  # panels_for draws a pseudo mask's
+                strips.append((f"val_images/{i}_{image_id}", np.asarray(draw_strip(panels, title=image_id))))
+        finally:
+            self.model.train(was_training)
+        return strips
+
     @holding_run_lock
     def fit(self) -> dict[str, Any]:
         """Train from ``self.step`` to ``train.iters``, save ``last.pt`` and ``model/``, then score the val split
@@ -259,6 +285,7 @@ class SegmenterTrainer(RunState):
             miou = _num(result.confusion.miou())
             self._drop_final_validation()
             self._log({"step": self.step - 1, "split": self.cfg.data.val_split, "miou": miou})
+            self._log_images(self.step - 1)
             write_reports(result, self.run_dir)
             summary["val_miou"] = miou
         self.save_model({"val_miou": summary.get("val_miou"), "val_split": self.cfg.data.val_split or None,

@@ -76,8 +76,13 @@ def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
 @cli.command("train")
 @config_options
 @config_key_option("data.root", "--data-root", type=click.Path(file_okay=False), help="Dataset root (data.root).")
-@config_key_option("data.layout", "--layout", help="Dataset layout: voc | coco | coco-seco (data.layout).")
+@config_key_option("data.layout", "--layout",
+                   help="Dataset layout: voc | coco | coco-seco | folder (images/ + tags.csv; data.layout).")
 @config_key_option("data.train_split", "--split", help="Training split (data.train_split).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Folder layout without split lists: draw --split/--val-split at random (this fraction for "
+                   "validation, seeded by --split-seed) into DATA/splits/, or check the lists there are this draw.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the --val-fraction draw.")
 @config_key_option("data.val_split", "--val-split",
                    help="Validation split with GT masks (data.val_split); '' for none.")
 @classes_option
@@ -94,7 +99,7 @@ def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
 @click.option("--resume", default=None, metavar="auto|PATH",
               help="Continue RUN_DIR/last.pt (auto; starts at step 0 when there is none) or the given checkpoint.")
 @allow_changes_option
-def train_cmd(preset, config_file, overrides, quiet, run_dir, resume, allow_changes):
+def train_cmd(preset, config_file, overrides, quiet, val_fraction, split_seed, run_dir, resume, allow_changes):
     """Train SeCo; writes RUN_DIR/config.yaml, RUN_DIR/last.pt and RUN_DIR/metrics.jsonl.
 
     Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves RUN_DIR/last.pt and exits with 130 (SIGINT) or
@@ -112,6 +117,16 @@ def train_cmd(preset, config_file, overrides, quiet, run_dir, resume, allow_chan
     lock_out(run_dir, RUN_LOCK, "a training run")
     cfg = resolve_config(preset, config_file, overrides)
     require_log(cfg.train.log)  # a missing tensorboard stops the run now, not after the model and data are built
+    if val_fraction is not None:
+        from ..data import READERS, write_folder_splits
+
+        if not READERS[cfg.data.layout].classes_from_data:
+            raise click.UsageError(f"--val-fraction draws the split lists of the folder layout, not of layout "
+                                   f"{cfg.data.layout!r} (its lists are part of the dataset)")
+        if not cfg.data.val_split:
+            raise click.UsageError("--val-fraction needs a validation split name: drop --val-split ''")
+        write_folder_splits(cfg.data.root, val_fraction, split_seed, train=cfg.data.train_split,
+                            val=cfg.data.val_split)
     try:
         trainer = Trainer(cfg, run_dir, quiet=quiet)
         primary = trainer.dist.is_primary

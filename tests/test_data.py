@@ -149,7 +149,7 @@ def test_coco_seco_layout(coco_root, tmp_path):
 
 
 def test_unknown_layout_lists_valid_ones(voc_root):
-    with pytest.raises(ConfigError, match="'pascal'.*coco, coco-seco, voc"):
+    with pytest.raises(ConfigError, match="'pascal'.*coco, coco-seco, folder, voc"):
         build_reader("pascal", voc_root, "train")
 
 

@@ -1,0 +1,368 @@
+"""A co-occurrence benchmark a CPU can learn (issue 13): real photo cut-outs pasted on real backgrounds, with
+co-occurrence controlled per class pair.
+
+    # a VOC-layout dataset every seco command reads as it is (train 2000, val 300 at 128 px by default)
+    python benchmarks/cooc.py generate --source ../shared/data/coco-mini --out cooc/data --seed 0 \\
+        --pairs dog:person --num-classes 6 --min-area 200
+
+Sources must not show the same photos under two vocabularies: voc-mini's ``coco_*`` images are coco-mini's, with
+VOC names (``diningtable`` for ``dining table``), so give one of them. On coco-mini (106 photos) the command above
+finds these train/val instances per class in 22 s: dog 7/3, person 92/19, cup 8/8, dining table 23/1, bowl 10/3,
+car 8/3. That is too few distinct objects per class for a model to generalise from: a second source is needed.
+The ``run`` verb (stage-1 pretraining, SeCo, export, scores) is not written yet.
+
+How a dataset is made (all of it drawn from ``--seed``, so the same arguments give the same bytes):
+
+- **Instances.** Every connected region of a class in the sources' GT masks, at least ``--min-area`` pixels, is a
+  cut-out: its pixels, its mask, its class. The classes are the ``--classes`` given, else the ``--num-classes``
+  classes with the most distinct instances (each pair's classes included). Instances are split between train and
+  val by their source image, so no object is seen in both.
+- **Backgrounds.** Windows of the source images that hold no pixel of the benchmark's classes (other classes are
+  allowed, they are background here); each window gets a type by its colour (``green`` when green dominates, else
+  ``other``) for the context variant.
+- **Images.** ``--size`` squares: a background window, then 1-3 cut-outs at random scale (their longer side 35-75%
+  of the image), flip and position; a later object covers an earlier one, in the mask too. The GT mask holds the
+  class indices 1..K, 0 elsewhere; the tags are the classes with at least ``--min-visible`` visible pixels.
+- **Co-occurrence** (``--pairs A:B``): in train, B is pasted into at least ``--cooc`` (80%) of the images that hold
+  A; in val, A alone, B alone and A with B come equally often. ``--context A`` (the context variant) puts A only on
+  ``green`` backgrounds in train and on either in val.
+
+Writes ``OUT/JPEGImages``, ``OUT/SegmentationClassAug`` (palette PNGs), ``OUT/ImageSets/Segmentation/{train,val}.txt``,
+``OUT/cls_labels_onehot.npy``, ``OUT/classes.txt`` and ``OUT/cooc.json`` (settings, instance counts, and the
+measured co-occurrence of every pair per split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import pickle
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from seco_labels.artifacts import save_mask_png
+from seco_labels.data import build_reader
+from seco_labels.io import atomic_path, atomic_write_bytes, atomic_write_text
+
+#: longest side at which instances are found (their pixels are cut at full resolution)
+_COMPONENT_SIDE = 160
+
+
+@dataclass
+class Instance:
+    """A cut-out: (h, w, 3) uint8 pixels and its (h, w) bool mask, of class ``name``, from source image ``origin``."""
+
+    name: str
+    pixels: np.ndarray
+    mask: np.ndarray
+    origin: str
+
+
+def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected regions of a (H, W) bool mask: (labels (H, W) int64, 0 outside, 1..n inside; n).
+
+    Label propagation by max-pooling until nothing changes (plain torch: the package has no scipy)."""
+    m = torch.from_numpy(mask)
+    labels = torch.where(m, torch.arange(1, m.numel() + 1).reshape(m.shape), torch.zeros((), dtype=torch.long))
+    cross = torch.tensor([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=torch.bool)
+    while True:
+        padded = F.pad(labels[None, None].float(), (1, 1, 1, 1))
+        windows = F.unfold(padded, 3)[0].reshape(9, *labels.shape)  # (9, H, W) neighbourhoods
+        grown = torch.where(m, windows[cross.flatten()].amax(0).long(), labels)
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    uniq, inverse = torch.unique(labels, return_inverse=True)
+    dense = inverse.reshape(labels.shape) - (1 if uniq[0] == 0 else 0)
+    dense = torch.where(m, dense + 1, torch.zeros((), dtype=torch.long))
+    return dense.numpy(), int(len(uniq) - (1 if uniq[0] == 0 else 0))
+
+
+def _photo(image_id: str) -> str:
+    """The photo an id shows: voc-mini's ``coco_<n>`` images are coco-mini's ``<n>``, and must not be split apart."""
+    return image_id.removeprefix("coco_")
+
+
+def find_instances(readers: list, min_area: int) -> dict[str, list[Instance]]:
+    """Every connected region of every foreground class with at least ``min_area`` pixels, by class name."""
+    found: dict[str, list[Instance]] = {}
+    for reader in readers:
+        for image_id in reader.ids:
+            image, gt = reader.load_image(image_id), reader.load_mask(image_id)
+            h, w = gt.shape
+            step = max(1, int(np.ceil(max(h, w) / _COMPONENT_SIDE)))
+            small = gt[::step, ::step]
+            for c in np.unique(small):
+                if c == 0 or c == reader.ignore_index:
+                    continue
+                labels, n = components(small == c)
+                for k in range(1, n + 1):
+                    ys, xs = np.nonzero(labels == k)
+                    y0, y1, x0, x1 = ys.min() * step, (ys.max() + 1) * step, xs.min() * step, (xs.max() + 1) * step
+                    region = (gt[y0:y1, x0:x1] == c)
+                    # the component's own pixels: the full-resolution class mask inside its upsampled footprint
+                    footprint = np.kron(labels[ys.min():ys.max() + 1, xs.min():xs.max() + 1] == k,
+                                        np.ones((step, step), bool))[: y1 - y0, : x1 - x0]
+                    region &= footprint[: region.shape[0], : region.shape[1]]
+                    if region.sum() < min_area:
+                        continue
+                    name = reader.class_names[int(c)]
+                    found.setdefault(name, []).append(
+                        Instance(name, image[y0:y1, x0:x1].copy(), region, _photo(image_id)))
+    return found
+
+
+def find_backgrounds(readers: list, classes: set[str], size: int, per_image: int,
+                     rng: np.random.Generator) -> list[tuple[np.ndarray, str]]:
+    """Up to ``per_image`` square windows per source image holding no pixel of ``classes``, resized to ``size``,
+    each with its type (``green`` or ``other``)."""
+    out = []
+    for reader in readers:
+        banned = [k for k, n in enumerate(reader.class_names) if n in classes]
+        for image_id in reader.ids:
+            image, gt = reader.load_image(image_id), reader.load_mask(image_id)
+            bad = np.isin(gt, banned)
+            h, w = gt.shape
+            side = min(h, w) // 2
+            got = 0
+            for _ in range(12):
+                if got == per_image or side < 32:
+                    break
+                y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+                if bad[y:y + side, x:x + side].any():
+                    continue
+                window = np.asarray(Image.fromarray(image[y:y + side, x:x + side]).resize((size, size),
+                                                                                        Image.BILINEAR))
+                r, g, b = window.reshape(-1, 3).mean(0)
+                out.append((window, "green" if g > r and g > b else "other"))
+                got += 1
+    return out
+
+
+def paste(canvas: np.ndarray, mask: np.ndarray, inst: Instance, index: int, rng: np.random.Generator) -> None:
+    """Paste ``inst`` into ``canvas`` (S, S, 3) and its class ``index`` into ``mask`` (S, S), in place."""
+    s = canvas.shape[0]
+    longest = rng.uniform(0.35, 0.75) * s
+    h, w = inst.mask.shape
+    scale = longest / max(h, w)
+    size = (max(2, round(w * scale)), max(2, round(h * scale)))
+    pixels = np.asarray(Image.fromarray(inst.pixels).resize(size, Image.BILINEAR))
+    alpha = np.asarray(Image.fromarray(inst.mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+    if rng.random() < 0.5:
+        pixels, alpha = pixels[:, ::-1], alpha[:, ::-1]
+    y, x = int(rng.integers(0, s - size[1] + 1)), int(rng.integers(0, s - size[0] + 1))
+    region = (slice(y, y + size[1]), slice(x, x + size[0]))
+    canvas[region][alpha] = pixels[alpha]
+    mask[region][alpha] = index
+
+
+def _val_photos(instances: dict[str, list[Instance]], classes: list[str], rng: np.random.Generator) -> set[str]:
+    """The source photos whose instances go to val (the rest to train): about a fifth of them, at least one photo
+    of every class that has two or more (rarest class first), and never a class's last train photo."""
+    photos = {c: sorted({i.origin for i in instances[c]}) for c in classes}
+    val: set[str] = set()
+
+    def keeps_train(photo: str) -> bool:
+        return all(set(p) - val - {photo} for c, p in photos.items() if photo in p)
+
+    for c in sorted(classes, key=lambda c: len(photos[c])):
+        if not val & set(photos[c]):
+            choices = [p for p in photos[c] if keeps_train(p)]
+            if choices:
+                val.add(choices[int(rng.integers(len(choices)))])
+    every = sorted(set().union(*photos.values()))
+    for k in rng.permutation(len(every)):
+        if len(val) >= len(every) // 5:
+            break
+        if keeps_train(every[k]):
+            val.add(every[k])
+    return val
+
+
+def _plan_train(classes: list[str], pairs: list[tuple[str, str]], n: int, cooc: float,
+                rng: np.random.Generator) -> list[list[str]]:
+    """The classes of each train image: a primary class drawn uniformly, then each pair's partner with probability
+    ``cooc`` (so B is in at least that share of A's images), then maybe one more class."""
+    partners = {a: b for a, b in pairs}
+    plans = []
+    for _ in range(n):
+        first = classes[int(rng.integers(len(classes)))]
+        plan = [first]
+        if first in partners and rng.random() < cooc:
+            plan.append(partners[first])
+        if len(plan) < 3 and rng.random() < 0.3:
+            other = classes[int(rng.integers(len(classes)))]
+            if other not in plan and other not in partners:  # a pair's A appears only through its own plans
+                plan.append(other)
+        plans.append(plan)
+    return plans
+
+
+def _plan_val(classes: list[str], pairs: list[tuple[str, str]], n: int, rng: np.random.Generator) -> list[list[str]]:
+    """The classes of each val image: for every pair, A alone, B alone and A with B equally often (half the images);
+    the rest one or two classes at random among those in no pair."""
+    plans: list[list[str]] = []
+    per_case = n // (3 * max(1, len(pairs))) // 2 if pairs else 0
+    for a, b in pairs:
+        plans += [[a]] * per_case + [[b]] * per_case + [[a, b]] * per_case
+    rest = [c for c in classes if not any(c in p for p in pairs)] or classes  # the pairs' counts stay balanced
+    while len(plans) < n:
+        plan = [rest[int(rng.integers(len(rest)))]]
+        if rng.random() < 0.3:
+            other = rest[int(rng.integers(len(rest)))]
+            if other != plan[0]:
+                plan.append(other)
+        plans.append(plan)
+    order = rng.permutation(len(plans))
+    return [plans[i] for i in order]
+
+
+def cooccurrence(tags: dict[str, set[str]], pairs: list[tuple[str, str]]) -> dict[str, dict[str, float | int]]:
+    """Per pair A:B: images with A, with B, with both, and the share of A's images that hold B."""
+    out = {}
+    for a, b in pairs:
+        with_a = [t for t in tags.values() if a in t]
+        with_b = [t for t in tags.values() if b in t]
+        both = [t for t in with_a if b in t]
+        out[f"{a}:{b}"] = {"a": len(with_a), "b": len(with_b), "both": len(both), "a_alone": len(with_a) - len(both),
+                           "b_alone": len(with_b) - len(both),
+                           "share_of_a_with_b": round(len(both) / len(with_a), 4) if with_a else None}
+    return out
+
+
+def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]], classes: list[str] | None,
+             num_classes: int, n_train: int, n_val: int, size: int, cooc: float, context: str | None,
+             min_area: int, min_visible: int) -> dict:
+    """Write the dataset (module docstring) and return its settings and statistics (also ``OUT/cooc.json``)."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    readers = [build_reader(_layout(src), src, split, require_masks=True, require_tags=False)
+               for src in sources for split in _splits(src)]
+    instances = find_instances(readers, min_area)
+    wanted = list(dict.fromkeys([c for p in pairs for c in p] + list(classes or [])))
+    missing = [c for c in wanted if c not in instances]
+    if missing:
+        raise SystemExit(f"no instance of {missing} in {', '.join(map(str, sources))} (at --min-area {min_area}); "
+                         f"classes there: {', '.join(sorted(instances))}")
+    if not classes:
+        ranked = sorted(instances, key=lambda c: (-len({i.origin for i in instances[c]}), c))
+        classes = (wanted + [c for c in ranked if c not in wanted])[:max(num_classes, len(wanted))]
+    classes = list(classes)
+    # instances split by source image: no object in both splits
+    val_origins = _val_photos(instances, classes, rng)
+    pools = {split: {c: [i for i in instances[c] if (i.origin in val_origins) == (split == "val")] for c in classes}
+             for split in ("train", "val")}
+    for split, pool in pools.items():
+        empty = [c for c, items in pool.items() if not items]
+        if empty:
+            raise SystemExit(f"class(es) {empty} have no {split} instance; lower --min-area or add a --source")
+    backgrounds = find_backgrounds(readers, set(classes), size, per_image=3, rng=rng)
+    if not backgrounds:
+        raise SystemExit("no background window without the benchmark's classes was found; add a --source")
+    green = [b for b in backgrounds if b[1] == "green"]
+    if context and not green:
+        raise SystemExit("--context needs green backgrounds and the sources have none")
+
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    labels: dict[str, np.ndarray] = {}
+    tags: dict[str, dict[str, set[str]]] = {"train": {}, "val": {}}
+    plans = {"train": _plan_train(classes, pairs, n_train, cooc, rng), "val": _plan_val(classes, pairs, n_val, rng)}
+    for split, split_plans in plans.items():
+        ids = []
+        for n, plan in enumerate(split_plans):
+            image_id = f"{split}_{n:05d}"
+            use_green = context is not None and split == "train" and context in plan
+            pool = green if use_green else backgrounds
+            canvas = pool[int(rng.integers(len(pool)))][0].copy()
+            mask = np.zeros((size, size), np.uint8)
+            for name in plan:
+                items = pools[split][name]
+                paste(canvas, mask, items[int(rng.integers(len(items)))], classes.index(name) + 1, rng)
+            present = {classes[k - 1] for k in np.unique(mask) if k > 0 and (mask == k).sum() >= min_visible}
+            vec = np.zeros(len(classes), np.float32)
+            for name in present:
+                vec[classes.index(name)] = 1
+            if not vec.any():  # every object covered or too small: draw the image again under another id next
+                continue
+            buf = io.BytesIO()
+            Image.fromarray(canvas).save(buf, format="JPEG", quality=92)
+            atomic_write_bytes(out / "JPEGImages" / f"{image_id}.jpg", buf.getvalue())
+            save_mask_png(out / "SegmentationClassAug" / f"{image_id}.png", mask)
+            labels[image_id], tags[split][image_id] = vec, present
+            ids.append(image_id)
+        atomic_write_text(out / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n")
+    with atomic_path(out / "cls_labels_onehot.npy") as tmp, open(tmp, "wb") as f:
+        pickle.dump(labels, f, protocol=4)  # what np.load(allow_pickle=True) reads, as the published code's file
+    atomic_write_text(out / "classes.txt", "\n".join(["background", *classes]) + "\n")
+    info = {
+        "seed": seed, "sources": [str(s) for s in sources], "classes": classes,
+        "pairs": [f"{a}:{b}" for a, b in pairs], "context": context, "size": size, "cooc": cooc,
+        "min_area": min_area, "min_visible": min_visible,
+        "images": {split: len(t) for split, t in tags.items()},
+        "instances": {split: {c: len(pool[c]) for c in classes} for split, pool in pools.items()},
+        "backgrounds": {"green": len(green), "other": len(backgrounds) - len(green)},
+        "cooccurrence": {split: cooccurrence(t, pairs) for split, t in tags.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_text(out / "cooc.json", json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _layout(src: Path) -> str:
+    return "voc" if (src / "JPEGImages").is_dir() else "coco"
+
+
+def _splits(src: Path) -> list[str]:
+    lists = src / "ImageSets" / "Segmentation" if _layout(src) == "voc" else src
+    return [s for s in ("train", "val") if (lists / f"{s}.txt").is_file()]
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b or a == b:
+            raise argparse.ArgumentTypeError(f"{item!r}: give pairs as A:B with two class names, e.g. dog:person")
+        pairs.append((a.strip(), b.strip()))
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    gen = verbs.add_parser("generate", help="write the dataset")
+    gen.add_argument("--source", type=Path, action="append", required=True,
+                     help="a VOC- or COCO-layout dataset with GT masks (repeatable)")
+    gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--pairs", type=_pairs, default=[], help="co-occurring pairs A:B, comma-separated")
+    gen.add_argument("--classes", default=None, help="comma-separated class names (default: the most instanced)")
+    gen.add_argument("--num-classes", type=int, default=5, help="foreground classes when --classes is not given")
+    gen.add_argument("--train", type=int, default=2000, help="train images")
+    gen.add_argument("--val", type=int, default=300, help="val images")
+    gen.add_argument("--size", type=int, default=128, help="image side, pixels")
+    gen.add_argument("--cooc", type=float, default=0.85, help="share of A's train images that hold B")
+    gen.add_argument("--context", default=None, help="class kept on green backgrounds in train (context variant)")
+    gen.add_argument("--min-area", type=int, default=400, help="smallest instance, source pixels")
+    gen.add_argument("--min-visible", type=int, default=40, help="visible pixels for a pasted class to be tagged")
+    args = parser.parse_args(argv)
+    info = generate(args.source, args.out, seed=args.seed, pairs=args.pairs,
+                    classes=args.classes.split(",") if args.classes else None, num_classes=args.num_classes,
+                    n_train=args.train, n_val=args.val, size=args.size, cooc=args.cooc, context=args.context,
+                    min_area=args.min_area, min_visible=args.min_visible)
+    print(json.dumps({k: info[k] for k in ("classes", "images", "instances", "cooccurrence", "seconds")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

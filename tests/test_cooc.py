@@ -1,0 +1,60 @@
+"""benchmarks/cooc.py generate: a co-occurrence dataset from real cut-outs, deterministic and readable by seco."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TEST_DATA, load_benchmark
+from seco_labels.data import build_reader, read_class_names
+
+cooc = load_benchmark("cooc")
+
+
+def test_components_are_four_connected_regions():
+    mask = np.array([[1, 1, 0, 0], [0, 1, 0, 1], [0, 0, 0, 1], [1, 0, 1, 1]], bool)
+    labels, n = cooc.components(mask)
+    assert n == 3 and (labels > 0).sum() == mask.sum() and (labels[~mask] == 0).all()
+    assert labels[0, 0] == labels[1, 1] != labels[3, 0] != labels[1, 3] == labels[3, 2]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cooc")
+    args = dict(sources=[TEST_DATA / "coco-mini"], seed=3, pairs=[("cup", "person")], classes=None, num_classes=3,
+                n_train=60, n_val=24, size=96, cooc=0.85, context=None, min_area=200, min_visible=20)
+    info = cooc.generate(out=out / "a", **args)
+    again = cooc.generate(out=out / "b", **args)
+    return out, info, again
+
+
+def test_the_dataset_is_read_by_seco_and_its_tags_match_its_masks(generated):
+    out, info, _ = generated
+    names = read_class_names(out / "a" / "classes.txt")
+    assert list(names) == ["background", *info["classes"]] and {"cup", "person"} <= set(info["classes"])
+    for split in ("train", "val"):
+        reader = build_reader("voc", out / "a", split, class_names=names, require_masks=True)
+        assert len(reader) == info["images"][split] > 0.9 * {"train": 60, "val": 24}[split]
+        for image_id in reader.ids[:10]:
+            image, mask = reader.load_image(image_id), reader.load_mask(image_id)
+            assert image.shape == (96, 96, 3) and mask.shape == (96, 96)
+            counts = np.bincount(mask.ravel(), minlength=len(names))[1:]
+            np.testing.assert_array_equal(reader.tags(image_id), (counts >= 20).astype(np.float32))
+    assert min(info["instances"]["val"].values()) >= 1 and min(info["instances"]["train"].values()) >= 1
+
+
+def test_cooccurrence_is_controlled_and_recorded(generated):
+    out, info, _ = generated
+    train, val = info["cooccurrence"]["train"]["cup:person"], info["cooccurrence"]["val"]["cup:person"]
+    assert train["share_of_a_with_b"] >= 0.75  # 0.85 drawn; an occluded partner can drop out of the tags
+    assert abs(val["a_alone"] - val["both"]) <= 2 and abs(val["b_alone"] - val["both"]) <= 2 and val["both"] >= 2
+    assert json.loads((out / "a" / "cooc.json").read_text())["pairs"] == ["cup:person"]
+
+
+def test_same_seed_same_bytes(generated):
+    out, info, again = generated
+    for sub in ("JPEGImages/train_00007.jpg", "SegmentationClassAug/val_00003.png", "ImageSets/Segmentation/train.txt"):
+        assert (out / "a" / sub).read_bytes() == (out / "b" / sub).read_bytes()
+    assert {k: v for k, v in info.items() if k != "seconds"} == {k: v for k, v in again.items() if k != "seconds"}

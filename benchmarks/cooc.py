@@ -276,6 +276,7 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
         (out / sub).mkdir(parents=True, exist_ok=True)
     labels: dict[str, np.ndarray] = {}
     tags: dict[str, dict[str, set[str]]] = {"train": {}, "val": {}}
+    on = {split: {"green": 0, "other": 0} for split in ("train", "val")}  # backgrounds of the context class
     plans = {"train": _plan_train(classes, pairs, n_train, cooc, rng), "val": _plan_val(classes, pairs, n_val, rng)}
     for split, split_plans in plans.items():
         ids = []
@@ -283,7 +284,8 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
             image_id = f"{split}_{n:05d}"
             use_green = context is not None and split == "train" and context in plan
             pool = green if use_green else backgrounds
-            canvas = pool[int(rng.integers(len(pool)))][0].copy()
+            canvas, kind = pool[int(rng.integers(len(pool)))]
+            canvas = canvas.copy()
             mask = np.zeros((size, size), np.uint8)
             for name in plan:
                 items = pools[split][name]
@@ -299,6 +301,8 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
             atomic_write_bytes(out / "JPEGImages" / f"{image_id}.jpg", buf.getvalue())
             save_mask_png(out / "SegmentationClassAug" / f"{image_id}.png", mask)
             labels[image_id], tags[split][image_id] = vec, present
+            if context is not None and context in present:
+                on[split][kind] += 1
             ids.append(image_id)
         atomic_write_text(out / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n")
     with atomic_path(out / "cls_labels_onehot.npy") as tmp, open(tmp, "wb") as f:
@@ -312,6 +316,7 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
         "instances": {split: {c: len(pool[c]) for c in classes} for split, pool in pools.items()},
         "backgrounds": {"green": len(green), "other": len(backgrounds) - len(green)},
         "cooccurrence": {split: cooccurrence(t, pairs) for split, t in tags.items()},
+        "context_backgrounds": on if context is not None else None,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(out / "cooc.json", json.dumps(info, indent=2) + "\n")

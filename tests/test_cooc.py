@@ -58,3 +58,12 @@ def test_same_seed_same_bytes(generated):
     for sub in ("JPEGImages/train_00007.jpg", "SegmentationClassAug/val_00003.png", "ImageSets/Segmentation/train.txt"):
         assert (out / "a" / sub).read_bytes() == (out / "b" / sub).read_bytes()
     assert {k: v for k, v in info.items() if k != "seconds"} == {k: v for k, v in again.items() if k != "seconds"}
+
+
+def test_the_context_variant_keeps_its_class_on_one_background_type_in_train(tmp_path):
+    info = cooc.generate([TEST_DATA / "coco-mini"], tmp_path, seed=1, pairs=[], classes=["person", "cup"],
+                         num_classes=2, n_train=40, n_val=20, size=64, cooc=0.85, context="person", min_area=200,
+                         min_visible=10)
+    seen = info["context_backgrounds"]
+    assert seen["train"]["other"] == 0 and seen["train"]["green"] > 0
+    assert seen["val"]["other"] > 0  # mixed in val

@@ -9,7 +9,9 @@ Sources must not show the same photos under two vocabularies: voc-mini's ``coco_
 VOC names (``diningtable`` for ``dining table``), so give one of them. On coco-mini (106 photos) the command above
 finds these train/val instances per class in 22 s: dog 7/3, person 92/19, cup 8/8, dining table 23/1, bowl 10/3,
 car 8/3. That is too few distinct objects per class for a model to generalise from: a second source is needed.
-The ``run`` verb (stage-1 pretraining, SeCo, export, scores) is not written yet.
+Stage 1 (``pretrain --data DIR --out weights.pt``) trains the ViT SeCo will use on multi-label classification and
+saves a state dict for ``seco train --backbone-weights``; ``baselines --data DIR`` scores the tag-only masks a pseudo
+label must beat. The ``run`` verb (stage 1, SeCo, export, scores for one seed) is not written yet.
 
 How a dataset is made (all of it drawn from ``--seed``, so the same arguments give the same bytes):
 
@@ -323,6 +325,111 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
     return info
 
 
+# -- stage 1: classification pretraining ---------------------------------------------------------------------
+def load_split(data: Path, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A generated split in memory: (ids, images (N, 3, S, S) uint8, tags (N, K-1) float32, masks (N, S, S) uint8)."""
+    from seco_labels.data import read_class_names
+
+    reader = build_reader("voc", data, split, class_names=read_class_names(data / "classes.txt"), require_masks=True)
+    images = torch.stack([torch.from_numpy(reader.load_image(i)).permute(2, 0, 1) for i in reader.ids])
+    tags = torch.stack([torch.from_numpy(reader.tags(i)) for i in reader.ids])
+    masks = torch.stack([torch.from_numpy(reader.load_mask(i)) for i in reader.ids])
+    return list(reader.ids), images, tags, masks
+
+
+def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, steps: int, batch_size: int, lr: float,
+             seed: int, log_every: int = 50) -> dict:
+    """Stage 1: multi-label classification of the train split by the ViT SeCo will use (``backbone``,
+    ``backbone_kwargs``), with a CAM-style head (a 1x1 projection of every patch token, max-pooled), so the
+    features learn where the classes are. Saves the ViT's state dict to ``out`` (``seco train --backbone-weights``)
+    and returns the losses, the val tag F1 and the seconds per step."""
+    from seco_labels.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from seco_labels.models.backbone import ViTEncoder
+
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    _, images, tags, _ = load_split(data, "train")
+    _, val_images, val_tags, _ = load_split(data, "val")
+    encoder = ViTEncoder(backbone, aux_layer=-1, **backbone_kwargs)  # the aux tokens are not used here
+    head = torch.nn.Conv2d(encoder.embed_dim, tags.shape[1], 1)
+    params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return head(encoder(x).tokens).amax(dim=(2, 3))  # (B, K-1): the strongest patch of each class
+
+    def prepare(batch: torch.Tensor, train: bool) -> torch.Tensor:
+        x = batch.float() / 255
+        if train:  # flips and a random shift: cheap, and the pasted objects move anyway
+            flip = torch.rand(x.shape[0], generator=gen) < 0.5
+            x[flip] = x[flip].flip(-1)
+            dy, dx = (int(v) for v in torch.randint(-8, 9, (2,), generator=gen))
+            x = torch.roll(x, (dy, dx), dims=(2, 3))
+        return (x - mean) / std
+
+    losses, t0 = [], time.perf_counter()
+    encoder.train()
+    for step in range(steps):
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        loss = F.binary_cross_entropy_with_logits(logits(prepare(images[idx], True)), tags[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"pretrain step {step}/{steps}: loss {np.mean(losses[-log_every:]):.4f}", file=sys.stderr)
+    seconds = (time.perf_counter() - t0) / max(1, steps)
+    encoder.eval()
+    with torch.no_grad():
+        predicted = torch.cat([torch.sigmoid(logits(prepare(val_images[i:i + 64], False))) > 0.5
+                               for i in range(0, len(val_images), 64)]).float()
+    tp = float((predicted * val_tags).sum())
+    f1 = 2 * tp / max(1.0, float(predicted.sum() + val_tags.sum()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        torch.save(encoder.vit.state_dict(), tmp)
+    return {"steps": steps, "first_loss": round(float(np.mean(losses[:10])), 4),
+            "last_loss": round(float(np.mean(losses[-10:])), 4), "val_tag_f1": round(f1, 4),
+            "seconds_per_step": round(seconds, 4), "weights": str(out)}
+
+
+# -- trivial baselines --------------------------------------------------------------------------------------
+def baselines(data: Path, split: str, sizes: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> dict:
+    """mIoU of tag-only masks on a split (what pseudo labels must beat): all background; the whole image as the
+    image's first tag; a centred square of each side fraction in ``sizes`` as the first tag (the best one reported
+    too). The mIoU is seco evaluate's (classes in the GT or the prediction)."""
+    from seco_labels.metrics import ConfusionMatrix
+
+    _, _, tags, masks = load_split(data, split)
+    k = tags.shape[1] + 1
+    first = torch.where(tags.any(1), tags.argmax(1) + 1, torch.zeros((), dtype=torch.long))  # (N,) class index
+    s = masks.shape[-1]
+
+    def score(pred: torch.Tensor) -> float:
+        cm = ConfusionMatrix(k)
+        cm.update(masks.long(), pred.long())
+        return round(float(cm.miou()), 4)
+
+    out = {"all_background": score(torch.zeros_like(masks)),
+           "whole_image": score(first[:, None, None].expand_as(masks))}
+    boxes = {}
+    for frac in sizes:
+        side = max(1, round(frac * s))
+        lo = (s - side) // 2
+        pred = torch.zeros_like(masks)
+        pred[:, lo:lo + side, lo:lo + side] = first[:, None, None].to(pred.dtype)
+        boxes[frac] = score(pred)
+    best = max(boxes, key=boxes.get)
+    out.update({f"centre_box_{frac}": v for frac, v in boxes.items()})
+    out.update({"best_centre_box": boxes[best], "best_centre_box_side": best,
+                "best_trivial": max(out["all_background"], out["whole_image"], boxes[best])})
+    return out
+
+
 def _layout(src: Path) -> str:
     return "voc" if (src / "JPEGImages").is_dir() else "coco"
 
@@ -360,7 +467,27 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--context", default=None, help="class kept on green backgrounds in train (context variant)")
     gen.add_argument("--min-area", type=int, default=400, help="smallest instance, source pixels")
     gen.add_argument("--min-visible", type=int, default=40, help="visible pixels for a pasted class to be tagged")
+    pre = verbs.add_parser("pretrain", help="stage 1: classification pretraining of the ViT on a generated set")
+    pre.add_argument("--data", type=Path, required=True, help="a dataset written by generate")
+    pre.add_argument("--out", type=Path, required=True, help="the weights file to write")
+    pre.add_argument("--backbone", default="vit_tiny_patch16_224")
+    pre.add_argument("--backbone-kwargs", type=json.loads, default={"patch_size": 8, "depth": 6},
+                     help='JSON timm arguments, e.g. \'{"patch_size": 8, "depth": 6}\'')
+    pre.add_argument("--steps", type=int, default=2000)
+    pre.add_argument("--batch-size", type=int, default=32)
+    pre.add_argument("--lr", type=float, default=1e-3)
+    pre.add_argument("--seed", type=int, default=0)
+    base = verbs.add_parser("baselines", help="tag-only masks' mIoU on a generated split")
+    base.add_argument("--data", type=Path, required=True)
+    base.add_argument("--split", default="train")
     args = parser.parse_args(argv)
+    if args.verb == "pretrain":
+        print(json.dumps(pretrain(args.data, args.out, backbone=args.backbone, backbone_kwargs=args.backbone_kwargs,
+                                  steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed), indent=1))
+        return 0
+    if args.verb == "baselines":
+        print(json.dumps(baselines(args.data, args.split), indent=1))
+        return 0
     info = generate(args.source, args.out, seed=args.seed, pairs=args.pairs,
                     classes=args.classes.split(",") if args.classes else None, num_classes=args.num_classes,
                     n_train=args.train, n_val=args.val, size=args.size, cooc=args.cooc, context=args.context,

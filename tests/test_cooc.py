@@ -67,3 +67,19 @@ def test_the_context_variant_keeps_its_class_on_one_background_type_in_train(tmp
     seen = info["context_backgrounds"]
     assert seen["train"]["other"] == 0 and seen["train"]["green"] > 0
     assert seen["val"]["other"] > 0  # mixed in val
+
+
+def test_pretrained_weights_load_into_seco_and_baselines_are_scored(generated, tmp_path):
+    from seco_labels.models.backbone import ViTEncoder
+
+    out, info, _ = generated
+    kwargs = {"patch_size": 8, "depth": 1}
+    result = cooc.pretrain(out / "a", tmp_path / "w.pt", backbone="vit_tiny_patch16_224", backbone_kwargs=kwargs,
+                           steps=3, batch_size=4, lr=1e-3, seed=0, log_every=0)
+    assert result["steps"] == 3 and 0 <= result["val_tag_f1"] <= 1 and result["last_loss"] > 0
+    encoder = ViTEncoder("vit_tiny_patch16_224", aux_layer=-1, weights=str(tmp_path / "w.pt"), **kwargs)  # strict
+    saved = __import__("torch").load(tmp_path / "w.pt", weights_only=True)
+    assert all((encoder.vit.state_dict()[k] == v).all() for k, v in saved.items())
+    scores = cooc.baselines(out / "a", "train")
+    assert 0 < scores["all_background"] < 1 and scores["best_centre_box_side"] in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    assert scores["best_trivial"] == max(scores["all_background"], scores["whole_image"], scores["best_centre_box"])

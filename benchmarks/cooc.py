@@ -11,7 +11,8 @@ finds these train/val instances per class in 22 s: dog 7/3, person 92/19, cup 8/
 car 8/3. That is too few distinct objects per class for a model to generalise from: a second source is needed.
 Stage 1 (``pretrain --data DIR --out weights.pt``) trains the ViT SeCo will use on multi-label classification and
 saves a state dict for ``seco train --backbone-weights``; ``baselines --data DIR`` scores the tag-only masks a pseudo
-label must beat. The ``run`` verb (stage 1, SeCo, export, scores for one seed) is not written yet.
+label must beat. ``run --source DIR --out DIR --seed S`` does one seed end to end and resumes (result_<variant>.json:
+the export's scores, the baselines and their ratio, the CAM ROC-AUC and the co-occurrence confusion).
 
 How a dataset is made (all of it drawn from ``--seed``, so the same arguments give the same bytes):
 
@@ -430,6 +431,93 @@ def baselines(data: Path, split: str, sizes: tuple[float, ...] = (0.3, 0.4, 0.5,
     return out
 
 
+# -- scores of an export ---------------------------------------------------------------------------------------
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(a positive scores above a negative), ties counted half (the Mann-Whitney form of the ROC-AUC)."""
+    neg = np.sort(neg)
+    below = np.searchsorted(neg, pos, side="left")
+    equal = np.searchsorted(neg, pos, side="right") - below
+    return float((below + 0.5 * equal).sum() / (len(pos) * len(neg)))
+
+
+def localisation(data: Path, art: Path, split: str, pairs: list[tuple[str, str]]) -> dict:
+    """Threshold-free and co-occurrence scores of an export of a generated split:
+
+    - ``cam_roc_auc``: mean over (image, tagged class) of the ROC-AUC of the class's CAM against its own GT pixels
+      (0.5: no localisation);
+    - ``cooc_confusion``: per pair A:B, on the images whose GT holds both, the share of B's pixels the pseudo masks
+      label A and of A's labelled B; ``cooc_confusion_mean`` averages both directions over the pairs.
+    """
+    from seco_labels.artifacts import open_split
+
+    exported = open_split(art, split)
+    cams = exported.require_cams()
+    ids, _, _, masks = load_split(data, split)
+    names = exported.dataset.class_names or ()
+    index = {n: k for k, n in enumerate(names)}
+    aucs = []
+    counts = {f"{a}:{b}": np.zeros(4) for a, b in pairs}  # B as A, B pixels, A as B, A pixels
+    for image_id, gt in zip(ids, masks.numpy()):
+        cam, keys = cams.load_cam(image_id)
+        labelled = gt != 255
+        for channel, k in zip(cam, keys):
+            own = gt == k
+            if own.any() and (labelled & ~own).any():
+                aucs.append(_auc(channel[own], channel[labelled & ~own]))
+        pred = exported.masks.load_mask(image_id)
+        for a, b in pairs:
+            ka, kb = index[a], index[b]
+            if (gt == ka).any() and (gt == kb).any():
+                counts[f"{a}:{b}"] += [((gt == kb) & (pred == ka)).sum(), (gt == kb).sum(),
+                                       ((gt == ka) & (pred == kb)).sum(), (gt == ka).sum()]
+    confusion = {pair: {"b_as_a": round(c[0] / c[1], 4) if c[1] else None,
+                        "a_as_b": round(c[2] / c[3], 4) if c[3] else None} for pair, c in counts.items()}
+    shares = [v for c in confusion.values() for v in c.values() if v is not None]
+    return {"cam_roc_auc": round(float(np.mean(aucs)), 4) if aucs else None, "cam_roc_auc_n": len(aucs),
+            "cooc_confusion": confusion, "cooc_confusion_mean": round(float(np.mean(shares)), 4) if shares else None}
+
+
+def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]], num_classes: int, n_train: int,
+        n_val: int, size: int, backbone_kwargs: dict, pretrain_steps: int, iters: int, variant: str = "full",
+        threads: int = 2, extra_sets: tuple[str, ...] = ()) -> dict:
+    """One seed end to end, resumable (each stage is skipped when its output exists): generate ``OUT/data``,
+    stage 1 ``OUT/weights.pt``, SeCo ``variant`` from those weights and its export of the train split
+    (benchmarks/ablation.py's ``run_one``, in ``OUT/<variant>/seed<S>``), then ``OUT/result.json``: the export's
+    CAM/pseudo-mask mIoU and FP/TP, the trivial baselines, the ratio to the best of them, the CAM ROC-AUC and the
+    co-occurrence confusion."""
+    import importlib.util
+
+    result_file = out / f"result_{variant}.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    data, weights = out / "data", out / "weights.pt"
+    if not (data / "cooc.json").is_file():
+        generate(source, data, seed=seed, pairs=pairs, classes=None, num_classes=num_classes, n_train=n_train,
+                 n_val=n_val, size=size, cooc=0.85, context=None, min_area=200, min_visible=40)
+    if not weights.is_file():
+        stage1 = pretrain(data, weights, backbone="vit_tiny_patch16_224", backbone_kwargs=backbone_kwargs,
+                          steps=pretrain_steps, batch_size=32, lr=1e-3, seed=seed)
+        atomic_write_text(out / "pretrain.json", json.dumps(stage1, indent=2))
+    spec = importlib.util.spec_from_file_location("seco_ablation", Path(__file__).with_name("ablation.py"))
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)  # type: ignore[union-attr]
+    names = ["background", *json.loads((data / "cooc.json").read_text())["classes"]]
+    sets = [f"model.backbone_kwargs={json.dumps(backbone_kwargs)}", f"data.class_names={json.dumps(names)}",
+            f"data.num_classes={len(names)}", *extra_sets]
+    ns = argparse.Namespace(out=str(out), preset="demo", data_root=str(data), split="train", config=None, iters=iters,
+                            backbone_weights=str(weights), set=sets, crop=size, eval_split="train", val_split="",
+                            seg_crf=False, device="cpu")
+    scores = ablation.run_one(ns, variant, seed, threads)
+    art = out / variant / f"seed{seed}" / "art"
+    trivial = baselines(data, "train")
+    result = {**scores, "baselines": trivial, **localisation(data, art, "train", pairs),
+              "mask_miou_over_best_trivial": round(scores["mask_miou"] / trivial["best_trivial"], 3)
+              if trivial["best_trivial"] else None,
+              "pretrain": json.loads((out / "pretrain.json").read_text()) if (out / "pretrain.json").is_file() else None}
+    atomic_write_text(result_file, json.dumps(result, indent=2))
+    return result
+
+
 def _layout(src: Path) -> str:
     return "voc" if (src / "JPEGImages").is_dir() else "coco"
 
@@ -480,7 +568,25 @@ def main(argv: list[str] | None = None) -> int:
     base = verbs.add_parser("baselines", help="tag-only masks' mIoU on a generated split")
     base.add_argument("--data", type=Path, required=True)
     base.add_argument("--split", default="train")
+    one = verbs.add_parser("run", help="one seed end to end: generate, stage 1, SeCo, export, scores (resumable)")
+    one.add_argument("--source", type=Path, action="append", required=True)
+    one.add_argument("--out", type=Path, required=True)
+    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--pairs", type=_pairs, default=[("dog", "person")])
+    one.add_argument("--num-classes", type=int, default=5)
+    one.add_argument("--train", type=int, default=2000)
+    one.add_argument("--val", type=int, default=300)
+    one.add_argument("--size", type=int, default=128)
+    one.add_argument("--backbone-kwargs", type=json.loads, default={"patch_size": 8, "depth": 6})
+    one.add_argument("--pretrain-steps", type=int, default=2000)
+    one.add_argument("--iters", type=int, default=300, help="SeCo steps")
+    one.add_argument("--variant", default="full", help="an ablation variant (benchmarks/ablation.py)")
     args = parser.parse_args(argv)
+    if args.verb == "run":
+        print(json.dumps(run(args.source, args.out, seed=args.seed, pairs=args.pairs, num_classes=args.num_classes,
+                             n_train=args.train, n_val=args.val, size=args.size, backbone_kwargs=args.backbone_kwargs,
+                             pretrain_steps=args.pretrain_steps, iters=args.iters, variant=args.variant), indent=1))
+        return 0
     if args.verb == "pretrain":
         print(json.dumps(pretrain(args.data, args.out, backbone=args.backbone, backbone_kwargs=args.backbone_kwargs,
                                   steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed), indent=1))

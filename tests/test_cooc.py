@@ -83,3 +83,25 @@ def test_pretrained_weights_load_into_seco_and_baselines_are_scored(generated, t
     scores = cooc.baselines(out / "a", "train")
     assert 0 < scores["all_background"] < 1 and scores["best_centre_box_side"] in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     assert scores["best_trivial"] == max(scores["all_background"], scores["whole_image"], scores["best_centre_box"])
+
+
+@pytest.mark.slow
+def test_run_does_one_seed_end_to_end_and_resumes(tmp_path):
+    """The quick version of the benchmark (tiny sizes): every stage runs, the result holds every score."""
+    kwargs = dict(seed=0, pairs=[("cup", "person")], num_classes=3, n_train=16, n_val=8, size=64,
+                  backbone_kwargs={"patch_size": 8, "depth": 3}, pretrain_steps=2, iters=2, threads=1,
+                  extra_sets=("decompose.local_crop_size=16", "train.val_max_images=2"))
+    result = cooc.run([TEST_DATA / "coco-mini"], tmp_path, **kwargs)
+    assert (tmp_path / "weights.pt").is_file() and (tmp_path / "full" / "seed0" / "art" / "cams_train.h5").is_file()
+    assert 0 <= result["mask_miou"] <= 1 and result["baselines"]["best_trivial"] > 0
+    assert result["mask_miou_over_best_trivial"] == round(result["mask_miou"] / result["baselines"]["best_trivial"], 3)
+    assert 0 <= result["cam_roc_auc"] <= 1 and result["cam_roc_auc_n"] > 0
+    assert set(result["cooc_confusion"]) == {"cup:person"}
+    stamp = (tmp_path / "result_full.json").stat().st_mtime_ns
+    assert cooc.run([TEST_DATA / "coco-mini"], tmp_path, **kwargs) == result  # resumed: nothing redone
+    assert (tmp_path / "result_full.json").stat().st_mtime_ns == stamp
+
+
+def test_roc_auc_counts_ties_half():
+    assert cooc._auc(np.array([2.0, 3.0]), np.array([1.0, 1.0])) == 1.0
+    assert cooc._auc(np.array([1.0]), np.array([1.0, 2.0])) == 0.25

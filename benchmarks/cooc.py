@@ -510,10 +510,11 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
     scores = ablation.run_one(ns, variant, seed, threads)
     art = out / variant / f"seed{seed}" / "art"
     trivial = baselines(data, "train")
+    stage1 = out / "pretrain.json"
     result = {**scores, "baselines": trivial, **localisation(data, art, "train", pairs),
               "mask_miou_over_best_trivial": round(scores["mask_miou"] / trivial["best_trivial"], 3)
               if trivial["best_trivial"] else None,
-              "pretrain": json.loads((out / "pretrain.json").read_text()) if (out / "pretrain.json").is_file() else None}
+              "pretrain": json.loads(stage1.read_text()) if stage1.is_file() else None}
     atomic_write_text(result_file, json.dumps(result, indent=2))
     return result
 

@@ -50,7 +50,7 @@ def run_demo(
     Raises:
         TrainingInterrupted: SIGINT/SIGTERM during a training stage (its checkpoint is saved; call again to go on).
     """
-    from .artifacts import open_split
+    from .artifacts import open_split, show_dir
     from .evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
     from .export import ExportOptions, export_split
     from .segmenters.compare import compare_runs, load_run
@@ -90,7 +90,7 @@ def run_demo(
     echo(f"[3/{DEMO_STAGES}] evaluate on {split}: pseudo masks mIoU {_num(m['miou'], 100)}, precision "
          f"{_num(m['mean_precision'], 100)}, recall {_num(m['mean_recall'], 100)}, FP/TP {_num(m['fp_tp'])}; "
          f"raw CAMs mIoU {_num(cams.best_miou, 100)} at background threshold {cams.best_threshold:.2f}")
-    shown = write_strips(reader.ids[:4], reader, pseudo.masks, art / f"show_{split}", cams=pseudo.cams,
+    shown = write_strips(reader.ids[:4], reader, pseudo.masks, show_dir(art, split), cams=pseudo.cams,
                          split=split)
     echo(f"  reports: {masks_report}, {cams_report}; pictures: {shown[0].parent}")
 

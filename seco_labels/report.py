@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .artifacts import open_split, report_dir
+from .artifacts import open_split, report_dir, show_dir
 from .evaluate import evaluate_masks
 from .io import atomic_path, atomic_write_text
 from .predict import overlay_image
@@ -55,7 +55,7 @@ def write_report(art: str | Path, split: str, *, out_dir: str | Path | None = No
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
     ignore = int(source.record.get("ignore_index", reader.ignore_index))
     scores = evaluate_masks(source.masks, reader, ids=ids) if reader.has_masks else None
-    show = source.folder / f"show_{split}"
+    show = show_dir(source.folder, split)
     images = []
     for image_id in tqdm(ids, desc=f"report {split}", unit="img", disable=not progress):
         mask = source.masks.load_mask(image_id)

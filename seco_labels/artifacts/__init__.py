@@ -29,7 +29,7 @@ from __future__ import annotations
 from .coco import decode_rle, encode_rle, write_coco_json
 from .layout import (FORMAT_VERSION, GZIP_LEVEL, ROOT_ATTRS, classes_path, coco_path, export_report_path,
                      exported_splits, h5_path, lock_name, manifest_path, masks_dir, read_manifest, report_dir,
-                     save_mask_png, segment_report_path, settings_changes)
+                     save_mask_png, show_dir, segment_report_path, settings_changes)
 from .folder import ArtifactSplit, ExportedDataset, open_pseudo_labels, open_split
 from .reader import ArtifactFile, PngMaskFolder, PseudoLabels
 from .writer import ArtifactWriter
@@ -50,6 +50,7 @@ __all__ = [
     "coco_path",
     "classes_path",
     "report_dir",
+    "show_dir",
     "PseudoLabels",
     "open_pseudo_labels",
     "h5_path",

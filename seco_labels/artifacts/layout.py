@@ -39,6 +39,7 @@ _SEGMENT_REPORT_NAME = "segment_{}.json"
 _COCO_NAME = "coco_{}.json"
 _CLASSES_NAME = "classes.json"
 _REPORT_NAME = "report_{}"
+_SHOW_NAME = "show_{}"
 
 
 def h5_path(art: str | Path, split: str) -> Path:
@@ -105,6 +106,11 @@ def read_manifest(art: str | Path, split: str) -> dict[str, Any] | None:
         raise DataError(f"{path} holds a JSON {type(manifest).__name__}, not the settings object; delete it and "
                         "export again with --overwrite")
     return manifest
+
+
+def show_dir(art: str | Path, split: str) -> Path:
+    """``ART/show_<split>/``: the default folder of ``seco show``'s strips (linked from the report)."""
+    return Path(art) / _SHOW_NAME.format(split)
 
 
 def report_dir(art: str | Path, split: str) -> Path:

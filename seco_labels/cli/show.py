@@ -9,7 +9,7 @@ import click
 
 from . import cli
 from ..io import check_writable_dir
-from ..artifacts import open_split
+from ..artifacts import open_split, show_dir
 from .options import out_option, quiet_option
 
 
@@ -34,7 +34,7 @@ def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt,
     from ..show import write_strips
 
     source = open_split(pred, split)
-    out = Path(out_dir) if out_dir else check_writable_dir(source.folder / f"show_{split}")
+    out = Path(out_dir) if out_dir else check_writable_dir(show_dir(source.folder, split))
     reader = source.open_images(root=data_root, layout=layout, root_option="--data-root DIR (the images' root)")
     have = source.ids()
     if ids:

@@ -118,9 +118,9 @@ def train_cmd(preset, config_file, overrides, quiet, val_fraction, split_seed, r
     cfg = resolve_config(preset, config_file, overrides)
     require_log(cfg.train.log)  # a missing tensorboard stops the run now, not after the model and data are built
     if val_fraction is not None:
-        from ..data import READERS, write_folder_splits
+        from ..data import FolderReader, write_folder_splits
 
-        if not READERS[cfg.data.layout].classes_from_data:
+        if cfg.data.layout != FolderReader.layout:
             raise click.UsageError(f"--val-fraction draws the split lists of the folder layout, not of layout "
                                    f"{cfg.data.layout!r} (its lists are part of the dataset)")
         if not cfg.data.val_split:

@@ -5,10 +5,16 @@ co-occurrence controlled per class pair.
     python benchmarks/cooc.py generate --source ../shared/data/coco-mini --out cooc/data --seed 0 \\
         --pairs dog:person --num-classes 6 --min-area 200
 
+    # the digits tier: the bundled handwritten digits (about 180 per class) on coco-mini's photos
+    python benchmarks/cooc.py generate --digits --source ../shared/data/coco-mini --out cooc/digits --seed 0 \
+        --pairs three:eight --num-classes 5 --size 96
+
 Sources must not show the same photos under two vocabularies: voc-mini's ``coco_*`` images are coco-mini's, with
-VOC names (``diningtable`` for ``dining table``), so give one of them. On coco-mini (106 photos) the command above
-finds these train/val instances per class in 22 s: dog 7/3, person 92/19, cup 8/8, dining table 23/1, bowl 10/3,
-car 8/3. That is too few distinct objects per class for a model to generalise from: a second source is needed.
+VOC names (``diningtable`` for ``dining table``), so give one of them. On coco-mini (106 photos), with
+``--min-area 200`` and 5 classes, the train/val instances per class are: dog 9/1, person 91/20, cup 14/2,
+dining table 20/4, bowl 11/2 (16 s). That is too few distinct objects per class for a model to generalise from
+(stage 1 on one H200, 6000 steps: tag F1 0.68 on train, 0.27 on val), hence ``--digits``: 1,797 real handwritten
+digits (benchmarks/data/README.md), 135-154 train and 27-44 val instances per class for 5 classes (9 s).
 Stage 1 (``pretrain --data DIR --out weights.pt``) trains the ViT SeCo will use on multi-label classification and
 saves a state dict for ``seco train --backbone-weights``; ``baselines --data DIR`` scores the tag-only masks a pseudo
 label must beat. ``run --source DIR --out DIR --seed S`` does one seed end to end and resumes (result_<variant>.json:
@@ -17,9 +23,11 @@ the export's scores, the baselines and their ratio, the CAM ROC-AUC and the co-o
 How a dataset is made (all of it drawn from ``--seed``, so the same arguments give the same bytes):
 
 - **Instances.** Every connected region of a class in the sources' GT masks, at least ``--min-area`` pixels, is a
-  cut-out: its pixels, its mask, its class. The classes are the ``--classes`` given, else the ``--num-classes``
-  classes with the most distinct instances (each pair's classes included). Instances are split between train and
-  val by their source image, so no object is seen in both.
+  cut-out: its pixels, its mask, its class (with ``--digits``: each handwritten digit, see ``digit_instances``).
+  The classes are the ``--classes`` given, else the ``--num-classes`` classes with the most distinct instances
+  (each pair's classes included). Instances are split between train and val by their source image, so no object
+  is seen in both. Each class gets one val photo (the one with its fewest instances), and the further val photos
+  never take a class past a quarter of its instances.
 - **Backgrounds.** Windows of the source images that hold no pixel of the benchmark's classes (other classes are
   allowed, they are background here); each window gets a type by its colour (``green`` when green dominates, else
   ``other``) for the context variant.
@@ -38,6 +46,7 @@ measured co-occurrence of every pair per split).
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import pickle
@@ -57,6 +66,10 @@ from seco_labels.io import atomic_path, atomic_write_bytes, atomic_write_text
 
 #: longest side at which instances are found (their pixels are cut at full resolution)
 _COMPONENT_SIDE = 160
+#: the handwritten digits of ``--digits`` (benchmarks/data/README.md), and their class names in digit order
+DIGITS = Path(__file__).resolve().with_name("data") / "digits.csv.gz"
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_DIGIT_SIDE = 64  #: side to which the 8x8 digits are upsampled before their mask is thresholded
 
 
 @dataclass
@@ -123,6 +136,28 @@ def find_instances(readers: list, min_area: int) -> dict[str, list[Instance]]:
     return found
 
 
+def digit_instances(rng: np.random.Generator, threshold: float = 0.3) -> dict[str, list[Instance]]:
+    """The 1,797 handwritten digits as cut-outs, by class name (``DIGIT_NAMES``): each 8x8 bitmap (0..16) upsampled
+    bilinearly to 64x64, its mask the pixels above ``threshold`` of full ink, cropped to the mask's box, and filled
+    with one colour drawn per digit, each channel dark or bright (the class is in the stroke's shape, not its
+    colour). Each digit is its own
+    origin, so train and val never share one."""
+    with gzip.open(DIGITS, "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.float32)  # (1797, 65): 64 pixels, then the digit
+    ink = torch.from_numpy(rows[:, :64].reshape(-1, 1, 8, 8) / 16)
+    ink = F.interpolate(ink, size=(_DIGIT_SIDE, _DIGIT_SIDE), mode="bilinear", align_corners=False)[:, 0].numpy()
+    found: dict[str, list[Instance]] = {}
+    for n, (alpha, digit) in enumerate(zip(ink, rows[:, 64].astype(int))):
+        mask = alpha > threshold
+        ys, xs = np.nonzero(mask)
+        box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        # each channel dark or bright: a mid-grey stroke would vanish on most photos
+        colour = np.where(rng.random(3) < 0.5, rng.integers(0, 50, 3), rng.integers(206, 256, 3)).astype(np.uint8)
+        pixels = np.broadcast_to(colour, (*mask[box].shape, 3)).copy()
+        found.setdefault(DIGIT_NAMES[digit], []).append(Instance(DIGIT_NAMES[digit], pixels, mask[box], f"digit{n}"))
+    return found
+
+
 def find_backgrounds(readers: list, classes: set[str], size: int, per_image: int,
                      rng: np.random.Generator) -> list[tuple[np.ndarray, str]]:
     """Up to ``per_image`` square windows per source image holding no pixel of ``classes``, resized to ``size``,
@@ -167,26 +202,38 @@ def paste(canvas: np.ndarray, mask: np.ndarray, inst: Instance, index: int, rng:
     mask[region][alpha] = index
 
 
-def _val_photos(instances: dict[str, list[Instance]], classes: list[str], rng: np.random.Generator) -> set[str]:
-    """The source photos whose instances go to val (the rest to train): about a fifth of them, at least one photo
-    of every class that has two or more (rarest class first), and never a class's last train photo."""
-    photos = {c: sorted({i.origin for i in instances[c]}) for c in classes}
+def _val_photos(instances: dict[str, list[Instance]], classes: list[str], rng: np.random.Generator,
+                share: float = 0.25) -> set[str]:
+    """The source photos whose instances go to val (the rest to train): at least one photo of every class that has
+    two or more (rarest class first, the photo with the fewest of its instances), then random photos up to a fifth
+    of them, as long as no class gets more than ``share`` of its instances (or its one val photo) in val."""
+    count = {c: {} for c in classes}  # class -> photo -> instances of the class in that photo
+    for c in classes:
+        for i in instances[c]:
+            count[c][i.origin] = count[c].get(i.origin, 0) + 1
     val: set[str] = set()
 
-    def keeps_train(photo: str) -> bool:
-        return all(set(p) - val - {photo} for c, p in photos.items() if photo in p)
+    def val_count(c: str, extra: str | None = None) -> int:
+        return sum(n for p, n in count[c].items() if p in val or p == extra)
 
-    for c in sorted(classes, key=lambda c: len(photos[c])):
-        if not val & set(photos[c]):
-            choices = [p for p in photos[c] if keeps_train(p)]
+    def keeps_train(photo: str) -> bool:
+        return all(set(count[c]) - val - {photo} for c in classes if photo in count[c])
+
+    for c in sorted(classes, key=lambda c: len(count[c])):
+        if not val & set(count[c]):
+            choices = sorted((n, p) for p, n in count[c].items() if keeps_train(p))
             if choices:
-                val.add(choices[int(rng.integers(len(choices)))])
-    every = sorted(set().union(*photos.values()))
+                fewest = [p for n, p in choices if n == choices[0][0]]
+                val.add(fewest[int(rng.integers(len(fewest)))])
+    every = sorted(set().union(*(set(count[c]) for c in classes)))
     for k in rng.permutation(len(every)):
         if len(val) >= len(every) // 5:
             break
-        if keeps_train(every[k]):
-            val.add(every[k])
+        photo = every[k]
+        within = all(val_count(c, photo) <= max(share * sum(count[c].values()), 1)
+                     for c in classes if photo in count[c])
+        if photo not in val and keeps_train(photo) and within:
+            val.add(photo)
     return val
 
 
@@ -243,13 +290,14 @@ def cooccurrence(tags: dict[str, set[str]], pairs: list[tuple[str, str]]) -> dic
 
 def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]], classes: list[str] | None,
              num_classes: int, n_train: int, n_val: int, size: int, cooc: float, context: str | None,
-             min_area: int, min_visible: int) -> dict:
-    """Write the dataset (module docstring) and return its settings and statistics (also ``OUT/cooc.json``)."""
+             min_area: int, min_visible: int, digits: bool = False) -> dict:
+    """Write the dataset (module docstring) and return its settings and statistics (also ``OUT/cooc.json``).
+    ``digits``: the objects are the bundled handwritten digits, and the sources give only the backgrounds."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     readers = [build_reader(_layout(src), src, split, require_masks=True, require_tags=False)
                for src in sources for split in _splits(src)]
-    instances = find_instances(readers, min_area)
+    instances = digit_instances(rng) if digits else find_instances(readers, min_area)
     wanted = list(dict.fromkeys([c for p in pairs for c in p] + list(classes or [])))
     missing = [c for c in wanted if c not in instances]
     if missing:
@@ -267,7 +315,8 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
         empty = [c for c, items in pool.items() if not items]
         if empty:
             raise SystemExit(f"class(es) {empty} have no {split} instance; lower --min-area or add a --source")
-    backgrounds = find_backgrounds(readers, set(classes), size, per_image=3, rng=rng)
+    # digits are in no photo: every window is a background then
+    backgrounds = find_backgrounds(readers, set() if digits else set(classes), size, per_image=3, rng=rng)
     if not backgrounds:
         raise SystemExit("no background window without the benchmark's classes was found; add a --source")
     green = [b for b in backgrounds if b[1] == "green"]
@@ -312,7 +361,8 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
         pickle.dump(labels, f, protocol=4)  # what np.load(allow_pickle=True) reads, as the published code's file
     atomic_write_text(out / "classes.txt", "\n".join(["background", *classes]) + "\n")
     info = {
-        "seed": seed, "sources": [str(s) for s in sources], "classes": classes,
+        "seed": seed, "sources": [str(s) for s in sources], "objects": "digits" if digits else "photo cut-outs",
+        "classes": classes,
         "pairs": [f"{a}:{b}" for a, b in pairs], "context": context, "size": size, "cooc": cooc,
         "min_area": min_area, "min_visible": min_visible,
         "images": {split: len(t) for split, t in tags.items()},
@@ -339,33 +389,35 @@ def load_split(data: Path, split: str) -> tuple[list[str], torch.Tensor, torch.T
 
 
 def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, steps: int, batch_size: int, lr: float,
-             seed: int, log_every: int = 50) -> dict:
+             seed: int, device: str = "cpu", pool: str = "max", log_every: int = 50) -> dict:
     """Stage 1: multi-label classification of the train split by the ViT SeCo will use (``backbone``,
     ``backbone_kwargs``), with a CAM-style head (a 1x1 projection of every patch token, max-pooled), so the
     features learn where the classes are. Saves the ViT's state dict to ``out`` (``seco train --backbone-weights``)
-    and returns the losses, the val tag F1 and the seconds per step."""
+    and returns the losses, the tag F1 on (up to 500 images of) train and on val, and the seconds per step."""
     from seco_labels.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from seco_labels.models.backbone import ViTEncoder
 
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    dev = torch.device(device)
+    mean, std = (torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    _, images, tags, _ = load_split(data, "train")
-    _, val_images, val_tags, _ = load_split(data, "val")
-    encoder = ViTEncoder(backbone, aux_layer=-1, **backbone_kwargs)  # the aux tokens are not used here
-    head = torch.nn.Conv2d(encoder.embed_dim, tags.shape[1], 1)
+    _, images, tags, _ = (t.to(dev) if isinstance(t, torch.Tensor) else t for t in load_split(data, "train"))
+    _, val_images, val_tags, _ = (t.to(dev) if isinstance(t, torch.Tensor) else t for t in load_split(data, "val"))
+    encoder = ViTEncoder(backbone, aux_layer=-1, **backbone_kwargs).to(dev)  # the aux tokens are not used here
+    head = torch.nn.Conv2d(encoder.embed_dim, tags.shape[1], 1).to(dev)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
 
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        return head(encoder(x).tokens).amax(dim=(2, 3))  # (B, K-1): the strongest patch of each class
+    def logits(x: torch.Tensor) -> torch.Tensor:  # (B, K-1)
+        cam = head(encoder(x).tokens)
+        return cam.amax(dim=(2, 3)) if pool == "max" else cam.mean(dim=(2, 3))  # strongest patch, or all patches
 
     def prepare(batch: torch.Tensor, train: bool) -> torch.Tensor:
         x = batch.float() / 255
         if train:  # flips and a random shift: cheap, and the pasted objects move anyway
-            flip = torch.rand(x.shape[0], generator=gen) < 0.5
+            flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(dev)
             x[flip] = x[flip].flip(-1)
             dy, dx = (int(v) for v in torch.randint(-8, 9, (2,), generator=gen))
             x = torch.roll(x, (dy, dx), dims=(2, 3))
@@ -374,7 +426,7 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
     losses, t0 = [], time.perf_counter()
     encoder.train()
     for step in range(steps):
-        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        idx = torch.randint(len(images), (batch_size,), generator=gen).to(dev)
         loss = F.binary_cross_entropy_with_logits(logits(prepare(images[idx], True)), tags[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -385,17 +437,19 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
             print(f"pretrain step {step}/{steps}: loss {np.mean(losses[-log_every:]):.4f}", file=sys.stderr)
     seconds = (time.perf_counter() - t0) / max(1, steps)
     encoder.eval()
-    with torch.no_grad():
-        predicted = torch.cat([torch.sigmoid(logits(prepare(val_images[i:i + 64], False))) > 0.5
-                               for i in range(0, len(val_images), 64)]).float()
-    tp = float((predicted * val_tags).sum())
-    f1 = 2 * tp / max(1.0, float(predicted.sum() + val_tags.sum()))
+
+    def tag_f1(x: torch.Tensor, y: torch.Tensor) -> float:
+        with torch.no_grad():
+            predicted = torch.cat([torch.sigmoid(logits(prepare(x[i:i + 64], False))) > 0.5
+                                   for i in range(0, len(x), 64)]).float()
+        return round(2 * float((predicted * y).sum()) / max(1.0, float(predicted.sum() + y.sum())), 4)
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        torch.save(encoder.vit.state_dict(), tmp)
+        torch.save({k: v.cpu() for k, v in encoder.vit.state_dict().items()}, tmp)
     return {"steps": steps, "first_loss": round(float(np.mean(losses[:10])), 4),
-            "last_loss": round(float(np.mean(losses[-10:])), 4), "val_tag_f1": round(f1, 4),
-            "seconds_per_step": round(seconds, 4), "weights": str(out)}
+            "last_loss": round(float(np.mean(losses[-10:])), 4), "train_tag_f1": tag_f1(images[:500], tags[:500]),
+            "val_tag_f1": tag_f1(val_images, val_tags), "seconds_per_step": round(seconds, 4), "weights": str(out)}
 
 
 # -- trivial baselines --------------------------------------------------------------------------------------
@@ -479,24 +533,25 @@ def localisation(data: Path, art: Path, split: str, pairs: list[tuple[str, str]]
 
 def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]], num_classes: int, n_train: int,
         n_val: int, size: int, backbone_kwargs: dict, pretrain_steps: int, iters: int, variant: str = "full",
-        threads: int = 2, extra_sets: tuple[str, ...] = ()) -> dict:
+        threads: int = 2, extra_sets: tuple[str, ...] = (), device: str = "cpu", data: Path | None = None,
+        digits: bool = False, pretrain_lr: float = 1e-3) -> dict:
     """One seed end to end, resumable (each stage is skipped when its output exists): generate ``OUT/data``,
     stage 1 ``OUT/weights.pt``, SeCo ``variant`` from those weights and its export of the train split
     (benchmarks/ablation.py's ``run_one``, in ``OUT/<variant>/seed<S>``), then ``OUT/result.json``: the export's
     CAM/pseudo-mask mIoU and FP/TP, the trivial baselines, the ratio to the best of them, the CAM ROC-AUC and the
-    co-occurrence confusion."""
+    co-occurrence confusion. ``data``: a dataset already generated, used instead of ``OUT/data``."""
     import importlib.util
 
     result_file = out / f"result_{variant}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    data, weights = out / "data", out / "weights.pt"
+    data, weights = data or out / "data", out / "weights.pt"
     if not (data / "cooc.json").is_file():
         generate(source, data, seed=seed, pairs=pairs, classes=None, num_classes=num_classes, n_train=n_train,
-                 n_val=n_val, size=size, cooc=0.85, context=None, min_area=200, min_visible=40)
+                 n_val=n_val, size=size, cooc=0.85, context=None, min_area=200, min_visible=40, digits=digits)
     if not weights.is_file():
         stage1 = pretrain(data, weights, backbone="vit_tiny_patch16_224", backbone_kwargs=backbone_kwargs,
-                          steps=pretrain_steps, batch_size=32, lr=1e-3, seed=seed)
+                          steps=pretrain_steps, batch_size=32, lr=pretrain_lr, seed=seed, device=device)
         atomic_write_text(out / "pretrain.json", json.dumps(stage1, indent=2))
     spec = importlib.util.spec_from_file_location("seco_ablation", Path(__file__).with_name("ablation.py"))
     ablation = importlib.util.module_from_spec(spec)
@@ -506,12 +561,19 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
             f"data.num_classes={len(names)}", *extra_sets]
     ns = argparse.Namespace(out=str(out), preset="demo", data_root=str(data), split="train", config=None, iters=iters,
                             backbone_weights=str(weights), set=sets, crop=size, eval_split="train", val_split="",
-                            seg_crf=False, device="cpu")
+                            seg_crf=False, device=device)
     scores = ablation.run_one(ns, variant, seed, threads)
     art = out / variant / f"seed{seed}" / "art"
+    log = out / variant / f"seed{seed}" / "run" / "metrics.jsonl"  # one record per logged step
+    steps = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    fired = [r["crops_rectified"] for r in steps if r.get("crops_rectified") is not None]
+    rectification = {"steps_logged": len(steps), "steps_with_rectification": sum(1 for v in fired if v > 0),
+                     "crops_rectified": int(sum(fired)),
+                     "crops_tagged": int(sum(r.get("crops_tagged") or 0 for r in steps))}
     trivial = baselines(data, "train")
     stage1 = out / "pretrain.json"
     result = {**scores, "baselines": trivial, **localisation(data, art, "train", pairs),
+              "rectification": rectification,
               "mask_miou_over_best_trivial": round(scores["mask_miou"] / trivial["best_trivial"], 3)
               if trivial["best_trivial"] else None,
               "pretrain": json.loads(stage1.read_text()) if stage1.is_file() else None}
@@ -556,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--context", default=None, help="class kept on green backgrounds in train (context variant)")
     gen.add_argument("--min-area", type=int, default=400, help="smallest instance, source pixels")
     gen.add_argument("--min-visible", type=int, default=40, help="visible pixels for a pasted class to be tagged")
+    gen.add_argument("--digits", action="store_true",
+                     help="objects: the bundled handwritten digits (classes zero..nine); --source gives backgrounds")
     pre = verbs.add_parser("pretrain", help="stage 1: classification pretraining of the ViT on a generated set")
     pre.add_argument("--data", type=Path, required=True, help="a dataset written by generate")
     pre.add_argument("--out", type=Path, required=True, help="the weights file to write")
@@ -566,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--batch-size", type=int, default=32)
     pre.add_argument("--lr", type=float, default=1e-3)
     pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--device", default="cpu")
+    pre.add_argument("--pool", choices=("max", "mean"), default="max", help="how the head pools its patch logits")
     base = verbs.add_parser("baselines", help="tag-only masks' mIoU on a generated split")
     base.add_argument("--data", type=Path, required=True)
     base.add_argument("--split", default="train")
@@ -582,15 +648,23 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--pretrain-steps", type=int, default=2000)
     one.add_argument("--iters", type=int, default=300, help="SeCo steps")
     one.add_argument("--variant", default="full", help="an ablation variant (benchmarks/ablation.py)")
+    one.add_argument("--data", type=Path, default=None, help="a dataset already generated (default: OUT/data)")
+    one.add_argument("--device", default="cpu")
+    one.add_argument("--threads", type=int, default=2, help="torch threads of each seco command")
+    one.add_argument("--digits", action="store_true", help="objects: the bundled handwritten digits")
+    one.add_argument("--pretrain-lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
     if args.verb == "run":
         print(json.dumps(run(args.source, args.out, seed=args.seed, pairs=args.pairs, num_classes=args.num_classes,
                              n_train=args.train, n_val=args.val, size=args.size, backbone_kwargs=args.backbone_kwargs,
-                             pretrain_steps=args.pretrain_steps, iters=args.iters, variant=args.variant), indent=1))
+                             pretrain_steps=args.pretrain_steps, iters=args.iters, variant=args.variant,
+                             threads=args.threads, device=args.device, data=args.data, digits=args.digits,
+                             pretrain_lr=args.pretrain_lr), indent=1))
         return 0
     if args.verb == "pretrain":
         print(json.dumps(pretrain(args.data, args.out, backbone=args.backbone, backbone_kwargs=args.backbone_kwargs,
-                                  steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed), indent=1))
+                                  steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                  device=args.device, pool=args.pool), indent=1))
         return 0
     if args.verb == "baselines":
         print(json.dumps(baselines(args.data, args.split), indent=1))
@@ -598,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     info = generate(args.source, args.out, seed=args.seed, pairs=args.pairs,
                     classes=args.classes.split(",") if args.classes else None, num_classes=args.num_classes,
                     n_train=args.train, n_val=args.val, size=args.size, cooc=args.cooc, context=args.context,
-                    min_area=args.min_area, min_visible=args.min_visible)
+                    min_area=args.min_area, min_visible=args.min_visible, digits=args.digits)
     print(json.dumps({k: info[k] for k in ("classes", "images", "instances", "cooccurrence", "seconds")}, indent=1))
     return 0
 

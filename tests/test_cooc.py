@@ -97,6 +97,8 @@ def test_run_does_one_seed_end_to_end_and_resumes(tmp_path):
     assert result["mask_miou_over_best_trivial"] == round(result["mask_miou"] / result["baselines"]["best_trivial"], 3)
     assert 0 <= result["cam_roc_auc"] <= 1 and result["cam_roc_auc_n"] > 0
     assert set(result["cooc_confusion"]) == {"cup:person"}
+    fired = result["rectification"]
+    assert fired["steps_logged"] == 2 and 0 <= fired["steps_with_rectification"] <= 2 and fired["crops_tagged"] > 0
     stamp = (tmp_path / "result_full.json").stat().st_mtime_ns
     assert cooc.run([TEST_DATA / "coco-mini"], tmp_path, **kwargs) == result  # resumed: nothing redone
     assert (tmp_path / "result_full.json").stat().st_mtime_ns == stamp
@@ -105,3 +107,32 @@ def test_run_does_one_seed_end_to_end_and_resumes(tmp_path):
 def test_roc_auc_counts_ties_half():
     assert cooc._auc(np.array([2.0, 3.0]), np.array([1.0, 1.0])) == 1.0
     assert cooc._auc(np.array([1.0]), np.array([1.0, 2.0])) == 0.25
+
+
+def test_digits_give_every_class_enough_distinct_instances_on_real_backgrounds(tmp_path):
+    info = cooc.generate([TEST_DATA / "coco-mini"], tmp_path, seed=0, pairs=[("three", "eight")], classes=None,
+                         num_classes=4, n_train=30, n_val=12, size=64, cooc=0.85, context=None, min_area=200,
+                         min_visible=20, digits=True)
+    assert info["objects"] == "digits" and info["classes"][:2] == ["three", "eight"]
+    assert set(info["classes"]) <= set(cooc.DIGIT_NAMES) and len(info["classes"]) == 4
+    assert min(info["instances"]["train"].values()) >= 100 and min(info["instances"]["val"].values()) >= 20
+    names = read_class_names(tmp_path / "classes.txt")
+    reader = build_reader("voc", tmp_path, "train", class_names=names, require_masks=True)
+    for image_id in reader.ids[:10]:
+        image, mask = reader.load_image(image_id), reader.load_mask(image_id)
+        counts = np.bincount(mask.ravel(), minlength=len(names))[1:]
+        np.testing.assert_array_equal(reader.tags(image_id), (counts >= 20).astype(np.float32))
+        assert image[mask == 0].std() > 10  # a photo behind the digits, not a flat canvas
+
+
+def test_val_photos_never_take_most_of_a_class():
+    def inst(name, photo):
+        return cooc.Instance(name, np.zeros((2, 2, 3), np.uint8), np.ones((2, 2), bool), photo)
+
+    # "rare": 1 instance in photo p0, 6 in p1; "common": one in each of 20 photos, p1 among them
+    instances = {"rare": [inst("rare", "p0")] + [inst("rare", "p1")] * 6,
+                 "common": [inst("common", f"p{k}") for k in range(20)]}
+    for seed in range(20):
+        val = cooc._val_photos(instances, ["rare", "common"], np.random.default_rng(seed))
+        assert "p0" in val and "p1" not in val  # the rare class keeps 6 of its 7 in train
+        assert 2 <= len(val) <= 4 and {f"p{k}" for k in range(20)} - val

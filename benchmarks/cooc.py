@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from seco_labels.artifacts import save_mask_png
 from seco_labels.data import build_reader
@@ -136,7 +136,7 @@ def find_instances(readers: list, min_area: int) -> dict[str, list[Instance]]:
     return found
 
 
-def digit_instances(rng: np.random.Generator, threshold: float = 0.3) -> dict[str, list[Instance]]:
+def digit_instances(rng: np.random.Generator, threshold: float = 0.45) -> dict[str, list[Instance]]:
     """The 1,797 handwritten digits as cut-outs, by class name (``DIGIT_NAMES``): each 8x8 bitmap (0..16) upsampled
     bilinearly to 64x64, its mask the pixels above ``threshold`` of full ink, cropped to the mask's box, and filled
     with one colour drawn per digit, each channel dark or bright (the class is in the stroke's shape, not its
@@ -158,10 +158,11 @@ def digit_instances(rng: np.random.Generator, threshold: float = 0.3) -> dict[st
     return found
 
 
-def find_backgrounds(readers: list, classes: set[str], size: int, per_image: int,
-                     rng: np.random.Generator) -> list[tuple[np.ndarray, str]]:
-    """Up to ``per_image`` square windows per source image holding no pixel of ``classes``, resized to ``size``,
-    each with its type (``green`` or ``other``)."""
+def find_backgrounds(readers: list, classes: set[str], size: int, per_image: int, rng: np.random.Generator,
+                     blur: float = 0.0) -> list[tuple[np.ndarray, str]]:
+    """Up to ``per_image`` square windows per source image holding no pixel of ``classes``, resized to ``size``
+    and, with ``blur`` > 0, Gaussian-blurred with that radius in pixels (a shallow depth of field: less texture for
+    the objects to hide in), each with its type (``green`` or ``other``)."""
     out = []
     for reader in readers:
         banned = [k for k, n in enumerate(reader.class_names) if n in classes]
@@ -177,16 +178,18 @@ def find_backgrounds(readers: list, classes: set[str], size: int, per_image: int
                 y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
                 if bad[y:y + side, x:x + side].any():
                     continue
-                window = np.asarray(Image.fromarray(image[y:y + side, x:x + side]).resize((size, size),
-                                                                                        Image.BILINEAR))
+                window = Image.fromarray(image[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)
+                window = np.asarray(window.filter(ImageFilter.GaussianBlur(blur)) if blur > 0 else window)
                 r, g, b = window.reshape(-1, 3).mean(0)
                 out.append((window, "green" if g > r and g > b else "other"))
                 got += 1
     return out
 
 
-def paste(canvas: np.ndarray, mask: np.ndarray, inst: Instance, index: int, rng: np.random.Generator) -> None:
-    """Paste ``inst`` into ``canvas`` (S, S, 3) and its class ``index`` into ``mask`` (S, S), in place."""
+def paste(canvas: np.ndarray, mask: np.ndarray, inst: Instance, index: int, rng: np.random.Generator,
+          flip: bool = True) -> None:
+    """Paste ``inst`` into ``canvas`` (S, S, 3) and its class ``index`` into ``mask`` (S, S), in place, mirrored
+    half of the time when ``flip``."""
     s = canvas.shape[0]
     longest = rng.uniform(0.35, 0.75) * s
     h, w = inst.mask.shape
@@ -194,7 +197,7 @@ def paste(canvas: np.ndarray, mask: np.ndarray, inst: Instance, index: int, rng:
     size = (max(2, round(w * scale)), max(2, round(h * scale)))
     pixels = np.asarray(Image.fromarray(inst.pixels).resize(size, Image.BILINEAR))
     alpha = np.asarray(Image.fromarray(inst.mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and flip:
         pixels, alpha = pixels[:, ::-1], alpha[:, ::-1]
     y, x = int(rng.integers(0, s - size[1] + 1)), int(rng.integers(0, s - size[0] + 1))
     region = (slice(y, y + size[1]), slice(x, x + size[0]))
@@ -290,7 +293,7 @@ def cooccurrence(tags: dict[str, set[str]], pairs: list[tuple[str, str]]) -> dic
 
 def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]], classes: list[str] | None,
              num_classes: int, n_train: int, n_val: int, size: int, cooc: float, context: str | None,
-             min_area: int, min_visible: int, digits: bool = False) -> dict:
+             min_area: int, min_visible: int, digits: bool = False, background_blur: float = 0.0) -> dict:
     """Write the dataset (module docstring) and return its settings and statistics (also ``OUT/cooc.json``).
     ``digits``: the objects are the bundled handwritten digits, and the sources give only the backgrounds."""
     t0 = time.perf_counter()
@@ -316,7 +319,8 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
         if empty:
             raise SystemExit(f"class(es) {empty} have no {split} instance; lower --min-area or add a --source")
     # digits are in no photo: every window is a background then
-    backgrounds = find_backgrounds(readers, set() if digits else set(classes), size, per_image=3, rng=rng)
+    backgrounds = find_backgrounds(readers, set() if digits else set(classes), size, per_image=3, rng=rng,
+                                   blur=background_blur)
     if not backgrounds:
         raise SystemExit("no background window without the benchmark's classes was found; add a --source")
     green = [b for b in backgrounds if b[1] == "green"]
@@ -341,7 +345,9 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
             mask = np.zeros((size, size), np.uint8)
             for name in plan:
                 items = pools[split][name]
-                paste(canvas, mask, items[int(rng.integers(len(items)))], classes.index(name) + 1, rng)
+                # a mirrored 3 is no 3: digits keep their side
+                paste(canvas, mask, items[int(rng.integers(len(items)))], classes.index(name) + 1, rng,
+                      flip=not digits)
             present = {classes[k - 1] for k in np.unique(mask) if k > 0 and (mask == k).sum() >= min_visible}
             vec = np.zeros(len(classes), np.float32)
             for name in present:
@@ -364,7 +370,7 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
         "seed": seed, "sources": [str(s) for s in sources], "objects": "digits" if digits else "photo cut-outs",
         "classes": classes,
         "pairs": [f"{a}:{b}" for a, b in pairs], "context": context, "size": size, "cooc": cooc,
-        "min_area": min_area, "min_visible": min_visible,
+        "min_area": min_area, "min_visible": min_visible, "background_blur": background_blur,
         "images": {split: len(t) for split, t in tags.items()},
         "instances": {split: {c: len(pool[c]) for c in classes} for split, pool in pools.items()},
         "backgrounds": {"green": len(green), "other": len(backgrounds) - len(green)},
@@ -402,6 +408,8 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    # a mirrored digit is another shape: the digits tier is not flipped
+    digits = json.loads((data / "cooc.json").read_text()).get("objects") == "digits"
     _, images, tags, _ = (t.to(dev) if isinstance(t, torch.Tensor) else t for t in load_split(data, "train"))
     _, val_images, val_tags, _ = (t.to(dev) if isinstance(t, torch.Tensor) else t for t in load_split(data, "val"))
     encoder = ViTEncoder(backbone, aux_layer=-1, **backbone_kwargs).to(dev)  # the aux tokens are not used here
@@ -417,7 +425,7 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
     def prepare(batch: torch.Tensor, train: bool) -> torch.Tensor:
         x = batch.float() / 255
         if train:  # flips and a random shift: cheap, and the pasted objects move anyway
-            flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(dev)
+            flip = (torch.rand(x.shape[0], generator=gen) < (0.0 if digits else 0.5)).to(dev)
             x[flip] = x[flip].flip(-1)
             dy, dx = (int(v) for v in torch.randint(-8, 9, (2,), generator=gen))
             x = torch.roll(x, (dy, dx), dims=(2, 3))
@@ -534,7 +542,7 @@ def localisation(data: Path, art: Path, split: str, pairs: list[tuple[str, str]]
 def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]], num_classes: int, n_train: int,
         n_val: int, size: int, backbone_kwargs: dict, pretrain_steps: int, iters: int, variant: str = "full",
         threads: int = 2, extra_sets: tuple[str, ...] = (), device: str = "cpu", data: Path | None = None,
-        digits: bool = False, pretrain_lr: float = 1e-3) -> dict:
+        digits: bool = False, pretrain_lr: float = 1e-3, background_blur: float = 0.0) -> dict:
     """One seed end to end, resumable (each stage is skipped when its output exists): generate ``OUT/data``,
     stage 1 ``OUT/weights.pt``, SeCo ``variant`` from those weights and its export of the train split
     (benchmarks/ablation.py's ``run_one``, in ``OUT/<variant>/seed<S>``), then ``OUT/result.json``: the export's
@@ -548,7 +556,8 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
     data, weights = data or out / "data", out / "weights.pt"
     if not (data / "cooc.json").is_file():
         generate(source, data, seed=seed, pairs=pairs, classes=None, num_classes=num_classes, n_train=n_train,
-                 n_val=n_val, size=size, cooc=0.85, context=None, min_area=200, min_visible=40, digits=digits)
+                 n_val=n_val, size=size, cooc=0.85, context=None, min_area=200, min_visible=40, digits=digits,
+                 background_blur=background_blur)
     if not weights.is_file():
         stage1 = pretrain(data, weights, backbone="vit_tiny_patch16_224", backbone_kwargs=backbone_kwargs,
                           steps=pretrain_steps, batch_size=32, lr=pretrain_lr, seed=seed, device=device)
@@ -620,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--min-visible", type=int, default=40, help="visible pixels for a pasted class to be tagged")
     gen.add_argument("--digits", action="store_true",
                      help="objects: the bundled handwritten digits (classes zero..nine); --source gives backgrounds")
+    gen.add_argument("--background-blur", type=float, default=0.0, help="Gaussian blur of the backgrounds, pixels")
     pre = verbs.add_parser("pretrain", help="stage 1: classification pretraining of the ViT on a generated set")
     pre.add_argument("--data", type=Path, required=True, help="a dataset written by generate")
     pre.add_argument("--out", type=Path, required=True, help="the weights file to write")
@@ -653,13 +663,14 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--threads", type=int, default=2, help="torch threads of each seco command")
     one.add_argument("--digits", action="store_true", help="objects: the bundled handwritten digits")
     one.add_argument("--pretrain-lr", type=float, default=1e-3)
+    one.add_argument("--background-blur", type=float, default=0.0, help="Gaussian blur of the backgrounds, pixels")
     args = parser.parse_args(argv)
     if args.verb == "run":
         print(json.dumps(run(args.source, args.out, seed=args.seed, pairs=args.pairs, num_classes=args.num_classes,
                              n_train=args.train, n_val=args.val, size=args.size, backbone_kwargs=args.backbone_kwargs,
                              pretrain_steps=args.pretrain_steps, iters=args.iters, variant=args.variant,
                              threads=args.threads, device=args.device, data=args.data, digits=args.digits,
-                             pretrain_lr=args.pretrain_lr), indent=1))
+                             pretrain_lr=args.pretrain_lr, background_blur=args.background_blur), indent=1))
         return 0
     if args.verb == "pretrain":
         print(json.dumps(pretrain(args.data, args.out, backbone=args.backbone, backbone_kwargs=args.backbone_kwargs,
@@ -672,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     info = generate(args.source, args.out, seed=args.seed, pairs=args.pairs,
                     classes=args.classes.split(",") if args.classes else None, num_classes=args.num_classes,
                     n_train=args.train, n_val=args.val, size=args.size, cooc=args.cooc, context=args.context,
-                    min_area=args.min_area, min_visible=args.min_visible, digits=args.digits)
+                    min_area=args.min_area, min_visible=args.min_visible, digits=args.digits,
+                    background_blur=args.background_blur)
     print(json.dumps({k: info[k] for k in ("classes", "images", "instances", "cooccurrence", "seconds")}, indent=1))
     return 0
 

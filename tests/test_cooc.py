@@ -136,3 +136,27 @@ def test_val_photos_never_take_most_of_a_class():
         val = cooc._val_photos(instances, ["rare", "common"], np.random.default_rng(seed))
         assert "p0" in val and "p1" not in val  # the rare class keeps 6 of its 7 in train
         assert 2 <= len(val) <= 4 and {f"p{k}" for k in range(20)} - val
+
+
+def test_background_blur_takes_the_texture_out_of_the_backgrounds_only(tmp_path):
+    def texture(blur: float) -> tuple[float, float]:
+        out = tmp_path / f"blur{blur}"
+        cooc.generate([TEST_DATA / "coco-mini"], out, seed=0, pairs=[], classes=["one", "four"], num_classes=2,
+                      n_train=12, n_val=4, size=64, cooc=0.85, context=None, min_area=200, min_visible=20,
+                      digits=True, background_blur=blur)
+        names = read_class_names(out / "classes.txt")
+        reader = build_reader("voc", out, "train", class_names=names, require_masks=True)
+        back, fore = [], []
+        for image_id in reader.ids:
+            image, mask = reader.load_image(image_id).astype(float), reader.load_mask(image_id)
+            step = np.abs(np.diff(image, axis=1)).sum(-1)  # (64, 63) horizontal steps
+            inside = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
+            outside = (mask[:, 1:] == 0) & (mask[:, :-1] == 0)
+            back.append(step[outside].mean())
+            fore.append(step[inside].mean())
+        assert json.loads((out / "cooc.json").read_text())["background_blur"] == blur
+        return float(np.mean(back)), float(np.mean(fore))
+
+    (sharp_back, sharp_fore), (soft_back, soft_fore) = texture(0.0), texture(3.0)
+    assert soft_back < 0.6 * sharp_back  # the photos behind lost most of their texture
+    assert soft_fore == pytest.approx(sharp_fore, rel=0.35)  # the digits' flat fill did not change

@@ -548,8 +548,6 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
     (benchmarks/ablation.py's ``run_one``, in ``OUT/<variant>/seed<S>``), then ``OUT/result.json``: the export's
     CAM/pseudo-mask mIoU and FP/TP, the trivial baselines, the ratio to the best of them, the CAM ROC-AUC and the
     co-occurrence confusion. ``data``: a dataset already generated, used instead of ``OUT/data``."""
-    import importlib.util
-
     result_file = out / f"result_{variant}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
@@ -562,9 +560,7 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
         stage1 = pretrain(data, weights, backbone="vit_tiny_patch16_224", backbone_kwargs=backbone_kwargs,
                           steps=pretrain_steps, batch_size=32, lr=pretrain_lr, seed=seed, device=device)
         atomic_write_text(out / "pretrain.json", json.dumps(stage1, indent=2))
-    spec = importlib.util.spec_from_file_location("seco_ablation", Path(__file__).with_name("ablation.py"))
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)  # type: ignore[union-attr]
+    ablation = _load_ablation()
     names = ["background", *json.loads((data / "cooc.json").read_text())["classes"]]
     sets = [f"model.backbone_kwargs={json.dumps(backbone_kwargs)}", f"data.class_names={json.dumps(names)}",
             f"data.num_classes={len(names)}", *extra_sets]
@@ -588,6 +584,52 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
               "pretrain": json.loads(stage1.read_text()) if stage1.is_file() else None}
     atomic_write_text(result_file, json.dumps(result, indent=2))
     return result
+
+
+#: (result key, column, shown in %) of the ablation table, each as mean ± std over seeds
+ABLATION_COLUMNS = (("cam_miou", "CAM mIoU (%)", True), ("mask_miou", "pseudo-mask mIoU (%)", True),
+                    ("mask_miou_over_best_trivial", "mask / best trivial", False), ("fp_tp", "FP/TP", False),
+                    ("cam_roc_auc", "CAM ROC-AUC", False), ("cooc_confusion_mean", "co-occurrence confusion (%)", True),
+                    ("crops_rectified", "crops rectified", False))
+
+
+def _load_ablation():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seco_ablation", Path(__file__).with_name("ablation.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def ablate(source: list[Path], out: Path, *, seeds: list[int], variants: list[str], **run_kwargs) -> str:
+    """SeCo's ablation on the generated data: for each seed, one dataset and one stage 1 shared by every variant
+    (``OUT/seed<S>/``, through :func:`run`, resumable), then ``OUT/ablation.md`` (mean ± std over seeds of
+    :data:`ABLATION_COLUMNS`), ``OUT/ablation.csv`` (one row per run) and ``OUT/ablation.png``. Returns the table."""
+    ablation = _load_ablation()
+    rows = []
+    for seed in seeds:
+        for variant in variants:
+            r = run(source, out / f"seed{seed}", seed=seed, variant=variant, **run_kwargs)
+            rows.append({"variant": variant, "seed": seed, **{k: r.get(k) for k, _, _ in ABLATION_COLUMNS[:-1]},
+                         "crops_rectified": r["rectification"]["crops_rectified"],
+                         "best_trivial": r["baselines"]["best_trivial"]})
+            print(f"{variant} seed {seed}: mask {100 * r['mask_miou']:.2f}, ratio {r['mask_miou_over_best_trivial']}, "
+                  f"confusion {r['cooc_confusion_mean']}", file=sys.stderr, flush=True)
+    summary = {v: {k: ablation._mean_std([r[k] for r in rows if r["variant"] == v and r[k] is not None] or [0.0])
+                   for k, _, _ in ABLATION_COLUMNS} for v in variants}
+    lines = [f"Mean ± std over seeds {', '.join(map(str, seeds))}; the pseudo masks of the train split.", "",
+             "| variant | what | " + " | ".join(label for _, label, _ in ABLATION_COLUMNS) + " |",
+             "|---|---|" + "---:|" * len(ABLATION_COLUMNS)]
+    for v, m in summary.items():
+        cells = [f"{100 * m[k][0]:.2f} ± {100 * m[k][1]:.2f}" if pct else f"{m[k][0]:.3f} ± {m[k][1]:.3f}"
+                 for k, _, pct in ABLATION_COLUMNS]
+        lines.append(f"| `{v}` | {ablation.VARIANTS[v][0]} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    atomic_write_text(out / "ablation.md", table)
+    atomic_write_text(out / "ablation.csv", ablation.format_csv(rows))
+    ablation.draw(summary, out / "ablation.png", title="co-occurrence benchmark")
+    return table
 
 
 def _layout(src: Path) -> str:
@@ -646,31 +688,41 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("--data", type=Path, required=True)
     base.add_argument("--split", default="train")
     one = verbs.add_parser("run", help="one seed end to end: generate, stage 1, SeCo, export, scores (resumable)")
-    one.add_argument("--source", type=Path, action="append", required=True)
-    one.add_argument("--out", type=Path, required=True)
     one.add_argument("--seed", type=int, default=0)
-    one.add_argument("--pairs", type=_pairs, default=[("dog", "person")])
-    one.add_argument("--num-classes", type=int, default=5)
-    one.add_argument("--train", type=int, default=2000)
-    one.add_argument("--val", type=int, default=300)
-    one.add_argument("--size", type=int, default=128)
-    one.add_argument("--backbone-kwargs", type=json.loads, default={"patch_size": 8, "depth": 6})
-    one.add_argument("--pretrain-steps", type=int, default=2000)
-    one.add_argument("--iters", type=int, default=300, help="SeCo steps")
     one.add_argument("--variant", default="full", help="an ablation variant (benchmarks/ablation.py)")
     one.add_argument("--data", type=Path, default=None, help="a dataset already generated (default: OUT/data)")
-    one.add_argument("--device", default="cpu")
-    one.add_argument("--threads", type=int, default=2, help="torch threads of each seco command")
-    one.add_argument("--digits", action="store_true", help="objects: the bundled handwritten digits")
-    one.add_argument("--pretrain-lr", type=float, default=1e-3)
-    one.add_argument("--background-blur", type=float, default=0.0, help="Gaussian blur of the backgrounds, pixels")
+    many = verbs.add_parser("ablate", help="the ablation variants over seeds (one dataset and stage 1 per seed), "
+                            "tabulated (resumable)")
+    many.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    many.add_argument("--variants", default="baseline,no_lig,no_lil,no_rectify,full")
+    for verb in (one, many):
+        verb.add_argument("--source", type=Path, action="append", required=True)
+        verb.add_argument("--out", type=Path, required=True)
+        verb.add_argument("--pairs", type=_pairs, default=[("dog", "person")])
+        verb.add_argument("--num-classes", type=int, default=5)
+        verb.add_argument("--train", type=int, default=2000)
+        verb.add_argument("--val", type=int, default=300)
+        verb.add_argument("--size", type=int, default=128)
+        verb.add_argument("--digits", action="store_true", help="objects: the bundled handwritten digits")
+        verb.add_argument("--background-blur", type=float, default=0.0, help="Gaussian blur of the backgrounds, px")
+        verb.add_argument("--backbone-kwargs", type=json.loads, default={"patch_size": 8, "depth": 6})
+        verb.add_argument("--pretrain-steps", type=int, default=2000)
+        verb.add_argument("--pretrain-lr", type=float, default=1e-3)
+        verb.add_argument("--iters", type=int, default=300, help="SeCo steps")
+        verb.add_argument("--device", default="cpu")
+        verb.add_argument("--threads", type=int, default=2, help="torch threads of each seco command")
     args = parser.parse_args(argv)
-    if args.verb == "run":
-        print(json.dumps(run(args.source, args.out, seed=args.seed, pairs=args.pairs, num_classes=args.num_classes,
-                             n_train=args.train, n_val=args.val, size=args.size, backbone_kwargs=args.backbone_kwargs,
-                             pretrain_steps=args.pretrain_steps, iters=args.iters, variant=args.variant,
-                             threads=args.threads, device=args.device, data=args.data, digits=args.digits,
-                             pretrain_lr=args.pretrain_lr, background_blur=args.background_blur), indent=1))
+    if args.verb in ("run", "ablate"):
+        kwargs = dict(pairs=args.pairs, num_classes=args.num_classes, n_train=args.train, n_val=args.val,
+                      size=args.size, backbone_kwargs=args.backbone_kwargs, pretrain_steps=args.pretrain_steps,
+                      iters=args.iters, threads=args.threads, device=args.device, digits=args.digits,
+                      pretrain_lr=args.pretrain_lr, background_blur=args.background_blur)
+        if args.verb == "run":
+            print(json.dumps(run(args.source, args.out, seed=args.seed, variant=args.variant, data=args.data,
+                                 **kwargs), indent=1))
+        else:
+            print(ablate(args.source, args.out, seeds=args.seeds,
+                         variants=[v.strip() for v in args.variants.split(",") if v.strip()], **kwargs))
         return 0
     if args.verb == "pretrain":
         print(json.dumps(pretrain(args.data, args.out, backbone=args.backbone, backbone_kwargs=args.backbone_kwargs,

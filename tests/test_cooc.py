@@ -160,3 +160,20 @@ def test_background_blur_takes_the_texture_out_of_the_backgrounds_only(tmp_path)
     (sharp_back, sharp_fore), (soft_back, soft_fore) = texture(0.0), texture(3.0)
     assert soft_back < 0.6 * sharp_back  # the photos behind lost most of their texture
     assert soft_fore == pytest.approx(sharp_fore, rel=0.35)  # the digits' flat fill did not change
+
+
+@pytest.mark.slow
+def test_ablate_shares_data_and_stage_one_per_seed_and_tabulates(tmp_path):
+    kwargs = dict(pairs=[("one", "four")], num_classes=2, n_train=12, n_val=6, size=64, digits=True,
+                  backbone_kwargs={"patch_size": 8, "depth": 3}, pretrain_steps=2, iters=2, threads=1,
+                  extra_sets=("decompose.local_crop_size=16", "train.val_max_images=2"))
+    table = cooc.ablate([TEST_DATA / "coco-mini"], tmp_path, seeds=[0], variants=["baseline", "full"], **kwargs)
+    seed = tmp_path / "seed0"
+    assert sorted(p.name for p in seed.glob("result_*.json")) == ["result_baseline.json", "result_full.json"]
+    assert len(list(seed.glob("weights*.pt"))) == 1 and (seed / "data" / "cooc.json").is_file()
+    rows = (tmp_path / "ablation.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("variant,seed,cam_miou,mask_miou")
+    assert "| `baseline` | cls + aux + seg only |" in table and "| `full` | SeCo |" in table
+    assert table == (tmp_path / "ablation.md").read_text() and (tmp_path / "ablation.png").stat().st_size > 1000
+    full = json.loads((seed / "result_full.json").read_text())
+    assert f"{100 * full['mask_miou']:.2f} ± 0.00" in table.splitlines()[-1]

@@ -18,7 +18,9 @@ digits (benchmarks/data/README.md), 135-154 train and 27-44 val instances per cl
 Stage 1 (``pretrain --data DIR --out weights.pt``) trains the ViT SeCo will use on multi-label classification and
 saves a state dict for ``seco train --backbone-weights``; ``baselines --data DIR`` scores the tag-only masks a pseudo
 label must beat. ``run --source DIR --out DIR --seed S`` does one seed end to end and resumes (result_<variant>.json:
-the export's scores, the baselines and their ratio, the CAM ROC-AUC and the co-occurrence confusion).
+the export's scores, the baselines and their ratio, the CAM ROC-AUC, the co-occurrence confusion and how often
+rectification fired). ``ablate --source DIR --out DIR --seeds 0 1 2`` runs the five variants of
+benchmarks/ablation.py per seed on one dataset and one stage 1 and writes ablation.md/.csv/.png.
 
 How a dataset is made (all of it drawn from ``--seed``, so the same arguments give the same bytes):
 

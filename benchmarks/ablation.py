@@ -122,27 +122,34 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(results: list[dict], variants: list[str]) -> dict[str, dict[str, tuple[float, float]]]:
-    """variant -> metric -> (mean, sample std) over its seeds."""
+def summarize(results: list[dict], variants: list[str],
+              columns: tuple[tuple[str, str, bool], ...] = METRICS) -> dict[str, dict[str, tuple[float, float]]]:
+    """variant -> metric of ``columns`` -> (mean, sample std) over its seeds (NaN when no seed has a value)."""
     out = {}
     for v in variants:
         rows = [r for r in results if r["variant"] == v]
-        out[v] = {key: _mean_std([r[key] for r in rows if r[key] is not None]) for key, _, _ in METRICS}
+        out[v] = {}
+        for key, _, _ in columns:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            out[v][key] = _mean_std(values) if values else (float("nan"), float("nan"))
         segs = [r["seg_miou"] for r in rows if r.get("seg_miou") is not None]
         if segs:
             out[v]["seg_miou"] = _mean_std(segs)
     return out
 
 
-def format_markdown(summary: dict, results: list[dict], settings: str) -> str:
+def format_markdown(summary: dict, results: list[dict], settings: str,
+                    columns: tuple[tuple[str, str, bool], ...] = METRICS) -> str:
+    """The table of ``summarize``: one row per variant, ``columns`` (key, label, shown in %) as mean ± std."""
     seeds = sorted({r["seed"] for r in results})
     seg = all("seg_miou" in m for m in summary.values())
-    head = "| variant | what | CAM mIoU (%) | pseudo-mask mIoU (%) | FP/TP |" + (" decoder mIoU (%) |" if seg else "")
+    labels = [f"{label} (%)" if pct else label for _, label, pct in columns]
+    head = "| variant | what | " + " | ".join(labels) + " |" + (" decoder mIoU (%) |" if seg else "")
     lines = [f"Mean ± std over seeds {', '.join(map(str, seeds))}. {settings}", "", head,
-             "|---|---|---|---|---|" + ("---|" if seg else "")]
+             "|---|---|" + "---|" * len(columns) + ("---|" if seg else "")]
     for v, m in summary.items():
         cells = [f"{100 * m[k][0]:.2f} ± {100 * m[k][1]:.2f}" if pct else f"{m[k][0]:.3f} ± {m[k][1]:.3f}"
-                 for k, _, pct in METRICS]
+                 for k, _, pct in columns]
         if seg:
             cells.append(f"{100 * m['seg_miou'][0]:.2f} ± {100 * m['seg_miou'][1]:.2f}")
         lines.append(f"| `{v}` | {VARIANTS[v][0]} | " + " | ".join(cells) + " |")

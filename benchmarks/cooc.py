@@ -142,8 +142,7 @@ def digit_instances(rng: np.random.Generator, threshold: float = 0.45) -> dict[s
     """The 1,797 handwritten digits as cut-outs, by class name (``DIGIT_NAMES``): each 8x8 bitmap (0..16) upsampled
     bilinearly to 64x64, its mask the pixels above ``threshold`` of full ink, cropped to the mask's box, and filled
     with one colour drawn per digit, each channel dark or bright (the class is in the stroke's shape, not its
-    colour). Each digit is its own
-    origin, so train and val never share one."""
+    colour). Each digit is its own origin, so train and val never share one."""
     with gzip.open(DIGITS, "rt") as f:
         rows = np.loadtxt(f, delimiter=",", dtype=np.float32)  # (1797, 65): 64 pixels, then the digit
     ink = torch.from_numpy(rows[:, :64].reshape(-1, 1, 8, 8) / 16)
@@ -412,8 +411,9 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
     gen = torch.Generator().manual_seed(seed)
     # a mirrored digit is another shape: the digits tier is not flipped
     digits = json.loads((data / "cooc.json").read_text()).get("objects") == "digits"
-    _, images, tags, _ = (t.to(dev) if isinstance(t, torch.Tensor) else t for t in load_split(data, "train"))
-    _, val_images, val_tags, _ = (t.to(dev) if isinstance(t, torch.Tensor) else t for t in load_split(data, "val"))
+    _, images, tags, _ = load_split(data, "train")
+    _, val_images, val_tags, _ = load_split(data, "val")
+    images, tags, val_images, val_tags = (t.to(dev) for t in (images, tags, val_images, val_tags))
     encoder = ViTEncoder(backbone, aux_layer=-1, **backbone_kwargs).to(dev)  # the aux tokens are not used here
     head = torch.nn.Conv2d(encoder.embed_dim, tags.shape[1], 1).to(dev)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
@@ -589,9 +589,9 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
 
 
 #: (result key, column, shown in %) of the ablation table, each as mean ± std over seeds
-ABLATION_COLUMNS = (("cam_miou", "CAM mIoU (%)", True), ("mask_miou", "pseudo-mask mIoU (%)", True),
+ABLATION_COLUMNS = (("cam_miou", "CAM mIoU", True), ("mask_miou", "pseudo-mask mIoU", True),
                     ("mask_miou_over_best_trivial", "mask / best trivial", False), ("fp_tp", "FP/TP", False),
-                    ("cam_roc_auc", "CAM ROC-AUC", False), ("cooc_confusion_mean", "co-occurrence confusion (%)", True),
+                    ("cam_roc_auc", "CAM ROC-AUC", False), ("cooc_confusion_mean", "co-occurrence confusion", True),
                     ("crops_rectified", "crops rectified", False))
 
 
@@ -613,21 +613,13 @@ def ablate(source: list[Path], out: Path, *, seeds: list[int], variants: list[st
     for seed in seeds:
         for variant in variants:
             r = run(source, out / f"seed{seed}", seed=seed, variant=variant, **run_kwargs)
-            rows.append({"variant": variant, "seed": seed, **{k: r.get(k) for k, _, _ in ABLATION_COLUMNS[:-1]},
+            rows.append({"variant": variant, "seed": seed, **{k: r.get(k) for k, _, _ in ABLATION_COLUMNS},
                          "crops_rectified": r["rectification"]["crops_rectified"],
                          "best_trivial": r["baselines"]["best_trivial"]})
             print(f"{variant} seed {seed}: mask {100 * r['mask_miou']:.2f}, ratio {r['mask_miou_over_best_trivial']}, "
                   f"confusion {r['cooc_confusion_mean']}", file=sys.stderr, flush=True)
-    summary = {v: {k: ablation._mean_std([r[k] for r in rows if r["variant"] == v and r[k] is not None] or [0.0])
-                   for k, _, _ in ABLATION_COLUMNS} for v in variants}
-    lines = [f"Mean ± std over seeds {', '.join(map(str, seeds))}; the pseudo masks of the train split.", "",
-             "| variant | what | " + " | ".join(label for _, label, _ in ABLATION_COLUMNS) + " |",
-             "|---|---|" + "---:|" * len(ABLATION_COLUMNS)]
-    for v, m in summary.items():
-        cells = [f"{100 * m[k][0]:.2f} ± {100 * m[k][1]:.2f}" if pct else f"{m[k][0]:.3f} ± {m[k][1]:.3f}"
-                 for k, _, pct in ABLATION_COLUMNS]
-        lines.append(f"| `{v}` | {ablation.VARIANTS[v][0]} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
+    summary = ablation.summarize(rows, variants, ABLATION_COLUMNS)
+    table = ablation.format_markdown(summary, rows, "The pseudo masks of the train split.", ABLATION_COLUMNS)
     atomic_write_text(out / "ablation.md", table)
     atomic_write_text(out / "ablation.csv", ablation.format_csv(rows))
     ablation.draw(summary, out / "ablation.png", title="co-occurrence benchmark")

@@ -395,12 +395,32 @@ def load_split(data: Path, split: str) -> tuple[list[str], torch.Tensor, torch.T
     return list(reader.ids), images, tags, masks
 
 
+def tile(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(B * k * k, C, H, W) -> (B, C, k * H, k * W): each k * k consecutive images as one mosaic, row by row."""
+    n, c, h, w = x.shape
+    return x.view(n // (k * k), k, k, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(n // (k * k), c, k * h, k * w)
+
+
+def untile(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of :func:`tile`: (B, C, k * h, k * w) -> (B * k * k, C, h, w)."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, k, h // k, k, w // k).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * k * k, c, h // k, w // k)
+
+
 def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, steps: int, batch_size: int, lr: float,
-             seed: int, device: str = "cpu", pool: str = "max", log_every: int = 50) -> dict:
+             seed: int, device: str = "cpu", pool: str = "max", mosaic: int = 1, position: str = "sincos",
+             log_every: int = 50) -> dict:
     """Stage 1: multi-label classification of the train split by the ViT SeCo will use (``backbone``,
     ``backbone_kwargs``), with a CAM-style head (a 1x1 projection of every patch token, max-pooled), so the
     features learn where the classes are. Saves the ViT's state dict to ``out`` (``seco train --backbone-weights``)
-    and returns the losses, the tag F1 on (up to 500 images of) train and on val, and the seconds per step."""
+    and returns the losses, the tag F1 on (up to 500 images of) train and on val, the ROC-AUC of the head's CAMs
+    against their classes' pixels on (up to 300) train images, and the seconds per step.
+
+    ``mosaic=k`` trains on k x k mosaics of train images, each tile classified by the max of the head's logits
+    over its own tokens (docs/benchmarks.md, "Stage 1"). Image tags only, as before, but a token that carries
+    the whole mosaic's classes is wrong on the other tiles, so the tokens stay local; a plain classifier learns
+    tokens that all hold the image's tags, and its CAMs do not localise."""
     from seco_labels.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from seco_labels.models.backbone import ViTEncoder
 
@@ -411,17 +431,35 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
     gen = torch.Generator().manual_seed(seed)
     # a mirrored digit is another shape: the digits tier is not flipped
     digits = json.loads((data / "cooc.json").read_text()).get("objects") == "digits"
-    _, images, tags, _ = load_split(data, "train")
+    _, images, tags, masks = load_split(data, "train")
     _, val_images, val_tags, _ = load_split(data, "val")
     images, tags, val_images, val_tags = (t.to(dev) for t in (images, tags, val_images, val_tags))
+    if mosaic > 1 and pool == "cls":
+        raise ValueError("mosaic > 1 classifies each tile by its own patch tokens; use pool='max' or 'mean'")
     encoder = ViTEncoder(backbone, aux_layer=-1, **backbone_kwargs).to(dev)  # the aux tokens are not used here
+    if position == "sincos":
+        # SeCo freezes the position embedding it is given (docs/design.md §2): ImageNet weights bring a learnt one,
+        # but a random one is ~0.02 against patch embeddings of ~0.6, so without this the ViT sees a bag of
+        # patches and cannot attend locally. Stage 1 learns it from 2D sin-cos, as pretraining would.
+        from timm.layers import build_sincos2d_pos_embed
+
+        pos = encoder.vit.pos_embed
+        with torch.no_grad():
+            pos[0, 1:] = build_sincos2d_pos_embed(list(encoder.grid_size), pos.shape[-1]).to(pos)
+            pos[0, :1] = 0
+        pos.requires_grad_(True)
+    elif position != "frozen":
+        raise ValueError(f"position is 'sincos' or 'frozen', got {position!r}")
     head = torch.nn.Conv2d(encoder.embed_dim, tags.shape[1], 1).to(dev)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
 
-    def logits(x: torch.Tensor) -> torch.Tensor:  # (B, K-1)
-        cam = head(encoder(x).tokens)
+    def logits(x: torch.Tensor, tiles: int = 1) -> torch.Tensor:  # (B, K-1), or (B * tiles**2, K-1) per tile
+        features = encoder(x)
+        if pool == "cls":  # the class token, as ImageNet ViTs are trained; the patch tokens are not supervised
+            return head(features.cls_token[:, :, None, None]).flatten(1)
+        cam = untile(head(features.tokens), tiles)  # (B * tiles**2, K-1, h / tiles, w / tiles)
         return cam.amax(dim=(2, 3)) if pool == "max" else cam.mean(dim=(2, 3))  # strongest patch, or all patches
 
     def prepare(batch: torch.Tensor, train: bool) -> torch.Tensor:
@@ -436,8 +474,9 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
     losses, t0 = [], time.perf_counter()
     encoder.train()
     for step in range(steps):
-        idx = torch.randint(len(images), (batch_size,), generator=gen).to(dev)
-        loss = F.binary_cross_entropy_with_logits(logits(prepare(images[idx], True)), tags[idx])
+        idx = torch.randint(len(images), (batch_size * mosaic * mosaic,), generator=gen).to(dev)
+        x = prepare(images[idx], True)
+        loss = F.binary_cross_entropy_with_logits(logits(tile(x, mosaic), mosaic), tags[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -454,12 +493,27 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
                                    for i in range(0, len(x), 64)]).float()
         return round(2 * float((predicted * y).sum()) / max(1.0, float(predicted.sum() + y.sum())), 4)
 
+    def cam_auc(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> float:
+        aucs = []
+        with torch.no_grad():
+            cams = torch.cat([head(encoder(prepare(x[i:i + 64], False)).tokens) for i in range(0, len(x), 64)])
+            cams = F.interpolate(cams, size=m.shape[-2:], mode="bilinear", align_corners=False).cpu().numpy()
+        for cam, t, gt in zip(cams, y.cpu().numpy(), m.numpy()):
+            labelled = gt != 255
+            for k in np.nonzero(t)[0]:
+                own = gt == k + 1
+                if own.any() and (labelled & ~own).any():
+                    aucs.append(_auc(cam[k][own], cam[k][labelled & ~own]))
+        return round(float(np.mean(aucs)), 4) if aucs else float("nan")
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         torch.save({k: v.cpu() for k, v in encoder.vit.state_dict().items()}, tmp)
     return {"steps": steps, "first_loss": round(float(np.mean(losses[:10])), 4),
             "last_loss": round(float(np.mean(losses[-10:])), 4), "train_tag_f1": tag_f1(images[:500], tags[:500]),
-            "val_tag_f1": tag_f1(val_images, val_tags), "seconds_per_step": round(seconds, 4), "weights": str(out)}
+            "val_tag_f1": tag_f1(val_images, val_tags), "head_cam_roc_auc": cam_auc(images[:300], tags[:300], masks[:300]),
+            "mosaic": mosaic, "pool": pool, "position": position, "seconds_per_step": round(seconds, 4),
+            "weights": str(out)}
 
 
 # -- trivial baselines --------------------------------------------------------------------------------------
@@ -509,8 +563,7 @@ def localisation(data: Path, art: Path, split: str, pairs: list[tuple[str, str]]
 
     - ``cam_roc_auc``: mean over (image, tagged class) of the ROC-AUC of the class's CAM against its own GT pixels
       (0.5: no localisation);
-    - ``cooc_confusion``: per pair A:B, on the images whose GT holds both, the share of B's pixels the pseudo masks
-      label A and of A's labelled B; ``cooc_confusion_mean`` averages both directions over the pairs.
+    - ``cooc_confusion`` and ``cooc_confusion_mean``: :func:`pair_confusion` of the pseudo masks.
     """
     from seco_labels.artifacts import open_split
 
@@ -518,9 +571,7 @@ def localisation(data: Path, art: Path, split: str, pairs: list[tuple[str, str]]
     cams = exported.require_cams()
     ids, _, _, masks = load_split(data, split)
     names = exported.dataset.class_names or ()
-    index = {n: k for k, n in enumerate(names)}
     aucs = []
-    counts = {f"{a}:{b}": np.zeros(4) for a, b in pairs}  # B as A, B pixels, A as B, A pixels
     for image_id, gt in zip(ids, masks.numpy()):
         cam, keys = cams.load_cam(image_id)
         labelled = gt != 255
@@ -528,7 +579,18 @@ def localisation(data: Path, art: Path, split: str, pairs: list[tuple[str, str]]
             own = gt == k
             if own.any() and (labelled & ~own).any():
                 aucs.append(_auc(channel[own], channel[labelled & ~own]))
-        pred = exported.masks.load_mask(image_id)
+    preds = (exported.masks.load_mask(i) for i in ids)
+    return {"cam_roc_auc": round(float(np.mean(aucs)), 4) if aucs else None, "cam_roc_auc_n": len(aucs),
+            **pair_confusion(masks.numpy(), preds, list(names), pairs)}
+
+
+def pair_confusion(gts, preds, names: list[str], pairs: list[tuple[str, str]]) -> dict:
+    """Co-occurrence confusion of predicted masks ``preds`` against ``gts`` (two iterables of (H, W) class maps;
+    ``names[k]`` is class k): ``cooc_confusion`` per pair A:B, on the images whose GT holds both, the share of B's
+    pixels labelled A (``b_as_a``) and of A's labelled B; ``cooc_confusion_mean`` averages both over the pairs."""
+    index = {n: k for k, n in enumerate(names)}
+    counts = {f"{a}:{b}": np.zeros(4) for a, b in pairs}  # B as A, B pixels, A as B, A pixels
+    for gt, pred in zip(gts, preds):
         for a, b in pairs:
             ka, kb = index[a], index[b]
             if (gt == ka).any() and (gt == kb).any():
@@ -537,22 +599,51 @@ def localisation(data: Path, art: Path, split: str, pairs: list[tuple[str, str]]
     confusion = {pair: {"b_as_a": round(c[0] / c[1], 4) if c[1] else None,
                         "a_as_b": round(c[2] / c[3], 4) if c[3] else None} for pair, c in counts.items()}
     shares = [v for c in confusion.values() for v in c.values() if v is not None]
-    return {"cam_roc_auc": round(float(np.mean(aucs)), 4) if aucs else None, "cam_roc_auc_n": len(aucs),
-            "cooc_confusion": confusion, "cooc_confusion_mean": round(float(np.mean(shares)), 4) if shares else None}
+    return {"cooc_confusion": confusion, "cooc_confusion_mean": round(float(np.mean(shares)), 4) if shares else None}
+
+
+def fit_segmenter(data: Path, labels: str, out: Path, *, pairs: list[tuple[str, str]], iters: int, crop: int,
+                  threads: int, device: str) -> dict:
+    """The segmenter step: ``seco fit-segmenter`` (DeepLabV3+/ResNet-18, random init) on ``labels`` (an export
+    folder, or ``gt``) of the train split, scored on val's GT, then ``seco predict`` of val for the co-occurrence
+    confusion there. Resumable (each command continues its folder). Returns val mIoU and confusion."""
+    ablation = _load_ablation()
+    log = out.parent / f"{out.name}.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not (out / "metrics.json").is_file():
+        ablation._run(ablation._seco(
+            "fit-segmenter", "--arch", "deeplabv3plus", "--encoder", "resnet18", "--labels", labels,
+            "--data-root", str(data), "--classes", str(data / "classes.txt"), "--split", "train", "--val-split", "val",
+            "--out", str(out), "--iters", str(iters), "--batch-size", "8", "--crop-size", str(crop),
+            "--num-workers", "0", "--device", device, "--resume", "auto", "--quiet"), threads, log)
+    pred = out / "pred_val"
+    ablation._run(ablation._seco("predict", "--model", str(out), "--split", "val", "--out", str(pred),
+                                 "--device", device, "--quiet"), threads, log)
+    ids, _, _, masks = load_split(data, "val")
+    names = ["background", *json.loads((data / "cooc.json").read_text())["classes"]]
+    preds = (np.asarray(Image.open(pred / f"{i}.png")) for i in ids)
+    return {"val_miou": json.loads((out / "metrics.json").read_text())["miou"],
+            **pair_confusion(masks.numpy(), preds, names, pairs)}
 
 
 def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]], num_classes: int, n_train: int,
         n_val: int, size: int, backbone_kwargs: dict, pretrain_steps: int, iters: int, variant: str = "full",
         threads: int = 2, extra_sets: tuple[str, ...] = (), device: str = "cpu", data: Path | None = None,
-        digits: bool = False, pretrain_lr: float = 1e-3, background_blur: float = 0.0) -> dict:
+        digits: bool = False, pretrain_lr: float = 1e-3, background_blur: float = 0.0, mosaic: int = 1,
+        seg_iters: int = 0) -> dict:
     """One seed end to end, resumable (each stage is skipped when its output exists): generate ``OUT/data``,
     stage 1 ``OUT/weights.pt``, SeCo ``variant`` from those weights and its export of the train split
     (benchmarks/ablation.py's ``run_one``, in ``OUT/<variant>/seed<S>``), then ``OUT/result.json``: the export's
     CAM/pseudo-mask mIoU and FP/TP, the trivial baselines, the ratio to the best of them, the CAM ROC-AUC and the
-    co-occurrence confusion. ``data``: a dataset already generated, used instead of ``OUT/data``."""
+    co-occurrence confusion. ``data``: a dataset already generated, used instead of ``OUT/data``. ``mosaic``: stage
+    1's (:func:`pretrain`). ``seg_iters`` > 0 adds the segmenter step (:func:`fit_segmenter`), on the pseudo masks
+    (``OUT/<variant>/seed<S>/seg-pseudo``) and on the GT (``OUT/seg-gt``, shared by the variants): val mIoU of
+    both, the gap, and the co-occurrence confusion on val."""
     result_file = out / f"result_{variant}.json"
     if result_file.is_file():
-        return json.loads(result_file.read_text())
+        done = json.loads(result_file.read_text())
+        if not seg_iters or "seg_val_miou" in done:
+            return done
     data, weights = data or out / "data", out / "weights.pt"
     if not (data / "cooc.json").is_file():
         generate(source, data, seed=seed, pairs=pairs, classes=None, num_classes=num_classes, n_train=n_train,
@@ -560,7 +651,8 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
                  background_blur=background_blur)
     if not weights.is_file():
         stage1 = pretrain(data, weights, backbone="vit_tiny_patch16_224", backbone_kwargs=backbone_kwargs,
-                          steps=pretrain_steps, batch_size=32, lr=pretrain_lr, seed=seed, device=device)
+                          steps=pretrain_steps, batch_size=32 // (mosaic * mosaic), lr=pretrain_lr, seed=seed,
+                          device=device, mosaic=mosaic)
         atomic_write_text(out / "pretrain.json", json.dumps(stage1, indent=2))
     ablation = _load_ablation()
     names = ["background", *json.loads((data / "cooc.json").read_text())["classes"]]
@@ -584,6 +676,15 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
               "mask_miou_over_best_trivial": round(scores["mask_miou"] / trivial["best_trivial"], 3)
               if trivial["best_trivial"] else None,
               "pretrain": json.loads(stage1.read_text()) if stage1.is_file() else None}
+    if seg_iters:
+        kw = dict(pairs=pairs, iters=seg_iters, crop=size, threads=threads, device=device)
+        gt = fit_segmenter(data, "gt", out / "seg-gt", **kw)
+        pseudo = fit_segmenter(data, str(art), out / variant / f"seed{seed}" / "seg-pseudo", **kw)
+        result.update(seg_val_miou=pseudo["val_miou"], seg_gt_val_miou=gt["val_miou"],
+                      seg_gap=round(gt["val_miou"] - pseudo["val_miou"], 4),
+                      seg_cooc_confusion=pseudo["cooc_confusion"],
+                      seg_cooc_confusion_mean=pseudo["cooc_confusion_mean"],
+                      seg_gt_cooc_confusion_mean=gt["cooc_confusion_mean"])
     atomic_write_text(result_file, json.dumps(result, indent=2))
     return result
 
@@ -592,7 +693,9 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
 ABLATION_COLUMNS = (("cam_miou", "CAM mIoU", True), ("mask_miou", "pseudo-mask mIoU", True),
                     ("mask_miou_over_best_trivial", "mask / best trivial", False), ("fp_tp", "FP/TP", False),
                     ("cam_roc_auc", "CAM ROC-AUC", False), ("cooc_confusion_mean", "co-occurrence confusion", True),
-                    ("crops_rectified", "crops rectified", False))
+                    ("crops_rectified", "crops rectified", False),
+                    ("seg_val_miou", "segmenter val mIoU", True), ("seg_gap", "gap to GT-trained", True),
+                    ("seg_cooc_confusion_mean", "segmenter val confusion", True))
 
 
 def _load_ablation():
@@ -677,7 +780,11 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--lr", type=float, default=1e-3)
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--device", default="cpu")
-    pre.add_argument("--pool", choices=("max", "mean"), default="max", help="how the head pools its patch logits")
+    pre.add_argument("--pool", choices=("max", "mean", "cls"), default="max",
+                     help="how the head pools its patch logits, or cls: it reads the class token")
+    pre.add_argument("--mosaic", type=int, default=1, help="train on k x k mosaics, each tile classified alone")
+    pre.add_argument("--position", choices=("sincos", "frozen"), default="sincos",
+                     help="position embedding: learnt from 2D sin-cos, or SeCo's frozen random one")
     base = verbs.add_parser("baselines", help="tag-only masks' mIoU on a generated split")
     base.add_argument("--data", type=Path, required=True)
     base.add_argument("--split", default="train")
@@ -702,6 +809,8 @@ def main(argv: list[str] | None = None) -> int:
         verb.add_argument("--backbone-kwargs", type=json.loads, default={"patch_size": 8, "depth": 6})
         verb.add_argument("--pretrain-steps", type=int, default=2000)
         verb.add_argument("--pretrain-lr", type=float, default=1e-3)
+        verb.add_argument("--mosaic", type=int, default=2, help="stage 1 on k x k mosaics (1: whole images)")
+        verb.add_argument("--seg-iters", type=int, default=0, help="segmenter steps (0: no segmenter step)")
         verb.add_argument("--iters", type=int, default=300, help="SeCo steps")
         verb.add_argument("--device", default="cpu")
         verb.add_argument("--threads", type=int, default=2, help="torch threads of each seco command")
@@ -710,7 +819,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = dict(pairs=args.pairs, num_classes=args.num_classes, n_train=args.train, n_val=args.val,
                       size=args.size, backbone_kwargs=args.backbone_kwargs, pretrain_steps=args.pretrain_steps,
                       iters=args.iters, threads=args.threads, device=args.device, digits=args.digits,
-                      pretrain_lr=args.pretrain_lr, background_blur=args.background_blur)
+                      pretrain_lr=args.pretrain_lr, background_blur=args.background_blur, mosaic=args.mosaic,
+                      seg_iters=args.seg_iters)
         if args.verb == "run":
             print(json.dumps(run(args.source, args.out, seed=args.seed, variant=args.variant, data=args.data,
                                  **kwargs), indent=1))
@@ -721,7 +831,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "pretrain":
         print(json.dumps(pretrain(args.data, args.out, backbone=args.backbone, backbone_kwargs=args.backbone_kwargs,
                                   steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                  device=args.device, pool=args.pool), indent=1))
+                                  device=args.device, pool=args.pool, mosaic=args.mosaic,
+                                  position=args.position), indent=1))
         return 0
     if args.verb == "baselines":
         print(json.dumps(baselines(args.data, args.split), indent=1))

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import TEST_DATA, load_benchmark
 from seco_labels.data import build_reader, read_class_names
@@ -90,18 +91,50 @@ def test_run_does_one_seed_end_to_end_and_resumes(tmp_path):
     """The quick version of the benchmark (tiny sizes): every stage runs, the result holds every score."""
     kwargs = dict(seed=0, pairs=[("cup", "person")], num_classes=3, n_train=16, n_val=8, size=64,
                   backbone_kwargs={"patch_size": 8, "depth": 3}, pretrain_steps=2, iters=2, threads=1,
-                  extra_sets=("decompose.local_crop_size=16", "train.val_max_images=2"))
+                  extra_sets=("decompose.local_crop_size=16", "train.val_max_images=2"), seg_iters=2)
     result = cooc.run([TEST_DATA / "coco-mini"], tmp_path, **kwargs)
     assert (tmp_path / "weights.pt").is_file() and (tmp_path / "full" / "seed0" / "art" / "cams_train.h5").is_file()
     assert 0 <= result["mask_miou"] <= 1 and result["baselines"]["best_trivial"] > 0
     assert result["mask_miou_over_best_trivial"] == round(result["mask_miou"] / result["baselines"]["best_trivial"], 3)
     assert 0 <= result["cam_roc_auc"] <= 1 and result["cam_roc_auc_n"] > 0
-    assert set(result["cooc_confusion"]) == {"cup:person"}
+    assert set(result["cooc_confusion"]) == {"cup:person"} and set(result["seg_cooc_confusion"]) == {"cup:person"}
+    assert result["seg_gap"] == round(result["seg_gt_val_miou"] - result["seg_val_miou"], 4)
+    assert len(list((tmp_path / "full" / "seed0" / "seg-pseudo" / "pred_val").glob("*.png"))) == 8
+    assert yaml.safe_load((tmp_path / "seg-gt" / "config.yaml").read_text())["data"]["labels"] == "gt"
     fired = result["rectification"]
     assert fired["steps_logged"] == 2 and 0 <= fired["steps_with_rectification"] <= 2 and fired["crops_tagged"] > 0
     stamp = (tmp_path / "result_full.json").stat().st_mtime_ns
     assert cooc.run([TEST_DATA / "coco-mini"], tmp_path, **kwargs) == result  # resumed: nothing redone
     assert (tmp_path / "result_full.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("pool, mosaic", [("max", 2), ("cls", 1)])
+def test_pretrain_reads_out_tiles_or_the_class_token_and_scores_its_cams(generated, tmp_path, pool, mosaic):
+    out, _, _ = generated
+    result = cooc.pretrain(out / "a", tmp_path / "w.pt", backbone="vit_tiny_patch16_224", pool=pool, mosaic=mosaic,
+                           backbone_kwargs={"patch_size": 8, "depth": 1}, steps=2, batch_size=2, lr=1e-3, seed=0,
+                           log_every=0)
+    assert result["mosaic"] == mosaic and 0 < result["head_cam_roc_auc"] < 1 and result["last_loss"] > 0
+    with pytest.raises(ValueError, match="mosaic > 1 classifies each tile"):
+        cooc.pretrain(out / "a", tmp_path / "x.pt", backbone="vit_tiny_patch16_224", pool="cls", mosaic=2,
+                      backbone_kwargs={"patch_size": 8, "depth": 1}, steps=1, batch_size=1, lr=1e-3, seed=0)
+
+
+def test_tile_lays_images_row_by_row_and_untile_inverts_it():
+    import torch
+
+    x = torch.arange(8 * 3 * 4 * 5, dtype=torch.float32).view(8, 3, 4, 5)
+    mosaic = cooc.tile(x, 2)
+    assert mosaic.shape == (2, 3, 8, 10)
+    assert torch.equal(mosaic[0, :, :4, 5:], x[1]) and torch.equal(mosaic[1, :, 4:, :5], x[6])
+    assert torch.equal(cooc.untile(mosaic, 2), x)
+
+
+def test_pair_confusion_counts_the_images_holding_both_classes_only():
+    gt, pred = np.array([[1, 1, 2, 2]]), np.array([[1, 2, 2, 2]])  # one of A's two pixels labelled B
+    a_alone, a_as_b = np.array([[1, 1, 0, 0]]), np.array([[2, 2, 0, 0]])  # no B in the GT: not counted
+    scores = cooc.pair_confusion([gt, a_alone], [pred, a_as_b], ["background", "a", "b"], [("a", "b")])
+    assert scores == {"cooc_confusion": {"a:b": {"b_as_a": 0.0, "a_as_b": 0.5}}, "cooc_confusion_mean": 0.25}
 
 
 def test_roc_auc_counts_ties_half():

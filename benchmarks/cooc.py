@@ -511,7 +511,8 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
         torch.save({k: v.cpu() for k, v in encoder.vit.state_dict().items()}, tmp)
     return {"steps": steps, "first_loss": round(float(np.mean(losses[:10])), 4),
             "last_loss": round(float(np.mean(losses[-10:])), 4), "train_tag_f1": tag_f1(images[:500], tags[:500]),
-            "val_tag_f1": tag_f1(val_images, val_tags), "head_cam_roc_auc": cam_auc(images[:300], tags[:300], masks[:300]),
+            "val_tag_f1": tag_f1(val_images, val_tags),
+            "head_cam_roc_auc": cam_auc(images[:300], tags[:300], masks[:300]),
             "mosaic": mosaic, "pool": pool, "position": position, "seconds_per_step": round(seconds, 4),
             "weights": str(out)}
 
@@ -809,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         verb.add_argument("--backbone-kwargs", type=json.loads, default={"patch_size": 8, "depth": 6})
         verb.add_argument("--pretrain-steps", type=int, default=2000)
         verb.add_argument("--pretrain-lr", type=float, default=1e-3)
-        verb.add_argument("--mosaic", type=int, default=2, help="stage 1 on k x k mosaics (1: whole images)")
+        verb.add_argument("--mosaic", type=int, default=1, help="stage 1 on k x k mosaics (1: whole images)")
         verb.add_argument("--seg-iters", type=int, default=0, help="segmenter steps (0: no segmenter step)")
         verb.add_argument("--iters", type=int, default=300, help="SeCo steps")
         verb.add_argument("--device", default="cpu")

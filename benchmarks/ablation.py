@@ -96,7 +96,8 @@ def run_one(args: argparse.Namespace, variant: str, seed: int, threads: int) -> 
     _run(_seco(*train), threads, log)
     t1 = time.perf_counter()
     _run(_seco("export-masks", "--checkpoint", str(run / "last.pt"), "--split", args.eval_split, "--out", str(art),
-               "--device", args.device, "--num-workers", "0", "--quiet"), threads, log)
+               "--device", args.device, "--num-workers", "0", "--quiet",
+               *([] if args.export_flip else ["--no-flip"])), threads, log)
     _run(_seco("evaluate", "--pred", str(art), "--split", args.eval_split, "--cams", "--quiet"), threads, log)
     masks = json.loads((art / f"metrics_{args.eval_split}.json").read_text())
     cams = json.loads((art / f"cams_metrics_{args.eval_split}.json").read_text())
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--val-split", default="", help="split (with GT) on which the decoder is scored with seco segment "
                     "(the paper's table: val); default none")
     ap.add_argument("--seg-crf", action="store_true", help="dense CRF in seco segment (the paper's protocol)")
+    ap.add_argument("--no-export-flip", dest="export_flip", action="store_false",
+                    help="export without the flipped CAMs (data whose classes are not mirror-symmetric)")
     ap.add_argument("--iters", type=int, default=None, help="training iterations (default: the preset's)")
     ap.add_argument("--crop", type=int, default=None, help="training crop size (default: the preset's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -188,11 +188,11 @@ def find_backgrounds(readers: list, classes: set[str], size: int, per_image: int
 
 
 def paste(canvas: np.ndarray, mask: np.ndarray, inst: Instance, index: int, rng: np.random.Generator,
-          flip: bool = True) -> None:
-    """Paste ``inst`` into ``canvas`` (S, S, 3) and its class ``index`` into ``mask`` (S, S), in place, mirrored
-    half of the time when ``flip``."""
+          flip: bool = True, scale: tuple[float, float] = (0.35, 0.75)) -> None:
+    """Paste ``inst`` into ``canvas`` (S, S, 3) and its class ``index`` into ``mask`` (S, S), in place, its longest
+    side drawn uniformly in ``scale`` (shares of S), mirrored half of the time when ``flip``."""
     s = canvas.shape[0]
-    longest = rng.uniform(0.35, 0.75) * s
+    longest = rng.uniform(*scale) * s
     h, w = inst.mask.shape
     scale = longest / max(h, w)
     size = (max(2, round(w * scale)), max(2, round(h * scale)))
@@ -294,9 +294,11 @@ def cooccurrence(tags: dict[str, set[str]], pairs: list[tuple[str, str]]) -> dic
 
 def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]], classes: list[str] | None,
              num_classes: int, n_train: int, n_val: int, size: int, cooc: float, context: str | None,
-             min_area: int, min_visible: int, digits: bool = False, background_blur: float = 0.0) -> dict:
+             min_area: int, min_visible: int, digits: bool = False, background_blur: float = 0.0,
+             scale: tuple[float, float] = (0.35, 0.75)) -> dict:
     """Write the dataset (module docstring) and return its settings and statistics (also ``OUT/cooc.json``).
-    ``digits``: the objects are the bundled handwritten digits, and the sources give only the backgrounds."""
+    ``digits``: the objects are the bundled handwritten digits, and the sources give only the backgrounds.
+    ``scale``: the range of an object's longest side, as shares of the image side."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     readers = [build_reader(_layout(src), src, split, require_masks=True, require_tags=False)
@@ -348,7 +350,7 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
                 items = pools[split][name]
                 # a mirrored 3 is no 3: digits keep their side
                 paste(canvas, mask, items[int(rng.integers(len(items)))], classes.index(name) + 1, rng,
-                      flip=not digits)
+                      flip=not digits, scale=scale)
             present = {classes[k - 1] for k in np.unique(mask) if k > 0 and (mask == k).sum() >= min_visible}
             vec = np.zeros(len(classes), np.float32)
             for name in present:
@@ -371,7 +373,7 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
         "seed": seed, "sources": [str(s) for s in sources], "objects": "digits" if digits else "photo cut-outs",
         "classes": classes,
         "pairs": [f"{a}:{b}" for a, b in pairs], "context": context, "size": size, "cooc": cooc,
-        "min_area": min_area, "min_visible": min_visible, "background_blur": background_blur,
+        "min_area": min_area, "min_visible": min_visible, "background_blur": background_blur, "scale": list(scale),
         "images": {split: len(t) for split, t in tags.items()},
         "instances": {split: {c: len(pool[c]) for c in classes} for split, pool in pools.items()},
         "backgrounds": {"green": len(green), "other": len(backgrounds) - len(green)},
@@ -631,7 +633,7 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
         n_val: int, size: int, backbone_kwargs: dict, pretrain_steps: int, iters: int, variant: str = "full",
         threads: int = 2, extra_sets: tuple[str, ...] = (), device: str = "cpu", data: Path | None = None,
         digits: bool = False, pretrain_lr: float = 1e-3, background_blur: float = 0.0, mosaic: int = 1,
-        seg_iters: int = 0) -> dict:
+        seg_iters: int = 0, scale: tuple[float, float] = (0.35, 0.75)) -> dict:
     """One seed end to end, resumable (each stage is skipped when its output exists): generate ``OUT/data``,
     stage 1 ``OUT/weights.pt``, SeCo ``variant`` from those weights and its export of the train split
     (benchmarks/ablation.py's ``run_one``, in ``OUT/<variant>/seed<S>``), then ``OUT/result.json``: the export's
@@ -649,19 +651,23 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
     if not (data / "cooc.json").is_file():
         generate(source, data, seed=seed, pairs=pairs, classes=None, num_classes=num_classes, n_train=n_train,
                  n_val=n_val, size=size, cooc=0.85, context=None, min_area=200, min_visible=40, digits=digits,
-                 background_blur=background_blur)
+                 background_blur=background_blur, scale=scale)
     if not weights.is_file():
         stage1 = pretrain(data, weights, backbone="vit_tiny_patch16_224", backbone_kwargs=backbone_kwargs,
                           steps=pretrain_steps, batch_size=32 // (mosaic * mosaic), lr=pretrain_lr, seed=seed,
                           device=device, mosaic=mosaic)
         atomic_write_text(out / "pretrain.json", json.dumps(stage1, indent=2))
     ablation = _load_ablation()
-    names = ["background", *json.loads((data / "cooc.json").read_text())["classes"]]
+    info = json.loads((data / "cooc.json").read_text())
+    names = ["background", *info["classes"]]
+    # a mirrored 3 is another shape: on digits SeCo neither trains on nor exports flipped views
+    mirror = info.get("objects") != "digits"
+    unmirrored = [] if mirror else ["data.flip_p=0", "data.strong_flip_p=0", "cam.flip=false"]
     sets = [f"model.backbone_kwargs={json.dumps(backbone_kwargs)}", f"data.class_names={json.dumps(names)}",
-            f"data.num_classes={len(names)}", *extra_sets]
+            f"data.num_classes={len(names)}", *unmirrored, *extra_sets]
     ns = argparse.Namespace(out=str(out), preset="demo", data_root=str(data), split="train", config=None, iters=iters,
                             backbone_weights=str(weights), set=sets, crop=size, eval_split="train", val_split="",
-                            seg_crf=False, device=device)
+                            seg_crf=False, device=device, export_flip=mirror)
     scores = ablation.run_one(ns, variant, seed, threads)
     art = out / variant / f"seed{seed}" / "art"
     log = out / variant / f"seed{seed}" / "run" / "metrics.jsonl"  # one record per logged step
@@ -749,6 +755,19 @@ def _pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+_SCALE_HELP = "MIN,MAX: an object's longest side, as shares of the image side"
+
+
+def _scale(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the scale as MIN,MAX, e.g. 0.35,0.75") from None
+    if not 0 < low <= high <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < MIN <= MAX <= 1 (shares of the image side)")
+    return low, high
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -770,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--digits", action="store_true",
                      help="objects: the bundled handwritten digits (classes zero..nine); --source gives backgrounds")
     gen.add_argument("--background-blur", type=float, default=0.0, help="Gaussian blur of the backgrounds, pixels")
+    gen.add_argument("--scale", type=_scale, default=(0.35, 0.75), help=_SCALE_HELP)
     pre = verbs.add_parser("pretrain", help="stage 1: classification pretraining of the ViT on a generated set")
     pre.add_argument("--data", type=Path, required=True, help="a dataset written by generate")
     pre.add_argument("--out", type=Path, required=True, help="the weights file to write")
@@ -807,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         verb.add_argument("--size", type=int, default=128)
         verb.add_argument("--digits", action="store_true", help="objects: the bundled handwritten digits")
         verb.add_argument("--background-blur", type=float, default=0.0, help="Gaussian blur of the backgrounds, px")
+        verb.add_argument("--scale", type=_scale, default=(0.35, 0.75), help=_SCALE_HELP)
         verb.add_argument("--backbone-kwargs", type=json.loads, default={"patch_size": 8, "depth": 6})
         verb.add_argument("--pretrain-steps", type=int, default=2000)
         verb.add_argument("--pretrain-lr", type=float, default=1e-3)
@@ -821,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
                       size=args.size, backbone_kwargs=args.backbone_kwargs, pretrain_steps=args.pretrain_steps,
                       iters=args.iters, threads=args.threads, device=args.device, digits=args.digits,
                       pretrain_lr=args.pretrain_lr, background_blur=args.background_blur, mosaic=args.mosaic,
-                      seg_iters=args.seg_iters)
+                      seg_iters=args.seg_iters, scale=args.scale)
         if args.verb == "run":
             print(json.dumps(run(args.source, args.out, seed=args.seed, variant=args.variant, data=args.data,
                                  **kwargs), indent=1))
@@ -842,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
                     classes=args.classes.split(",") if args.classes else None, num_classes=args.num_classes,
                     n_train=args.train, n_val=args.val, size=args.size, cooc=args.cooc, context=args.context,
                     min_area=args.min_area, min_visible=args.min_visible, digits=args.digits,
-                    background_blur=args.background_blur)
+                    background_blur=args.background_blur, scale=args.scale)
     print(json.dumps({k: info[k] for k in ("classes", "images", "instances", "cooccurrence", "seconds")}, indent=1))
     return 0
 

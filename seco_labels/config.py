@@ -53,6 +53,8 @@ class DataConfig:
     crop_size: int = 448  #: side of the square training crop, pixels
     rescale_range: tuple[float, float] = (0.5, 2.0)  #: random rescale factor of the training image
     global_crop_scale: tuple[float, float] = (0.4, 1.0)  #: area fraction of the second global view's crop
+    #: horizontal flip of the image and of the second global view; 0 where a mirrored class is another (digits, text)
+    flip_p: float = 0.5
     strong_flip_p: float = 0.5  #: published code flips the strong view independently; 0 keeps crops aligned
     batch_size: int = 4  #: images per step, the global batch: split evenly over torchrun processes
     num_workers: int = 2
@@ -79,6 +81,7 @@ class CamConfig:
     """Online CAMs, PAR and background thresholds (docs/design.md §4)."""
 
     scales: tuple[float, ...] = (1.0, 0.5, 0.75, 1.5)  #: training-time multi-scale CAM scales
+    flip: bool = True  #: also the flipped image's CAMs at every scale (published: always; False with data.flip_p=0)
     bkg_thre: float = 0.5
     high_thre: float = 0.7
     low_thre: float = 0.25

@@ -147,7 +147,7 @@ def seco_step(
         out = model(x, extra=batch["global2"])
     with timer("cam_inference"), autocast():
         # Scale 1.0 reuses the CAM of the training forward: same weights, same input, one pass saved.
-        cams, cams_aux = multi_scale_cams(model.cams, x, cc.scales, base=(out.cam, out.cam_aux))
+        cams, cams_aux = multi_scale_cams(model.cams, x, cc.scales, base=(out.cam, out.cam_aux), flip=cc.flip)
     cams, cams_aux = cams.float(), cams_aux.float()
 
     with timer("crop_sampling"):

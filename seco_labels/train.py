@@ -97,7 +97,7 @@ class Trainer(RunState):
                                    class_names=d.class_names or None, ignore_index=d.ignore_index)
         if not d.class_names:
             check_class_count(self.reader)
-        views = TrainViews(d.crop_size, d.rescale_range, d.global_crop_scale, d.strong_flip_p)
+        views = TrainViews(d.crop_size, d.rescale_range, d.global_crop_scale, d.strong_flip_p, d.flip_p)
         self.dataset = TrainDataset(self.reader, views, seed=cfg.train.seed)
         self._sampler(0)  # a batch that cannot be split over the processes fails here, before the model is built
         # so do loss groups that straddle processes unevenly; the first call also creates their process groups

@@ -387,6 +387,18 @@ def test_train_views_ignore_global_rng(photo):
         TrainViews(96, strong_flip_p=1.5)
 
 
+def test_train_views_flip_p_mirrors_without_moving_the_rng(photo):
+    square = np.ascontiguousarray(photo[:96, :96])  # crop = image: no padding offset, so a flip is a pure mirror
+    never, always = (TrainViews(96, (1.0, 1.0), (0.4, 1.0), strong_flip_p=0.0, flip_p=p)(square,
+                                                                                         np.random.default_rng(3))
+                     for p in (0.0, 1.0))
+    torch.testing.assert_close(always["image"], never["image"].flip(-1), rtol=0, atol=0)
+    torch.testing.assert_close(always["global2"], never["global2"].flip(-1), rtol=0, atol=1e-5)  # same draws
+    assert not torch.equal(always["image"], never["image"])
+    with pytest.raises(ConfigError, match="data.flip_p"):
+        TrainViews(96, flip_p=-0.1)
+
+
 # -- datasets -----------------------------------------------------------------------------------------------------
 
 

@@ -249,6 +249,33 @@ def test_coco_preset_normalises_losses_as_the_published_two_gpus_of_four_images(
         assert out.terms[name] == pytest.approx(one_group.terms[name], rel=1e-5, abs=1e-9), name
 
 
+def test_cam_flip_false_crops_from_the_cams_of_the_unflipped_image_alone(voc_root, tmp_path, monkeypatch):
+    """cam.flip=False (data.flip_p=0: a mirrored class is another) keeps the flipped image out of training's CAMs."""
+    import copy
+
+    import seco_labels.objective as objective_module
+    from seco_labels.cams import cam_to_roi_mask, multi_scale_cams
+    from seco_labels.runtime import batch_to_device
+    from seco_labels.objective import seco_step
+
+    cfg = tiny_config(voc_root)
+    cfg.data.num_workers = 0
+    trainer = Trainer(cfg, tmp_path / "run", quiet=True)
+    batch = batch_to_device(next(iter(trainer._train_loader())), trainer.device)
+    x = batch["image"]
+    with torch.no_grad():  # step 0 crops from the aux CAM (cam.roi_final_cam_from = 3)
+        expected = {flip: multi_scale_cams(trainer.model.cams, x, cfg.cam.scales, flip=flip)[1]
+                    for flip in (True, False)}
+    assert not torch.allclose(expected[True], expected[False], atol=1e-3)
+    for flip in (True, False):
+        seen = []
+        monkeypatch.setattr(objective_module, "cam_to_roi_mask",
+                            lambda cam, *a, **k: seen.append(cam) or cam_to_roi_mask(cam, *a, **k))
+        cfg.cam.flip = flip
+        seco_step(copy.deepcopy(trainer.model), batch, 0, cfg, trainer.par)
+        torch.testing.assert_close(seen[0], expected[flip], rtol=1e-4, atol=1e-5)
+
+
 def _train_cmd(root: Path, run_dir: Path, cfg_file: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "seco_labels.cli", "train", "--config", str(cfg_file), "--out", str(run_dir),
             "--data-root", str(root), "--quiet", *extra]

@@ -156,21 +156,23 @@ class TrainViews:
 
     ``views(image, rng)`` with ``image`` (H, W, 3) uint8 returns float32 tensors, S = ``crop_size``:
 
-    - ``image`` (3, S, S): rescale by ``rescale_range`` -> flip (p .5) -> padded random crop; the student's
+    - ``image`` (3, S, S): rescale by ``rescale_range`` -> flip (p ``flip_p``) -> padded random crop; the student's
       weak view and the first global view;
     - ``box`` (4,) int64 ``[h0, h1, w0, w1]``: the image pixels inside ``image`` (the rest is zero padding);
     - ``strong`` (3, S, S): the same uint8 crop -> flip (p ``strong_flip_p``) -> colour jitter (p .8) -> grey
       (p .2) -> blur (p .5); the local teacher's view. The published code flips it independently (p .5), which
       misplaces the teacher's local crops half the time; ``strong_flip_p=0`` keeps the two views aligned;
     - ``global2`` (3, S, S): random resized crop of the original image (area fraction ``global_crop_scale``,
-      aspect 3/4..4/3, bicubic) -> flip (p .5) -> colour jitter (p .8) -> grey (p .2) -> blur (p .1) ->
+      aspect 3/4..4/3, bicubic) -> flip (p ``flip_p``) -> colour jitter (p .8) -> grey (p .2) -> blur (p .1) ->
       solarize (p .2).
 
-    All randomness comes from ``rng``, so equal generator states give equal views.
+    All randomness comes from ``rng``, so equal generator states give equal views; every flip draws from ``rng``
+    whatever its probability, so ``flip_p=0`` changes nothing else about the views.
     """
 
     def __init__(self, crop_size: int, rescale_range: tuple[float, float] = (0.5, 2.0),
-                 global_crop_scale: tuple[float, float] = (0.4, 1.0), strong_flip_p: float = 0.5) -> None:
+                 global_crop_scale: tuple[float, float] = (0.4, 1.0), strong_flip_p: float = 0.5,
+                 flip_p: float = 0.5) -> None:
         if crop_size < 1:
             raise ConfigError(f"data.crop_size must be a positive number of pixels, got {crop_size}")
         for key, (lo, hi) in (("data.rescale_range", rescale_range), ("data.global_crop_scale", global_crop_scale)):
@@ -178,25 +180,28 @@ class TrainViews:
                 raise ConfigError(f"{key} must be (low, high) with 0 < low <= high, got {(lo, hi)}")
         if global_crop_scale[1] > 1:
             raise ConfigError(f"data.global_crop_scale is a fraction of the image area, <= 1; got {global_crop_scale}")
-        if not 0 <= strong_flip_p <= 1:
-            raise ConfigError(f"data.strong_flip_p is a probability in [0, 1], got {strong_flip_p}")
+        for key, p in (("data.strong_flip_p", strong_flip_p), ("data.flip_p", flip_p)):
+            if not 0 <= p <= 1:
+                raise ConfigError(f"{key} is a probability in [0, 1], got {p}")
         self.crop_size = int(crop_size)
         self.rescale_range = (float(rescale_range[0]), float(rescale_range[1]))
         self.global_crop_scale = (float(global_crop_scale[0]), float(global_crop_scale[1]))
         self.strong_flip_p = float(strong_flip_p)
+        self.flip_p = float(flip_p)
 
     def __repr__(self) -> str:
         return (f"TrainViews(crop_size={self.crop_size}, rescale_range={self.rescale_range}, "
-                f"global_crop_scale={self.global_crop_scale}, strong_flip_p={self.strong_flip_p})")
+                f"global_crop_scale={self.global_crop_scale}, strong_flip_p={self.strong_flip_p}, "
+                f"flip_p={self.flip_p})")
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         img = random_rescale(image, self.rescale_range, rng)
-        img = random_hflip(img, rng)
+        img = random_hflip(img, rng, self.flip_p)
         crop, box = random_crop_with_box(img, self.crop_size, rng)
         strong = Image.fromarray(random_hflip(crop, rng, self.strong_flip_p))
         strong = photometric(strong, rng, blur_p=0.5, solarize_p=0.0)
         g2 = random_resized_crop(Image.fromarray(image), self.crop_size, self.global_crop_scale, rng)
-        g2 = g2.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else g2
+        g2 = g2.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < self.flip_p else g2
         g2 = photometric(g2, rng, blur_p=0.1, solarize_p=0.2)
         return {"image": normalize(crop), "box": torch.from_numpy(box), "global2": normalize(g2),
                 "strong": normalize(strong)}

@@ -14,7 +14,9 @@ VOC names (``diningtable`` for ``dining table``), so give one of them. On coco-m
 ``--min-area 200`` and 5 classes, the train/val instances per class are: dog 9/1, person 91/20, cup 14/2,
 dining table 20/4, bowl 11/2 (16 s). That is too few distinct objects per class for a model to generalise from
 (stage 1 on one H200, 6000 steps: tag F1 0.68 on train, 0.27 on val), hence ``--digits``: 1,797 real handwritten
-digits (benchmarks/data/README.md), 135-154 train and 27-44 val instances per class for 5 classes (9 s).
+digits (benchmarks/data/README.md), 135-154 train and 27-44 val instances per class for 5 classes (9 s), in random
+colours (``--colours random``: the class is in the shape alone) or one hue per class, each pair's two classes
+sharing one (``--colours class``: colour tells the classes apart, except A from B).
 Stage 1 (``pretrain --data DIR --out weights.pt``) trains the ViT SeCo will use on multi-label classification and
 saves a state dict for ``seco train --backbone-weights``; ``baselines --data DIR`` scores the tag-only masks a pseudo
 label must beat. ``run --source DIR --out DIR --seed S`` does one seed end to end and resumes (result_<variant>.json:
@@ -34,7 +36,7 @@ How a dataset is made (all of it drawn from ``--seed``, so the same arguments gi
   allowed, they are background here); each window gets a type by its colour (``green`` when green dominates, else
   ``other``) for the context variant.
 - **Images.** ``--size`` squares: a background window, then 1-3 cut-outs at random scale (their longer side 35-75%
-  of the image), flip and position; a later object covers an earlier one, in the mask too. The GT mask holds the
+  of the image by default, ``--scale``), flip (not for digits) and position; a later object covers an earlier one, in the mask too. The GT mask holds the
   class indices 1..K, 0 elsewhere; the tags are the classes with at least ``--min-visible`` visible pixels.
 - **Co-occurrence** (``--pairs A:B``): in train, B is pasted into at least ``--cooc`` (80%) of the images that hold
   A; in val, A alone, B alone and A with B come equally often. ``--context A`` (the context variant) puts A only on
@@ -48,6 +50,7 @@ measured co-occurrence of every pair per split).
 from __future__ import annotations
 
 import argparse
+import colorsys
 import gzip
 import io
 import json
@@ -142,7 +145,8 @@ def digit_instances(rng: np.random.Generator, threshold: float = 0.45) -> dict[s
     """The 1,797 handwritten digits as cut-outs, by class name (``DIGIT_NAMES``): each 8x8 bitmap (0..16) upsampled
     bilinearly to 64x64, its mask the pixels above ``threshold`` of full ink, cropped to the mask's box, and filled
     with one colour drawn per digit, each channel dark or bright (the class is in the stroke's shape, not its
-    colour). Each digit is its own origin, so train and val never share one."""
+    colour; :func:`colour_by_class` changes that). Each digit is its own origin, so train and val never share
+    one."""
     with gzip.open(DIGITS, "rt") as f:
         rows = np.loadtxt(f, delimiter=",", dtype=np.float32)  # (1797, 65): 64 pixels, then the digit
     ink = torch.from_numpy(rows[:, :64].reshape(-1, 1, 8, 8) / 16)
@@ -157,6 +161,24 @@ def digit_instances(rng: np.random.Generator, threshold: float = 0.45) -> dict[s
         pixels = np.broadcast_to(colour, (*mask[box].shape, 3)).copy()
         found.setdefault(DIGIT_NAMES[digit], []).append(Instance(DIGIT_NAMES[digit], pixels, mask[box], f"digit{n}"))
     return found
+
+
+def colour_by_class(instances: dict[str, list[Instance]], classes: list[str], pairs: list[tuple[str, str]],
+                    rng: np.random.Generator) -> dict[str, float]:
+    """Refill every digit of ``classes`` with a saturated colour of its class's hue, in place, and return the hues
+    (fractions of the colour circle). The hues are evenly spaced over the classes, each pair's B taking A's: a
+    patch tells every class from the others by colour, as texture tells classes apart in photos, except A from B,
+    which only their shapes tell: the separation under test (docs/benchmarks.md, "class colours")."""
+    own = [c for c in classes if c not in {b for _, b in pairs}]
+    hues = {c: k / len(own) for k, c in enumerate(own)}
+    for a, b in pairs:
+        hues[b] = hues[a]
+    for c in classes:
+        for inst in instances[c]:
+            hue = (hues[c] + rng.uniform(-0.02, 0.02)) % 1  # +-7 degrees: one hue, not one RGB value
+            rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.75, 1.0), rng.uniform(0.8, 1.0))
+            inst.pixels[:] = np.round(255 * np.array(rgb)).astype(np.uint8)
+    return hues
 
 
 def find_backgrounds(readers: list, classes: set[str], size: int, per_image: int, rng: np.random.Generator,
@@ -295,10 +317,11 @@ def cooccurrence(tags: dict[str, set[str]], pairs: list[tuple[str, str]]) -> dic
 def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]], classes: list[str] | None,
              num_classes: int, n_train: int, n_val: int, size: int, cooc: float, context: str | None,
              min_area: int, min_visible: int, digits: bool = False, background_blur: float = 0.0,
-             scale: tuple[float, float] = (0.35, 0.75)) -> dict:
+             scale: tuple[float, float] = (0.35, 0.75), colours: str = "random") -> dict:
     """Write the dataset (module docstring) and return its settings and statistics (also ``OUT/cooc.json``).
     ``digits``: the objects are the bundled handwritten digits, and the sources give only the backgrounds.
-    ``scale``: the range of an object's longest side, as shares of the image side."""
+    ``scale``: the range of an object's longest side, as shares of the image side. ``colours``: ``random`` (each
+    digit's own, :func:`digit_instances`) or ``class`` (:func:`colour_by_class`)."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     readers = [build_reader(_layout(src), src, split, require_masks=True, require_tags=False)
@@ -313,6 +336,12 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
         ranked = sorted(instances, key=lambda c: (-len({i.origin for i in instances[c]}), c))
         classes = (wanted + [c for c in ranked if c not in wanted])[:max(num_classes, len(wanted))]
     classes = list(classes)
+    if colours == "class":
+        if not digits:
+            raise SystemExit("--colours class recolours the digits; photo cut-outs keep their own pixels")
+        hues = colour_by_class(instances, classes, pairs, rng)
+    elif colours != "random":
+        raise SystemExit(f"--colours is random or class, got {colours!r}")
     # instances split by source image: no object in both splits
     val_origins = _val_photos(instances, classes, rng)
     pools = {split: {c: [i for i in instances[c] if (i.origin in val_origins) == (split == "val")] for c in classes}
@@ -374,6 +403,7 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
         "classes": classes,
         "pairs": [f"{a}:{b}" for a, b in pairs], "context": context, "size": size, "cooc": cooc,
         "min_area": min_area, "min_visible": min_visible, "background_blur": background_blur, "scale": list(scale),
+        "colours": colours if digits else None, "hues": hues if colours == "class" else None,
         "images": {split: len(t) for split, t in tags.items()},
         "instances": {split: {c: len(pool[c]) for c in classes} for split, pool in pools.items()},
         "backgrounds": {"green": len(green), "other": len(backgrounds) - len(green)},
@@ -633,7 +663,7 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
         n_val: int, size: int, backbone_kwargs: dict, pretrain_steps: int, iters: int, variant: str = "full",
         threads: int = 2, extra_sets: tuple[str, ...] = (), device: str = "cpu", data: Path | None = None,
         digits: bool = False, pretrain_lr: float = 1e-3, background_blur: float = 0.0, mosaic: int = 1,
-        seg_iters: int = 0, scale: tuple[float, float] = (0.35, 0.75)) -> dict:
+        seg_iters: int = 0, scale: tuple[float, float] = (0.35, 0.75), colours: str = "random") -> dict:
     """One seed end to end, resumable (each stage is skipped when its output exists): generate ``OUT/data``,
     stage 1 ``OUT/weights.pt``, SeCo ``variant`` from those weights and its export of the train split
     (benchmarks/ablation.py's ``run_one``, in ``OUT/<variant>/seed<S>``), then ``OUT/result.json``: the export's
@@ -651,7 +681,7 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
     if not (data / "cooc.json").is_file():
         generate(source, data, seed=seed, pairs=pairs, classes=None, num_classes=num_classes, n_train=n_train,
                  n_val=n_val, size=size, cooc=0.85, context=None, min_area=200, min_visible=40, digits=digits,
-                 background_blur=background_blur, scale=scale)
+                 background_blur=background_blur, scale=scale, colours=colours)
     if not weights.is_file():
         stage1 = pretrain(data, weights, backbone="vit_tiny_patch16_224", backbone_kwargs=backbone_kwargs,
                           steps=pretrain_steps, batch_size=32 // (mosaic * mosaic), lr=pretrain_lr, seed=seed,
@@ -756,6 +786,8 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 
 
 _SCALE_HELP = "MIN,MAX: an object's longest side, as shares of the image side"
+_COLOURS_HELP = ("the digits' colours: random (the class is in the shape alone) or class (a hue per class, shared "
+                 "by each pair: only shape tells A from B)")
 
 
 def _scale(text: str) -> tuple[float, float]:
@@ -790,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="objects: the bundled handwritten digits (classes zero..nine); --source gives backgrounds")
     gen.add_argument("--background-blur", type=float, default=0.0, help="Gaussian blur of the backgrounds, pixels")
     gen.add_argument("--scale", type=_scale, default=(0.35, 0.75), help=_SCALE_HELP)
+    gen.add_argument("--colours", choices=("random", "class"), default="random", help=_COLOURS_HELP)
     pre = verbs.add_parser("pretrain", help="stage 1: classification pretraining of the ViT on a generated set")
     pre.add_argument("--data", type=Path, required=True, help="a dataset written by generate")
     pre.add_argument("--out", type=Path, required=True, help="the weights file to write")
@@ -828,6 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         verb.add_argument("--digits", action="store_true", help="objects: the bundled handwritten digits")
         verb.add_argument("--background-blur", type=float, default=0.0, help="Gaussian blur of the backgrounds, px")
         verb.add_argument("--scale", type=_scale, default=(0.35, 0.75), help=_SCALE_HELP)
+        verb.add_argument("--colours", choices=("random", "class"), default="random", help=_COLOURS_HELP)
         verb.add_argument("--backbone-kwargs", type=json.loads, default={"patch_size": 8, "depth": 6})
         verb.add_argument("--pretrain-steps", type=int, default=2000)
         verb.add_argument("--pretrain-lr", type=float, default=1e-3)
@@ -842,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
                       size=args.size, backbone_kwargs=args.backbone_kwargs, pretrain_steps=args.pretrain_steps,
                       iters=args.iters, threads=args.threads, device=args.device, digits=args.digits,
                       pretrain_lr=args.pretrain_lr, background_blur=args.background_blur, mosaic=args.mosaic,
-                      seg_iters=args.seg_iters, scale=args.scale)
+                      seg_iters=args.seg_iters, scale=args.scale, colours=args.colours)
         if args.verb == "run":
             print(json.dumps(run(args.source, args.out, seed=args.seed, variant=args.variant, data=args.data,
                                  **kwargs), indent=1))
@@ -863,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
                     classes=args.classes.split(",") if args.classes else None, num_classes=args.num_classes,
                     n_train=args.train, n_val=args.val, size=args.size, cooc=args.cooc, context=args.context,
                     min_area=args.min_area, min_visible=args.min_visible, digits=args.digits,
-                    background_blur=args.background_blur, scale=args.scale)
+                    background_blur=args.background_blur, scale=args.scale, colours=args.colours)
     print(json.dumps({k: info[k] for k in ("classes", "images", "instances", "cooccurrence", "seconds")}, indent=1))
     return 0
 

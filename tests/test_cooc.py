@@ -158,6 +158,38 @@ def test_digits_give_every_class_enough_distinct_instances_on_real_backgrounds(t
         assert image[mask == 0].std() > 10  # a photo behind the digits, not a flat canvas
 
 
+def test_class_colours_give_each_class_its_hue_but_a_pair_one_hue_and_scale_bounds_the_objects(tmp_path):
+    import colorsys
+
+    info = cooc.generate([TEST_DATA / "coco-mini"], tmp_path, seed=0, pairs=[("three", "eight")],
+                         classes=["three", "eight", "one", "four"], num_classes=4, n_train=30, n_val=8, size=64,
+                         cooc=0.85, context=None, min_area=200, min_visible=20, digits=True, colours="class",
+                         scale=(0.2, 0.3))
+    hues = info["hues"]
+    assert hues["three"] == hues["eight"] and len({hues["three"], hues["one"], hues["four"]}) == 3
+    assert json.loads((tmp_path / "cooc.json").read_text())["scale"] == [0.2, 0.3]
+    reader = build_reader("voc", tmp_path, "train", class_names=read_class_names(tmp_path / "classes.txt"),
+                          require_masks=True)
+    seen = set()
+    for image_id in reader.ids:
+        image, mask = reader.load_image(image_id), reader.load_mask(image_id)
+        for k in np.unique(mask[mask > 0]):
+            ys, xs = np.nonzero(mask == k)
+            assert max(ys.max() - ys.min(), xs.max() - xs.min()) < 0.3 * 64 + 1  # the longest side's bound
+            inner = (mask == k) & (np.roll(mask, 1, 0) == k) & (np.roll(mask, -1, 1) == k)  # off JPEG's edges
+            rgb = np.median(image[inner], axis=0) / 255 if inner.any() else None
+            if rgb is not None:
+                hue = colorsys.rgb_to_hsv(*rgb)[0]
+                name = info["classes"][k - 1]
+                assert min(abs(hue - hues[name]), 1 - abs(hue - hues[name])) < 0.05, (image_id, name, hue)
+                seen.add(name)
+    assert seen == {"three", "eight", "one", "four"}
+    with pytest.raises(SystemExit, match="recolours the digits"):
+        cooc.generate([TEST_DATA / "coco-mini"], tmp_path / "photos", seed=0, pairs=[], classes=None, num_classes=2,
+                      n_train=4, n_val=2, size=64, cooc=0.85, context=None, min_area=200, min_visible=20,
+                      colours="class")
+
+
 def test_val_photos_never_take_most_of_a_class():
     def inst(name, photo):
         return cooc.Instance(name, np.zeros((2, 2, 3), np.uint8), np.ones((2, 2), bool), photo)

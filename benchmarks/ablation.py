@@ -36,6 +36,7 @@ import concurrent.futures as cf
 import csv
 import io
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -174,9 +175,14 @@ def draw(summary: dict, path: Path, title: str) -> None:
         (("cam_miou", "mask_miou"), f"{title}: mIoU (%), mean ± std", 100.0, 1),
         (("fp_tp",), "FP/TP (lower is better), mean ± std", 1.0, 2),
     ):
-        groups = [(label, [summary[v][k][0] for v in names]) for k, label, _ in METRICS if k in keys]
-        errors = [[summary[v][k][1] for v in names] for k in keys]
-        top = max(summary[v][k][0] + summary[v][k][1] for v in names for k in keys)
+        # a figure no seed has (FP/TP of masks without a true positive) is NaN: no bar, and no part in the axis
+        def shown(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        groups = [(label, [shown(summary[v][k][0]) for v in names]) for k, label, _ in METRICS if k in keys]
+        errors = [[shown(summary[v][k][1]) for v in names] for k in keys]
+        top = max([summary[v][k][0] + summary[v][k][1] for v in names for k in keys
+                   if math.isfinite(summary[v][k][0] + summary[v][k][1])], default=1.0)
         img, _ = draw_grouped_bars(groups, names, title=chart_title, errors=errors, axis_max=nice_ceil(top * 1.1),
                                    scale=scale, digits=digits)
         charts.append(img)

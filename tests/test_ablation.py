@@ -47,6 +47,17 @@ def test_summary_is_mean_and_sample_std(ablation):
     assert "| `full` | SeCo | 30.00 ± 14.14 | 20.00 ± 14.14 | 2.000 ± 1.414 |" in table
 
 
+def test_the_plot_leaves_out_a_figure_no_seed_has(ablation, tmp_path):
+    """FP/TP of masks without a true positive is None for every seed: no bar, and the plot is still drawn."""
+    results = [{"variant": v, "seed": 0, "cam_miou": 0.3, "mask_miou": 0.2, "fp_tp": f}
+               for v, f in (("baseline", None), ("full", 2.0))]
+    summary = ablation.summarize(results, ["baseline", "full"])
+    assert np.isnan(summary["baseline"]["fp_tp"][0])
+    ablation.draw(summary, tmp_path / "plot.png", title="nan")
+    with Image.open(tmp_path / "plot.png") as img:
+        assert img.width > 100 and img.height > 100
+
+
 def _small_split(voc_root: Path, root: Path, n: int = 6) -> Path:
     """A VOC-layout root whose split ``small`` holds the first ``n`` voc-mini training images (symlinks)."""
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)

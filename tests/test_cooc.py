@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -242,3 +243,8 @@ def test_ablate_shares_data_and_stage_one_per_seed_and_tabulates(tmp_path):
     assert table == (tmp_path / "ablation.md").read_text() and (tmp_path / "ablation.png").stat().st_size > 1000
     full = json.loads((seed / "result_full.json").read_text())
     assert f"{100 * full['mask_miou']:.2f} ± 0.00" in table.splitlines()[-1]
+    # a mirrored 4 is no 4: the digits are neither trained on nor exported with their mirror images
+    config = yaml.safe_load((seed / "full" / "seed0" / "run" / "config.yaml").read_text())
+    assert (config["data"]["flip_p"], config["data"]["strong_flip_p"], config["cam"]["flip"]) == (0, 0, False)
+    with h5py.File(seed / "full" / "seed0" / "art" / "cams_train.h5") as f:
+        assert not f.attrs["flip"]

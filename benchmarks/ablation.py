@@ -167,19 +167,23 @@ def format_csv(results: list[dict]) -> str:
     return buf.getvalue()
 
 
-def draw(summary: dict, path: Path, title: str) -> None:
-    """mIoU chart (CAM, pseudo mask) above the FP/TP chart; bars = variants, whiskers = std."""
+def draw(summary: dict, path: Path, title: str, extra: tuple = ()) -> None:
+    """mIoU chart (CAM, pseudo mask) above the FP/TP chart, then the ``extra`` charts, each ``(((key, label), ...),
+    title, scale, digits)``; bars = variants, whiskers = std."""
     names = list(summary)
     charts = []
-    for keys, chart_title, scale, digits in (
-        (("cam_miou", "mask_miou"), f"{title}: mIoU (%), mean ± std", 100.0, 1),
-        (("fp_tp",), "FP/TP (lower is better), mean ± std", 1.0, 2),
+    labelled = tuple((k, label) for k, label, _ in METRICS)
+    for columns, chart_title, scale, digits in (
+        (labelled[:2], f"{title}: mIoU (%), mean ± std", 100.0, 1),
+        (labelled[2:], "FP/TP (lower is better), mean ± std", 1.0, 2),
+        *extra,
     ):
+        keys = [k for k, _ in columns]
         # a figure no seed has (FP/TP of masks without a true positive) is NaN: no bar, and no part in the axis
         def shown(x: float) -> float | None:
             return x if math.isfinite(x) else None
 
-        groups = [(label, [shown(summary[v][k][0]) for v in names]) for k, label, _ in METRICS if k in keys]
+        groups = [(label, [shown(summary[v][k][0]) for v in names]) for k, label in columns]
         errors = [[shown(summary[v][k][1]) for v in names] for k in keys]
         top = max([summary[v][k][0] + summary[v][k][1] for v in names for k in keys
                    if math.isfinite(summary[v][k][0] + summary[v][k][1])], default=1.0)

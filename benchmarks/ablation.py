@@ -13,7 +13,8 @@ Variants (each is a config switch of the model and losses, :data:`VARIANTS`; no 
 - ``baseline``: classification + aux classification + segmentation (with its CRF-energy regulariser) only;
 - ``no_lig``, ``no_lil``: full SeCo without the local-to-global / local-to-local contrast;
 - ``no_rectify``: full SeCo without the rectification of noisy crop tags;
-- ``full``: the preset as it is.
+- ``full``: the preset as it is;
+- ``no_contrast`` (not run by default): SeCo without LIG and LIL, so ``baseline`` + PTC: what PTC alone adds.
 
 Every (variant, seed) runs the real commands: ``seco train`` -> ``seco export-masks --split EVAL`` -> ``seco
 evaluate --cams``, in ``OUT/<variant>/seed<k>/``; finished steps are kept, so an interrupted ablation resumes.
@@ -56,7 +57,10 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "no_lil": ("SeCo without LIL", {"loss.lil.weight": 0}),
     "no_rectify": ("SeCo without rectification", {"loss.rectify": False}),
     "full": ("SeCo", {}),
+    "no_contrast": ("SeCo without LIG and LIL", {"loss.lig.weight": 0, "loss.lil.weight": 0}),
 }
+#: the published ablation's variants, run when none are named
+DEFAULT_VARIANTS = ("baseline", "no_lig", "no_lil", "no_rectify", "full")
 #: (key, label, is a fraction shown in %)
 METRICS = (("cam_miou", "CAM mIoU", True), ("mask_miou", "pseudo-mask mIoU", True), ("fp_tp", "FP/TP", False))
 
@@ -215,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=None, help="training iterations (default: the preset's)")
     ap.add_argument("--crop", type=int, default=None, help="training crop size (default: the preset's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help="comma-separated subset of " + ", ".join(VARIANTS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     ap.add_argument("--backbone-weights", default=None)
     ap.add_argument("--device", default="auto")

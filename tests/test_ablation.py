@@ -22,7 +22,8 @@ def ablation():
 
 def test_every_variant_is_a_config_switch(ablation):
     full = get_preset("voc")
-    assert set(ablation.VARIANTS) == {"baseline", "no_lig", "no_lil", "no_rectify", "full"}
+    assert set(ablation.VARIANTS) == {"baseline", "no_lig", "no_lil", "no_rectify", "full", "no_contrast"}
+    assert ablation.DEFAULT_VARIANTS == ("baseline", "no_lig", "no_lil", "no_rectify", "full")
     changed = {}
     for name, (_, overrides) in ablation.VARIANTS.items():
         cfg = set_values(get_preset("voc"), {k: v for k, v in overrides.items()})
@@ -35,6 +36,7 @@ def test_every_variant_is_a_config_switch(ablation):
     assert changed["no_lig"]["lig"] == 0 and changed["no_lig"]["lil"] == 0.5
     assert changed["no_lil"]["lil"] == 0 and changed["no_lil"]["lig"] == 0.5
     assert changed["no_rectify"]["rectify"] is False and changed["no_rectify"]["lil"] == 0.5
+    assert changed["no_contrast"] == {"ptc": full.loss.ptc.weight, "lig": 0, "lil": 0, "rectify": True}
 
 
 def test_summary_is_mean_and_sample_std(ablation):

@@ -177,20 +177,19 @@ def draw(summary: dict, path: Path, title: str, extra: tuple = ()) -> None:
     names = list(summary)
     charts = []
     labelled = tuple((k, label) for k, label, _ in METRICS)
+
+    def shown(x: float) -> float | None:  # a figure no seed has (FP/TP without a true positive) is NaN: no bar
+        return x if math.isfinite(x) else None
+
     for columns, chart_title, scale, digits in (
         (labelled[:2], f"{title}: mIoU (%), mean ± std", 100.0, 1),
         (labelled[2:], "FP/TP (lower is better), mean ± std", 1.0, 2),
         *extra,
     ):
-        keys = [k for k, _ in columns]
-        # a figure no seed has (FP/TP of masks without a true positive) is NaN: no bar, and no part in the axis
-        def shown(x: float) -> float | None:
-            return x if math.isfinite(x) else None
-
         groups = [(label, [shown(summary[v][k][0]) for v in names]) for k, label in columns]
-        errors = [[shown(summary[v][k][1]) for v in names] for k in keys]
-        top = max([summary[v][k][0] + summary[v][k][1] for v in names for k in keys
-                   if math.isfinite(summary[v][k][0] + summary[v][k][1])], default=1.0)
+        errors = [[shown(summary[v][k][1]) for v in names] for k, _ in columns]
+        ends = [summary[v][k][0] + summary[v][k][1] for v in names for k, _ in columns]
+        top = max([e for e in ends if math.isfinite(e)], default=1.0)  # and no part in the axis
         img, _ = draw_grouped_bars(groups, names, title=chart_title, errors=errors, axis_max=nice_ceil(top * 1.1),
                                    scale=scale, digits=digits)
         charts.append(img)

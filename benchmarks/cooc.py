@@ -36,8 +36,9 @@ How a dataset is made (all of it drawn from ``--seed``, so the same arguments gi
   allowed, they are background here); each window gets a type by its colour (``green`` when green dominates, else
   ``other``) for the context variant.
 - **Images.** ``--size`` squares: a background window, then 1-3 cut-outs at random scale (their longer side 35-75%
-  of the image by default, ``--scale``), flip (not for digits) and position; a later object covers an earlier one, in the mask too. The GT mask holds the
-  class indices 1..K, 0 elsewhere; the tags are the classes with at least ``--min-visible`` visible pixels.
+  of the image by default, ``--scale``), flip (not for digits) and position; a later object covers an earlier
+  one, in the mask too. The GT mask holds the class indices 1..K, 0 elsewhere; the tags are the classes with at
+  least ``--min-visible`` visible pixels.
 - **Co-occurrence** (``--pairs A:B``): in train, B is pasted into at least ``--cooc`` (80%) of the images that hold
   A; in val, A alone, B alone and A with B come equally often. ``--context A`` (the context variant) puts A only on
   ``green`` backgrounds in train and on either in val.
@@ -216,8 +217,8 @@ def paste(canvas: np.ndarray, mask: np.ndarray, inst: Instance, index: int, rng:
     s = canvas.shape[0]
     longest = rng.uniform(*scale) * s
     h, w = inst.mask.shape
-    scale = longest / max(h, w)
-    size = (max(2, round(w * scale)), max(2, round(h * scale)))
+    factor = longest / max(h, w)
+    size = (max(2, round(w * factor)), max(2, round(h * factor)))
     pixels = np.asarray(Image.fromarray(inst.pixels).resize(size, Image.BILINEAR))
     alpha = np.asarray(Image.fromarray(inst.mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
     if rng.random() < 0.5 and flip:
@@ -416,6 +417,11 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
 
 
 # -- stage 1: classification pretraining ---------------------------------------------------------------------
+def mirrors(data: Path) -> bool:
+    """Whether a generated set may be trained on mirror images: not the digits, where a mirrored 3 is another shape."""
+    return json.loads((data / "cooc.json").read_text()).get("objects") != "digits"
+
+
 def load_split(data: Path, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
     """A generated split in memory: (ids, images (N, 3, S, S) uint8, tags (N, K-1) float32, masks (N, S, S) uint8)."""
     from seco_labels.data import read_class_names
@@ -461,8 +467,7 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    # a mirrored digit is another shape: the digits tier is not flipped
-    digits = json.loads((data / "cooc.json").read_text()).get("objects") == "digits"
+    mirror = mirrors(data)
     _, images, tags, masks = load_split(data, "train")
     _, val_images, val_tags, _ = load_split(data, "val")
     images, tags, val_images, val_tags = (t.to(dev) for t in (images, tags, val_images, val_tags))
@@ -497,7 +502,7 @@ def pretrain(data: Path, out: Path, *, backbone: str, backbone_kwargs: dict, ste
     def prepare(batch: torch.Tensor, train: bool) -> torch.Tensor:
         x = batch.float() / 255
         if train:  # flips and a random shift: cheap, and the pasted objects move anyway
-            flip = (torch.rand(x.shape[0], generator=gen) < (0.0 if digits else 0.5)).to(dev)
+            flip = (torch.rand(x.shape[0], generator=gen) < (0.5 if mirror else 0.0)).to(dev)
             x[flip] = x[flip].flip(-1)
             dy, dx = (int(v) for v in torch.randint(-8, 9, (2,), generator=gen))
             x = torch.roll(x, (dy, dx), dims=(2, 3))
@@ -688,10 +693,8 @@ def run(source: list[Path], out: Path, *, seed: int, pairs: list[tuple[str, str]
                           device=device, mosaic=mosaic)
         atomic_write_text(out / "pretrain.json", json.dumps(stage1, indent=2))
     ablation = _load_ablation()
-    info = json.loads((data / "cooc.json").read_text())
-    names = ["background", *info["classes"]]
-    # a mirrored 3 is another shape: on digits SeCo neither trains on nor exports flipped views
-    mirror = info.get("objects") != "digits"
+    names = ["background", *json.loads((data / "cooc.json").read_text())["classes"]]
+    mirror = mirrors(data)  # else SeCo neither trains on nor exports flipped views
     unmirrored = [] if mirror else ["data.flip_p=0", "data.strong_flip_p=0", "cam.flip=false"]
     sets = [f"model.backbone_kwargs={json.dumps(backbone_kwargs)}", f"data.class_names={json.dumps(names)}",
             f"data.num_classes={len(names)}", *unmirrored, *extra_sets]
@@ -851,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
     many = verbs.add_parser("ablate", help="the ablation variants over seeds (one dataset and stage 1 per seed), "
                             "tabulated (resumable)")
     many.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    many.add_argument("--variants", default="baseline,no_lig,no_lil,no_rectify,full")
+    many.add_argument("--variants", default=",".join(_load_ablation().DEFAULT_VARIANTS))
     for verb in (one, many):
         verb.add_argument("--source", type=Path, action="append", required=True)
         verb.add_argument("--out", type=Path, required=True)

@@ -66,17 +66,26 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], path: Path) -> torch.Tensor:
-    """(1, 1 + g*g, D) position embedding of a square g x g grid -> (1, 1 + h*w, D) for the model's ``grid``,
-    bicubic without antialiasing as the encoder resamples it at every input size."""
-    n = pos_embed.shape[1] - 1
-    g = math.isqrt(n)
-    if pos_embed.dim() != 3 or g * g != n:
+def _pos_prefix(vit: nn.Module) -> int:
+    """How many prefix tokens (class, distillation, register) ``vit.pos_embed`` holds entries for, as timm's
+    ``VisionTransformer._pos_embed`` counts them: none when ``no_embed_class`` (the embedding covers the patches
+    only), else all of them."""
+    return 0 if getattr(vit, "no_embed_class", False) else int(getattr(vit, "num_prefix_tokens", 1))
+
+
+def _resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], prefix: int, path: Path) -> torch.Tensor:
+    """(1, P + g*g, D) position embedding of ``prefix`` = P tokens and a square g x g grid -> (1, P + h*w, D) for
+    the model's ``grid``, bicubic without antialiasing as the encoder resamples it at every input size."""
+    n = pos_embed.shape[1] - prefix if pos_embed.dim() == 3 else -1
+    g = math.isqrt(max(n, 0))
+    if n < 1 or g * g != n:
         raise ConfigError(
-            f"backbone weights file {path}: pos_embed has shape {tuple(pos_embed.shape)}, not (1, 1 + g*g, D) of a "
-            "class token and a square patch grid"
+            f"backbone weights file {path}: pos_embed has shape {tuple(pos_embed.shape)}, not (1, {prefix} + g*g, D) "
+            f"of the model's {prefix} prefix token(s) and a square patch grid; pass the state dict of this "
+            "architecture (model.backbone, model.backbone_kwargs)"
         )
-    return resample_abs_pos_embed(pos_embed, new_size=grid, old_size=(g, g), num_prefix_tokens=1, antialias=False)
+    return resample_abs_pos_embed(pos_embed, new_size=grid, old_size=(g, g), num_prefix_tokens=prefix,
+                                  antialias=False)
 
 
 def _list(keys: list[str], most: int = 8) -> str:
@@ -95,7 +104,8 @@ def load_vit_weights(vit: nn.Module, path: str | Path, name: str) -> None:
     ``model``/``state_dict``) or ``.safetensors``.
 
     Conversion: classifier keys (``head.*``, ``pre_logits.*``) are dropped, the encoder has no classifier; a
-    ``pos_embed`` of another grid (e.g. a 384 px checkpoint) is resampled to the model's grid. Every other key
+    ``pos_embed`` of another grid (e.g. a 384 px checkpoint) is resampled to the model's grid, keeping the entries
+    of the prefix tokens it covers (the class token; none for ``no_embed_class`` models). Every other key
     must match the model's keys and shapes exactly: nothing is silently left at random init.
 
     Raises:
@@ -105,7 +115,8 @@ def load_vit_weights(vit: nn.Module, path: str | Path, name: str) -> None:
     sd = {k: v for k, v in _read_state_dict(path).items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     own = vit.state_dict()
     if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
-        sd["pos_embed"] = _resample_pos_embed(sd["pos_embed"], tuple(vit.patch_embed.grid_size), path)
+        sd["pos_embed"] = _resample_pos_embed(sd["pos_embed"], tuple(vit.patch_embed.grid_size), _pos_prefix(vit),
+                                              path)
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
@@ -141,8 +152,10 @@ class ViTEncoder(nn.Module):
     """Plain ViT from timm with a frozen positional embedding interpolated to the input grid.
 
     Args:
-        name: any timm ViT with a class token and absolute positional embedding
-            (``vit_base_patch16_224`` by default in the presets).
+        name: any timm ViT with a class token and absolute positional embedding, of any patch size
+            (``vit_base_patch16_224`` by default in the presets; DINOv2 ``vit_*_patch14_dinov2``, register-token
+            ``vit_*_reg4_dinov2`` and distilled DeiT models too). Register and distillation tokens are run
+            through the blocks as timm does, but are returned neither as the class token nor in the patch grids.
         aux_layer: index into the blocks whose output (not normed) feeds the auxiliary classifier;
             ``-3`` is the third block from the end as in the published code.
         weights: a local weights file loaded by :func:`load_vit_weights` (timm's layout or the published code's
@@ -171,8 +184,14 @@ class ViTEncoder(nn.Module):
             load_vit_weights(vit, weights, name)
         if getattr(vit, "cls_token", None) is None or getattr(vit, "pos_embed", None) is None:
             raise ConfigError(f"backbone {name!r} has no class token / absolute position embedding; SeCo needs both")
-        if getattr(vit, "no_embed_class", False) or getattr(vit, "reg_token", None) is not None:
-            raise ConfigError(f"backbone {name!r} uses register tokens or a class-free position embedding; unsupported")
+        # The prefix tokens in timm's order (VisionTransformer._pos_embed): class, distillation (DeiT), registers.
+        prefix = tuple(k for k in ("cls_token", "dist_token", "reg_token") if getattr(vit, k, None) is not None)
+        num_prefix = sum(getattr(vit, k).shape[1] for k in prefix)
+        if num_prefix != getattr(vit, "num_prefix_tokens", num_prefix):
+            raise ConfigError(
+                f"backbone {name!r} has {vit.num_prefix_tokens} prefix tokens, not the {num_prefix} of its class, "
+                "distillation and register tokens; use a timm VisionTransformer with a class token"
+            )
         depth = len(vit.blocks)
         if not -depth <= aux_layer < depth:
             raise ConfigError(f"model.aux_layer={aux_layer} is out of range for {name} with {depth} blocks")
@@ -180,6 +199,11 @@ class ViTEncoder(nn.Module):
         vit.pos_embed.requires_grad_(False)
         self.vit = vit
         self.aux_index = aux_layer % depth
+        #: tokens before the patches (class token first, then any distillation / register tokens)
+        self.num_prefix_tokens: int = num_prefix
+        self._prefix_names: tuple[str, ...] = prefix
+        #: the prefix tokens ``pos_embed`` has entries for: 0 when ``no_embed_class`` (DINOv2 with registers)
+        self.pos_prefix_tokens: int = _pos_prefix(vit)
         self.embed_dim: int = vit.embed_dim
         self.patch_size: int = vit.patch_embed.patch_size[0]
         self.grid_size: tuple[int, int] = tuple(vit.patch_embed.grid_size)
@@ -187,7 +211,8 @@ class ViTEncoder(nn.Module):
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
         # Bicubic without antialiasing, as the published encoder does at every input size.
         return resample_abs_pos_embed(
-            self.vit.pos_embed, new_size=(h, w), old_size=self.grid_size, num_prefix_tokens=1, antialias=False
+            self.vit.pos_embed, new_size=(h, w), old_size=self.grid_size, num_prefix_tokens=self.pos_prefix_tokens,
+            antialias=False,
         )
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
@@ -212,8 +237,15 @@ class ViTEncoder(nn.Module):
             x = x[..., : hh - hh % ph, : ww - ww % pw]
         t = vit.patch_embed(x)  # (B, h, w, D) with dynamic_img_size
         b, h, w, d = t.shape
-        t = torch.cat([vit.cls_token.expand(b, -1, -1), t.reshape(b, h * w, d)], dim=1)
-        t = vit.pos_drop(t + self._pos_embed(h, w))
+        t = t.reshape(b, h * w, d)
+        # timm's VisionTransformer._pos_embed order: class token, then distillation / register tokens, then patches;
+        # a no_embed_class embedding is added to the patches before the prefix is prepended, any other after.
+        prefix = [getattr(vit, k).expand(b, -1, -1) for k in self._prefix_names]
+        if self.pos_prefix_tokens == 0:  # no_embed_class (there is always a class token)
+            t = torch.cat([*prefix, t + self._pos_embed(h, w)], dim=1)
+        else:
+            t = torch.cat([*prefix, t], dim=1) + self._pos_embed(h, w)
+        t = vit.pos_drop(t)
         t = vit.norm_pre(t)
         aux = None
         for i, blk in enumerate(vit.blocks):
@@ -222,7 +254,7 @@ class ViTEncoder(nn.Module):
                 aux = t
         t = vit.norm(t)
 
-        def grid(tokens: torch.Tensor) -> torch.Tensor:  # (B, 1+hw, D) -> (B, D, h, w)
-            return tokens[:, 1:].transpose(1, 2).reshape(b, d, h, w)
+        def grid(tokens: torch.Tensor) -> torch.Tensor:  # (B, prefix+hw, D) -> (B, D, h, w), patches only
+            return tokens[:, self.num_prefix_tokens:].transpose(1, 2).reshape(b, d, h, w)
 
         return EncoderOutput(t[:, 0], grid(t), grid(aux))

@@ -8,6 +8,10 @@ memory. Ground truth comes from a dataset reader (:func:`open_ground_truth` also
 
 Metric conventions are those of :mod:`seco_labels.metrics`: GT pixels of ``ignore_index`` are skipped, mIoU is
 the nanmean of the K per-class IoUs (classes present in the GT or the prediction).
+
+Scores are taken at the ground truth's size. Predictions of an export whose images were bounded by
+``data.max_side`` (docs/data.md "Large photos") are brought back to it: masks with nearest neighbour, CAMs
+bilinearly (``max_side`` of :func:`evaluate_masks` and :func:`sweep_cam_threshold`); the GT is never resampled.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from pathlib import Path
 from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .artifacts import PngMaskFolder
-from .data.images import read_image_size
+from .data.images import bounded_size, read_image_size
 from .data.readers import READERS, SegmentationReader
 from .errors import ConfigError, DataError
 from .io import atomic_write_text
@@ -206,6 +211,22 @@ class SweepResult:
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------
+def _to_gt_size(pred: np.ndarray, gt_shape: tuple[int, ...], max_side: int, *, labels: bool) -> np.ndarray:
+    """A (H, W) mask (``labels``: nearest neighbour) or (k, H, W) CAM (bilinear) exported at the GT's size bounded
+    by ``max_side``, at the GT's size (H0, W0); any other prediction as it is (its size is checked after)."""
+    size = pred.shape[-2:]
+    h0, w0 = gt_shape[-2:]
+    if not max_side or size == (h0, w0) or size != bounded_size((h0, w0), max_side):
+        return pred
+    if labels:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(pred, dtype=np.uint8)).resize(
+            (w0, h0), resample=Image.Resampling.NEAREST))
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F").resize(
+        (w0, h0), resample=Image.Resampling.BILINEAR)) for c in pred.reshape(-1, *size)]
+    return np.stack(channels).reshape(*pred.shape[:-2], h0, w0) if channels else np.zeros(
+        (*pred.shape[:-2], h0, w0), np.float32)
+
+
 def _check_ids(ids: Sequence[str], source: MaskSource | CamSource, what: str) -> None:
     have = source.ids()
     missing = [i for i in ids if i not in have]
@@ -236,6 +257,7 @@ def evaluate_masks(
     ignore_index: int = 255,
     ids: Iterable[str] | None = None,
     progress: bool = False,
+    max_side: int = 0,
 ) -> EvalResult:
     """Confusion-matrix metrics of predicted masks against the reader's GT masks.
 
@@ -245,6 +267,8 @@ def evaluate_masks(
         ignore_index: GT value that is skipped, and the prediction's "unlabelled" value.
         ids: a subset of the split (default: all its ids).
         progress: show a tqdm bar.
+        max_side: the export's ``data.max_side``: a mask of the GT's size bounded by it is scaled up to the GT's
+            size (nearest neighbour) before it is scored; 0 = masks must have the GT's size.
 
     Raises:
         DataError: a prediction is missing (count and the first 5 ids), unreadable, of another size than its
@@ -258,8 +282,8 @@ def evaluate_masks(
     per_image: dict[str, float | None] = {}
     allowed = np.array([*range(k), ignore_index])
     for image_id in tqdm(ids, desc="evaluate", unit="img", disable=not progress):
-        mask = source.load_mask(image_id)
         gt = reader.load_mask(image_id)
+        mask = _to_gt_size(source.load_mask(image_id), gt.shape, max_side, labels=True)
         if mask.shape != gt.shape:
             raise DataError(
                 f"prediction for {image_id} in {source.name} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its "
@@ -308,12 +332,14 @@ def sweep_cam_threshold(
     ignore_index: int = 255,
     ids: Iterable[str] | None = None,
     progress: bool = False,
+    max_side: int = 0,
 ) -> SweepResult:
     """Sweep the background threshold of raw CAMs and keep the best mIoU (the WSSS CAM evaluation).
 
     For threshold t a pixel's label is ``keys[argmax_c cam[c]]`` if ``max_c cam[c] > t``, else background 0:
     the published ``np.pad(cam, constant_values=t)`` then argmax, comparisons in float32. All thresholds are
-    scored in one pass: each image adds a (GT, argmax class, threshold bin) histogram.
+    scored in one pass: each image adds a (GT, argmax class, threshold bin) histogram. CAMs of an export bounded
+    by ``max_side`` are scaled up to the GT's size bilinearly first (:func:`evaluate_masks`).
 
     Returns:
         A :class:`SweepResult`; ``best_threshold`` is the lowest threshold with the highest mIoU, and
@@ -332,7 +358,9 @@ def sweep_cam_threshold(
     hist = np.zeros((k, k, nb), dtype=np.int64)  # GT class, argmax fg class (0 = no channel), threshold bin
     for image_id in tqdm(ids, desc="CAM threshold sweep", unit="img", disable=not progress):
         gt = reader.load_mask(image_id)
-        cam, keys = _check_cam(image_id, *cams.load_cam(image_id), gt.shape, k, cams.name)
+        cam, keys = cams.load_cam(image_id)
+        cam, keys = _check_cam(image_id, _to_gt_size(np.asarray(cam, dtype=np.float32), gt.shape, max_side,
+                                                     labels=False), keys, gt.shape, k, cams.name)
         if keys.size:
             top = cam.max(0)
             label = keys[cam.argmax(0)]

@@ -24,24 +24,27 @@ _RUN_CONFIG = "config.yaml"
 @dataclass(frozen=True)
 class ExportedDataset:
     """The dataset a split was exported from, as recorded: images root, layout, K and the K class names
-    (background first). Any of them may be None when the record does not hold it."""
+    (background first), and ``max_side``: the long side the images were bounded to (``data.max_side``; the masks
+    have that size, 0 = the images' own). Any of them may be None when the record does not hold it."""
 
     root: str | None = None
     layout: str | None = None
     num_classes: int | None = None
     class_names: tuple[str, ...] | None = None
+    max_side: int | None = None
 
     def resolve(self, *, root: str | Path | None = None, layout: str | None = None,
                 num_classes: int | None = None) -> "ExportedDataset":
         """The dataset to read the split's images or GT from: ``root`` and ``layout`` where given, else the
         recorded ones (layout ``voc`` when none is recorded). The recorded class count and names come along while
         the layout is the recorded one and no ``num_classes`` is given: an export's masks are numbered by its own
-        classes."""
+        classes. ``max_side`` always comes along: it is the size of the masks, whichever copy of the images."""
         lay = layout or self.layout or "voc"
         same = lay == (self.layout or "voc") and num_classes is None
         return ExportedDataset(
             root=str(root) if root else self.root, layout=lay,
-            num_classes=self.num_classes if same else num_classes, class_names=self.class_names if same else None)
+            num_classes=self.num_classes if same else num_classes, class_names=self.class_names if same else None,
+            max_side=self.max_side)
 
 
 class ArtifactSplit:
@@ -113,12 +116,13 @@ class ArtifactSplit:
         r = self.record
         names = r.get("class_names")
         return ExportedDataset(root=r.get("dataset_root"), layout=r.get("layout"), num_classes=r.get("num_classes"),
-                               class_names=tuple(names) if names else None)
+                               class_names=tuple(names) if names else None, max_side=r.get("max_side"))
 
     def open_images(self, *, root: str | Path | None = None, layout: str | None = None,
                     root_option: str = "data_root=...", **reader_args: Any) -> SegmentationReader:
         """The reader of the split's images (tags not needed) in the recorded dataset, or in ``root``/``layout``
-        (:meth:`ExportedDataset.resolve`); ``reader_args`` go to :func:`build_reader`.
+        (:meth:`ExportedDataset.resolve`), bounded by the recorded ``max_side`` as at export so that they have the
+        size of their masks; ``reader_args`` go to :func:`build_reader`.
 
         Raises:
             ConfigError: no root given and none recorded (the message says to pass ``root_option``).
@@ -128,6 +132,7 @@ class ArtifactSplit:
             raise ConfigError(f"{self.folder} does not record where the images of split {self.name!r} are; pass "
                               f"{root_option}")
         reader_args.setdefault("require_tags", False)
+        reader_args.setdefault("max_side", ds.max_side or 0)
         return build_reader(ds.layout, ds.root, self.name, num_classes=ds.num_classes, class_names=ds.class_names,
                             **reader_args)
 
@@ -150,7 +155,8 @@ def _run_config_record(path: Path) -> dict[str, Any]:
     data = load_config_file(path).get("data")
     if not isinstance(data, dict):
         return {}
-    keys = {"root": "dataset_root", "layout": "layout", "num_classes": "num_classes", "class_names": "class_names"}
+    keys = {"root": "dataset_root", "layout": "layout", "num_classes": "num_classes", "class_names": "class_names",
+            "max_side": "max_side"}
     return {ours: data[theirs] for theirs, ours in keys.items() if data.get(theirs) not in (None, "", [])}
 
 

@@ -260,7 +260,7 @@ def check_attrs(attrs: dict[str, Any], where: str | Path) -> None:
     the dataset reader built from them would otherwise fail with a bare TypeError."""
     expect: dict[str, tuple[type, ...]] = {
         "split": (str,), "dataset_root": (str,), "layout": (str,), "num_classes": (int,), "ignore_index": (int,),
-        "class_names": (list,),
+        "class_names": (list,), "max_side": (int,),
     }
     for key, types in expect.items():
         value = attrs.get(key)

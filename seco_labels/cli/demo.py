@@ -6,7 +6,8 @@ from __future__ import annotations
 import click
 
 from . import cli
-from .options import config_key_option, config_options, lock_out, out_option, resolve_config
+from .options import (config_key_option, config_options, lock_out, out_option, resolve_config,
+                      schedule_kept_on_resume)
 from .train import allow_changes_option, exit_interrupted, report_resume
 
 
@@ -32,7 +33,8 @@ def demo_cmd(preset, config_file, overrides, quiet, out_dir, seg_iters, allow_ch
     cfg = resolve_config(preset or "demo", config_file, overrides)
     try:
         result = run_demo(cfg, out_dir, seg_iters=seg_iters, quiet=quiet, allow_changes=allow_changes,
-                          echo=click.echo, on_resume=lambda trainer, run_dir: report_resume(trainer, run_dir, "auto"))
+                          echo=click.echo, on_resume=lambda trainer, run_dir: report_resume(trainer, run_dir, "auto"),
+                          keep=schedule_kept_on_resume())
     except TrainingInterrupted as e:
         exit_interrupted(e, f"to continue, run seco demo again with --out {out_dir}")
     if not quiet:

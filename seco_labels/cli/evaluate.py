@@ -45,9 +45,10 @@ def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, 
     reader = open_ground_truth(gt.root, split, layout=gt.layout, num_classes=gt.num_classes,
                                class_names=gt.class_names)
     show_bar = not quiet and sys.stderr.isatty()
-    results = [("", "pseudo masks", "", evaluate_masks(source.masks, reader, progress=show_bar))]
+    bound = gt.max_side or 0  # masks and CAMs exported at a bounded size are scored at the GT's (docs/export.md)
+    results = [("", "pseudo masks", "", evaluate_masks(source.masks, reader, progress=show_bar, max_side=bound))]
     if cams is not None:
-        sweep = sweep_cam_threshold(cams, reader, progress=show_bar)
+        sweep = sweep_cam_threshold(cams, reader, progress=show_bar, max_side=bound)
         results.append(("cams_", f"raw CAMs, best background threshold {sweep.best_threshold:.2f}",
                         f"CAM (threshold {sweep.best_threshold:.2f}) ", sweep.best))
     for prefix, what, short, result in results:

@@ -156,6 +156,17 @@ class FolderReader(SegmentationReader):
         self._rows = self._tag_vectors(rows, names, index, given=bool(class_names), where=where)
         super().__init__(root, split, class_names=names, **kwargs)
 
+    @classmethod
+    def marker(cls, root: Path) -> str | None:
+        """``tags.csv`` or ``tags.jsonl`` when ``root`` holds one."""
+        return next((n for n in _TAG_FILES if (Path(root) / n).is_file()), None)
+
+    @classmethod
+    def detect(cls, root: Path) -> str | None:
+        """``images/ and tags.csv`` (or ``tags.jsonl``) when ``root`` holds both."""
+        tags = cls.marker(root)
+        return f"images/ and {tags}" if tags and (Path(root) / "images").is_dir() else None
+
     # -- the tags file ---------------------------------------------------------------------------------------
     def _lookup(self, entry: str) -> str | None:
         """The id of an image named as in a tags row or split list: a path under images/ (with or without its
@@ -267,23 +278,39 @@ class FolderReader(SegmentationReader):
 
 
 def write_folder_splits(root: str | Path, val_fraction: float, seed: int, *, train: str = "train",
-                        val: str = "val") -> tuple[Path, Path]:
+                        val: str = "val", require_masks: bool = False) -> tuple[Path, Path]:
     """Draw ``train``/``val`` split lists from the tagged images of a folder dataset: ``val_fraction`` of them, at
     random with ``seed``, into ``DATA/splits/<val>.txt`` and the rest into ``<train>.txt``. The first line records
     the draw. Lists already there are kept when they are this draw, and refused otherwise.
 
+    Validation scores CAMs against GT masks, so the validation images are drawn among the images that have a mask
+    in ``DATA/masks/`` (all of them when every image has one: the draw is the same as before masks were checked);
+    the images without a mask all go to ``train``. When fewer images have a mask than the fraction asks for,
+    ``val`` is every image with a mask. When no image has one, the draw is among all images (a held-out split to
+    export), or with ``require_masks`` (``seco train --val-fraction``: a validation split) an error.
+
     Raises:
         ConfigError: ``val_fraction`` outside (0, 1), or lists of another draw exist (names them).
+        DataError: ``require_masks`` and no image has a mask (names the masks folder).
     """
     if not 0 < val_fraction < 1:
         raise ConfigError(f"--val-fraction {val_fraction}: give a fraction between 0 and 1, e.g. 0.1")
     everything = FolderReader(root, ALL_SPLIT, require_tags=True)
     ids = sorted(everything.ids)
+    masked = [i for i in ids if everything.mask_path(i).is_file()] or ([] if require_masks else ids)
+    if not masked:
+        raise DataError(f"--val-fraction draws the validation images among those with a ground-truth mask, and no "
+                        f"image under {everything.root_images} has a mask in {Path(root) / 'masks'} (same path, "
+                        ".png); add masks there, or train without validation (--val-split '', no --val-fraction)")
     n_val = max(1, int(round(val_fraction * len(ids))))
     if n_val >= len(ids):
         raise ConfigError(f"--val-fraction {val_fraction} of {len(ids)} images leaves none to train on")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    picked = {ids[i] for i in order[:n_val]}
+    if n_val > len(masked):
+        log.warning("--val-fraction %s asks for %d validation images but only %d have a mask in %s: all of them go "
+                    "to %s", val_fraction, n_val, len(masked), Path(root) / "masks", val)
+        n_val = len(masked)
+    order = np.random.default_rng(seed).permutation(len(masked))
+    picked = {masked[i] for i in order[:n_val]}
     header = f"# drawn by seco_labels: --val-fraction {val_fraction} --split-seed {seed}\n"
     folder = Path(root) / "splits"
     lists = {val: [i for i in ids if i in picked], train: [i for i in ids if i not in picked]}

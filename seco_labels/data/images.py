@@ -15,7 +15,8 @@ from PIL import Image
 
 from ..errors import DataError
 
-__all__ = ["id_problem", "check_image_id", "decode_image", "read_image_size", "image_to_rgb"]
+__all__ = ["id_problem", "check_image_id", "decode_image", "read_image_size", "image_to_rgb", "bounded_size",
+           "downscale"]
 
 
 def id_problem(image_id: str) -> str | None:
@@ -141,3 +142,24 @@ def image_to_rgb(img: Image.Image, path: Path | str) -> np.ndarray:
     except (ValueError, OSError) as e:
         raise DataError(f"image {path} has mode {mode}, which cannot be converted to RGB ({e}); save it as an "
                         "8-bit RGB image") from None
+
+
+def bounded_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(H, W) of an image of ``size`` (H, W) downscaled so that its long side is at most ``max_side``, the aspect
+    kept (each side rounded, at least 1); ``size`` itself when it fits or ``max_side`` is 0 (``data.max_side``)."""
+    h, w = int(size[0]), int(size[1])
+    if max_side <= 0 or max(h, w) <= max_side:
+        return h, w
+    scale = max_side / max(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+def downscale(array: np.ndarray, max_side: int, *, labels: bool = False) -> np.ndarray:
+    """An (H, W, 3) uint8 image or (H, W) uint8 mask (``labels``) with its long side bounded by ``max_side``
+    (:func:`bounded_size`): images resampled with Lanczos, which PIL widens by the scale factor when it shrinks
+    (antialiased); masks with nearest neighbour, so every pixel keeps a class value. Unchanged when it fits."""
+    h, w = bounded_size(array.shape[:2], max_side)
+    if (h, w) == array.shape[:2]:
+        return array
+    resample = Image.Resampling.NEAREST if labels else Image.Resampling.LANCZOS
+    return np.array(Image.fromarray(np.ascontiguousarray(array)).resize((w, h), resample=resample))

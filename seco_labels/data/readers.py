@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .classes import COCO_CLASSES, VOC_CLASSES, check_class_names
-from .images import check_image_id, decode_image, image_to_rgb, read_image_size
+from .images import bounded_size, check_image_id, decode_image, downscale, image_to_rgb, read_image_size
 from .tags import load_tags_file, tags_from_mask
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "READERS",
     "build_reader",
     "register_reader",
+    "detect_layout",
     "dataset_classes",
     "check_class_count",
 ]
@@ -49,7 +50,9 @@ class SegmentationReader:
     without that file they are derived from the masks (on first use of each id, then cached).
     ``require_tags=False`` accepts a split without tags (a labels file or masks), for exports that predict the
     tags; ``require_images=False`` defers a missing image to its loading, so a caller can skip it
-    (``export-masks --skip-bad``).
+    (``export-masks --skip-bad``). ``max_side`` > 0 downscales every image whose long side is larger to that long
+    side, its mask with it (``data.max_side``): :meth:`load_image`, :meth:`load_mask` and :meth:`image_size` give
+    the bounded size.
 
     Raises:
         DataError: the root, split list, a listed image (or mask, with ``require_masks``) is missing, the split
@@ -72,10 +75,12 @@ class SegmentationReader:
         require_masks: bool = False,
         require_images: bool = True,
         require_tags: bool = True,
+        max_side: int = 0,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.ignore_index = ignore_index
+        self.max_side = int(max_side or 0)
         if not self.root.is_dir():
             raise DataError(f"dataset root {self.root} is not a folder; check --data-root")
         if class_names:
@@ -113,6 +118,18 @@ class SegmentationReader:
     def mask_path(self, image_id: str) -> Path:
         raise NotImplementedError
 
+    @classmethod
+    def marker(cls, root: Path) -> str | None:
+        """The file that marks ``root`` as a dataset of this layout (``tags.csv``), for the hint of another layout's
+        missing split list; None when there is none or the layout has no such file."""
+        return None
+
+    @classmethod
+    def detect(cls, root: Path) -> str | None:
+        """What shows that ``root`` holds this layout (``images/ and tags.csv``), for :func:`detect_layout`; None
+        when it does not, or the layout is never detected (the research layouts are named or a preset's)."""
+        return None
+
     # -- construction checks -------------------------------------------------------------------------------
     def _find_split_file(self) -> Path:
         candidates = self._split_candidates()
@@ -120,9 +137,13 @@ class SegmentationReader:
             if c.is_file():
                 return c
         found = sorted({p.name for c in candidates if c.parent.is_dir() for p in c.parent.glob("*.txt")})
+        other = next(((name, mark) for name, cls in READERS.items()
+                      if name != self.layout and (mark := cls.marker(self.root))), None)
+        hint = (f". {self.root} holds {other[1]}: it is a dataset of the {other[0]} layout, read it with --layout "
+                f"{other[0]}" if other else "")
         raise DataError(
             f"split list {candidates[0]} not found for split {self.split!r} (layout {self.layout!r}); "
-            f"split files there: {', '.join(found) or 'none'}"
+            f"split files there: {', '.join(found) or 'none'}{hint}"
         )
 
     def _read_split(self) -> list[str]:
@@ -189,21 +210,23 @@ class SegmentationReader:
         return len(self.ids)
 
     def image_size(self, image_id: str) -> tuple[int, int]:
-        """(H, W) of an image from its header, without decoding the pixels."""
-        return read_image_size(self.image_path(image_id), "image")
+        """(H, W) of an image from its header, without decoding the pixels; bounded by ``max_side``."""
+        return bounded_size(read_image_size(self.image_path(image_id), "image"), self.max_side)
 
     def load_image(self, image_id: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB; grey, 16-bit grey, RGBA, CMYK and palette images are converted (see
-        :func:`image_to_rgb`)."""
+        :func:`image_to_rgb`); downscaled (antialiased) to ``max_side`` when larger."""
         path = self.image_path(image_id)
         with decode_image(path, "image") as img:
-            return image_to_rgb(img, path)
+            rgb = image_to_rgb(img, path)
+        return downscale(rgb, self.max_side)
 
     def load_mask(self, image_id: str, image_size: tuple[int, int] | None = None) -> np.ndarray:
         """(H, W) uint8 class indices in 0..K-1 or ``ignore_index``; 'P' PNGs give their palette indices.
 
         The mask must have the size of its image: ``image_size`` (H, W) when the caller already knows it,
-        else read from the image header.
+        else read from the image header. With ``max_side`` the mask is checked against the image file's header and
+        downscaled with nearest neighbour to the bounded size (the size of :meth:`load_image`).
         """
         path = self.mask_path(image_id)
         with decode_image(path, "mask") as img:
@@ -214,7 +237,10 @@ class SegmentationReader:
                 f"mask {path} of {image_id} has mode {mode}; masks must hold class indices in one channel "
                 "(palette 'P' or grey 'L' PNG), not colours"
             )
-        h, w = image_size if image_size is not None else self.image_size(image_id)
+        if self.max_side:  # image_size is the bounded one: compare the files
+            h, w = read_image_size(self.image_path(image_id), "image")
+        else:
+            h, w = image_size if image_size is not None else self.image_size(image_id)
         if mask.shape != (h, w):
             raise DataError(
                 f"mask of {image_id} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image is {w}x{h}; "
@@ -232,7 +258,7 @@ class SegmentationReader:
                 f"mask {path} of {image_id} has values {bad.tolist()[:8]} outside 0..{self.num_classes - 1} and "
                 f"{self.ignore_index}; {hint} (or num_classes is wrong)"
             )
-        return mask.astype(np.uint8)
+        return downscale(mask.astype(np.uint8), self.max_side, labels=True)
 
     def tags(self, image_id: str) -> np.ndarray:
         """(K-1,) float32 multi-hot of the classes present, background excluded."""
@@ -351,6 +377,19 @@ def register_reader(cls: type[SegmentationReader]) -> type[SegmentationReader]:
     return cls
 
 
+def detect_layout(root: str | Path) -> tuple[str, str] | None:
+    """``(layout, what shows it)`` of the first registered layout that recognises ``root`` (the folder layout:
+    ``images/`` and a tags file), or None. ``seco train`` reads such a root with that layout when none is named."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    for name, cls in READERS.items():
+        found = cls.detect(root)
+        if found:
+            return name, found
+    return None
+
+
 def dataset_classes(layout: str, root: str | Path) -> tuple[str, ...] | None:
     """The K class names (background first) a dataset names itself, for a layout whose classes come from the data
     (the folder layout: ``classes.txt`` or its tags); None for a layout of fixed classes (voc, coco), whose count is
@@ -372,12 +411,14 @@ def build_reader(
     require_masks: bool = False,
     require_images: bool = True,
     require_tags: bool = True,
+    max_side: int = 0,
 ) -> SegmentationReader:
     """The reader of ``layout`` (a key of :data:`READERS`) for ``split`` under ``root``.
 
     ``num_classes=None`` takes the layout's default (voc 21, coco 81), or the count of ``class_names`` (K names,
     background first) when given; ``require_masks`` makes a missing mask
-    an error at construction (evaluation needs them, training does not).
+    an error at construction (evaluation needs them, training does not); ``max_side`` bounds the images' long side
+    (``data.max_side``, 0 = off).
 
     Raises:
         ConfigError: unknown layout (lists the valid ones).
@@ -388,4 +429,5 @@ def build_reader(
     except KeyError:
         raise ConfigError(f"unknown dataset layout {layout!r}; valid layouts: {', '.join(sorted(READERS))}") from None
     return cls(root, split, num_classes=num_classes, class_names=class_names, ignore_index=ignore_index,
-               require_masks=require_masks, require_images=require_images, require_tags=require_tags)
+               require_masks=require_masks, require_images=require_images, require_tags=require_tags,
+               max_side=max_side)

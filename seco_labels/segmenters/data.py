@@ -201,7 +201,9 @@ def open_labels(d: SegDataConfig) -> tuple[LabelSet, Dataset | None]:
     """
     export = _resolve(d)
     reader = build_reader(d.layout, d.root, d.split, num_classes=d.num_classes, class_names=d.class_names or None,
-                          ignore_index=d.ignore_index, require_masks=export is None, require_tags=False)
+                          ignore_index=d.ignore_index, require_masks=export is None, require_tags=False,
+                          # the images bounded as at export (data.max_side), so they have their masks' size
+                          max_side=(export.dataset.max_side or 0) if export is not None else 0)
     if export is None and not d.class_names:
         check_class_count(reader)
     d.num_classes, d.class_names = reader.num_classes, tuple(reader.class_names)

@@ -6,7 +6,7 @@
 
     # the paper's ablation: one GPU, full VOC, ImageNet ViT-B/16 weights (docs/reproduce.md)
     python benchmarks/ablation.py --out ablation/voc --data-root VOC2012 --preset voc --split train_aug \\
-        --eval-split train --val-split val --seg-crf --backbone-weights vit_b16.pth --device cuda --seeds 0 1 2
+        --eval-split train --val-split val --seg-crf --device cuda --seeds 0 1 2
 
 Variants (each is a config switch of the model and losses, :data:`VARIANTS`; no code fork):
 
@@ -47,6 +47,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from seco_labels.config import get_preset
 from seco_labels.io import atomic_path, atomic_write_text
 from seco_labels.plots import draw_grouped_bars, nice_ceil
 
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"`{args.data_root}`, {args.iters or 'preset'} iterations"
                 + (f", crop {args.crop}" if args.crop else "") + (f", overrides {args.set}" if args.set else "")
                 + (f", decoder scored on `{args.val_split}`" + (" with CRF" if args.seg_crf else "") if args.val_split else "")
-                + (f", backbone weights `{args.backbone_weights}`" if args.backbone_weights else ", random-init backbone")
+                + f", backbone weights `{args.backbone_weights or get_preset(args.preset).model.backbone_weights}`"
                 + f"; {time.perf_counter() - started:.0f} s wall.")
     atomic_write_text(out / "ablation.md", format_markdown(summary, results, settings))
     atomic_write_text(out / "ablation.csv", format_csv(results))

@@ -39,7 +39,7 @@ def bench_config(preset: str, device: str, amp: str, compile: bool) -> SecoConfi
     cfg = get_preset(preset)
     cfg.data.root, cfg.data.layout, cfg.data.train_split, cfg.data.val_split = str(DEMO), "voc", "train", ""
     cfg.data.num_workers = 0
-    cfg.model.backbone_weights = None
+    cfg.model.backbone_weights = "random"
     cfg.train.device, cfg.train.amp, cfg.train.compile = device, amp, compile
     return cfg.validate()
 

@@ -650,7 +650,8 @@ def fit_segmenter(data: Path, labels: str, out: Path, *, pairs: list[tuple[str, 
     out.parent.mkdir(parents=True, exist_ok=True)
     if not (out / "metrics.json").is_file():
         ablation._run(ablation._seco(
-            "fit-segmenter", "--arch", "deeplabv3plus", "--encoder", "resnet18", "--labels", labels,
+            "fit-segmenter", "--arch", "deeplabv3plus", "--encoder", "resnet18", "--encoder-weights", "random",
+            "--labels", labels,
             "--data-root", str(data), "--classes", str(data / "classes.txt"), "--split", "train", "--val-split", "val",
             "--out", str(out), "--iters", str(iters), "--batch-size", "8", "--crop-size", str(crop),
             "--num-workers", "0", "--device", device, "--resume", "auto", "--quiet"), threads, log)

@@ -73,6 +73,7 @@ def main() -> None:
         cfg.data.train_split = "train"
     cfg.data.batch_size = args.batch_size
     cfg.data.num_workers = 0
+    cfg.model.backbone_weights = "random"  # timing: the weights' values do not matter, and nothing downloads
     if args.crop:
         cfg.data.crop_size = args.crop
     # every term of the objective active from the first step: the scaling of the whole step is what counts

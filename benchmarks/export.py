@@ -90,7 +90,7 @@ def make_checkpoint(name: str, size: int, root: Path, path: Path) -> None:
     preset, backbone, *_ = CONFIGS[name]
     cfg = get_preset(preset)
     cfg.model.backbone = backbone
-    cfg.model.backbone_weights = None
+    cfg.model.backbone_weights = "random"
     cfg.data.crop_size = size
     cfg.data.root, cfg.data.layout, cfg.data.train_split = str(root), "voc", SPLIT
     cfg.validate()

@@ -89,7 +89,7 @@ def check_config(tiny: bool, device: str, amp: str, data_root: Path) -> SecoConf
     cfg.data.root, cfg.data.layout = str(data_root), "voc"
     cfg.data.train_split, cfg.data.val_split = "train", ""
     cfg.data.num_workers = 0
-    cfg.model.backbone_weights = None
+    cfg.model.backbone_weights = "random"
     cfg.train.device, cfg.train.amp = device, amp
     return cfg.validate()
 

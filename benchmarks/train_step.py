@@ -93,6 +93,7 @@ def bench_config(name: str) -> SecoConfig:
     else:
         cfg = get_preset("voc")
         cfg.model.reservoir_size = 4608
+    cfg.model.backbone_weights = "random"  # timing: the weights' values do not matter, and nothing downloads
     cfg.data.root = str(DATA)
     cfg.data.train_split = "train"
     cfg.data.num_workers = 0

@@ -148,8 +148,7 @@ def load_seco(path: str | os.PathLike, device: torch.device) -> tuple[SeCoNet, S
     ckpt = load_checkpoint(path, map_location="cpu")
     require_kind(ckpt, "seco", path)  # a segmenter's config would fail as "unknown config key 'data.labels'"
     cfg = config_from_dict(ckpt["config"])
-    cfg.model.backbone_weights = None  # the checkpoint holds the trained weights
-    model = build_seco(cfg.model, cfg.data.num_classes)
+    model = build_seco(cfg.model, cfg.data.num_classes)  # no starting weights: the checkpoint holds the trained ones
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -208,6 +207,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 #: config that lacks one is compared as holding that value
 LEGACY_VALUES: dict[str, Any] = {
     "loss.norm_group_size": 0, "optim.unstarted_grads": "none", "loss.energy_filter": "exact",
+    "data.max_side": 0,
 }
 
 

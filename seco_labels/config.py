@@ -18,6 +18,7 @@ from .data.classes import check_class_names
 from .errors import ConfigError
 from .energy import GAUSSIAN_FILTERS
 from .logging_sinks import LOG_KINDS
+from .pretrained import PAPER_BACKBONE_WEIGHTS, RANDOM
 
 __all__ = [
     "DataConfig",
@@ -35,6 +36,10 @@ __all__ = [
     "apply_overrides",
     "set_values",
     "config_from_dict",
+    "SCHEDULE_KEYS",
+    "dotted_keys",
+    "scale_schedule",
+    "default_max_side",
 ]
 
 
@@ -51,6 +56,9 @@ class DataConfig:
     class_names: tuple[str, ...] = ()
     ignore_index: int = 255
     crop_size: int = 448  #: side of the square training crop, pixels
+    #: long side, pixels, that larger images (and their masks) are downscaled to when read, for training and export;
+    #: 0 = off. ``seco train`` sets 2 x crop_size for the folder layout unless given (docs/data.md "Large photos")
+    max_side: int = 0
     rescale_range: tuple[float, float] = (0.5, 2.0)  #: random rescale factor of the training image
     global_crop_scale: tuple[float, float] = (0.4, 1.0)  #: area fraction of the second global view's crop
     #: horizontal flip of the image and of the second global view; 0 where a mirrored class is another (digits, text)
@@ -65,7 +73,12 @@ class ModelConfig:
     """The SeCo network (docs/design.md §2)."""
 
     backbone: str = "vit_base_patch16_224"  #: any timm ViT with a class token
-    backbone_weights: str | None = None  #: local weights file; None = random init (nothing downloads)
+    #: pretrained weights: a timm tag (the paper's by default), hf-hub:ORG/NAME, a local file, or "random"
+    #: (seco_labels.pretrained; names resolve through the Hugging Face cache)
+    backbone_weights: str | None = PAPER_BACKBONE_WEIGHTS
+    #: sha256 of the weights file, filled when a run starts (config.yaml, checkpoint); set it to pin the file: a run
+    #: whose resolved weights have another hash (or do not start with this prefix) is refused
+    backbone_weights_sha256: str = ""
     backbone_kwargs: dict = field(default_factory=dict)  #: extra timm kwargs, e.g. {"depth": 4} in tests
     aux_layer: int = -3  #: block whose (un-normed) tokens feed the aux classifier
     proj_hidden: int = 2048  #: hidden width of the projection MLP; output width = embed dim
@@ -222,6 +235,9 @@ class SecoConfig:
             raise ConfigError(
                 f"loss.energy_filter={self.loss.energy_filter!r}: choose one of {', '.join(GAUSSIAN_FILTERS)}"
             )
+        if d.max_side < 0:
+            raise ConfigError(f"data.max_side={d.max_side}: give the long side in pixels that larger images are "
+                              "downscaled to, or 0 to read images at their own size")
         if k.local_crop_size >= d.crop_size:
             raise ConfigError(
                 f"decompose.local_crop_size={k.local_crop_size} must be smaller than data.crop_size={d.crop_size}"
@@ -294,6 +310,7 @@ def _demo() -> SecoConfig:
     cfg.data.crop_size = 128
     cfg.data.num_workers = 0
     cfg.model.backbone = "vit_tiny_patch16_224"
+    cfg.model.backbone_weights = RANDOM  # offline, and what a CPU learns from 32 images shows the pipeline only
     cfg.model.proj_hidden = 256
     cfg.model.reservoir_size = 4 * 12 * 10
     cfg.model.proto_start = 40
@@ -313,7 +330,17 @@ def _demo() -> SecoConfig:
     return cfg.validate()
 
 
-PRESETS: dict[str, Callable[[], SecoConfig]] = {"voc": _voc, "coco": _coco, "demo": _demo}
+def _small() -> SecoConfig:
+    """The VOC recipe on a ViT-S/16 with ImageNet-21k weights at 320 px: for your own data on one small GPU, or a CPU
+    with ``--iters`` (docs/quickstart.md "Pretrained on modest hardware"). Not tuned: only its speed is measured."""
+    cfg = SecoConfig(preset="small")
+    cfg.model.backbone = "vit_small_patch16_224"
+    cfg.model.backbone_weights = "vit_small_patch16_224.augreg_in21k_ft_in1k"
+    cfg.data.crop_size = 320
+    return cfg.validate()
+
+
+PRESETS: dict[str, Callable[[], SecoConfig]] = {"voc": _voc, "coco": _coco, "demo": _demo, "small": _small}
 
 
 def list_presets() -> list[str]:
@@ -381,3 +408,68 @@ def apply_overrides(cfg: SecoConfig, overrides: list[str] | tuple[str, ...]) -> 
             raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
         set_values(cfg, {key: value})
     return cfg
+
+
+#: the steps of a preset's schedule that ``--iters`` stretches (:func:`scale_schedule`): the warm-up, every loss
+#: term's start, the switches from the aux to the final CAM and the prototypes' start. The cadences
+#: (``train.val_every``, ``train.ckpt_every``, ``train.log_every``) stay in steps: they set how often a run is
+#: checked and saved, not what it trains.
+SCHEDULE_KEYS: tuple[str, ...] = (
+    "optim.warmup_iters",
+    *(f"loss.{f.name}.start" for f in fields(LossConfig) if isinstance(getattr(LossConfig(), f.name), LossTerm)),
+    "cam.roi_final_cam_from",
+    "cam.seg_final_cam_from",
+    "model.proto_start",
+)
+
+
+def dotted_keys(mapping: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted keys a nested mapping sets (``{"loss": {"lig": {"start": 5}}}`` -> ``{"loss.lig.start"}``); a
+    mapping value is followed into, so ``{"loss.lig": {"start": 5}}`` gives the same."""
+    keys: set[str] = set()
+    for key, value in mapping.items():
+        path = f"{prefix}{str(key).strip()}"
+        if isinstance(value, dict) and value:
+            keys |= dotted_keys(value, f"{path}.")
+        else:
+            keys.add(path)
+    return keys
+
+
+def _half_up(x: float) -> int:
+    return int(x + 0.5)
+
+
+def scale_schedule(cfg: SecoConfig, preset_iters: int, given: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Stretch a preset's schedule, written for ``preset_iters`` iterations, to ``cfg.train.iters``.
+
+    Each key of :data:`SCHEDULE_KEYS` that is not in ``given`` (the dotted keys the user set: a ``--config`` file,
+    ``--set``, an option) is multiplied by ``f = train.iters / preset_iters`` and rounded to the nearest step. A
+    loss term's start keeps the published shape ``k*1000+1`` (the term is on after step k*1000): it becomes
+    ``round((start - 1) * f) + 1``, and a start of 0 stays 0. Nothing changes when the iterations are the preset's.
+    Returns the keys whose value changed (the values land in the config, hence in ``RUN_DIR/config.yaml``).
+    """
+    iters = cfg.train.iters
+    if preset_iters <= 0 or iters == preset_iters:
+        return []
+    f = iters / preset_iters
+    changed = []
+    for key in SCHEDULE_KEYS:
+        if key in given:
+            continue
+        *path, name = key.split(".")
+        node: Any = cfg
+        for part in path:
+            node = getattr(node, part)
+        old = int(getattr(node, name))
+        new = (_half_up((old - 1) * f) + 1 if old > 0 else 0) if key.startswith("loss.") else _half_up(old * f)
+        if new != old:
+            setattr(node, name, new)
+            changed.append(key)
+    return changed
+
+
+def default_max_side(data: DataConfig) -> int:
+    """``data.max_side`` when the user gives none: 2 x ``crop_size`` for the folder layout (users' photos), 0 (off)
+    for the research layouts, whose published numbers read images at their own size (docs/data.md)."""
+    return 2 * data.crop_size if data.layout == "folder" else 0

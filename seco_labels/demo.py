@@ -8,7 +8,7 @@ own folder under ``out_dir``, so calling it again continues where it stopped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .config import SecoConfig
 
@@ -31,6 +31,7 @@ def run_demo(
     allow_changes: bool = False,
     echo: Callable[[str], None] = print,
     on_resume: Callable[[Any, Path], None] | None = None,
+    keep: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Run (or continue) the demo pipeline of ``cfg`` into ``out_dir``; returns what each stage produced.
 
@@ -42,6 +43,8 @@ def run_demo(
         allow_changes: resume the stages even where the config changed since their checkpoints.
         echo: where the one-line stage reports go.
         on_resume: called as ``on_resume(trainer, run_dir)`` after each trainer's ``resume("auto")``.
+        keep: config keys a resumed SeCo run takes from its checkpoint (:meth:`RunState.resume`; the CLI passes the
+            schedule keys the user did not set, so a re-run with more ``--iters`` keeps the schedule under way).
 
     Returns:
         ``{"train": summary, "export": export summary, "masks": EvalResult, "cams": threshold sweep,
@@ -62,7 +65,7 @@ def run_demo(
     out_dir = Path(out_dir)
     run_dir = out_dir / "train"
     trainer = Trainer(cfg, run_dir, quiet=quiet)
-    trainer.resume("auto", allow_changes=allow_changes)
+    trainer.resume("auto", allow_changes=allow_changes, keep=keep)
     if on_resume is not None:
         on_resume(trainer, run_dir)
     result = trainer.fit()
@@ -98,7 +101,8 @@ def run_demo(
     for labels, name in ((str(art), "pseudo"), ("gt", "gt")):
         seg_dir = out_dir / f"segmenter-{name}"
         seg_cfg = segmenter_config(**{
-            "model.arch": "deeplabv3plus", "model.encoder": "resnet18", "data.labels": labels,
+            "model.arch": "deeplabv3plus", "model.encoder": "resnet18", "model.encoder_weights": "random",
+            "data.labels": labels,
             "data.root": cfg.data.root, "data.layout": cfg.data.layout, "data.num_classes": cfg.data.num_classes,
             "data.split": split, "data.val_split": cfg.data.val_split, "data.crop_size": cfg.data.crop_size,
             "data.batch_size": 4, "data.num_workers": 2, "train.iters": seg_iters, "train.seed": cfg.train.seed,

@@ -1,7 +1,8 @@
 """``export-masks``: a trained checkpoint -> multi-scale CAMs, PAR-refined pseudo masks, written as artifacts.
 
 Per image (docs/design.md §4): resize to the training crop size (as the published inference does), multi-scale +
-flip CAMs of the image's tagged classes, upsample to the original size, constant background at the high and
+flip CAMs of the image's tagged classes, upsample to the original size (its long side bounded by the training
+run's ``data.max_side``, as the reader gives it), constant background at the high and
 low thresholds, PAR, argmax; pixels that are foreground only under the low threshold are ignored (255).
 Writing (``artifacts.ArtifactWriter``) is resumable: finished ids are skipped unless ``overwrite``.
 
@@ -211,15 +212,17 @@ def export_split(
     predicted = opt.tags == "predicted"
     reader = build_reader(lay, root, split, num_classes=cfg.data.num_classes, class_names=cfg.data.class_names or None,
                           ignore_index=cfg.data.ignore_index,
-                          require_images=not opt.skip_bad, require_tags=not predicted)
+                          require_images=not opt.skip_bad, require_tags=not predicted,
+                          max_side=cfg.data.max_side)  # the images as training saw them: masks of that size
     attrs = {
         "dataset_root": str(Path(root).resolve()), "layout": lay,
         "class_names": list(reader.class_names), "num_classes": cfg.data.num_classes,
         "ignore_index": cfg.data.ignore_index, "background_policy": "constant high/low thresholds + PAR",
-        "backbone": cfg.model.backbone, "checkpoint_sha256": sha256_file(Path(checkpoint)),
+        "backbone": cfg.model.backbone, "backbone_weights": cfg.model.backbone_weights or "random",
+        "backbone_weights_sha256": cfg.model.backbone_weights_sha256, "checkpoint_sha256": sha256_file(Path(checkpoint)),
         "scales": list(opt.scales), "flip": opt.flip, "cam_source": opt.cam_source,
         "tags_source": f"predicted>{opt.tag_threshold}" if predicted else "given", "crf": opt.crf,
-        "high_thre": high, "low_thre": low, "input_size": size,
+        "high_thre": high, "low_thre": low, "input_size": size, "max_side": cfg.data.max_side,
         "package_version": __version__, "config": config_to_dict(cfg),
     }
     par = PAR(c.par_dilations, c.par_iters).to(device)

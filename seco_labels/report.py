@@ -25,7 +25,8 @@ from .predict import overlay_image
 __all__ = ["write_report", "PROVENANCE_KEYS"]
 
 #: the recorded settings the page shows, in this order
-PROVENANCE_KEYS = ("created", "package_version", "backbone", "checkpoint_sha256", "cam_source", "tags_source",
+PROVENANCE_KEYS = ("created", "package_version", "backbone", "backbone_weights", "backbone_weights_sha256",
+                   "checkpoint_sha256", "cam_source", "tags_source",
                    "scales", "flip", "high_thre", "low_thre", "crf", "input_size", "dataset_root", "layout")
 
 
@@ -54,7 +55,9 @@ def write_report(art: str | Path, split: str, *, out_dir: str | Path | None = No
     out = Path(out_dir) if out_dir else report_dir(source.folder, split)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
     ignore = int(source.record.get("ignore_index", reader.ignore_index))
-    scores = evaluate_masks(source.masks, reader, ids=ids) if reader.has_masks else None
+    bound = source.dataset.max_side or 0  # scored at the GT's own size, as seco evaluate does
+    gt = source.open_images(root=data_root, layout=layout, max_side=0) if bound else reader
+    scores = evaluate_masks(source.masks, gt, ids=ids, max_side=bound) if reader.has_masks else None
     show = show_dir(source.folder, split)
     images = []
     for image_id in tqdm(ids, desc=f"report {split}", unit="img", disable=not progress):

@@ -27,8 +27,9 @@ from .checkpoint import (
 from .config_io import config_to_dict, save_config
 from .distributed import DistContext, barrier
 from .errors import CheckpointError, ConfigError, SecoError
-from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps
+from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
 from .logging_sinks import LogSink, open_sink
+from .pretrained import RANDOM, Weights, describe_recorded
 from .runtime import peak_memory_mb
 from .stop_signals import StopOnSignals, TrainingInterrupted
 
@@ -78,6 +79,30 @@ def _eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(round(seconds))))  # "0:02:23", "1 day, 2:46:29" (as mmsegmentation)
 
 
+#: how a start line names what the weights load into, by the config key of its name
+WEIGHTS_FOR_LABEL = {"model.backbone": "backbone", "model.encoder": "encoder"}
+
+
+def _recorded(config: dict[str, Any], key: str) -> Any:
+    """The value of dotted ``key`` in a config mapping (a checkpoint's), None where it has none."""
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _get_key(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _set_key(cfg: Any, key: str, value: Any) -> None:
+    *path, name = key.split(".")
+    setattr(_get_key(cfg, ".".join(path)) if path else cfg, name, value)
+
+
 class RunState(StopOnSignals):
     """What the SeCo and segmenter trainers share: the training loop (:meth:`run_loop`), the JSONL metrics log,
     resume (with the config-change check), checkpoints, the plain progress lines, stopping cleanly on SIGINT/SIGTERM,
@@ -89,7 +114,8 @@ class RunState(StopOnSignals):
 
     Config keys on resume (:func:`seco_labels.checkpoint.check_changes`): ``SILENT_KEYS`` may change freely,
     ``ALLOWED_KEYS`` may change and are recorded in ``RUN_DIR/config_changes.jsonl``, ``ARCH_KEYS`` are checked by
-    ``load_state_dict`` (they cannot change); any other change needs ``allow_changes`` and is recorded too.
+    ``load_state_dict`` and ``WEIGHTS_KEYS`` (the starting weights) by :meth:`_check_start` (neither can change); any
+    other change needs ``allow_changes`` and is recorded too.
 
     With ``train.log=tensorboard`` each validation also sends the sink the pictures of the trainer's
     :meth:`validation_images`.
@@ -112,7 +138,16 @@ class RunState(StopOnSignals):
     _train_loader: Callable[[], Iterable[Any]]
     #: where and how verbosely the run goes, not what it computes
     SILENT_KEYS: tuple[str, ...] = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every",
-                                    "model.backbone_weights", "preset", "train.compile", "train.log")
+                                    "preset", "train.compile", "train.log")
+    #: the config keys of the weights a run starts from (name, sha256), the option that sets them, and the key of
+    #: what they load into: set once by a fresh run, never changed by a resume (not even with allow_changes)
+    WEIGHTS_KEYS: tuple[str, str]
+    WEIGHTS_OPTION: str
+    WEIGHTS_FOR: str
+    #: the resolved starting weights (given by the command, or resolved by a fresh run); None until then
+    weights: Weights | None = None
+    #: the starting weights are in the model (a fresh run) or checked against the checkpoint's (a resume)
+    _weights_loaded: bool = False
     #: extending (or shortening) the run, and what only validation reads
     ALLOWED_KEYS: tuple[str, ...] = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split",
                                      "data.root", "train.amp")
@@ -222,13 +257,16 @@ class RunState(StopOnSignals):
 
     # -- the training loop ---------------------------------------------------------------------------------
     def _open_run(self) -> None:
-        """The start of ``fit``: create ``RUN_DIR``, write ``config.yaml``, drop the log records of steps >=
+        """The start of ``fit``: the starting weights of a fresh run (if :meth:`resume` did not load them), create
+        ``RUN_DIR``, write ``config.yaml``, drop the log records of steps >=
         ``self.step`` (:meth:`_truncate_log`) and open the sink of ``train.log``, which replaces those steps too
         (rank 0 alone).
 
         Raises:
             ConfigError: ``train.log=tensorboard`` without the tensorboard package (names the install command).
         """
+        if self.resumed_from is None and not self._weights_loaded:  # fit() without resume(): a fresh run
+            self.start_from_weights()
         if self.dist.is_primary:
             self._close_sink()
             self._sink = open_sink(self.cfg.train.log, self.run_dir, self.step)
@@ -291,30 +329,38 @@ class RunState(StopOnSignals):
         return last
 
     # -- resume and checkpoints ----------------------------------------------------------------------------
-    def resume(self, spec: str | None, *, allow_changes: bool = False) -> bool:
+    def resume(self, spec: str | None, *, allow_changes: bool = False, keep: Iterable[str] = ()) -> bool:
         """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if present;
-        a path: continue from that checkpoint. Returns whether a checkpoint was loaded (``resumed_from``).
+        a path: continue from that checkpoint. Returns whether a checkpoint was loaded (``resumed_from``). A fresh run
+        loads its starting weights (:meth:`start_from_weights`); a resumed one checks that they are the checkpoint's
+        (:meth:`_check_start`) without reading them.
 
         The requested config is compared with the checkpoint's: architecture changes raise
         :class:`CheckpointError`; other changes follow :func:`seco_labels.checkpoint.check_changes` (raising
         :class:`ConfigError` unless ``allow_changes``); the accepted ones are in ``config_changes`` and appended to
-        ``RUN_DIR/config_changes.jsonl``.
+        ``RUN_DIR/config_changes.jsonl``. The dotted config keys in ``keep`` take the checkpoint's values first (the
+        schedule ``seco train`` stretched to ``--iters`` and the user did not set: the run goes on with the schedule
+        it started with, whatever ``train.iters`` is now).
         """
         last = latest_checkpoint(self.run_dir)
         if spec is None:
             if last is not None:
                 raise ConfigError(f"{self.run_dir} already holds a run ({last}); pass --resume auto to continue it "
                                   "or choose another --out")
+            self.start_from_weights()
             return False
         path = last if spec == "auto" else Path(spec)
         if path is None:
+            self.start_from_weights()
             return False
         ckpt = load_checkpoint(path, map_location=self.device)
         step = int(ckpt.get("step", 0))
         self.load_state_dict(ckpt, path)  # architecture first: it cannot change
+        self._check_start(ckpt.get("config", {}), path)  # then the weights it started from: they cannot either
+        self._keep_values(ckpt.get("config", {}), keep)
         changes = check_changes(
             ckpt.get("config", {}), config_to_dict(self.cfg), path, step=step, silent=self.SILENT_KEYS,
-            allowed=self.ALLOWED_KEYS, skip=self.ARCH_KEYS, allow_changes=allow_changes,
+            allowed=self.ALLOWED_KEYS, skip=(*self.ARCH_KEYS, *self.WEIGHTS_KEYS), allow_changes=allow_changes,
         )
         self.resumed_from, self.config_changes = path, changes
         if changes and self.dist.is_primary:
@@ -322,6 +368,89 @@ class RunState(StopOnSignals):
             record_changes(self.run_dir, changes, step=self.step, source=path,
                            allowed_by="--allow-changes" if needed else "allowed without a flag")
         return True
+
+    def _keep_values(self, ckpt_config: dict[str, Any], keys: Iterable[str]) -> None:
+        """Set each dotted key of ``keys`` that ``ckpt_config`` (a checkpoint's config) holds to its value there."""
+        for key in keys:
+            saved = _recorded(ckpt_config, key)
+            if saved is not None:  # None: a config of an older version, compared as it is
+                _set_key(self.cfg, key, saved)
+
+    # -- the weights a run starts from ---------------------------------------------------------------------
+    def _say(self, line: str) -> None:
+        """A line on stderr unless quiet (rank 0 alone)."""
+        if not self.quiet and self.dist.is_primary:
+            print(line, file=sys.stderr, flush=True)
+
+    def _weights_subject(self) -> str:
+        """``backbone vit_base_patch16_224`` / ``encoder resnet50``: what the starting weights are loaded into."""
+        return f"{WEIGHTS_FOR_LABEL[self.WEIGHTS_FOR]} {_get_key(self.cfg, self.WEIGHTS_FOR)}"
+
+    def start_from_weights(self) -> Weights:
+        """A fresh run (no checkpoint): resolve the starting weights (``self.weights`` when the command resolved them
+        already, else :meth:`resolve_start_weights`), check a pinned hash (``WEIGHTS_KEYS[1]``), load them
+        (:meth:`load_start_weights`), record their name and sha256 in the config (so in config.yaml, every
+        checkpoint and export) and say on stderr what the run starts from. Once; later calls return the same.
+
+        Raises:
+            ConfigError: unknown weights, or not the pinned file.
+            WeightsUnavailableError: a name neither cached nor downloadable now.
+        """
+        if self._weights_loaded and self.weights is not None:
+            return self.weights
+        name_key, sha_key = self.WEIGHTS_KEYS
+        weights = self.weights or self.resolve_start_weights()
+        pin = str(_get_key(self.cfg, sha_key) or "").strip().lower()
+        if pin and not weights.sha256.startswith(pin):
+            found = f"resolves to {weights.path} with sha256 {weights.sha256}" if weights.path else "is random init"
+            raise ConfigError(f"{self.WEIGHTS_OPTION} {weights.spec} {found}, not the pinned {sha_key}={pin}; pass "
+                              f"the pinned weights, or clear the pin (--set {sha_key}='')")
+        if weights.path is not None:
+            self.load_start_weights(weights)
+        _set_key(self.cfg, name_key, weights.spec)
+        _set_key(self.cfg, sha_key, weights.sha256)
+        self.weights, self._weights_loaded = weights, True
+        self._say(f"{self._weights_subject()}: {weights.describe()}")
+        return weights
+
+    def resolve_start_weights(self) -> Weights:
+        """The trainer's ``WEIGHTS_KEYS[0]`` resolved to a file (or random init), with the checks of its kind."""
+        raise NotImplementedError
+
+    def load_start_weights(self, weights: Weights) -> None:
+        """Load ``weights`` (a local file) into the freshly built model, strictly."""
+        raise NotImplementedError
+
+    def _check_start(self, ckpt_config: dict[str, Any], source: str | Path) -> None:
+        """On resume: refuse a checkpoint trained from other starting weights than the requested ones (naming both),
+        whatever ``allow_changes`` says, since the resumed model continues from the checkpoint's start; then hold the
+        checkpoint's in the config. The weights are not read again: names are compared with the recorded name and a
+        pinned hash with the recorded hash; resolved weights and an existing local file by their sha256. None (a
+        config from before weights by name) is random init; a hash the checkpoint did not record is not compared."""
+        name_key, sha_key = self.WEIGHTS_KEYS
+        old = _recorded(ckpt_config, name_key) or RANDOM
+        old_sha = _recorded(ckpt_config, sha_key) or ""
+        new = _get_key(self.cfg, name_key) or RANDOM
+        pin = str(_get_key(self.cfg, sha_key) or "").strip().lower()
+        new_sha = self.weights.sha256 if self.weights is not None else ""
+        if not new_sha and old_sha and new != RANDOM and Path(new).expanduser().is_file():
+            new_sha = sha256_file(Path(new).expanduser())  # a file holds the same weights if it has the same bytes
+        if new_sha and old_sha:
+            same = new_sha == old_sha
+        else:
+            same = new == old and not (pin and old_sha and not old_sha.startswith(pin))
+        if not same:
+            raise ConfigError(
+                f"checkpoint {source} was trained from {describe_recorded(old, old_sha)}, not the requested "
+                f"{describe_recorded(new, new_sha or pin)}; a resume continues the model trained from the checkpoint's "
+                f"weights, so other weights are refused even with --allow-changes: pass {self.WEIGHTS_OPTION} {old} to "
+                f"continue this run, or another --out to train a new run from {new}"
+            )
+        _set_key(self.cfg, name_key, old)
+        _set_key(self.cfg, sha_key, old_sha)
+        self._weights_loaded = True
+        self._say(f"{self._weights_subject()}: {describe_recorded(old, old_sha)}, as checkpoint {source} started from "
+                  "(not read again: the checkpoint holds the trained model)")
 
     def save(self) -> Path:
         path = self.run_dir / "last.pt"

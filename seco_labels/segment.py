@@ -122,6 +122,8 @@ def segment_split(
         "dataset_root": str(Path(root).resolve()), "layout": lay, "class_names": list(reader.class_names),
         "num_classes": cfg.data.num_classes, "ignore_index": cfg.data.ignore_index,
         "background_policy": "none: argmax of the decoder's logits (seco segment)", "backbone": cfg.model.backbone,
+        "backbone_weights": cfg.model.backbone_weights or "random",
+        "backbone_weights_sha256": cfg.model.backbone_weights_sha256,
         "checkpoint_sha256": sha256_file(Path(checkpoint)), "scales": list(scales), "flip": flip, "crf": crf,
         "input_size": size, "package_version": __version__, "config": config_to_dict(cfg),
     }

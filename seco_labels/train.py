@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from .cams import check_scales
 from .checkpoint import check_compatible, latest_checkpoint, require_kind
 from .compiling import compile_encoders, compile_errors
-from .config import SecoConfig
+from .config import ModelConfig, SecoConfig
 from .config_io import config_to_dict
 from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, dataset_classes
 from .distributed import DistributedError, all_gather_objects, all_reduce_mean, init_distributed, norm_groups
@@ -32,13 +32,32 @@ from .logging_sinks import image_count
 from .models import SeCoNet, build_seco
 from .objective import PhaseTimer, SecoObjective, StepOutput, _no_timer
 from .precision import grad_scaler, resolve_amp
+from .pretrained import Weights, resolve_weights
 from .refine import PAR
 from .run_state import RunState, holding_run_lock
 from .runtime import StepBatchSampler, batch_to_device, resolve_device
 from .schedule import lr_multiplier
 from .validation import validation_images, validation_scores
 
-__all__ = ["Trainer", "memory_digest", "zero_missing_grads"]
+__all__ = ["Trainer", "memory_digest", "zero_missing_grads", "resolve_backbone_weights"]
+
+
+def resolve_backbone_weights(m: ModelConfig) -> Weights:
+    """``m.backbone_weights`` as a local file (:func:`seco_labels.pretrained.resolve_weights`), refused when its source
+    names another architecture than ``m.backbone`` (before a strict load would fail on every shape).
+
+    Raises:
+        ConfigError: unknown weights, or weights of another architecture.
+        WeightsUnavailableError: a name neither cached nor downloadable now.
+    """
+    weights = resolve_weights(m.backbone_weights)
+    if weights.architecture and weights.architecture != m.backbone:
+        raise ConfigError(
+            f"--backbone-weights {weights.spec} holds weights of {weights.architecture}, but the backbone is "
+            f"{m.backbone} (model.backbone); name weights of {m.backbone}, or set --set "
+            f"model.backbone={weights.architecture}"
+        )
+    return weights
 
 
 def zero_missing_grads(optimizer: torch.optim.Optimizer) -> int:
@@ -81,8 +100,16 @@ class Trainer(RunState):
     processes' memory digests at each checkpoint).
     """
 
-    def __init__(self, cfg: SecoConfig, run_dir: str | Path, *, quiet: bool = False) -> None:
+    WEIGHTS_KEYS = ("model.backbone_weights", "model.backbone_weights_sha256")
+    WEIGHTS_OPTION = "--backbone-weights"
+    WEIGHTS_FOR = "model.backbone"
+
+    def __init__(self, cfg: SecoConfig, run_dir: str | Path, *, quiet: bool = False,
+                 weights: Weights | None = None) -> None:
+        """``weights``: ``model.backbone_weights`` already resolved (:func:`resolve_backbone_weights`; the CLI does so
+        before the data is read); None resolves them when a fresh run starts."""
         self.cfg = cfg.validate()
+        self.weights = weights
         self.run_dir = Path(run_dir)
         self.dist = init_distributed(resolve_device(cfg.train.device))
         self.quiet = quiet or not self.dist.is_primary
@@ -94,7 +121,8 @@ class Trainer(RunState):
         if not d.class_names and (named := dataset_classes(d.layout, d.root)):
             d.class_names, d.num_classes = named, len(named)  # the folder layout's own classes, saved in config.yaml
         self.reader = build_reader(d.layout, d.root, d.train_split, num_classes=d.num_classes,
-                                   class_names=d.class_names or None, ignore_index=d.ignore_index)
+                                   class_names=d.class_names or None, ignore_index=d.ignore_index,
+                                   max_side=d.max_side)
         if not d.class_names:
             check_class_count(self.reader)
         views = TrainViews(d.crop_size, d.rescale_range, d.global_crop_scale, d.strong_flip_p, d.flip_p)
@@ -103,6 +131,7 @@ class Trainer(RunState):
         # so do loss groups that straddle processes unevenly; the first call also creates their process groups
         norm_groups(cfg.loss.norm_group_size, d.batch_size // self.dist.world_size)
         torch.manual_seed(cfg.train.seed)
+        # random init: a fresh run loads its starting weights when it starts (start_from_weights), a resume its checkpoint
         self.model = build_seco(cfg.model, d.num_classes).to(self.device)
         self._check_sizes(self.model.encoder.patch_size)
         if cfg.train.compile:
@@ -124,6 +153,19 @@ class Trainer(RunState):
         self.scaler = grad_scaler(self.device, self.amp_dtype)
         self.step = 0
         self._val_loader: DataLoader | None = None
+
+    # -- starting weights (RunState.start_from_weights) ---------------------------------------------------------
+    def resolve_start_weights(self) -> Weights:
+        """``model.backbone_weights`` resolved (:func:`seco_labels.pretrained.resolve_weights`).
+
+        Raises:
+            ConfigError: unknown weights, or weights of another architecture than ``model.backbone``.
+            WeightsUnavailableError: a name neither cached nor downloadable now.
+        """
+        return resolve_backbone_weights(self.cfg.model)
+
+    def load_start_weights(self, weights: Weights) -> None:
+        self.model.load_backbone(weights.path)
 
     def _check_sizes(self, patch: int) -> None:
         """Crops, their CAM scales and the local crops must hold at least one ``patch`` x ``patch`` token: check
@@ -165,7 +207,7 @@ class Trainer(RunState):
         if self._val_loader is None and d.val_split:
             reader = build_reader(
                 d.layout, d.root, d.val_split, num_classes=d.num_classes, class_names=d.class_names or None,
-                ignore_index=d.ignore_index, require_masks=True,
+                ignore_index=d.ignore_index, require_masks=True, max_side=d.max_side,
             )
             dataset = EvalDataset(reader, size=d.crop_size)
             n = min(len(dataset), self.cfg.train.val_max_images or len(dataset))

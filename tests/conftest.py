@@ -101,3 +101,32 @@ def make_folder_dataset(voc_root: Path, dst: Path, *, with_classes: bool = True,
     if with_classes:
         (dst / "classes.txt").write_text("\n".join(VOC_CLASSES) + "\n")
     return dst
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """An offline Hugging Face cache in ``tmp_path/hf-cache`` (``HF_HUB_CACHE``, ``HF_HUB_OFFLINE=1``), laid out as
+    huggingface_hub writes it: ``models--ORG--NAME/refs/main`` holds a commit hash, ``snapshots/<hash>/`` the files.
+    Returns ``add(repo_id, files, revision=None) -> snapshot folder``: ``files`` maps a file name to its bytes;
+    ``revision`` (a commit hash, as smp pins them) is the snapshot's name, else one is made from the repo id."""
+    import hashlib
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def add(repo_id: str, files: dict[str, bytes], revision: str | None = None) -> Path:
+        commit = revision or hashlib.sha1(repo_id.encode()).hexdigest()
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        for name, data in files.items():
+            (snapshot / name).write_bytes(data)
+        if revision is None:
+            (repo / "refs").mkdir(exist_ok=True)
+            (repo / "refs" / "main").write_text(commit)
+        return snapshot
+
+    add.cache = cache  # type: ignore[attr-defined]
+    return add

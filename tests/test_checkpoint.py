@@ -146,7 +146,7 @@ def test_a_checkpoint_of_the_other_trainer_is_named(voc_root, tiny_checkpoint, t
                                    "{encoder_depth: 3, decoder_channels: [32, 16, 8]}", "--labels", "gt",
                                    "--data-root", str(voc_root), "--split", "val", "--val-split", "", "--out", str(seg),
                                    "--iters", "1", "--batch-size", "2", "--crop-size", "64", "--num-workers", "0",
-                                   "--device", "cpu", "--quiet"])
+                                   "--device", "cpu", "--quiet", "--encoder-weights", "random"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(seg / "last.pt"), "--split", "val", "--out",
                                    str(tmp_path / "art"), "--data-root", str(voc_root)])
@@ -159,7 +159,7 @@ def test_a_checkpoint_of_the_other_trainer_is_named(voc_root, tiny_checkpoint, t
     res = CliRunner().invoke(cli, ["fit-segmenter", "--arch", "unet", "--encoder", "resnet18", "--labels", "gt",
                                    "--data-root", str(voc_root), "--split", "val", "--val-split", "", "--out",
                                    str(tmp_path / "seg2"), "--resume", str(tiny_checkpoint), "--iters", "1",
-                                   "--num-workers", "0", "--device", "cpu", "--quiet"])
+                                   "--num-workers", "0", "--device", "cpu", "--quiet", "--encoder-weights", "random"])
     assert res.exit_code == 1
     assert (f"{tiny_checkpoint} is a seco train checkpoint (backbone vit_tiny_patch16_224, step 4); pass the "
             "SEG_DIR/last.pt of a seco fit-segmenter run") in " ".join(res.output.split())

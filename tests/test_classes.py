@@ -124,7 +124,7 @@ def test_own_class_names_reach_the_artifacts_reports_and_segmenter(three_classes
                                    "{encoder_depth: 3, decoder_channels: [32, 16, 8]}", "--labels", str(art),
                                    "--split", "val", "--val-split", "val", "--out", str(seg), "--iters", "1",
                                    "--batch-size", "2", "--crop-size", "64", "--num-workers", "0", "--device", "cpu",
-                                   "--quiet"])
+                                   "--quiet", "--encoder-weights", "random"])
     assert res.exit_code == 0, res.output
     seg_data = yaml.safe_load((seg / "config.yaml").read_text())["data"]
     assert seg_data["class_names"] == NAMES and seg_data["num_classes"] == 3  # taken from the export
@@ -135,7 +135,7 @@ def test_own_class_names_reach_the_artifacts_reports_and_segmenter(three_classes
 def test_gt_segmenter_on_three_class_masks_needs_the_classes(three_classes, tmp_path):
     args = ["fit-segmenter", "--arch", "unet", "--encoder", "resnet18", "--labels", "gt", "--data-root",
             str(three_classes), "--split", "train", "--val-split", "", "--out", str(tmp_path / "seg"), "--iters", "1",
-            "--num-workers", "0", "--device", "cpu", "--quiet"]
+            "--num-workers", "0", "--device", "cpu", "--quiet", "--encoder-weights", "random"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 1 and "use classes 1..2 only, but 21 classes" in res.output
 

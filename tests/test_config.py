@@ -31,8 +31,18 @@ def test_coco_preset_differs_where_the_published_script_does():
     assert cfg.data.batch_size == 8  # 2 GPUs x 4 per GPU, as a global batch
 
 
+def test_presets_for_real_results_name_pretrained_weights_and_only_the_demo_is_random():
+    # the tag of the published code's jx_vit_base_p16_224-80ecf9dd.pth; a bare vit_base_patch16_224 is AugReg2
+    assert get_preset("voc").model.backbone_weights == "vit_base_patch16_224.orig_in21k_ft_in1k"
+    assert get_preset("coco").model.backbone_weights == "vit_base_patch16_224.orig_in21k_ft_in1k"
+    small = get_preset("small")
+    assert small.model.backbone_weights.startswith(small.model.backbone + ".") and small.data.crop_size == 320
+    assert get_preset("demo").model.backbone_weights == "random"
+    assert all(get_preset(p).model.backbone_weights_sha256 == "" for p in ("voc", "coco", "small", "demo"))
+
+
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(ConfigError, match="available: coco, demo, voc"):
+    with pytest.raises(ConfigError, match="available: coco, demo, small, voc"):
         get_preset("cityscapes")
 
 

@@ -148,7 +148,8 @@ def test_train_export_evaluate_on_the_folder_layout(voc_root, tmp_path):
     res = CliRunner().invoke(cli, ["fit-segmenter", "--arch", "unet", "--encoder", "resnet18", "--model-kwargs",
                                    "{encoder_depth: 3, decoder_channels: [32, 16, 8]}", "--labels", str(art),
                                    "--split", "val", "--val-split", "", "--out", str(seg), "--iters", "1",
-                                   "--batch-size", "2", "--crop-size", "64", "--num-workers", "0", "-q"])
+                                   "--batch-size", "2", "--crop-size", "64", "--num-workers", "0", "-q",
+                                   "--encoder-weights", "random"])
     assert res.exit_code == 0, res.output
     seg_data = yaml.safe_load((seg / "config.yaml").read_text())["data"]
     assert (seg_data["layout"], seg_data["root"], seg_data["class_names"]) == ("folder", str(data), list(named))

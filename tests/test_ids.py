@@ -167,7 +167,7 @@ def test_fit_segmenter_refuses_the_escaping_id(escape_set, tmp_path):
     _run_refused(["fit-segmenter", "--arch", "unet", "--encoder", "tu-mobilenetv3_small_050", "--labels", "gt",
                   "--data-root", str(root), "--split", "train", "--val-split", "val", "--iters", "1",
                   "--batch-size", "2", "--crop-size", "64", "--num-workers", "0", "--device", "cpu", "--quiet",
-                  "--out", str(out)], tmp_path, out, _expected(split_file, line))
+                  "--encoder-weights", "random", "--out", str(out)], tmp_path, out, _expected(split_file, line))
 
 
 def test_evaluate_refuses_the_escaping_id(escape_set, tmp_path):

@@ -67,7 +67,8 @@ def test_second_run_into_a_locked_folder_stops_at_once(name, lock, voc_root, tmp
     missing = str(tmp_path / "missing.pt")  # had the command gone on, it would fail on this instead
     args = {
         "train": ["train", "--preset", "demo", "--data-root", str(voc_root), "--split", "train"],
-        "fit-segmenter": ["fit-segmenter", "--labels", "gt", "--data-root", str(voc_root), "--split", "train"],
+        "fit-segmenter": ["fit-segmenter", "--labels", "gt", "--data-root", str(voc_root), "--split", "train",
+                          "--encoder-weights", "random"],
         "export-masks": ["export-masks", "--checkpoint", missing, "--split", "train"],
         "segment": ["segment", "--checkpoint", missing, "--split", "val"],
         "predict": ["predict", "--model", missing, "--split", "val"],

@@ -29,7 +29,8 @@ def commands(voc_root: Path, tmp: Path) -> dict[str, list[str]]:
     return {
         "train": ["train", "--preset", "demo", "--data-root", missing, "--split", "train"],
         "export-masks": ["export-masks", "--checkpoint", f"{missing}.pt", "--split", "train"],
-        "fit-segmenter": ["fit-segmenter", "--labels", "gt", "--data-root", missing, "--split", "train"],
+        "fit-segmenter": ["fit-segmenter", "--labels", "gt", "--data-root", missing, "--split", "train",
+                          "--encoder-weights", "random"],
         "show": ["show", "--pred", str(preds), "--split", "train"],
         "compare": ["compare", missing, f"{missing}2"],
         "segment": ["segment", "--checkpoint", f"{missing}.pt", "--split", "val"],

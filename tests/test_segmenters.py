@@ -98,7 +98,7 @@ def tiny_cfg(root: Path, labels: str | Path, arch: str = "unet", encoder: str = 
     cfg = SegmenterConfig()
     cfg.data.labels, cfg.data.root, cfg.data.split, cfg.data.val_split = str(labels), str(root), "train", "val"
     cfg.data.crop_size, cfg.data.batch_size, cfg.data.num_workers = 64, 2, 0
-    cfg.model.arch, cfg.model.encoder = arch, encoder
+    cfg.model.arch, cfg.model.encoder, cfg.model.encoder_weights = arch, encoder, "random"
     cfg.model.kwargs = dict(TINY_UNET if kwargs is None and arch == "unet" else kwargs or {})
     cfg.train.iters, cfg.train.device, cfg.train.val_max_images, cfg.train.ckpt_every = 2, "cpu", 1, 2
     for key, value in over.items():
@@ -163,7 +163,7 @@ def test_cli_fit_segmenter_then_compare(root, art_png, tmp_path):
     common = ["--arch", "unet", "--encoder", "tu-mobilenetv3_small_050", "--model-kwargs",
               "{encoder_depth: 3, decoder_channels: [32, 16, 8]}", "--data-root", str(root), "--split", "train",
               "--val-split", "val", "--iters", "2", "--batch-size", "2", "--crop-size", "64", "--num-workers", "0",
-              "--val-max-images", "1", "--device", "cpu", "--quiet"]
+              "--val-max-images", "1", "--device", "cpu", "--quiet", "--encoder-weights", "random"]
     runs = {}
     for labels in ("gt", str(art_png)):
         runs[labels] = tmp_path / ("gt" if labels == "gt" else "pseudo")
@@ -208,7 +208,8 @@ def test_unknown_names_list_the_valid_choices(root, tmp_path):
     with pytest.raises(ConfigError, match="smp cannot build dpt with encoder resnet18.*Only Timm encoders"):
         build_segmenter("dpt", encoder="resnet18", classes=21)
     res = CliRunner().invoke(cli, ["fit-segmenter", "--encoder", "resnet19", "--labels", "gt", "--data-root",
-                                   str(root), "--split", "train", "--out", str(tmp_path / "r")])
+                                   str(root), "--split", "train", "--out", str(tmp_path / "r"),
+                                   "--encoder-weights", "random"])
     assert res.exit_code == 2 and "unknown encoder 'resnet19'" in res.output
     assert not (tmp_path / "r").exists()
 
@@ -237,7 +238,7 @@ def test_missing_id_is_named(root, art_png, art_h5, tmp_path):
     )
     # and through the CLI: exit 1, nothing trained
     res = CliRunner().invoke(cli, ["fit-segmenter", "--arch", "unet", "--encoder", "resnet18", "--labels", str(art),
-                                   "--split", "train", "--out", str(tmp_path / "run")])
+                                   "--split", "train", "--out", str(tmp_path / "run"), "--encoder-weights", "random"])
     assert res.exit_code == 1 and f"have no mask in {art}/masks_train: {ids[3]}" in res.output
     assert not (tmp_path / "run" / "last.pt").exists()
     msg = _labels_error(root, art_h5, data__split="val")

@@ -27,7 +27,7 @@ from test_train import tiny_config
 SEG_OPTIONS = ["--arch", "unet", "--encoder", "tu-mobilenetv3_small_050", "--model-kwargs",
                "{encoder_depth: 3, decoder_channels: [32, 16, 8]}", "--labels", "gt", "--split", "train",
                "--val-split", "val", "--batch-size", "2", "--crop-size", "64", "--num-workers", "0", "--device", "cpu",
-               "--quiet"]
+               "--quiet", "--encoder-weights", "random"]
 
 
 @pytest.fixture(scope="module", autouse=True)

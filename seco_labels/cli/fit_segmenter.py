@@ -7,7 +7,7 @@ import yaml
 
 from . import cli
 from .options import (classes_option, config_key_option, config_values, device_option, lock_out, out_option,
-                      quiet_option)
+                      quiet_option, starts_fresh)
 from .train import allow_changes_option, exit_interrupted, report_finished, report_resume
 
 
@@ -48,9 +48,12 @@ def _yaml_mapping(ctx: click.Context, param: click.Parameter, value: str | None)
 @config_key_option("model.encoder", "--encoder",
                    help="smp encoder name or tu-<timm model>, e.g. resnet50, mit_b0, tu-convnext_tiny (model.encoder; "
                         "default resnet50).")
-@config_key_option("model.encoder_weights", "--encoder-weights", type=click.Path(dir_okay=False),
-                   help="Local weights file for the encoder (model.encoder_weights); default random init, nothing is "
-                        "downloaded.")
+@config_key_option("model.encoder_weights", "--encoder-weights", metavar="NAME|FILE|random",
+                   help="The encoder's starting weights (model.encoder_weights; default imagenet): smp's names for "
+                        "the encoder (imagenet, ssl, swsl, ...); for tu- encoders a timm pretrained tag, "
+                        "hf-hub:ORG/NAME, or imagenet (timm's default tag); a local weights file; or random. Names "
+                        "come from the Hugging Face cache (HF_HUB_CACHE) and download once; HF_HUB_OFFLINE=1 never "
+                        "downloads. The run records the name and the file's sha256.")
 @config_key_option("model.kwargs", "--model-kwargs", metavar="YAML", callback=_yaml_mapping,
                    help="Extra smp.create_model arguments as a YAML/JSON mapping, e.g. '{encoder_depth: 3, "
                         "decoder_channels: [64, 32, 16]}' (model.kwargs).")
@@ -106,15 +109,22 @@ def fit_segmenter_cmd(run_dir, resume, allow_changes, config_file, overrides, qu
     Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves SEG_DIR/last.pt and exits with 130 (SIGINT) or
     143 (SIGTERM); --resume auto continues from there.
     """
-    from ..segmenters.config import segmenter_config
-    from ..segmenters.train import SegmenterTrainer
     from ..logging_sinks import require_log
     from ..run_state import RUN_LOCK, TrainingInterrupted
+    from ..segmenters.config import segmenter_config
+    from ..segmenters.model import check_names
+    from ..segmenters.train import SegmenterTrainer
+    from ..segmenters.weights import resolve_encoder_weights
 
     lock_out(run_dir, RUN_LOCK, "a training run")
     cfg = segmenter_config(config_file, overrides, **config_values())
     require_log(cfg.train.log)  # a missing tensorboard stops the run now, not after the model and data are built
-    trainer = SegmenterTrainer(cfg, run_dir, quiet=quiet)
+    m = cfg.model
+    weights = None
+    if starts_fresh(run_dir, resume):  # the weights before the data: a missing download stops the run at once
+        check_names(m.arch, m.encoder)
+        weights = resolve_encoder_weights(m.encoder_weights, m.encoder)
+    trainer = SegmenterTrainer(cfg, run_dir, quiet=quiet, weights=weights)
     for note in trainer.notes:
         click.echo(note, err=True)
     trainer.resume(resume, allow_changes=allow_changes)

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+import yaml
 
 from ..errors import ConfigError, OutputError
 from ..io import check_writable_dir, folder_lock
-from ..config import SecoConfig, apply_overrides, config_from_dict, get_preset, list_presets, set_values
+from ..config import (SCHEDULE_KEYS, SecoConfig, apply_overrides, config_from_dict, default_max_side, dotted_keys,
+                      get_preset, list_presets, scale_schedule, set_values)
 from ..config_io import load_config_file
 
 
@@ -43,6 +45,15 @@ def lock_out(folder: str | Path, name: str = ".lock", what: str = "") -> None:
 
     click.get_current_context().with_resource(
         folder_lock(Path(folder), name, what=what, enabled=is_primary_process()))
+
+
+def starts_fresh(run_dir: str | Path, resume: str | None) -> bool:
+    """Whether a training command starts a new run in ``run_dir`` (no ``--resume``, or ``--resume auto`` with no
+    checkpoint there): the run whose starting weights the command resolves first, before any data is read, so that a
+    missing download stops it in seconds."""
+    from ..checkpoint import latest_checkpoint
+
+    return resume is None or (resume == "auto" and latest_checkpoint(Path(run_dir)) is None)
 
 
 def device_option(config_key: str | None = None) -> Callable:
@@ -105,15 +116,60 @@ def config_options(func: Callable) -> Callable:
     return func
 
 
+#: where :func:`resolve_config` keeps the dotted keys the user gave, in the click context's ``meta``
+_GIVEN_KEYS = "seco_labels.given_keys"
+
+
 def resolve_config(preset: str | None, config_file: str | None, overrides: tuple[str, ...]) -> SecoConfig:
     """Preset, then the config file, then ``--set`` items, then the command's config-key options that were given
-    (:func:`config_values`)."""
+    (:func:`config_values`). Then what depends on them, where the user set no value (:func:`given_keys`):
+
+    - a ``data.root`` that holds ``images/`` and a tags file is read with the folder layout (one line on stderr
+      says so); a layout given by ``--layout``, ``--set data.layout`` or the file is kept, a preset's is not;
+    - ``data.max_side`` is :func:`seco_labels.config.default_max_side` (2 x crop size for the folder layout);
+    - ``train.iters`` other than the preset's stretches the preset's schedule in proportion
+      (:func:`seco_labels.config.scale_schedule`).
+    """
     data = load_config_file(config_file) if config_file else {}
     base = get_preset(preset or str(data.get("preset", "voc")))
+    preset_iters = base.train.iters
     cfg = config_from_dict({k: v for k, v in data.items() if k != "preset"}, base=base)
     apply_overrides(cfg, list(overrides))
-    set_values(cfg, config_values())
+    values = config_values()
+    set_values(cfg, values)
+    given = dotted_keys({k: v for k, v in data.items() if k != "preset"}) | set(values)
+    for item in overrides:
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        given |= dotted_keys({key.strip(): value})
+    click.get_current_context().meta[_GIVEN_KEYS] = frozenset(given)
+    if "data.layout" not in given and cfg.data.root:
+        from ..data.readers import detect_layout
+        from ..distributed import is_primary_process
+
+        found = detect_layout(cfg.data.root)
+        if found and found[0] != cfg.data.layout:
+            cfg.data.layout = found[0]
+            if is_primary_process():
+                click.echo(f"{cfg.data.root} holds {found[1]}: detected the {found[0]} layout (--layout names "
+                           "another)", err=True)
+    if "data.max_side" not in given:
+        cfg.data.max_side = default_max_side(cfg.data)
+    scale_schedule(cfg, preset_iters, given)
     return cfg.validate()
+
+
+def given_keys() -> frozenset[str]:
+    """The dotted config keys the user set for the running command (its ``--config`` file, ``--set`` items and
+    config-key options; not the preset's), as :func:`resolve_config` found them."""
+    return click.get_current_context().meta.get(_GIVEN_KEYS, frozenset())
+
+
+def schedule_kept_on_resume() -> tuple[str, ...]:
+    """The schedule keys (:data:`seco_labels.config.SCHEDULE_KEYS`) the user did not set: a resumed run keeps the
+    checkpoint's values of them, so raising ``--iters`` extends the run without stretching the schedule under way."""
+    given = given_keys()
+    return tuple(k for k in SCHEDULE_KEYS if k not in given)
 
 
 #: the options a run's ``config.yaml`` gives defaults to, where a command has them

@@ -12,7 +12,8 @@ from typing import Any
 import click
 
 from . import cli
-from .options import classes_option, config_key_option, config_options, lock_out, out_option, resolve_config
+from .options import (classes_option, config_key_option, config_options, lock_out, out_option, resolve_config,
+                      schedule_kept_on_resume, starts_fresh)
 
 #: log fields that count things: printed as integers
 COUNT_KEYS = ("crops_tagged", "crops_rectified", "steps")
@@ -77,7 +78,9 @@ def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
 @config_options
 @config_key_option("data.root", "--data-root", type=click.Path(file_okay=False), help="Dataset root (data.root).")
 @config_key_option("data.layout", "--layout",
-                   help="Dataset layout: voc | coco | coco-seco | folder (images/ + tags.csv; data.layout).")
+                   help="Dataset layout: voc | coco | coco-seco | folder (images/ + tags.csv; data.layout). "
+                        "Default: folder when --data-root holds images/ and tags.csv or tags.jsonl, else the "
+                        "preset's.")
 @config_key_option("data.train_split", "--split", help="Training split (data.train_split).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Folder layout without split lists: draw --split/--val-split at random (this fraction for "
@@ -87,8 +90,10 @@ def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
                    help="Validation split with GT masks (data.val_split); '' for none.")
 @classes_option
 @out_option("--out", "run_dir", required=True, help="Run folder.")
-@config_key_option("model.backbone_weights", "--backbone-weights", type=click.Path(dir_okay=False),
-                   help="Local ViT weights file (model.backbone_weights); default random init.")
+@config_key_option("model.backbone_weights", "--backbone-weights", metavar="TAG|hf-hub:ORG/NAME|FILE|random",
+                   help="Pretrained ViT weights (model.backbone_weights): a timm tag (the voc and coco presets: "
+                        "vit_base_patch16_224.orig_in21k_ft_in1k, the paper's), a Hugging Face repo, a local state "
+                        "dict, or random. Names download once into the Hugging Face cache (HF_HUB_CACHE).")
 @config_key_option("train.iters", "--iters", type=int, help="Training iterations (train.iters).")
 @config_key_option("data.batch_size", "--batch-size", type=int,
                    help="Images per step, summed over processes under torchrun (data.batch_size).")
@@ -112,7 +117,7 @@ def train_cmd(preset, config_file, overrides, quiet, val_fraction, split_seed, r
     from ..distributed import is_primary_process, shutdown_distributed
     from ..logging_sinks import require_log
     from ..run_state import RUN_LOCK, TrainingInterrupted
-    from ..train import Trainer
+    from ..train import Trainer, resolve_backbone_weights
 
     lock_out(run_dir, RUN_LOCK, "a training run")
     cfg = resolve_config(preset, config_file, overrides)
@@ -126,11 +131,13 @@ def train_cmd(preset, config_file, overrides, quiet, val_fraction, split_seed, r
         if not cfg.data.val_split:
             raise click.UsageError("--val-fraction needs a validation split name: drop --val-split ''")
         write_folder_splits(cfg.data.root, val_fraction, split_seed, train=cfg.data.train_split,
-                            val=cfg.data.val_split)
+                            val=cfg.data.val_split, require_masks=True)
+    # the weights before the data: a missing download stops a new run at once (a resume does not read them)
+    weights = resolve_backbone_weights(cfg.model) if starts_fresh(run_dir, resume) else None
     try:
-        trainer = Trainer(cfg, run_dir, quiet=quiet)
+        trainer = Trainer(cfg, run_dir, quiet=quiet, weights=weights)
         primary = trainer.dist.is_primary
-        trainer.resume(resume, allow_changes=allow_changes)
+        trainer.resume(resume, allow_changes=allow_changes, keep=schedule_kept_on_resume())
         if primary:
             report_resume(trainer, run_dir, resume)
         result = trainer.fit()

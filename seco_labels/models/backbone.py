@@ -198,6 +198,7 @@ class ViTEncoder(nn.Module):
         # The positional embedding is interpolated, never learnt (docs/design.md §2).
         vit.pos_embed.requires_grad_(False)
         self.vit = vit
+        self.name = name
         self.aux_index = aux_layer % depth
         #: tokens before the patches (class token first, then any distillation / register tokens)
         self.num_prefix_tokens: int = num_prefix

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..precision import autocast_off
-from .backbone import ViTEncoder
+from .backbone import ViTEncoder, load_vit_weights
 from .heads import ASPPHead, ProjectionHead
 from .memory import ClassPrototypes, KeyReservoir
 
@@ -51,7 +52,7 @@ class SeCoNet(nn.Module):
     """Student network plus its EMA local teacher and memories.
 
     Args:
-        backbone: timm ViT name; ``backbone_weights`` a local file or None (random init).
+        backbone: timm ViT name; ``backbone_weights`` a local weights file or None (random init).
         num_classes: K, including background; classifiers have K-1 outputs, the decoder K.
         aux_layer: block feeding the auxiliary classifier (-3 = third from last).
         proj_hidden: hidden width of the projection head; its output width is the encoder width so that
@@ -88,6 +89,13 @@ class SeCoNet(nn.Module):
         self.ema_momentum = ema_momentum
         self.reservoir = KeyReservoir(reservoir_size, dim)
         self.prototypes = ClassPrototypes(num_classes - 1, dim, proto_momentum)
+
+    @torch.no_grad()
+    def load_backbone(self, path: str | Path) -> None:
+        """Load a ViT weights file into the student's encoder, strictly (:func:`~.backbone.load_vit_weights`), and
+        make the local teacher's encoder its copy again, as when the teacher is copied from a loaded student."""
+        load_vit_weights(self.encoder.vit, path, self.encoder.name)
+        self.teacher["encoder"].load_state_dict(self.encoder.state_dict())
 
     # -- student -----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> SeCoOutput:
@@ -161,13 +169,15 @@ class SeCoNet(nn.Module):
         return groups
 
 
-def build_seco(cfg: ModelConfig, num_classes: int) -> SeCoNet:
-    """Build :class:`SeCoNet` from the model section of the config."""
+def build_seco(cfg: ModelConfig, num_classes: int, *, weights: str | Path | None = None) -> SeCoNet:
+    """Build :class:`SeCoNet` from the model section of the config, its backbone loaded from the local file
+    ``weights`` (what :func:`seco_labels.pretrained.resolve_weights` made of ``cfg.backbone_weights``; the trainer
+    resolves it once and records it) or randomly initialised (None: a checkpoint's weights follow)."""
     return SeCoNet(
         backbone=cfg.backbone,
         num_classes=num_classes,
         aux_layer=cfg.aux_layer,
-        backbone_weights=cfg.backbone_weights,
+        backbone_weights=None if weights is None else str(weights),
         backbone_kwargs=cfg.backbone_kwargs,
         proj_hidden=cfg.proj_hidden,
         aspp_rates=cfg.aspp_rates,

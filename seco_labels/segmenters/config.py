@@ -9,6 +9,7 @@ Layering (lowest to highest priority): these defaults -> ``--config FILE`` (a ne
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,12 @@ class SegModelConfig:
 
     arch: str = "deeplabv3plus"  #: a key of smp.MODEL_ARCHITECTURES_MAPPING
     encoder: str = "resnet50"  #: an smp encoder name or tu-<timm model>
-    encoder_weights: str | None = None  #: local weights file for the encoder; None = random init (no download)
+    #: the encoder's starting weights: smp's own name (imagenet, ssl, ...), a timm tag or hf-hub:ORG/NAME for tu-
+    #: encoders (imagenet = timm's default tag), a local file, or random; a run records the resolved name
+    #: (docs/segmenters.md "Encoder weights"). None (configs of older runs) = random
+    encoder_weights: str | None = "imagenet"
+    #: sha256 of the weights file, filled when the run starts; set it to pin the file (a prefix of 8+ hex digits)
+    encoder_weights_sha256: str = ""
     kwargs: dict = field(default_factory=dict)  #: extra smp.create_model arguments, e.g. {"encoder_depth": 3}
 
 
@@ -112,6 +118,10 @@ class SegmenterConfig:
         if t.iters < 1 or t.ckpt_every < 1 or t.log_every < 1:
             raise ConfigError(f"train.iters={t.iters}, train.ckpt_every={t.ckpt_every} and train.log_every="
                               f"{t.log_every} must be positive")
+        pin = self.model.encoder_weights_sha256
+        if pin and not re.fullmatch(r"[0-9a-fA-F]{8,64}", str(pin)):
+            raise ConfigError(f"model.encoder_weights_sha256={pin!r}: give the weights file's sha256 hex digest (or "
+                              "a prefix of at least 8 hex digits), or '' for none")
         if not isinstance(self.model.kwargs, dict):
             raise ConfigError(f"model.kwargs={self.model.kwargs!r} must be a mapping of smp.create_model arguments")
         for reserved in ("arch", "encoder_name", "encoder_weights", "classes"):

@@ -1,7 +1,8 @@
 """Build any segmentation_models_pytorch (smp) model by name, offline, and run it on images of any size.
 
 - :func:`build_segmenter` checks the names against smp's own registries, builds with ``encoder_weights=None``
-  (nothing downloads) and optionally loads a local encoder weights file.
+  and optionally loads encoder weights: a local file, or a name (smp's ``imagenet``..., a timm tag for ``tu-``
+  encoders) found in the Hugging Face cache (:mod:`seco_labels.segmenters.weights`), then loaded strictly.
 - :func:`size_multiple` finds the input-size multiple a model needs (32 for most encoders, 2 x patch for DPT's
   ViTs, less for a depth-reduced encoder) by trying it, so crops and eval padding are chosen to fit.
 - :func:`predict_mask` pads an image to that multiple, predicts, and crops the prediction back.
@@ -9,10 +10,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 
 from ..data.transforms import normalize
 from ..errors import CheckpointError, ConfigError
+from ..pretrained import Weights
 
 __all__ = [
     "UnknownNameError",
@@ -29,6 +32,7 @@ __all__ = [
     "check_names",
     "build_segmenter",
     "load_encoder_weights",
+    "model_kwargs",
     "size_multiple",
     "round_up",
     "forward_logits",
@@ -105,32 +109,50 @@ def _create(arch: str, encoder: str, classes: int, weights: Any, kwargs: dict[st
         raise ConfigError(f"smp cannot build {arch} with encoder {encoder}{extra}: {msg}") from None
 
 
+def model_kwargs(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``smp.create_model`` arguments :func:`build_segmenter` uses: ``kwargs`` plus ``dynamic_img_size=True`` for
+    DPT unless given (what :func:`load_encoder_weights` needs to build a like encoder)."""
+    kwargs = dict(kwargs)
+    if arch.lower() == "dpt":
+        kwargs.setdefault("dynamic_img_size", True)
+    return kwargs
+
+
 def build_segmenter(
     arch: str,
     *,
     encoder: str,
     classes: int,
-    encoder_weights: str | Path | None = None,
+    encoder_weights: str | Path | Weights | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """An smp model with random init (or the encoder from a local file); nothing is downloaded.
+    """An smp model with random init, or with its encoder loaded strictly from ``encoder_weights``.
+
+    ``encoder_weights``: None or ``"random"`` (random init); a :class:`~pathlib.Path` (a local file); resolved
+    :class:`~seco_labels.pretrained.Weights`; or a str that :func:`seco_labels.segmenters.weights.
+    resolve_encoder_weights` resolves: smp's own names for smp encoders (``imagenet``, ``ssl``, ...), a timm tag or
+    ``hf-hub:`` for ``tu-`` encoders, or a file. Names come from the Hugging Face cache; a missing one downloads,
+    except with ``HF_HUB_OFFLINE=1`` (then :class:`~seco_labels.pretrained.WeightsUnavailableError`).
 
     ``kwargs`` go to ``smp.create_model`` (``encoder_depth``, ``decoder_channels``, ...). DPT gets
     ``dynamic_img_size=True`` unless given, so its ViT accepts any size that is a multiple of the patch.
 
     Raises:
         UnknownNameError: unknown architecture or encoder (lists the valid names).
-        ConfigError: smp refuses the combination (e.g. DPT with a CNN encoder), or the weights file is missing.
+        ConfigError: smp refuses the combination (e.g. DPT with a CNN encoder), or the weights are unknown/missing.
         CheckpointError: the weights file does not fit the encoder (lists missing/unexpected keys).
     """
     check_names(arch, encoder)
     arch = arch.lower()
-    kwargs = dict(kwargs)
-    if arch == "dpt":
-        kwargs.setdefault("dynamic_img_size", True)
+    kwargs = model_kwargs(arch, kwargs)
+    if isinstance(encoder_weights, str):
+        from .weights import resolve_encoder_weights
+
+        encoder_weights = resolve_encoder_weights(encoder_weights, encoder)
+    path = encoder_weights.path if isinstance(encoder_weights, Weights) else encoder_weights
     model = _create(arch, encoder, classes, None, kwargs)
-    if encoder_weights:
-        load_encoder_weights(model, encoder_weights, arch=arch, encoder=encoder, classes=classes, kwargs=kwargs)
+    if path:
+        load_encoder_weights(model, path, arch=arch, encoder=encoder, classes=classes, kwargs=kwargs)
     return model
 
 
@@ -170,29 +192,96 @@ def load_encoder_weights(model: nn.Module, path: str | Path, *, arch: str, encod
     """Load a local weights file into ``model.encoder``, strictly.
 
     smp encoders take the file smp itself would download (``model.safetensors`` of ``smp-hub/<encoder>.<weights>``)
-    or a torchvision-style state dict (the classifier keys are dropped by smp). ``tu-`` encoders take a timm
-    checkpoint of the timm model, loaded by timm itself (``pretrained_cfg_overlay=dict(file=...)``), so the file's
-    key names are timm's. The model's recorded config keeps ``encoder_weights=None``, so a saved model reloads
-    without the file.
+    or a torchvision-style state dict (the classifier keys are dropped by smp), loaded as smp loads its download
+    (``encoder.load_state_dict``, strict; for ``in_channels`` other than 3 into a 3-channel copy of the encoder
+    first, whose first convolution smp then adapts). ``tu-`` encoders take a timm checkpoint of the timm model,
+    loaded by timm itself (``pretrained_cfg_overlay=dict(file=...)``), so the file's key names are timm's. The
+    model's recorded config keeps ``encoder_weights=None``, so a saved model reloads without the file. Loading draws
+    nothing from torch's global RNG.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"encoder weights file {path} not found; give a local file (nothing is downloaded)")
     if encoder.startswith("tu-"):
         try:
-            donor = _create(arch, encoder, classes, True, {**kwargs, "pretrained_cfg_overlay": dict(file=str(path))})
+            with torch.random.fork_rng(devices=[]), _timm_load_report() as report:  # the run's RNG stays as it was
+                donor = _create(arch, encoder, classes, True,
+                                {**kwargs, "pretrained_cfg_overlay": dict(file=str(path))})
         except ConfigError as e:
             raise CheckpointError(f"encoder weights {path} do not fit {encoder}: {e}") from None
+        missing = sorted(k for result, dropped in report for k in result.missing_keys if k not in dropped)
+        if missing:
+            raise CheckpointError(f"encoder weights {path} do not fit encoder {encoder} "
+                                  f"({_keys_message(missing, [])}); give the weights of this encoder")
         state = donor.encoder.state_dict()
     else:
         state = _read_state_dict(path)
     try:
+        in_channels = getattr(model.encoder, "_in_channels", 3)
+        if not encoder.startswith("tu-") and in_channels != 3:
+            state = _adapted_state(state, encoder, model.encoder, in_channels)
         model.encoder.load_state_dict(state)
     except RuntimeError:
         own = set(model.encoder.state_dict())
         msg = _keys_message(sorted(own - set(state)), sorted(set(state) - own)) or "tensor shapes differ"
         raise CheckpointError(f"encoder weights {path} do not fit encoder {encoder} ({msg}); give the weights "
                               "of this encoder") from None
+
+
+@contextlib.contextmanager
+def _timm_load_report() -> Iterator[list[tuple[Any, set[str]]]]:
+    """What timm's pretrained loading left out, as ``(load_state_dict result, classifier keys)`` per load.
+
+    timm loads a ``features_only`` model's weights non-strictly (it drops the classifier, whose keys then count as
+    missing), so a file lacking other keys would leave them at random init without a word; the result of its
+    ``load_state_dict`` is recorded here to check them. Its warnings about the head layers the encoder does not use
+    (unexpected keys) are silenced meanwhile.
+    """
+    import logging
+
+    from timm.models import _builder
+
+    report: list[tuple[Any, set[str]]] = []
+    original = _builder.load_pretrained
+
+    def load_pretrained(model: nn.Module, pretrained_cfg: dict | None = None, *args: Any, **kw: Any) -> None:
+        heads = (pretrained_cfg or {}).get("classifier") or ()
+        dropped = {f"{h}.{p}" for h in ((heads,) if isinstance(heads, str) else heads) for p in ("weight", "bias")}
+        own = model.load_state_dict
+
+        def recording(state_dict: Any, strict: bool = True, **kwargs: Any) -> Any:
+            result = own(state_dict, strict=strict, **kwargs)
+            report.append((result, dropped))
+            return result
+
+        model.load_state_dict = recording  # type: ignore[method-assign]
+        try:
+            original(model, pretrained_cfg, *args, **kw)
+        finally:
+            del model.load_state_dict
+
+    logger = logging.getLogger(_builder.__name__)
+    level = logger.level
+    _builder.load_pretrained = load_pretrained
+    logger.setLevel(logging.ERROR)
+    try:
+        yield report
+    finally:
+        _builder.load_pretrained = original
+        logger.setLevel(level)
+
+
+def _adapted_state(state: dict[str, torch.Tensor], encoder: str, target: nn.Module,
+                   in_channels: int) -> dict[str, torch.Tensor]:
+    """``state`` (3-channel weights of an smp encoder) for an encoder with ``in_channels``, as smp's ``get_encoder``
+    does it: load into a 3-channel encoder, strictly, then ``set_in_channels(in_channels, pretrained=True)``."""
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    with torch.random.fork_rng(devices=[]):
+        donor = get_encoder(encoder, in_channels=3, depth=getattr(target, "_depth", 5), weights=None)
+    donor.load_state_dict(dict(state))
+    donor.set_in_channels(in_channels, pretrained=True)
+    return donor.state_dict()
 
 
 def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

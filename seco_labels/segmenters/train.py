@@ -36,11 +36,14 @@ from ..logging_sinks import image_count
 from ..evaluate import EvalResult, evaluate_masks, write_reports
 from ..schedule import lr_multiplier
 from ..precision import grad_scaler, resolve_amp
+from ..pretrained import Weights
 from ..run_state import RunState, holding_run_lock
 from ..runtime import StepBatchSampler, resolve_device
 from .config import SegmenterConfig
 from .data import SegTrainDataset, open_labels, open_val_reader
-from .model import build_segmenter, check_names, forward_logits, predict_mask, preflight, round_up, size_multiple
+from .model import (build_segmenter, check_names, forward_logits, load_encoder_weights, model_kwargs, predict_mask,
+                    preflight, round_up, size_multiple)
+from .weights import encoder_weights_name, resolve_encoder_weights
 
 __all__ = ["ce_loss", "PredictedMasks", "SegmenterTrainer", "MODEL_KEYS"]
 
@@ -90,17 +93,27 @@ class SegmenterTrainer(RunState):
     fills the config's derived values (data root/layout/classes from the export, crop rounded up to the model's
     size multiple); ``self.notes`` says what was changed.
 
-    Resuming with other settings: the ``MODEL_KEYS`` cannot change; ``ALLOWED_KEYS`` may (recorded in
+    Encoder weights (``model.encoder_weights``, :mod:`seco_labels.segmenters.weights`): the model is built with random
+    init; a fresh run loads, records and announces them when it starts, a resumed one only checks that they are its
+    checkpoint's (:meth:`~seco_labels.run_state.RunState.start_from_weights`, ``_check_start``).
+
+    Resuming with other settings: the ``MODEL_KEYS`` and the weights cannot change; ``ALLOWED_KEYS`` may (recorded in
     ``RUN_DIR/config_changes.jsonl``); any other change (lr, labels, crops, seed...) needs ``allow_changes``.
     """
 
-    SILENT_KEYS = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every", "model.encoder_weights",
-                   "train.log")
+    SILENT_KEYS = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every", "train.log")
     ALLOWED_KEYS = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split", "data.root",
                     "train.amp")
     ARCH_KEYS = tuple(f"{s}.{k}" for s, k in MODEL_KEYS)
+    WEIGHTS_KEYS = ("model.encoder_weights", "model.encoder_weights_sha256")
+    WEIGHTS_OPTION = "--encoder-weights"
+    WEIGHTS_FOR = "model.encoder"
 
-    def __init__(self, cfg: SegmenterConfig, run_dir: str | Path, *, quiet: bool = False) -> None:
+    def __init__(self, cfg: SegmenterConfig, run_dir: str | Path, *, quiet: bool = False,
+                 weights: Weights | None = None) -> None:
+        """``weights``: ``model.encoder_weights`` already resolved (:func:`~seco_labels.segmenters.weights.
+        resolve_encoder_weights`; the CLI does so before the data is read); None resolves them when a fresh run
+        starts."""
         self.cfg = cfg.validate()
         self.run_dir = Path(run_dir)
         self.quiet = quiet
@@ -108,13 +121,15 @@ class SegmenterTrainer(RunState):
         d, m, t = cfg.data, cfg.model, cfg.train
         check_names(m.arch, m.encoder)
         m.arch = m.arch.lower()
+        m.encoder_weights = weights.spec if weights is not None else encoder_weights_name(m.encoder_weights, m.encoder)
+        self.weights = weights
         self.device = resolve_device(t.device)
         self.amp_dtype = resolve_amp(t.amp, self.device)
         self.labels, pseudo = open_labels(d)
         self.val_reader = open_val_reader(d)
         torch.manual_seed(t.seed)
         self.model = build_segmenter(m.arch, encoder=m.encoder, classes=d.num_classes,
-                                     encoder_weights=m.encoder_weights, **m.kwargs).to(self.device)
+                                     **m.kwargs).to(self.device)  # random init: the weights load when the run starts
         self.multiple = size_multiple(self.model)
         crop = round_up(d.crop_size, self.multiple)
         if crop != d.crop_size:
@@ -140,6 +155,16 @@ class SegmenterTrainer(RunState):
         self.scaler = grad_scaler(self.device, self.amp_dtype)
         self.step = 0
         self.last_result: EvalResult | None = None  #: the final validation of :meth:`fit`
+
+    # -- starting weights (RunState.start_from_weights) ---------------------------------------------------------
+    def resolve_start_weights(self) -> Weights:
+        m = self.cfg.model
+        return resolve_encoder_weights(m.encoder_weights, m.encoder)
+
+    def load_start_weights(self, weights: Weights) -> None:
+        m = self.cfg.model
+        load_encoder_weights(self.model, weights.path, arch=m.arch, encoder=m.encoder, classes=self.cfg.data.num_classes,
+                             kwargs=model_kwargs(m.arch, m.kwargs))
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

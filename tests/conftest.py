@@ -130,3 +130,15 @@ def fake_hub(tmp_path, monkeypatch):
 
     add.cache = cache  # type: ignore[attr-defined]
     return add
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: the small segmenter models train faster on one thread than on two on
+    the shared 2-core test machine (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -35,12 +35,7 @@ TU_ENCODER = "tu-mobilenetv3_small_050"
 TU_TAG = "mobilenetv3_small_050.lamb_in1k"  # timm's default tag of the model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomised(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

@@ -29,12 +29,7 @@ SPLIT = "three"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "predict.md"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # much faster than two threads on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

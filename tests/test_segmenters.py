@@ -43,12 +43,7 @@ from seco_labels.segmenters.data import MEAN_PIXEL
 TINY_UNET = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ SEG_OPTIONS = ["--arch", "unet", "--encoder", "tu-mobilenetv3_small_050", "--mod
                "--quiet", "--encoder-weights", "random"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: faster than two on the shared 2-core test machine (as tests/test_segmenters.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _records(run: Path) -> list[dict]:

@@ -79,11 +79,12 @@ class SmpPredictor(Predictor):
     model: nn.Module | None = None
     multiple: int = 32
     flip: bool = False
+    max_side: int = 0  #: the run's data.max_side: images are bounded to it, as the model was trained
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         # padding and cropping stay predict_mask's; the flip wraps the model so both see the same padded input
         net = _FlipSum(self.model) if self.flip else self.model
-        return predict_mask(net, image, multiple=self.multiple, device=self.device)
+        return predict_mask(net, image, multiple=self.multiple, device=self.device, max_side=self.max_side)
 
 
 @dataclass
@@ -160,10 +161,12 @@ def _load_smp(folder: Path, device: torch.device, flip: bool) -> SmpPredictor:
         raise CheckpointError(f"smp cannot load the model in {folder} ({e}); save it again") from None
     model = model.to(device).eval()
     multiple = size_multiple(model)
+    max_side = int(data.get("max_side") or 0)  # the size its training images were bounded to
     return SmpPredictor(kind="smp", weights=weights, num_classes=k, device=device, data_root=data.get("root") or None,
                         layout=data.get("layout") or None, model=model, multiple=multiple, flip=flip,
+                        max_side=max_side,
                         settings={"flip": flip, "size_multiple": multiple, "arch": config["_model_class"],
-                                  "encoder": config.get("encoder_name")})
+                                  "encoder": config.get("encoder_name"), "max_side": max_side})
 
 
 def load_predictor(

@@ -197,6 +197,38 @@ def test_large_photo_trains_exports_bounded_masks_and_evaluates(small_folder, tm
     assert res.exit_code == 0, res.output
     with Image.open(art / "report_all" / "thumbs" / "big.jpg") as thumb:
         assert thumb.size == (213, 160)
+    # a segmenter on those masks trains on bounded images and validates and predicts at the image's own size
+    seg = tmp_path / "seg"
+    res = CliRunner().invoke(cli, ["fit-segmenter", "--labels", str(art), "--split", "all", "--val-split", "all",
+                                   "--arch", "unet", "--encoder", "resnet18", "--encoder-weights", "random",
+                                   "--model-kwargs", "{encoder_depth: 3, decoder_channels: [16, 8, 4]}",
+                                   "--crop-size", "64", "--batch-size", "2", "--iters", "1", "--num-workers", "0",
+                                   "--out", str(seg), "-q"])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((seg / "config.yaml").read_text())["data"]["max_side"] == 128  # the export's
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(cli, ["predict", "--model", str(seg), "--images", str(small_folder / "images"),
+                                   "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    with Image.open(out / "big.png") as png:
+        assert png.size == BIG[::-1]
+
+
+def test_a_segmenter_predicts_bounded_images_at_their_own_size():
+    import torch
+
+    from seco_labels.segmenters import build_segmenter, predict_mask
+
+    model = build_segmenter("unet", encoder="resnet18", classes=3, encoder_depth=3,
+                            decoder_channels=[16, 8, 4]).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    image = (np.random.default_rng(0).random((200, 300, 3)) * 255).astype(np.uint8)
+    with torch.no_grad():
+        full = predict_mask(model, image, multiple=32)
+        bounded = predict_mask(model, image, multiple=32, max_side=100)
+    assert full.shape == bounded.shape == (200, 300)
+    assert seen == [(224, 320), (96, 128)]  # its own size, then 67 x 100 padded to the multiple
 
 
 # -- 4. --val-fraction draws validation images among those with a mask ------------------------------------------

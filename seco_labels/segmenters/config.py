@@ -41,6 +41,9 @@ class SegDataConfig:
     ignore_index: int = 255
     split: str = "train_aug"  #: training split (its ids must all have a label)
     val_split: str = "val"  #: GT-scored split; "" for none
+    #: long side, pixels, that larger images (and masks) are downscaled to for training, validation and prediction;
+    #: None = the export's data.max_side (what its masks were made at), 0 for GT labels; 0 = images at their own size
+    max_side: int | None = None
     crop_size: int = 512  #: square training crop, pixels; rounded up to the model's size multiple
     scale_range: tuple[float, float] = (0.5, 2.0)  #: random rescale factor before the crop
     flip_p: float = 0.5  #: horizontal flip probability

@@ -200,10 +200,11 @@ def open_labels(d: SegDataConfig) -> tuple[LabelSet, Dataset | None]:
             (names the file or id and what to do).
     """
     export = _resolve(d)
+    if d.max_side is None:  # the images bounded as at export, so they have their masks' size (recorded in config.yaml)
+        d.max_side = (export.dataset.max_side or 0) if export is not None else 0
     reader = build_reader(d.layout, d.root, d.split, num_classes=d.num_classes, class_names=d.class_names or None,
                           ignore_index=d.ignore_index, require_masks=export is None, require_tags=False,
-                          # the images bounded as at export (data.max_side), so they have their masks' size
-                          max_side=(export.dataset.max_side or 0) if export is not None else 0)
+                          max_side=d.max_side)
     if export is None and not d.class_names:
         check_class_count(reader)
     d.num_classes, d.class_names = reader.num_classes, tuple(reader.class_names)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.images import downscale
 from ..data.transforms import normalize
 from ..errors import CheckpointError, ConfigError
 from ..pretrained import Weights
@@ -351,18 +352,25 @@ def preflight(model: nn.Module, *, batch_size: int, crop_size: int, device: torc
 
 @torch.no_grad()
 def predict_mask(model: nn.Module, image: np.ndarray, *, multiple: int, device: torch.device | str = "cpu",
-                 autocast: Any = None) -> np.ndarray:
-    """(H, W) uint8 argmax of the model on an (H, W, 3) uint8 RGB image at its own size.
+                 autocast: Any = None, max_side: int = 0) -> np.ndarray:
+    """(H, W) uint8 argmax of the model on an (H, W, 3) uint8 RGB image, at the image's size.
 
-    The normalised image is zero-padded (the ImageNet mean) at the bottom and right to a multiple of ``multiple``,
-    and the logits are cropped back to (H, W). The model must be in eval mode.
+    The image is first bounded to a long side of ``max_side`` (``data.max_side``: the size the model was trained at;
+    0 = its own size), normalised and zero-padded (the ImageNet mean) at the bottom and right to a multiple of
+    ``multiple``; the logits are cropped back, and upsampled bilinearly to (H, W) when the image was bounded. The
+    model must be in eval mode.
     """
     h, w = image.shape[:2]
-    x = normalize(image)[None].to(device)  # (1, 3, H, W)
-    x = F.pad(x, (0, round_up(w, multiple) - w, 0, round_up(h, multiple) - h))
+    seen = downscale(image, max_side)
+    sh, sw = seen.shape[:2]
+    x = normalize(seen)[None].to(device)  # (1, 3, sh, sw)
+    x = F.pad(x, (0, round_up(sw, multiple) - sw, 0, round_up(sh, multiple) - sh))
     if autocast is not None:
         with autocast():
             logits = forward_logits(model, x)
     else:
         logits = forward_logits(model, x)
-    return logits[0, :, :h, :w].float().argmax(0).to(torch.uint8).cpu().numpy()
+    logits = logits[:, :, :sh, :sw].float()
+    if (sh, sw) != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return logits[0].argmax(0).to(torch.uint8).cpu().numpy()

@@ -65,13 +65,16 @@ def ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255)
 class PredictedMasks:
     """A :class:`seco_labels.evaluate.MaskSource` that runs the model on each image when its mask is asked for.
 
-    Images are predicted at their own size, padded to ``multiple`` (see :func:`predict_mask`), so the scores are
-    those ``seco evaluate`` would give to the saved predictions.
+    Images are predicted at their own size (bounded to ``max_side`` as the model was trained, the prediction brought
+    back to the image's size), padded to ``multiple`` (see :func:`predict_mask`), so the scores are those
+    ``seco evaluate`` would give to the saved predictions.
     """
 
     def __init__(self, model: nn.Module, reader: SegmentationReader, *, multiple: int, device: torch.device,
-                 autocast: Callable[[], ContextManager[Any]] | None = None, name: str = "segmenter") -> None:
+                 autocast: Callable[[], ContextManager[Any]] | None = None, name: str = "segmenter",
+                 max_side: int = 0) -> None:
         self.model = model
+        self.max_side = max_side
         self.reader = reader
         self.multiple = multiple
         self.device = device
@@ -83,7 +86,8 @@ class PredictedMasks:
 
     def load_mask(self, image_id: str) -> np.ndarray:
         image = self.reader.load_image(image_id)
-        return predict_mask(self.model, image, multiple=self.multiple, device=self.device, autocast=self.autocast)
+        return predict_mask(self.model, image, multiple=self.multiple, device=self.device, autocast=self.autocast,
+                            max_side=self.max_side)
 
 
 class SegmenterTrainer(RunState):
@@ -243,7 +247,8 @@ class SegmenterTrainer(RunState):
         ids = reader.ids[: t.val_max_images] if t.val_max_images else None
         source = PredictedMasks(self.model, reader, multiple=self.multiple, device=self.device,
                                 autocast=self._autocast if self.amp_dtype else None,
-                                name=f"{m.arch}/{m.encoder} ({self.run_dir}, step {self.step})")
+                                name=f"{m.arch}/{m.encoder} ({self.run_dir}, step {self.step})",
+                                max_side=self.cfg.data.max_side or 0)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -271,7 +276,8 @@ class SegmenterTrainer(RunState):
             for i, image_id in enumerate(reader.ids[: image_count(self.cfg.train.val_max_images)]):
                 image = reader.load_image(image_id)
                 pred = predict_mask(self.model, image, multiple=self.multiple, device=self.device,
-                                    autocast=self._autocast if self.amp_dtype else None)
+                                    autocast=self._autocast if self.amp_dtype else None,
+                                    max_side=self.cfg.data.max_side or 0)
                 panels = panels_for(image, pred, reader.class_names, gt=reader.load_mask(image_id, image.shape[:2]),
                                     ignore_index=self.cfg.data.ignore_index)
                 panels[1].caption, panels[1].legend = "prediction", ()  # panels_for draws a pseudo mask's

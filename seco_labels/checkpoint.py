@@ -27,7 +27,7 @@ import torch
 
 from . import __version__
 from .errors import CheckpointError, ConfigError
-from .io import append_line, atomic_path
+from .io import append_line, atomic_path, sha256_file
 
 if TYPE_CHECKING:
     from .config import SecoConfig
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "save_checkpoint", "load_checkpoint", "check_compatible", "latest_checkpoint", "CHECKPOINT_FORMAT",
     "ConfigChange", "diff_configs", "check_changes", "record_changes", "CHANGES_FILE", "checkpoint_kind",
-    "require_kind", "load_seco",
+    "require_kind", "load_seco", "seco_provenance",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -148,12 +148,20 @@ def load_seco(path: str | os.PathLike, device: torch.device) -> tuple[SeCoNet, S
     ckpt = load_checkpoint(path, map_location="cpu")
     require_kind(ckpt, "seco", path)  # a segmenter's config would fail as "unknown config key 'data.labels'"
     cfg = config_from_dict(ckpt["config"])
-    model = build_seco(cfg.model, cfg.data.num_classes)  # no starting weights: the checkpoint holds the trained ones
+    model = build_seco(cfg.model, cfg.data.num_classes)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not match its own config: {e}") from None
     return model.to(device).eval(), cfg
+
+
+def seco_provenance(cfg: SecoConfig, checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """What an artifact records of the SeCo model it came from (docs/artifact-format.md): its backbone, the
+    pretrained weights its training started from (name or ``random``, sha256) and the checkpoint's sha256."""
+    m = cfg.model
+    return {"backbone": m.backbone, "backbone_weights": m.backbone_weights or "random",
+            "backbone_weights_sha256": m.backbone_weights_sha256, "checkpoint_sha256": sha256_file(Path(checkpoint))}
 
 
 def check_compatible(ckpt_config: dict[str, Any], config: dict[str, Any], source: str | os.PathLike) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config_io import _coerce, _field_types
+from .config_io import _coerce, _field_types, get_key, set_key
 from .data.classes import check_class_names
 from .errors import ConfigError
 from .energy import GAUSSIAN_FILTERS
@@ -36,6 +36,7 @@ __all__ = [
     "apply_overrides",
     "set_values",
     "config_from_dict",
+    "parse_override",
     "SCHEDULE_KEYS",
     "dotted_keys",
     "scale_schedule",
@@ -396,17 +397,25 @@ def set_values(cfg: SecoConfig, values: dict[str, Any]) -> SecoConfig:
     return cfg
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """``section.key=value`` (a ``--set`` item) -> ``(key, value)``, the value parsed as a YAML scalar.
+
+    Raises:
+        ConfigError: no ``=``, or a value that is not valid YAML.
+    """
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.iters=100")
+    key, raw = item.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
+
+
 def apply_overrides(cfg: SecoConfig, overrides: list[str] | tuple[str, ...]) -> SecoConfig:
-    """Apply ``section.key=value`` strings (``--set``); values are parsed as YAML scalars."""
+    """Apply ``section.key=value`` strings (``--set``, :func:`parse_override`)."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.iters=100")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
-        set_values(cfg, {key: value})
+        set_values(cfg, dict([parse_override(item)]))
     return cfg
 
 
@@ -457,14 +466,10 @@ def scale_schedule(cfg: SecoConfig, preset_iters: int, given: set[str] | frozens
     for key in SCHEDULE_KEYS:
         if key in given:
             continue
-        *path, name = key.split(".")
-        node: Any = cfg
-        for part in path:
-            node = getattr(node, part)
-        old = int(getattr(node, name))
+        old = int(get_key(cfg, key))
         new = (_half_up((old - 1) * f) + 1 if old > 0 else 0) if key.startswith("loss.") else _half_up(old * f)
         if new != old:
-            setattr(node, name, new)
+            set_key(cfg, key, new)
             changed.append(key)
     return changed
 

@@ -63,6 +63,28 @@ def save_config(cfg: SecoConfig, path: str | os.PathLike) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
+def get_key(cfg: Any, key: str) -> Any:
+    """The value of dotted ``key`` (``loss.lig.start``) in a config object."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def set_key(cfg: Any, key: str, value: Any) -> None:
+    """Set dotted ``key`` of a config object to ``value`` as it is (no conversion: a value the config held)."""
+    *path, name = key.split(".")
+    setattr(get_key(cfg, ".".join(path)) if path else cfg, name, value)
+
+
+def recorded_value(config: dict[str, Any], key: str) -> Any:
+    """The value of dotted ``key`` in a config mapping (a checkpoint's), None where it has none."""
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 @functools.lru_cache(maxsize=None)
 def _field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of a config dataclass (``from __future__ import annotations`` leaves strings)."""

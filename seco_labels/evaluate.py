@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .artifacts import PngMaskFolder
-from .data.images import bounded_size, read_image_size
+from .data.images import bounded_size, read_image_size, resize
 from .data.readers import READERS, SegmentationReader
 from .errors import ConfigError, DataError
 from .io import atomic_write_text
@@ -219,8 +219,7 @@ def _to_gt_size(pred: np.ndarray, gt_shape: tuple[int, ...], max_side: int, *, l
     if not max_side or size == (h0, w0) or size != bounded_size((h0, w0), max_side):
         return pred
     if labels:
-        return np.asarray(Image.fromarray(np.ascontiguousarray(pred, dtype=np.uint8)).resize(
-            (w0, h0), resample=Image.Resampling.NEAREST))
+        return resize(pred.astype(np.uint8, copy=False), (h0, w0), labels=True)
     channels = [np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F").resize(
         (w0, h0), resample=Image.Resampling.BILINEAR)) for c in pred.reshape(-1, *size)]
     return np.stack(channels).reshape(*pred.shape[:-2], h0, w0) if channels else np.zeros(

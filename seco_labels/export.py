@@ -33,13 +33,13 @@ from tqdm.auto import tqdm
 from . import __version__
 from .artifacts import ArtifactWriter, export_report_path, write_coco_json
 from .cams import check_scales, multi_scale_class_cams
-from .checkpoint import load_seco
+from .checkpoint import load_seco, seco_provenance
 from .config import SecoConfig
 from .config_io import config_to_dict, save_config
 from .data import build_reader, normalize
 from .distributed import all_gather_objects, barrier, init_distributed
 from .errors import CheckpointError, ConfigError, DataError
-from .io import atomic_write_text, sha256_file
+from .io import atomic_write_text
 from .precision import resolve_amp
 from .refine import PAR, crf_refine_mask, refine_with_background, require_crf
 from .runtime import resolve_device
@@ -218,8 +218,7 @@ def export_split(
         "dataset_root": str(Path(root).resolve()), "layout": lay,
         "class_names": list(reader.class_names), "num_classes": cfg.data.num_classes,
         "ignore_index": cfg.data.ignore_index, "background_policy": "constant high/low thresholds + PAR",
-        "backbone": cfg.model.backbone, "backbone_weights": cfg.model.backbone_weights or "random",
-        "backbone_weights_sha256": cfg.model.backbone_weights_sha256, "checkpoint_sha256": sha256_file(Path(checkpoint)),
+        **seco_provenance(cfg, checkpoint),
         "scales": list(opt.scales), "flip": opt.flip, "cam_source": opt.cam_source,
         "tags_source": f"predicted>{opt.tag_threshold}" if predicted else "given", "crf": opt.crf,
         "high_thre": high, "low_thre": low, "input_size": size, "max_side": cfg.data.max_side,

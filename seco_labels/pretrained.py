@@ -24,7 +24,7 @@ from .errors import ConfigError, SecoError
 from .io import sha256_file
 
 __all__ = ["RANDOM", "Weights", "WeightsUnavailableError", "hub_cache_dir", "hub_file", "resolve_weights",
-           "describe_recorded", "looks_like_path", "PAPER_BACKBONE_WEIGHTS"]
+           "describe_recorded", "looks_like_path", "weights_alternatives", "PAPER_BACKBONE_WEIGHTS"]
 
 #: the value that asks for random initialisation, said in so many words
 RANDOM = "random"
@@ -77,6 +77,11 @@ class Weights:
         where = f"{self.repo_id}, " if self.repo_id else ""
         shown = self.spec if self.repo_id else str(self.path)
         return f"{shown} ({where}sha256 {self.sha256[:12]})"
+
+
+def weights_alternatives(option: str) -> str:
+    """The end of :class:`WeightsUnavailableError`'s message: what else ``option`` takes."""
+    return f"or pass {option} FILE (a local state dict), or {option} {RANDOM} to train from random init"
 
 
 def looks_like_path(spec: str) -> bool:
@@ -209,7 +214,7 @@ def resolve_weights(spec: str | None, *, option: str = "--backbone-weights") -> 
     """
     if spec is None or spec in ("", RANDOM):
         return Weights(RANDOM)
-    alternatives = f"or pass {option} FILE (a local state dict), or {option} {RANDOM} to train from random init"
+    alternatives = weights_alternatives(option)
     if spec.startswith(_HF_PREFIX):
         repo_id, _, revision = spec[len(_HF_PREFIX):].partition("@")
         if repo_id.count("/") != 1 or not all(repo_id.split("/")):

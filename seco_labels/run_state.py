@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (
     _ARCH_KEYS, ConfigChange, check_changes, latest_checkpoint, load_checkpoint, record_changes, save_checkpoint,
 )
-from .config_io import config_to_dict, save_config
+from .config_io import config_to_dict, get_key, recorded_value, save_config, set_key
 from .distributed import DistContext, barrier
 from .errors import CheckpointError, ConfigError, SecoError
 from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
@@ -81,26 +81,6 @@ def _eta(seconds: float) -> str:
 
 #: how a start line names what the weights load into, by the config key of its name
 WEIGHTS_FOR_LABEL = {"model.backbone": "backbone", "model.encoder": "encoder"}
-
-
-def _recorded(config: dict[str, Any], key: str) -> Any:
-    """The value of dotted ``key`` in a config mapping (a checkpoint's), None where it has none."""
-    node: Any = config
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def _get_key(cfg: Any, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def _set_key(cfg: Any, key: str, value: Any) -> None:
-    *path, name = key.split(".")
-    setattr(_get_key(cfg, ".".join(path)) if path else cfg, name, value)
 
 
 class RunState(StopOnSignals):
@@ -372,9 +352,9 @@ class RunState(StopOnSignals):
     def _keep_values(self, ckpt_config: dict[str, Any], keys: Iterable[str]) -> None:
         """Set each dotted key of ``keys`` that ``ckpt_config`` (a checkpoint's config) holds to its value there."""
         for key in keys:
-            saved = _recorded(ckpt_config, key)
+            saved = recorded_value(ckpt_config, key)
             if saved is not None:  # None: a config of an older version, compared as it is
-                _set_key(self.cfg, key, saved)
+                set_key(self.cfg, key, saved)
 
     # -- the weights a run starts from ---------------------------------------------------------------------
     def _say(self, line: str) -> None:
@@ -384,7 +364,7 @@ class RunState(StopOnSignals):
 
     def _weights_subject(self) -> str:
         """``backbone vit_base_patch16_224`` / ``encoder resnet50``: what the starting weights are loaded into."""
-        return f"{WEIGHTS_FOR_LABEL[self.WEIGHTS_FOR]} {_get_key(self.cfg, self.WEIGHTS_FOR)}"
+        return f"{WEIGHTS_FOR_LABEL[self.WEIGHTS_FOR]} {get_key(self.cfg, self.WEIGHTS_FOR)}"
 
     def start_from_weights(self) -> Weights:
         """A fresh run (no checkpoint): resolve the starting weights (``self.weights`` when the command resolved them
@@ -400,15 +380,15 @@ class RunState(StopOnSignals):
             return self.weights
         name_key, sha_key = self.WEIGHTS_KEYS
         weights = self.weights or self.resolve_start_weights()
-        pin = str(_get_key(self.cfg, sha_key) or "").strip().lower()
+        pin = str(get_key(self.cfg, sha_key) or "").strip().lower()
         if pin and not weights.sha256.startswith(pin):
             found = f"resolves to {weights.path} with sha256 {weights.sha256}" if weights.path else "is random init"
             raise ConfigError(f"{self.WEIGHTS_OPTION} {weights.spec} {found}, not the pinned {sha_key}={pin}; pass "
                               f"the pinned weights, or clear the pin (--set {sha_key}='')")
         if weights.path is not None:
             self.load_start_weights(weights)
-        _set_key(self.cfg, name_key, weights.spec)
-        _set_key(self.cfg, sha_key, weights.sha256)
+        set_key(self.cfg, name_key, weights.spec)
+        set_key(self.cfg, sha_key, weights.sha256)
         self.weights, self._weights_loaded = weights, True
         self._say(f"{self._weights_subject()}: {weights.describe()}")
         return weights
@@ -428,10 +408,10 @@ class RunState(StopOnSignals):
         pinned hash with the recorded hash; resolved weights and an existing local file by their sha256. None (a
         config from before weights by name) is random init; a hash the checkpoint did not record is not compared."""
         name_key, sha_key = self.WEIGHTS_KEYS
-        old = _recorded(ckpt_config, name_key) or RANDOM
-        old_sha = _recorded(ckpt_config, sha_key) or ""
-        new = _get_key(self.cfg, name_key) or RANDOM
-        pin = str(_get_key(self.cfg, sha_key) or "").strip().lower()
+        old = recorded_value(ckpt_config, name_key) or RANDOM
+        old_sha = recorded_value(ckpt_config, sha_key) or ""
+        new = get_key(self.cfg, name_key) or RANDOM
+        pin = str(get_key(self.cfg, sha_key) or "").strip().lower()
         new_sha = self.weights.sha256 if self.weights is not None else ""
         if not new_sha and old_sha and new != RANDOM and Path(new).expanduser().is_file():
             new_sha = sha256_file(Path(new).expanduser())  # a file holds the same weights if it has the same bytes
@@ -446,8 +426,8 @@ class RunState(StopOnSignals):
                 f"weights, so other weights are refused even with --allow-changes: pass {self.WEIGHTS_OPTION} {old} to "
                 f"continue this run, or another --out to train a new run from {new}"
             )
-        _set_key(self.cfg, name_key, old)
-        _set_key(self.cfg, sha_key, old_sha)
+        set_key(self.cfg, name_key, old)
+        set_key(self.cfg, sha_key, old_sha)
         self._weights_loaded = True
         self._say(f"{self._weights_subject()}: {describe_recorded(old, old_sha)}, as checkpoint {source} started from "
                   "(not read again: the checkpoint holds the trained model)")

@@ -25,8 +25,8 @@ from .artifacts import ArtifactWriter, lock_name, segment_report_path
 from .config_io import config_to_dict, save_config
 from .data import build_reader, normalize
 from .cams import check_scales
-from .checkpoint import load_seco
-from .io import atomic_write_text, folder_lock, sha256_file
+from .checkpoint import load_seco, seco_provenance
+from .io import atomic_write_text, folder_lock
 from .models import SeCoNet
 from .refine import dense_crf, require_crf
 from .runtime import resolve_device
@@ -121,10 +121,8 @@ def segment_split(
     attrs = {
         "dataset_root": str(Path(root).resolve()), "layout": lay, "class_names": list(reader.class_names),
         "num_classes": cfg.data.num_classes, "ignore_index": cfg.data.ignore_index,
-        "background_policy": "none: argmax of the decoder's logits (seco segment)", "backbone": cfg.model.backbone,
-        "backbone_weights": cfg.model.backbone_weights or "random",
-        "backbone_weights_sha256": cfg.model.backbone_weights_sha256,
-        "checkpoint_sha256": sha256_file(Path(checkpoint)), "scales": list(scales), "flip": flip, "crf": crf,
+        "background_policy": "none: argmax of the decoder's logits (seco segment)", **seco_provenance(cfg, checkpoint),
+        "scales": list(scales), "flip": flip, "crf": crf,
         "input_size": size, "package_version": __version__, "config": config_to_dict(cfg),
     }
     out = Path(out_dir)

@@ -23,8 +23,8 @@ GZIP_LEVEL = 4
 ROOT_ATTRS = (
     "format_version", "created", "package_version", "split", "dataset_root", "layout", "class_names",
     "num_classes", "ignore_index", "background_policy", "backbone", "backbone_weights", "backbone_weights_sha256",
-    "checkpoint_sha256", "scales", "flip",
-    "cam_source", "tags_source", "crf", "high_thre", "low_thre", "input_size", "max_side", "config",
+    "checkpoint_sha256", "scales", "flip", "cam_source", "tags_source", "crf", "high_thre", "low_thre", "input_size",
+    "max_side", "config",
 )
 #: attributes that may differ between the runs of one resumed export
 _VOLATILE = ("created", "package_version")

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
-import yaml
 
 from ..errors import ConfigError, OutputError
 from ..io import check_writable_dir, folder_lock
-from ..config import (SCHEDULE_KEYS, SecoConfig, apply_overrides, config_from_dict, default_max_side, dotted_keys,
-                      get_preset, list_presets, scale_schedule, set_values)
+from ..config import (SCHEDULE_KEYS, SecoConfig, config_from_dict, default_max_side, dotted_keys, get_preset,
+                      list_presets, parse_override, scale_schedule, set_values)
 from ..config_io import load_config_file
 
 
@@ -134,14 +133,14 @@ def resolve_config(preset: str | None, config_file: str | None, overrides: tuple
     base = get_preset(preset or str(data.get("preset", "voc")))
     preset_iters = base.train.iters
     cfg = config_from_dict({k: v for k, v in data.items() if k != "preset"}, base=base)
-    apply_overrides(cfg, list(overrides))
+    sets = [parse_override(item) for item in overrides]
+    for key, value in sets:
+        set_values(cfg, {key: value})
     values = config_values()
     set_values(cfg, values)
     given = dotted_keys({k: v for k, v in data.items() if k != "preset"}) | set(values)
-    for item in overrides:
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        given |= dotted_keys({key.strip(): value})
+    for key, value in sets:
+        given |= dotted_keys({key: value})
     click.get_current_context().meta[_GIVEN_KEYS] = frozenset(given)
     if "data.layout" not in given and cfg.data.root:
         from ..data.readers import detect_layout

@@ -16,7 +16,7 @@ from PIL import Image
 from ..errors import DataError
 
 __all__ = ["id_problem", "check_image_id", "decode_image", "read_image_size", "image_to_rgb", "bounded_size",
-           "downscale"]
+           "downscale", "resize"]
 
 
 def id_problem(image_id: str) -> str | None:
@@ -158,7 +158,13 @@ def downscale(array: np.ndarray, max_side: int, *, labels: bool = False) -> np.n
     """An (H, W, 3) uint8 image or (H, W) uint8 mask (``labels``) with its long side bounded by ``max_side``
     (:func:`bounded_size`): images resampled with Lanczos, which PIL widens by the scale factor when it shrinks
     (antialiased); masks with nearest neighbour, so every pixel keeps a class value. Unchanged when it fits."""
-    h, w = bounded_size(array.shape[:2], max_side)
+    return resize(array, bounded_size(array.shape[:2], max_side), labels=labels)
+
+
+def resize(array: np.ndarray, size: tuple[int, int], *, labels: bool = False) -> np.ndarray:
+    """An (H, W, 3) uint8 image or (H, W) uint8 mask (``labels``) resampled to ``size`` (H, W): images with Lanczos
+    (antialiased when shrinking), masks with nearest neighbour. The array itself when it has that size."""
+    h, w = size
     if (h, w) == array.shape[:2]:
         return array
     resample = Image.Resampling.NEAREST if labels else Image.Resampling.LANCZOS

@@ -169,15 +169,13 @@ class SeCoNet(nn.Module):
         return groups
 
 
-def build_seco(cfg: ModelConfig, num_classes: int, *, weights: str | Path | None = None) -> SeCoNet:
-    """Build :class:`SeCoNet` from the model section of the config, its backbone loaded from the local file
-    ``weights`` (what :func:`seco_labels.pretrained.resolve_weights` made of ``cfg.backbone_weights``; the trainer
-    resolves it once and records it) or randomly initialised (None: a checkpoint's weights follow)."""
+def build_seco(cfg: ModelConfig, num_classes: int) -> SeCoNet:
+    """Build :class:`SeCoNet` from the model section of the config, randomly initialised: a training run then loads
+    its starting weights (``cfg.backbone_weights``, :meth:`SeCoNet.load_backbone`), a trained model its checkpoint."""
     return SeCoNet(
         backbone=cfg.backbone,
         num_classes=num_classes,
         aux_layer=cfg.aux_layer,
-        backbone_weights=None if weights is None else str(weights),
         backbone_kwargs=cfg.backbone_kwargs,
         proj_hidden=cfg.proj_hidden,
         aspp_rates=cfg.aspp_rates,

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import sha256_file
-from ..pretrained import RANDOM, Weights, WeightsUnavailableError, hub_file, looks_like_path, resolve_weights
+from ..pretrained import (RANDOM, Weights, WeightsUnavailableError, hub_file, looks_like_path, resolve_weights,
+                          weights_alternatives)
 
 __all__ = ["DEFAULT_ENCODER_WEIGHTS", "OPTION", "smp_weight_names", "encoder_weights_name",
            "resolve_encoder_weights"]
@@ -34,7 +35,7 @@ OPTION = "--encoder-weights"
 #: the file smp loads into the encoder, and the one it fetches beside it (preprocessing settings)
 _SMP_WEIGHTS_FILE = "model.safetensors"
 _SMP_CONFIG_FILE = "config.json"
-_ALTERNATIVES = f"or pass {OPTION} FILE (a local state dict), or {OPTION} {RANDOM} to train from random init"
+_ALTERNATIVES = weights_alternatives(OPTION)
 
 
 def _settings(encoder: str) -> dict:
@@ -46,8 +47,6 @@ def _settings(encoder: str) -> dict:
 def smp_weight_names(encoder: str) -> list[str]:
     """The weight names smp's registry lists for an smp encoder (``imagenet``, ``ssl``, ...), registry order."""
     return list(_settings(encoder))
-
-
 
 
 def timm_is_model(name: str) -> bool:

@@ -48,8 +48,8 @@ from pathlib import Path
 from PIL import Image
 
 from seco_labels.config import get_preset
+from seco_labels.evaluation.plots import draw_grouped_bars, nice_ceil
 from seco_labels.io import atomic_path, atomic_write_text
-from seco_labels.plots import draw_grouped_bars, nice_ceil
 
 #: name -> (description, config overrides on top of the preset)
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {

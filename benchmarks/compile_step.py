@@ -24,12 +24,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
-from seco_labels.runtime import batch_to_device  # noqa: E402
-from seco_labels.objective import LOSS_TERMS, StepOutput  # noqa: E402
-from seco_labels.train import Trainer  # noqa: E402
+from seco_labels.method.objective import LOSS_TERMS, StepOutput  # noqa: E402
+from seco_labels.training.trainer import Trainer  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "seco_labels" / "demo_data" / "voc-demo"
 

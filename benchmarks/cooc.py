@@ -559,7 +559,7 @@ def baselines(data: Path, split: str, sizes: tuple[float, ...] = (0.3, 0.4, 0.5,
     """mIoU of tag-only masks on a split (what pseudo labels must beat): all background; the whole image as the
     image's first tag; a centred square of each side fraction in ``sizes`` as the first tag (the best one reported
     too). The mIoU is seco evaluate's (classes in the GT or the prediction)."""
-    from seco_labels.metrics import ConfusionMatrix
+    from seco_labels.evaluation.metrics import ConfusionMatrix
 
     _, _, tags, masks = load_split(data, split)
     k = tags.shape[1] + 1

@@ -38,15 +38,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from seco_labels.runtime.checkpoint import load_seco  # noqa: E402
+from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from seco_labels.checkpoint import load_seco  # noqa: E402
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.data import build_reader  # noqa: E402
-from seco_labels.export import ExportOptions, export_split  # noqa: E402
-from seco_labels.runtime import batch_to_device  # noqa: E402
-from seco_labels.objective import LOSS_TERMS  # noqa: E402
-from seco_labels.train import Trainer  # noqa: E402
+from seco_labels.inference.export import ExportOptions, export_split  # noqa: E402
+from seco_labels.method.objective import LOSS_TERMS  # noqa: E402
+from seco_labels.training.trainer import Trainer  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "seco_labels" / "demo_data" / "voc-demo"
 #: dense peak TFLOP/s (bf16 tensor cores, fp32 without TF32), matched by substring of the CUDA device name

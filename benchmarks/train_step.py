@@ -38,14 +38,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from seco_labels.runtime.device import batch_to_device  # noqa: E402
 
-from seco_labels.cams import multi_scale_cams  # noqa: E402
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.data import TrainDataset, TrainViews, build_reader  # noqa: E402
-from seco_labels.energy import GAUSSIAN_FILTERS, energy_features  # noqa: E402
-from seco_labels.losses import cls_loss  # noqa: E402
-from seco_labels.runtime import batch_to_device  # noqa: E402
-from seco_labels.train import Trainer  # noqa: E402
+from seco_labels.method.cams import multi_scale_cams  # noqa: E402
+from seco_labels.method.energy import GAUSSIAN_FILTERS, energy_features  # noqa: E402
+from seco_labels.method.losses import cls_loss  # noqa: E402
+from seco_labels.training.trainer import Trainer  # noqa: E402
 
 PHASES = ("cam_inference", "crop_sampling", "student_forward", "teacher_forward", "losses", "backward", "optimizer_step")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-mini"

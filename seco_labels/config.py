@@ -16,9 +16,9 @@ import yaml
 from .config_io import _coerce, _field_types, get_key, set_key
 from .data.classes import check_class_names
 from .errors import ConfigError
-from .energy import GAUSSIAN_FILTERS
-from .logging_sinks import LOG_KINDS
-from .pretrained import PAPER_BACKBONE_WEIGHTS, RANDOM
+from .method.energy import GAUSSIAN_FILTERS
+from .runtime.pretrained import PAPER_BACKBONE_WEIGHTS, RANDOM
+from .training.sinks import LOG_KINDS
 
 __all__ = [
     "DataConfig",
@@ -75,7 +75,7 @@ class ModelConfig:
 
     backbone: str = "vit_base_patch16_224"  #: any timm ViT with a class token
     #: pretrained weights: a timm tag (the paper's by default), hf-hub:ORG/NAME, a local file, or "random"
-    #: (seco_labels.pretrained; names resolve through the Hugging Face cache)
+    #: (seco_labels.runtime.pretrained; names resolve through the Hugging Face cache)
     backbone_weights: str | None = PAPER_BACKBONE_WEIGHTS
     #: sha256 of the weights file, filled when a run starts (config.yaml, checkpoint); set it to pin the file: a run
     #: whose resolved weights have another hash (or do not start with this prefix) is refused

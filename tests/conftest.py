@@ -64,8 +64,9 @@ def voc_gt_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(voc_root, tmp_path_factory) -> Path:
     """``last.pt`` of 4 steps of the tiny test config on voc-mini: what export, segment and show tests read."""
-    from seco_labels.train import Trainer
     from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
+
+    from seco_labels.training.trainer import Trainer
 
     run = tmp_path_factory.mktemp("tiny_run")
     cfg = tiny_config(voc_root, iters=4)

@@ -166,7 +166,8 @@ def _two_image_root(voc_root: Path, dst: Path) -> tuple[Path, list[str]]:
 
 @pytest.mark.parametrize("name", ["vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"])
 def test_dinov2_trains_and_exports_through_the_cli(name, voc_root, tmp_path):
-    from seco_labels.checkpoint import load_seco
+    from seco_labels.runtime.checkpoint import load_seco
+
     from seco_labels.cli import cli
 
     run, art = tmp_path / "run", tmp_path / "art"

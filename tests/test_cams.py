@@ -1,4 +1,4 @@
-"""Multi-scale CAMs, CAM thresholds (seco_labels.cams) and patch decomposition (seco_labels.decompose;
+"""Multi-scale CAMs, CAM thresholds (seco_labels.method.cams) and patch decomposition (seco_labels.method.decompose;
 docs/design.md §3-4)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seco_labels.cams import UNCERTAIN, cam_to_label, cam_to_roi_mask, multi_scale_cams, multi_scale_class_cams
-from seco_labels.decompose import decompose
+from seco_labels.method.cams import UNCERTAIN, cam_to_label, cam_to_roi_mask, multi_scale_cams, multi_scale_class_cams
+from seco_labels.method.decompose import decompose
 
 SCALES = (1.0, 0.5, 0.75, 1.5)
 
@@ -333,7 +333,7 @@ def test_decompose_global_tags_batch() -> None:
 def test_check_scales_accepts_what_the_published_code_trains_on() -> None:
     """The published ViT drops the pixels of a side that fill no whole patch: crop 224 with the VOC inference
     scales (0.75 -> 168, 1.25 -> 280, 1.75 -> 392 px) runs, and so does a crop of 200 (12.5 patches)."""
-    from seco_labels.cams import check_scales
+    from seco_labels.method.cams import check_scales
 
     check_scales((1.0, 0.5, 0.75, 1.25, 1.5, 1.75, 2.0), 224, 16)
     check_scales((1.0, 0.5, 0.75, 1.5), 200, 16)
@@ -349,8 +349,8 @@ def test_check_scales_accepts_what_the_published_code_trains_on() -> None:
     ((1.0, 0.0), 448, "cam.scales [1.0, 0.0]: give one or more positive scales"),
 ])
 def test_check_scales_refuses_a_side_below_one_patch_naming_the_smallest_size_that_works(scales, size, message):
-    from seco_labels.cams import check_scales
     from seco_labels.errors import ConfigError
+    from seco_labels.method.cams import check_scales
 
     with pytest.raises(ConfigError) as err:
         check_scales(scales, size, 16, size_option="data.crop_size", scales_option="cam.scales")

@@ -8,11 +8,17 @@ import re
 import pytest
 import torch
 from click.testing import CliRunner
-
-from seco_labels.checkpoint import (
-    CHANGES_FILE, ConfigChange, check_changes, diff_configs, load_checkpoint, load_seco, record_changes,
+from seco_labels.runtime.checkpoint import (
+    CHANGES_FILE,
+    ConfigChange,
+    check_changes,
+    diff_configs,
+    load_checkpoint,
+    load_seco,
+    record_changes,
     save_checkpoint,
 )
+
 from seco_labels.cli import cli
 from seco_labels.config import get_preset
 from seco_labels.config_io import config_to_dict

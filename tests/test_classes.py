@@ -14,14 +14,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from PIL import Image
+from test_train import tiny_config
 
 from seco_labels.cli import cli
 from seco_labels.config_io import config_to_dict
 from seco_labels.data import build_reader, read_class_names, voc_palette
 from seco_labels.errors import ConfigError, DataError
-from seco_labels.train import Trainer
-
-from test_train import tiny_config
+from seco_labels.training.trainer import Trainer
 
 PERSON, DOG = 15, 12  # VOC indices of the two classes the 3-class dataset keeps
 NAMES = ["background", "person", "dog"]

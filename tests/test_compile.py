@@ -8,16 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
+from seco_labels.runtime.checkpoint import load_checkpoint
+from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
 from torch._dynamo.utils import counters
 
-from seco_labels.checkpoint import load_checkpoint
-from seco_labels.compiling import compile_errors
 from seco_labels.errors import ConfigError
+from seco_labels.method.objective import LOSS_TERMS
 from seco_labels.models import build_seco
-from seco_labels.objective import LOSS_TERMS
-from seco_labels.train import Trainer
-
-from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
+from seco_labels.training.compiling import compile_errors
+from seco_labels.training.trainer import Trainer
 
 
 def _trainer(voc_root: Path, run_dir: Path, compile: bool, depth: int = 1) -> Trainer:

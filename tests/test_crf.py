@@ -1,4 +1,4 @@
-"""Optional dense-CRF refinement (seco_labels.refine.dense_crf / crf_refine_mask; docs/design.md §4) on real VOC
+"""Optional dense-CRF refinement (seco_labels.method.refine.dense_crf / crf_refine_mask; docs/design.md §4) on real VOC
 images."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from seco_labels.errors import CrfUnavailableError, SecoError
-from seco_labels.refine import crf_refine_mask, dense_crf
+from seco_labels.method.refine import crf_refine_mask, dense_crf
 
 X = 255
 # Real VOC2012 images in voc-mini with their classes (background, bottle, person) and (bg, chair, person, sofa).

@@ -101,8 +101,9 @@ def test_disk_full_error_is_an_oserror_with_the_errno(tmp_path):
 
 
 def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(voc_root, tmp_path):
-    from seco_labels.train import Trainer
     from test_train import tiny_config
+
+    from seco_labels.training.trainer import Trainer
 
     run = tmp_path / "run"
     cfg = tiny_config(voc_root, iters=4)

@@ -18,20 +18,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import VOC_DEMO
+from seco_labels.runtime.checkpoint import load_checkpoint
+from seco_labels.runtime.device import StepBatchSampler
+from seco_labels.runtime.distributed import LOCAL, DistributedError, NormGroups, init_distributed, norm_groups
+from test_train import read_log, tiny_config
 
-from seco_labels.checkpoint import load_checkpoint
 from seco_labels.config import get_preset
 from seco_labels.config_io import config_to_dict
-from seco_labels.distributed import LOCAL, DistributedError, NormGroups, init_distributed, norm_groups
-from seco_labels.losses import label_to_affinity
-from seco_labels.errors import ConfigError
-from seco_labels.runtime import StepBatchSampler
-from seco_labels.objective import LOSS_TERMS
-from seco_labels.train import Trainer
-
-from conftest import VOC_DEMO
 from seco_labels.data import build_reader
-from test_train import read_log, tiny_config
+from seco_labels.errors import ConfigError
+from seco_labels.method.losses import label_to_affinity
+from seco_labels.method.objective import LOSS_TERMS
+from seco_labels.training.trainer import Trainer
 
 N_TRAIN = len(build_reader("voc", VOC_DEMO, "train"))
 
@@ -225,7 +224,7 @@ def test_two_process_export_is_byte_identical(one_process_run, voc_root, tmp_pat
 GROUPS_SCRIPT = """
 import sys
 import torch
-from seco_labels.distributed import all_gather_cat, init_distributed, norm_groups, shutdown_distributed
+from seco_labels.runtime.distributed import all_gather_cat, init_distributed, norm_groups, shutdown_distributed
 from test_distributed import group_inputs, group_terms, rank_share
 
 ctx = init_distributed(torch.device("cpu"))
@@ -273,8 +272,8 @@ def group_terms(inputs: dict, groups) -> dict:
     """The group-normalised terms of ``inputs`` as the training step computes them, the gradient of their sum
     w.r.t. tokens, logits and q, and LIL's revised tags."""
     from seco_labels.config import LossConfig
-    from seco_labels.losses import ptc_loss, seg_loss
-    from seco_labels.objective import _contrast_terms, _group_mean
+    from seco_labels.method.losses import ptc_loss, seg_loss
+    from seco_labels.method.objective import _contrast_terms, _group_mean
 
     x = {k: inputs[k].clone().requires_grad_() for k in ("tokens", "logits", "q")}
     ptc = _group_mean(groups, ptc_loss, x["tokens"], inputs["affinity"])

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
 
 from seco_labels.artifacts import ROOT_ATTRS, ArtifactFile
 from seco_labels.cli import cli
 from seco_labels.data.classes import VOC_CLASSES
-from seco_labels.export import SCALE_PRESETS, ExportOptions, export_split
-
-from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
+from seco_labels.inference.export import SCALE_PRESETS, ExportOptions, export_split
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 ARTIFACT_DOC = DOCS / "artifact-format.md"
@@ -71,7 +70,7 @@ def _run_snippet(code: str, art: Path, split: str) -> dict:
 @pytest.fixture(scope="module")
 def export(voc_root, tmp_path_factory) -> Path:
     """A real export of two val images by a checkpoint trained for 2 steps (single scale)."""
-    from seco_labels.train import Trainer
+    from seco_labels.training.trainer import Trainer
 
     data = tmp_path_factory.mktemp("docs-data")  # voc-mini with a 2-image val split
     for name in ("JPEGImages", "SegmentationClassAug", "cls_labels_onehot.npy"):

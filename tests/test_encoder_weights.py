@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from seco_labels.cli import cli
 from seco_labels.errors import CheckpointError, ConfigError
 from seco_labels.io import sha256_file
-from seco_labels.pretrained import WeightsUnavailableError
+from seco_labels.runtime.pretrained import WeightsUnavailableError
 from seco_labels.segmenters import build_segmenter
 from seco_labels.segmenters.config import SegmenterConfig
 from seco_labels.segmenters.weights import encoder_weights_name, resolve_encoder_weights
@@ -253,7 +253,7 @@ def test_resume_of_a_run_from_before_weights_by_name(hf_cache, voc_root, tmp_pat
 def test_the_default_is_imagenet_and_the_demo_trains_from_random_init():
     import inspect
 
-    from seco_labels import demo
+    from seco_labels.demo.pipeline import pipeline as demo
 
     assert SegmenterConfig().model.encoder_weights == "imagenet"
     assert '"model.encoder_weights": "random"' in inspect.getsource(demo.run_demo)

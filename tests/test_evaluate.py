@@ -1,4 +1,4 @@
-"""`seco evaluate` and seco_labels.evaluate on the real VOC ground truth: identities, hand-computed
+"""`seco evaluate` and seco_labels.evaluation.evaluate on the real VOC ground truth: identities, hand-computed
 perturbations, the CAM threshold sweep, reports, and errors that name the id."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PIL import Image
 from seco_labels.cli import cli
 from seco_labels.data import VOC_CLASSES, tags_from_mask, voc_palette
 from seco_labels.errors import DataError
-from seco_labels.evaluate import (
+from seco_labels.evaluation.evaluate import (
     ArrayCamSource,
     MaskSource,
     PngMaskFolder,

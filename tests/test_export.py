@@ -16,17 +16,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TEST_DATA, VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
 from PIL import Image
+from seco_labels.runtime.checkpoint import load_seco
+from test_train import tiny_config
 
+from seco_labels.artifacts import ArtifactFile
 from seco_labels.cli import cli
 from seco_labels.data import build_reader, normalize
-from seco_labels.artifacts import ArtifactFile
 from seco_labels.errors import CheckpointError, ConfigError, DataError
-from seco_labels.checkpoint import load_seco
-from seco_labels.export import ExportOptions, export_split
-
-from conftest import TEST_DATA, VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
-from test_train import tiny_config
+from seco_labels.inference.export import ExportOptions, export_split
 
 N_VAL = len(build_reader("voc", VOC_DEMO, "val"))
 N_COCO_VAL = len(build_reader("coco", TEST_DATA / "coco-mini", "val"))
@@ -190,8 +189,8 @@ def test_predicted_tags_label_untagged_images(checkpoint, voc_copy, tmp_path):
 def _per_image_reference(checkpoint, root: Path, ids: list[str], size: int, scales) -> dict[str, tuple]:
     """The export recipe restated plainly, one image at a time, on every class: image id -> (CAMs of the tagged
     classes (k, H, W) float32 at the original size, keys (k,), mask (H, W) uint8)."""
-    from seco_labels.cams import multi_scale_cams
-    from seco_labels.refine import PAR, refine_with_background
+    from seco_labels.method.cams import multi_scale_cams
+    from seco_labels.method.refine import PAR, refine_with_background
 
     model, cfg = load_seco(checkpoint, torch.device("cpu"))
     par = PAR(cfg.cam.par_dilations, cfg.cam.par_iters)
@@ -251,7 +250,7 @@ def test_export_equals_a_per_image_reference(checkpoint, voc_copy, tmp_path):
 
 def test_export_refines_at_the_checkpoints_par_downscale(checkpoint, voc_copy, tmp_path):
     """cam.par_downscale, which training's pseudo labels use, is the export's too (it used PAR's default of 2)."""
-    from seco_labels.checkpoint import load_checkpoint, save_checkpoint
+    from seco_labels.runtime.checkpoint import load_checkpoint, save_checkpoint
 
     root, ids = voc_copy
     ids = ids[:2]
@@ -348,7 +347,7 @@ def test_h5_only_export_then_evaluate_masks_and_cams(checkpoint, voc_root, tmp_p
 
 
 def test_coco_export_then_evaluate(coco_root, tmp_path):
-    from seco_labels.train import Trainer
+    from seco_labels.training.trainer import Trainer
 
     cfg = tiny_config(coco_root, iters=2)
     cfg.data.layout, cfg.data.num_classes, cfg.train.val_every = "coco", 81, 0

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from conftest import make_folder_dataset
+
 from seco_labels.cli import cli
 from seco_labels.data import VOC_CLASSES, build_reader, dataset_classes, write_folder_splits
 from seco_labels.errors import ConfigError, DataError
@@ -114,8 +114,8 @@ def test_train_export_evaluate_on_the_folder_layout(voc_root, tmp_path):
     from test_train import tiny_config
 
     from seco_labels.artifacts import open_split
-    from seco_labels.export import ExportOptions, export_split
-    from seco_labels.train import Trainer
+    from seco_labels.inference.export import ExportOptions, export_split
+    from seco_labels.training.trainer import Trainer
 
     data = make_folder_dataset(voc_root, tmp_path / "data", with_classes=False, with_masks=False)
     write_folder_splits(data, 0.25, seed=0)

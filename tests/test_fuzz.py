@@ -37,7 +37,7 @@ from PIL import Image
 from seco_labels.artifacts import ArtifactFile, ArtifactWriter, open_pseudo_labels, read_manifest
 from seco_labels.data import VOC_CLASSES, build_reader, id_problem, load_tags_file, voc_palette
 from seco_labels.errors import SecoError
-from seco_labels.evaluate import PngMaskFolder, evaluate_masks, open_ground_truth
+from seco_labels.evaluation.evaluate import PngMaskFolder, evaluate_masks, open_ground_truth
 
 K = 21
 #: seconds one case may take (a 500x375 JPEG decodes in milliseconds; HDF5 reads of 3 images as fast)

@@ -5,12 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TEST_DATA, VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
 from PIL import Image
 
-from seco_labels.lattice import PermutohedralLattice, permutohedral_filter
-from seco_labels.energy import dense_gaussian_filter, energy_features
-
-from conftest import TEST_DATA, VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
+from seco_labels.method.energy import dense_gaussian_filter, energy_features
+from seco_labels.method.lattice import PermutohedralLattice, permutohedral_filter
 
 REFERENCE = TEST_DATA / "rloss_lattice_reference.npz"
 

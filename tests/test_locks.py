@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_disk_full import export_args, mini_voc
 
 from seco_labels.artifacts import ArtifactWriter
 from seco_labels.cli import cli
 from seco_labels.errors import FolderBusyError
 from seco_labels.io import folder_lock, remove_stale_temps
-from test_disk_full import export_args, mini_voc
 
 pytest.importorskip("fcntl")  # the lock is flock; Windows runs unlocked (with a warning)
 
@@ -85,8 +85,9 @@ def test_second_run_into_a_locked_folder_stops_at_once(name, lock, voc_root, tmp
 
 def test_the_library_locks_too(voc_root, tmp_path):
     """Trainer.fit and ArtifactWriter take the lock themselves (for library callers and seco demo's folders)."""
-    from seco_labels.train import Trainer
     from test_train import tiny_config
+
+    from seco_labels.training.trainer import Trainer
 
     run = tmp_path / "run"
     holder = Holder(run, ".lock")
@@ -145,8 +146,9 @@ def test_lock_is_released_when_its_holder_is_killed_and_a_rerun_cleans_up(voc_ro
 
 
 def test_a_resumed_training_run_removes_its_stale_temps_only(voc_root, tmp_path):
-    from seco_labels.train import Trainer
     from test_train import tiny_config
+
+    from seco_labels.training.trainer import Trainer
 
     run = tmp_path / "run"
     cfg = tiny_config(voc_root, iters=2)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
 from PIL import Image
 
-from seco_labels.energy import crf_energy_loss, dense_gaussian_filter
-from seco_labels.lattice import permutohedral_filter
-from seco_labels.losses import (
+from seco_labels.method.energy import crf_energy_loss, dense_gaussian_filter
+from seco_labels.method.lattice import permutohedral_filter
+from seco_labels.method.losses import (
     cls_loss,
     label_to_affinity,
     lig_loss,
@@ -21,8 +22,6 @@ from seco_labels.losses import (
     seg_loss,
     weight_at,
 )
-
-from conftest import VOC_DEMO  # tests/ is on sys.path (pytest prepend mode)
 
 
 def unit(*v: float) -> list[float]:

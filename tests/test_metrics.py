@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from seco_labels.metrics import ConfusionMatrix
+from seco_labels.evaluation.metrics import ConfusionMatrix
 
 # rows = GT (bg, a, b), columns = prediction
 MAT = np.array([

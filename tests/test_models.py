@@ -145,7 +145,7 @@ def test_encoder_drops_the_pixels_that_fill_no_patch_like_the_published_conv(net
 def test_multi_scale_cam_of_a_partial_grid_is_stretched_over_the_whole_image(net):
     """Published ``multi_scale_cam2``: at scale 0.75 a 224 px input is resized to 168 px, whose 10 x 10 token CAM
     covers 160 px, and that CAM is upsampled to all 224 px (not to the 160 px it covers, nor to 168)."""
-    from seco_labels.cams import multi_scale_cams
+    from seco_labels.method.cams import multi_scale_cams
 
     x = torch.randn(1, 3, 224, 224)
     cam, _ = multi_scale_cams(net.cams, x, (0.75,), flip=False)

@@ -13,22 +13,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from seco_labels.runtime.checkpoint import load_checkpoint, load_seco
+from seco_labels.runtime.device import batch_to_device
+from seco_labels.runtime.precision import grad_scaler, in_fp32
+from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
 
 from seco_labels.artifacts import ArtifactFile
-from seco_labels.cams import cam_to_roi_mask, multi_scale_cams
-from seco_labels.checkpoint import load_checkpoint, load_seco
-from seco_labels import export as export_module
-from seco_labels import objective as objective_module
-from seco_labels.export import ExportOptions, export_split
-from seco_labels.energy import crf_energy_loss
-from seco_labels.losses import cls_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss
-from seco_labels.objective import LOSS_TERMS, seco_step
-from seco_labels.precision import grad_scaler, in_fp32
-from seco_labels.refine import PAR
-from seco_labels.runtime import batch_to_device
-from seco_labels.train import Trainer
-
-from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
+from seco_labels.inference import export as export_module
+from seco_labels.inference.export import ExportOptions, export_split
+from seco_labels.method import objective as objective_module
+from seco_labels.method.cams import cam_to_roi_mask, multi_scale_cams
+from seco_labels.method.energy import crf_energy_loss
+from seco_labels.method.losses import cls_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss
+from seco_labels.method.objective import LOSS_TERMS, seco_step
+from seco_labels.method.refine import PAR
+from seco_labels.training.trainer import Trainer
 
 HALF = (torch.bfloat16, torch.float16)
 

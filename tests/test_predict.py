@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
+from test_segmenters import tiny_cfg  # tests/ is on sys.path (pytest prepend mode)
 
 from seco_labels.cli import cli
 from seco_labels.data.classes import voc_palette
 from seco_labels.data.transforms import normalize
-from seco_labels.predictors import load_predictor
+from seco_labels.inference.predictors import load_predictor
 from seco_labels.segmenters import SegmenterTrainer
-from test_segmenters import tiny_cfg  # tests/ is on sys.path (pytest prepend mode)
 
 SPLIT = "three"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "predict.md"

@@ -1,4 +1,4 @@
-"""Pretrained weights by name (seco_labels.pretrained): resolution, the offline message, and what a run records.
+"""Pretrained weights by name (seco_labels.runtime.pretrained): resolution, the offline message, and what a run records.
 
 Fully offline: the hub is a fake Hugging Face cache in tmp (``fake_hub``) holding tiny models under the real repo
 ids; nothing here opens a connection to the hub (``HF_HUB_OFFLINE=1``, or an endpoint on a closed local port).
@@ -21,8 +21,12 @@ from safetensors.torch import save
 
 from seco_labels.cli import cli
 from seco_labels.errors import ConfigError
-from seco_labels.pretrained import (PAPER_BACKBONE_WEIGHTS, WeightsUnavailableError, hub_cache_dir,
-                                    resolve_weights)
+from seco_labels.runtime.pretrained import (
+    PAPER_BACKBONE_WEIGHTS,
+    WeightsUnavailableError,
+    hub_cache_dir,
+    resolve_weights,
+)
 
 PAPER_REPO = f"timm/{PAPER_BACKBONE_WEIGHTS}"
 #: a ViT-B/16 built this small stands in for the real one under its name: same keys, tiny shapes

@@ -1,4 +1,4 @@
-"""PAR and the background-threshold pseudo labels (seco_labels.refine; docs/design.md §4)."""
+"""PAR and the background-threshold pseudo labels (seco_labels.method.refine; docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from seco_labels.refine import PAR, refine_with_background
+from seco_labels.method.refine import PAR, refine_with_background
 
 X = 255
 
@@ -211,7 +211,7 @@ def test_refine_with_background_on_a_real_image(voc_root: Path) -> None:
 def test_par_helpers_equal_the_torch_reductions_they_replace() -> None:
     """The two-pass neighbour std (fp32: within 1e-6 of torch.std, fp64: 1e-12) and the channel-loop argmax (equal,
     ties to the first channel, as torch.argmax)."""
-    from seco_labels.refine import _first_argmax, _neighbour_std
+    from seco_labels.method.refine import _first_argmax, _neighbour_std
 
     diff = torch.randn(2, 3, 48, 17, 23, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(_neighbour_std(diff), diff.std(2, keepdim=True), rtol=1e-6, atol=0)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from seco_labels.cli import cli
 from seco_labels.data import build_reader
-from seco_labels.evaluate import evaluate_masks
+from seco_labels.evaluation.evaluate import evaluate_masks
 
 #: the browsers the test looks for, in order
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from seco_labels.config import OptimConfig
-from seco_labels.metrics import ConfusionMatrix
-from seco_labels.schedule import lr_multiplier
+from seco_labels.evaluation.metrics import ConfusionMatrix
+from seco_labels.training.schedule import lr_multiplier
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
+from seco_labels.runtime.checkpoint import load_seco
 
 from seco_labels.cli import cli
 from seco_labels.data import build_reader
-from seco_labels.checkpoint import load_seco
-from seco_labels.segment import multi_scale_seg_logits
+from seco_labels.inference.decoder_masks import multi_scale_seg_logits
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,9 @@ from seco_labels.artifacts import ArtifactWriter, manifest_path, save_mask_png
 from seco_labels.cli import cli
 from seco_labels.data import build_reader
 from seco_labels.errors import CheckpointError, ConfigError, DataError
-from seco_labels.evaluate import EvalResult, write_reports
-from seco_labels.metrics import ConfusionMatrix
+from seco_labels.evaluation.evaluate import EvalResult, write_reports
+from seco_labels.evaluation.metrics import ConfusionMatrix
+from seco_labels.evaluation.plots import PALETTE
 from seco_labels.segmenters import (
     SegmenterConfig,
     SegmenterTrainer,
@@ -36,7 +37,6 @@ from seco_labels.segmenters import (
     preflight,
     size_multiple,
 )
-from seco_labels.plots import PALETTE
 from seco_labels.segmenters.compare import compare_runs, draw_bar_chart
 from seco_labels.segmenters.data import MEAN_PIXEL
 

@@ -12,10 +12,9 @@ from PIL import Image, ImageDraw
 
 from seco_labels.artifacts import ArtifactFile
 from seco_labels.cli import cli
-from seco_labels.export import ExportOptions, export_split
 from seco_labels.data import build_reader
-from seco_labels.plots import font
-from seco_labels.show import (
+from seco_labels.evaluation.plots import font
+from seco_labels.evaluation.show import (
     ERROR_COLORS,
     UNCERTAIN_COLOR,
     ShowPanel,
@@ -25,7 +24,7 @@ from seco_labels.show import (
     layout_strip,
     panels_for,
 )
-
+from seco_labels.inference.export import ExportOptions, export_split
 
 HEIGHT, GAP, BAND = 120, 6, 22  # draw_strip's layout: a title band of 22 px, a caption band of at least 22 px
 

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from seco_labels.runtime.checkpoint import check_changes
+from test_segmenters import tiny_cfg
+from test_train import tiny_config
 
-from seco_labels.checkpoint import check_changes
 from seco_labels.cli import cli
 from seco_labels.config import get_preset
 from seco_labels.config_io import config_to_dict
 from seco_labels.errors import ConfigError
-from seco_labels.logging_sinks import TENSORBOARD_INSTALL, scalar_fields
 from seco_labels.segmenters import SegmenterConfig, SegmenterTrainer
-from seco_labels.train import Trainer
-from test_segmenters import tiny_cfg
-from test_train import tiny_config
+from seco_labels.training.sinks import TENSORBOARD_INSTALL, scalar_fields
+from seco_labels.training.trainer import Trainer
 
 SEG_OPTIONS = ["--arch", "unet", "--encoder", "tu-mobilenetv3_small_050", "--model-kwargs",
                "{encoder_depth: 3, decoder_channels: [32, 16, 8]}", "--labels", "gt", "--split", "train",

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from seco_labels.runtime.checkpoint import load_checkpoint
+from seco_labels.runtime.device import StepBatchSampler
 
-from seco_labels.checkpoint import load_checkpoint
 from seco_labels.config import LossTerm, config_from_dict, get_preset
 from seco_labels.config_io import config_to_dict
 from seco_labels.errors import CheckpointError, ConfigError
+from seco_labels.method.objective import LOSS_TERMS
 from seco_labels.models import build_seco
-from seco_labels.objective import LOSS_TERMS
-from seco_labels.runtime import StepBatchSampler
-from seco_labels.train import Trainer
+from seco_labels.training.trainer import Trainer
 
 
 def tiny_config(root: Path, iters: int = 8):
@@ -137,7 +137,7 @@ def _adam_state(trainer: Trainer, module: torch.nn.Module) -> list[dict]:
 def test_unstarted_terms_step_the_optimiser_as_the_published_zero_times_term(voc_root, tmp_path, monkeypatch):
     import functools
 
-    import seco_labels.objective as objective_module
+    import seco_labels.method.objective as objective_module
 
     cfg = tiny_config(voc_root, iters=6)  # LIL/LIG start at step 2, seg/reg at step 3
     cfg.data.num_workers = 0
@@ -189,7 +189,7 @@ def _record_calls(monkeypatch, module, names: tuple[str, ...]) -> dict[str, list
 def _published_group_terms(calls: dict[str, list], groups: int, views: int) -> dict[str, float]:
     """The published per-GPU losses from the whole-batch calls of a step: each group of images computes PTC, seg,
     LIL and LIG alone (LIL keyed by the group's own step keys, then the reservoir), and the groups are averaged."""
-    from seco_labels.losses import lig_loss, lil_loss, ptc_loss, seg_loss
+    from seco_labels.method.losses import lig_loss, lil_loss, ptc_loss, seg_loss
 
     (ptc_args, ptc_kw), = calls["ptc_loss"]
     (seg_args, seg_kw), = calls["seg_loss"]
@@ -215,9 +215,10 @@ def _published_group_terms(calls: dict[str, list], groups: int, views: int) -> d
 def test_coco_preset_normalises_losses_as_the_published_two_gpus_of_four_images(coco_root, tmp_path, monkeypatch):
     import copy
 
-    import seco_labels.objective as objective_module
-    from seco_labels.runtime import batch_to_device
-    from seco_labels.objective import seco_step
+    from seco_labels.runtime.device import batch_to_device
+
+    import seco_labels.method.objective as objective_module
+    from seco_labels.method.objective import seco_step
 
     coco = get_preset("coco")
     cfg = tiny_config(coco_root)
@@ -253,10 +254,11 @@ def test_cam_flip_false_crops_from_the_cams_of_the_unflipped_image_alone(voc_roo
     """cam.flip=False (data.flip_p=0: a mirrored class is another) keeps the flipped image out of training's CAMs."""
     import copy
 
-    import seco_labels.objective as objective_module
-    from seco_labels.cams import cam_to_roi_mask, multi_scale_cams
-    from seco_labels.runtime import batch_to_device
-    from seco_labels.objective import seco_step
+    from seco_labels.runtime.device import batch_to_device
+
+    import seco_labels.method.objective as objective_module
+    from seco_labels.method.cams import cam_to_roi_mask, multi_scale_cams
+    from seco_labels.method.objective import seco_step
 
     cfg = tiny_config(voc_root)
     cfg.data.num_workers = 0
@@ -333,8 +335,8 @@ def test_classification_loss_falls(voc_root, tmp_path):
 
 
 def test_precision_and_device_resolution():
-    from seco_labels.precision import resolve_amp
-    from seco_labels.runtime import resolve_device
+    from seco_labels.runtime.device import resolve_device
+    from seco_labels.runtime.precision import resolve_amp
 
     cpu = torch.device("cpu")
     assert resolve_device("cpu") == cpu
@@ -437,7 +439,7 @@ def test_resume_auto_without_checkpoint_replaces_the_dead_attempts_log_and_logs_
 
 
 def test_resuming_with_changed_settings_is_refused_or_recorded(voc_root, tmp_path):
-    from seco_labels.checkpoint import CHANGES_FILE
+    from seco_labels.runtime.checkpoint import CHANGES_FILE
 
     run = tmp_path / "run"
     cfg = tiny_config(voc_root, iters=2)
@@ -564,7 +566,7 @@ def test_a_signal_to_one_torchrun_process_stops_every_process_after_the_same_ste
 
 # -- a loss that diverges or goes non-finite ---------------------------------------------------------------------
 def test_exploding_loss_warns_then_non_finite_loss_stops_with_our_error(voc_root, tmp_path, capfd):
-    from seco_labels.run_state import NonFiniteLossError
+    from seco_labels.training.run_state import NonFiniteLossError
 
     cfg = tiny_config(voc_root, iters=12)
     cfg.train.val_every, cfg.data.num_workers, cfg.train.ckpt_every = 0, 0, 3

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import make_folder_dataset
 from PIL import Image
 
-from conftest import make_folder_dataset
 from seco_labels.cli import cli
 from seco_labels.cli.options import resolve_config
 from seco_labels.data import build_reader, write_folder_splits
@@ -256,7 +256,8 @@ def test_val_fraction_draws_validation_among_images_with_masks(folder, tmp_path)
 
 
 def test_a_run_from_before_max_side_resumes_with_it_off():
-    from seco_labels.checkpoint import diff_configs
+    from seco_labels.runtime.checkpoint import diff_configs
+
     from seco_labels.config import get_preset
     from seco_labels.config_io import config_to_dict
 

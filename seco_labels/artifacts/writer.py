@@ -15,13 +15,26 @@ import h5py
 import numpy as np
 
 from ..data.images import check_image_id
-from ..distributed import barrier
 from ..errors import ConfigError, DataError
 from ..io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps
+from ..runtime.distributed import barrier
 from .encoding import _attr_value, _gzip_chunk, _now_iso
-from .layout import (FORMAT_VERSION, GZIP_LEVEL, _parts_dir, coco_path, export_report_path, h5_path, lock_name,
-                     manifest_path, masks_dir, read_manifest, save_mask_png, segment_report_path, settings_changes,
-                     write_classes_json)
+from .layout import (
+    FORMAT_VERSION,
+    GZIP_LEVEL,
+    _parts_dir,
+    coco_path,
+    export_report_path,
+    h5_path,
+    lock_name,
+    manifest_path,
+    masks_dir,
+    read_manifest,
+    save_mask_png,
+    segment_report_path,
+    settings_changes,
+    write_classes_json,
+)
 from .reader import ArtifactFile
 
 

@@ -1,13 +1,12 @@
 """``seco demo``: the whole pipeline on the bundled demo images, sized for a CPU in minutes
-(:func:`seco_labels.demo.run_demo`)."""
+(:func:`seco_labels.demo.pipeline.run_demo`)."""
 
 from __future__ import annotations
 
 import click
 
 from . import cli
-from .options import (config_key_option, config_options, lock_out, out_option, resolve_config,
-                      schedule_kept_on_resume)
+from .options import config_key_option, config_options, lock_out, out_option, resolve_config, schedule_kept_on_resume
 from .train import allow_changes_option, exit_interrupted, report_resume
 
 
@@ -25,9 +24,9 @@ def demo_cmd(preset, config_file, overrides, quiet, out_dir, seg_iters, allow_ch
     panels), train a DeepLabV3+ on them and on the GT (the upper bound), and compare the two on the val split.
 
     Re-running continues the same --out folder; Ctrl-C during training saves a checkpoint first (exit 130)."""
-    from ..demo import run_demo
-    from ..run_state import TrainingInterrupted
+    from ..demo.pipeline import run_demo
     from ..segmenters.compare import format_markdown
+    from ..training.run_state import TrainingInterrupted
 
     lock_out(out_dir, ".lock", "seco demo")  # its train/, artifacts/ and segmenter folders lock themselves too
     cfg = resolve_config(preset or "demo", config_file, overrides)

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from . import cli
-from ..io import check_writable_dir
 from ..artifacts import open_split
+from ..io import check_writable_dir
+from . import cli
 from .options import defaults_file_option, out_option, quiet_option
 
 
@@ -33,7 +33,7 @@ from .options import defaults_file_option, out_option, quiet_option
 def evaluate_cmd(pred, split, gt_root, layout, num_classes, with_cams, out_dir, quiet):
     """Per-class IoU, precision, recall and FP/TP of pseudo masks; writes metrics_<split>.json and
     per_class_<split>.csv (the split is in the names, so one folder holds the reports of several splits)."""
-    from ..evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
+    from ..evaluation.evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
 
     source = open_split(pred, split)
     cams = source.require_cams() if with_cams else None

@@ -51,8 +51,8 @@ def export_cmd(checkpoint, split, out_dir, data_root, layout, formats, scales, f
     images and rank 0 merges their parts into one cams_<split>.h5, identical to a one-process export.
     """
     from ..artifacts import lock_name
-    from ..distributed import is_primary_process, shutdown_distributed
-    from ..export import ExportOptions, export_split
+    from ..inference.export import ExportOptions, export_split
+    from ..runtime.distributed import is_primary_process, shutdown_distributed
 
     lock_out(out_dir, lock_name(split), f"split {split}")
     options = ExportOptions(scales=scales, flip=flip, cam_source=cam_source, tags=tags, tag_threshold=tag_threshold,

@@ -6,8 +6,16 @@ import click
 import yaml
 
 from . import cli
-from .options import (classes_option, config_key_option, config_values, device_option, lock_out, out_option,
-                      quiet_option, starts_fresh)
+from .options import (
+    classes_option,
+    config_key_option,
+    config_values,
+    device_option,
+    lock_out,
+    out_option,
+    quiet_option,
+    starts_fresh,
+)
 from .train import allow_changes_option, exit_interrupted, report_finished, report_resume
 
 
@@ -109,12 +117,12 @@ def fit_segmenter_cmd(run_dir, resume, allow_changes, config_file, overrides, qu
     Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves SEG_DIR/last.pt and exits with 130 (SIGINT) or
     143 (SIGTERM); --resume auto continues from there.
     """
-    from ..logging_sinks import require_log
-    from ..run_state import RUN_LOCK, TrainingInterrupted
     from ..segmenters.config import segmenter_config
     from ..segmenters.model import check_names
     from ..segmenters.train import SegmenterTrainer
     from ..segmenters.weights import resolve_encoder_weights
+    from ..training.run_state import RUN_LOCK, TrainingInterrupted
+    from ..training.sinks import require_log
 
     lock_out(run_dir, RUN_LOCK, "a training run")
     cfg = segmenter_config(config_file, overrides, **config_values())

@@ -9,11 +9,21 @@ from typing import Any, Callable
 
 import click
 
+from ..config import (
+    SCHEDULE_KEYS,
+    SecoConfig,
+    config_from_dict,
+    default_max_side,
+    dotted_keys,
+    get_preset,
+    list_presets,
+    parse_override,
+    scale_schedule,
+    set_values,
+)
+from ..config_io import load_config_file
 from ..errors import ConfigError, OutputError
 from ..io import check_writable_dir, folder_lock
-from ..config import (SCHEDULE_KEYS, SecoConfig, config_from_dict, default_max_side, dotted_keys, get_preset,
-                      list_presets, parse_override, scale_schedule, set_values)
-from ..config_io import load_config_file
 
 
 def _check_out(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -40,7 +50,7 @@ def lock_out(folder: str | Path, name: str = ".lock", what: str = "") -> None:
     """Hold the advisory lock ``FOLDER/NAME`` (:func:`seco_labels.io.folder_lock`) until the running command ends,
     so a second run into the folder stops at once ("FOLDER is being written by process PID", exit 1) before
     building a model or reading data. Under torchrun only rank 0 takes it: every rank writes the folder."""
-    from ..distributed import is_primary_process
+    from ..runtime.distributed import is_primary_process
 
     click.get_current_context().with_resource(
         folder_lock(Path(folder), name, what=what, enabled=is_primary_process()))
@@ -50,7 +60,7 @@ def starts_fresh(run_dir: str | Path, resume: str | None) -> bool:
     """Whether a training command starts a new run in ``run_dir`` (no ``--resume``, or ``--resume auto`` with no
     checkpoint there): the run whose starting weights the command resolves first, before any data is read, so that a
     missing download stops it in seconds."""
-    from ..checkpoint import latest_checkpoint
+    from ..runtime.checkpoint import latest_checkpoint
 
     return resume is None or (resume == "auto" and latest_checkpoint(Path(run_dir)) is None)
 
@@ -144,7 +154,7 @@ def resolve_config(preset: str | None, config_file: str | None, overrides: tuple
     click.get_current_context().meta[_GIVEN_KEYS] = frozenset(given)
     if "data.layout" not in given and cfg.data.root:
         from ..data.readers import detect_layout
-        from ..distributed import is_primary_process
+        from ..runtime.distributed import is_primary_process
 
         found = detect_layout(cfg.data.root)
         if found and found[0] != cfg.data.layout:
@@ -252,7 +262,7 @@ def defaults_file_option(func: Callable) -> Callable:
 
 def parse_scales(ctx, param, value: str) -> tuple[float, ...]:
     """click callback of --scales: comma-separated positive numbers, or a name of ``export.SCALE_PRESETS``."""
-    from ..export import SCALE_PRESETS
+    from ..inference.export import SCALE_PRESETS
 
     if value in SCALE_PRESETS:
         return SCALE_PRESETS[value]

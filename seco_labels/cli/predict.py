@@ -45,8 +45,8 @@ def predict_cmd(model_path, images_dir, split, data_root, layout, out_dir, overl
     size) or the SeCo decoder (seco segment's multi-scale + flip protocol). Resumable: finished images are skipped
     unless --overwrite."""
     from ..errors import ConfigError
-    from ..predict import LOCK_NAME, ImageFolder, predict_to_folder, split_images
-    from ..predictors import load_predictor
+    from ..inference.predict_folder import LOCK_NAME, ImageFolder, predict_to_folder, split_images
+    from ..inference.predictors import load_predictor
 
     lock_out(out_dir, LOCK_NAME, "seco predict")
     if (images_dir is None) == (split is None):

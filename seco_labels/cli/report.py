@@ -1,4 +1,4 @@
-"""``seco report``: one static HTML page of an exported split (:func:`seco_labels.report.write_report`)."""
+"""``seco report``: one static HTML page of an exported split (:func:`seco_labels.evaluation.report.write_report`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def report_cmd(art, split, out_dir, data_root, layout, thumb_height, quiet):
     export's settings and provenance, mIoU, FP/TP and the per-class table where the dataset has GT masks, and every
     image with its mask over it, sorted worst first (IoU, else uncertain pixels), filterable by class; each
     thumbnail links to the seco show strip when there is one. Open ART/report_<split>/index.html in a browser."""
-    from ..report import write_report
+    from ..evaluation.report import write_report
 
     index = write_report(art, split, out_dir=out_dir, data_root=data_root, layout=layout, thumb_height=thumb_height,
                          progress=not quiet and sys.stderr.isatty())

@@ -36,7 +36,7 @@ def segment_cmd(checkpoint, split, out_dir, data_root, layout, scales, flip, crf
     A rerun with the same settings resumes (finished images are kept); one with other settings (checkpoint,
     scales, flip, crf, input size, dataset) is refused unless --overwrite."""
     from ..artifacts import lock_name
-    from ..segment import segment_split
+    from ..inference.decoder_masks import segment_split
 
     lock_out(out_dir, lock_name(split), f"split {split}")
     result = segment_split(checkpoint, split, out_dir, data_root=data_root, layout=layout, scales=scales, flip=flip,

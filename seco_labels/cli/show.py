@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from . import cli
-from ..io import check_writable_dir
 from ..artifacts import open_split, show_dir
+from ..io import check_writable_dir
+from . import cli
 from .options import out_option, quiet_option
 
 
@@ -31,7 +31,7 @@ def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt,
     """Draw one PNG per image: the image, the CAM of each tagged class, the pseudo mask (beige: uncertain), the GT
     and an error map (green right, red wrong, yellow uncertain, grey ignored in the GT), with a colour legend
     under the panels, to judge pseudo labels at a glance."""
-    from ..show import write_strips
+    from ..evaluation.show import write_strips
 
     source = open_split(pred, split)
     out = Path(out_dir) if out_dir else check_writable_dir(show_dir(source.folder, split))

@@ -12,8 +12,16 @@ from typing import Any
 import click
 
 from . import cli
-from .options import (classes_option, config_key_option, config_options, lock_out, out_option, resolve_config,
-                      schedule_kept_on_resume, starts_fresh)
+from .options import (
+    classes_option,
+    config_key_option,
+    config_options,
+    lock_out,
+    out_option,
+    resolve_config,
+    schedule_kept_on_resume,
+    starts_fresh,
+)
 
 #: log fields that count things: printed as integers
 COUNT_KEYS = ("crops_tagged", "crops_rectified", "steps")
@@ -46,7 +54,7 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def report_resume(trainer: Any, run_dir: str | Path, spec: str | None) -> None:
-    """Say on stderr what :meth:`seco_labels.run_state.RunState.resume` did: the step it continues at and the
+    """Say on stderr what :meth:`seco_labels.training.run_state.RunState.resume` did: the step it continues at and the
     recorded config changes, or that ``--resume auto`` found no checkpoint and the run starts at step 0."""
     if trainer.resumed_from is not None:
         click.echo(f"resuming {run_dir} at step {trainer.step}", err=True)
@@ -67,7 +75,7 @@ def report_finished(trainer: Any, run_dir: str | Path, result: dict[str, Any]) -
 
 
 def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
-    """Print the :class:`~seco_labels.run_state.TrainingInterrupted` message with ``hint`` (how to continue) and exit
+    """Print the :class:`~seco_labels.training.run_state.TrainingInterrupted` message with ``hint`` (how to continue) and exit
     with its code (130 after SIGINT, 143 after SIGTERM)."""
     if echo:
         click.echo(f"{e}; {hint}", err=True)
@@ -114,10 +122,10 @@ def train_cmd(preset, config_file, overrides, quiet, val_fraction, split_seed, r
     Under torchrun (torchrun --nproc_per_node N -m seco_labels.cli train ...) the N processes train one model
     with DistributedDataParallel; see docs/distributed.md.
     """
-    from ..distributed import is_primary_process, shutdown_distributed
-    from ..logging_sinks import require_log
-    from ..run_state import RUN_LOCK, TrainingInterrupted
-    from ..train import Trainer, resolve_backbone_weights
+    from ..runtime.distributed import is_primary_process, shutdown_distributed
+    from ..training.run_state import RUN_LOCK, TrainingInterrupted
+    from ..training.sinks import require_log
+    from ..training.trainer import Trainer, resolve_backbone_weights
 
     lock_out(run_dir, RUN_LOCK, "a training run")
     cfg = resolve_config(preset, config_file, overrides)

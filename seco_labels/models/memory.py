@@ -1,7 +1,7 @@
 """SeCo's two memories: the FIFO key reservoir with its tags, and the class prototypes (docs/design.md §3 steps 4-5).
 
 Both keep their state in ``register_buffer``s, so it is checkpointed with the model. Both take the keys of
-*this process*; ``gather`` (by default :func:`~seco_labels.distributed.all_gather_cat`: identity in a single
+*this process*; ``gather`` (by default :func:`~seco_labels.runtime.distributed.all_gather_cat`: identity in a single
 process, an all-gather in rank order under torchrun) is applied first, so that every rank applies the same
 update and keeps identical state, equal to a single process's on the same global batch.
 """
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..distributed import all_gather_cat
+from ..runtime.distributed import all_gather_cat
 
 __all__ = ["KeyReservoir", "ClassPrototypes"]
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from ..precision import autocast_off
+from ..runtime.precision import autocast_off
 from .backbone import ViTEncoder, load_vit_weights
 from .heads import ASPPHead, ProjectionHead
 from .memory import ClassPrototypes, KeyReservoir
@@ -24,7 +24,7 @@ __all__ = ["SeCoNet", "SeCoOutput", "build_seco"]
 def _fp32_conv1x1(tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(B, D, h, w) tokens, (C, D, 1, 1) classifier weight -> (B, C, h, w) fp32 scores, autocast or not.
 
-    The CAMs feed the ROI thresholds, and :func:`~seco_labels.cams.multi_scale_cams` normalises them in their own
+    The CAMs feed the ROI thresholds, and :func:`~seco_labels.method.cams.multi_scale_cams` normalises them in their own
     dtype: in bf16 (8-bit mantissa) ``cam - min`` cancels most digits of a map whose range is small against its
     values. With bf16 CAMs, a bf16 step changed 1.2% of the ROI pixels against fp32 (tiny ViT after 4 steps, 64 px);
     with fp32 ones 0.44%, what the bf16 encoder alone changes. A 1x1 conv to K-1 channels costs nothing next to the
@@ -128,7 +128,7 @@ class SeCoNet(nn.Module):
 
     def cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw CAMs (cam, cam_aux), each (B, K-1, h, w) fp32 even under autocast; the ``cam_fn`` of
-        :func:`seco_labels.cams.multi_scale_cams`."""
+        :func:`seco_labels.method.cams.multi_scale_cams`."""
         _, tokens, aux_tokens = self.encoder(x)
         return _fp32_conv1x1(tokens, self.classifier.weight), _fp32_conv1x1(aux_tokens, self.aux_classifier.weight)
 

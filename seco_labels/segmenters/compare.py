@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, DataError
+from ..evaluation.plots import draw_grouped_bars
 from ..io import atomic_path, atomic_write_text
-from ..plots import draw_grouped_bars
 
 __all__ = ["RunScores", "load_run", "default_out_dir", "compare_runs", "format_markdown", "format_csv",
            "draw_bar_chart"]

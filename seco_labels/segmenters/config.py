@@ -16,7 +16,7 @@ from typing import Any
 from ..config import TrainConfig, apply_overrides, set_values
 from ..config_io import load_config_file
 from ..errors import ConfigError
-from ..logging_sinks import LOG_KINDS
+from ..training.sinks import LOG_KINDS
 
 __all__ = [
     "SegDataConfig",

@@ -262,7 +262,7 @@ class SegTrainDataset(Dataset):
     """Augmented (image, mask) training pairs of a :class:`LabelSet`.
 
     ``ds[(epoch, i)]`` draws from ``np.random.default_rng([seed, epoch, i])``, so a sample is the same in any
-    DataLoader worker and after a resume (pairs with :class:`seco_labels.runtime.StepBatchSampler`).
+    DataLoader worker and after a resume (pairs with :class:`seco_labels.runtime.device.StepBatchSampler`).
 
     Items: ``id`` str; ``image`` (3, S, S) float32, ImageNet-normalised; ``mask`` (S, S) int64, ``ignore_index``
     for padding and unlabelled pixels.

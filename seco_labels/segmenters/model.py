@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..data.images import downscale
 from ..data.transforms import normalize
 from ..errors import CheckpointError, ConfigError
-from ..pretrained import Weights
+from ..runtime.pretrained import Weights
 
 __all__ = [
     "UnknownNameError",
@@ -130,10 +130,10 @@ def build_segmenter(
     """An smp model with random init, or with its encoder loaded strictly from ``encoder_weights``.
 
     ``encoder_weights``: None or ``"random"`` (random init); a :class:`~pathlib.Path` (a local file); resolved
-    :class:`~seco_labels.pretrained.Weights`; or a str that :func:`seco_labels.segmenters.weights.
+    :class:`~seco_labels.runtime.pretrained.Weights`; or a str that :func:`seco_labels.segmenters.weights.
     resolve_encoder_weights` resolves: smp's own names for smp encoders (``imagenet``, ``ssl``, ...), a timm tag or
     ``hf-hub:`` for ``tu-`` encoders, or a file. Names come from the Hugging Face cache; a missing one downloads,
-    except with ``HF_HUB_OFFLINE=1`` (then :class:`~seco_labels.pretrained.WeightsUnavailableError`).
+    except with ``HF_HUB_OFFLINE=1`` (then :class:`~seco_labels.runtime.pretrained.WeightsUnavailableError`).
 
     ``kwargs`` go to ``smp.create_model`` (``encoder_depth``, ``decoder_channels``, ...). DPT gets
     ``dynamic_img_size=True`` unless given, so its ViT accepts any size that is a multiple of the patch.

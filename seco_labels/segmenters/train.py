@@ -2,13 +2,13 @@
 
 Reads top-down: :func:`ce_loss` -> :class:`PredictedMasks` (the model as a ``seco evaluate`` mask source) ->
 :class:`SegmenterTrainer` (its step, validation and final report). The training loop, checkpoints, resume and
-logging (:mod:`seco_labels.run_state`), device, AMP, the batch sampler, the lr schedule and the metrics are those of
+logging (:mod:`seco_labels.training.run_state`), device, AMP, the batch sampler, the lr schedule and the metrics are those of
 ``seco train`` / ``seco evaluate``.
 
 Files written in ``RUN_DIR``: ``config.yaml`` (resolved config), ``last.pt`` (training checkpoint with optimiser,
 every ``ckpt_every`` steps and at the end), ``metrics.jsonl`` (a record per step and per validation),
 ``model/`` (``save_pretrained``: reload with ``smp.from_pretrained(RUN_DIR / "model")``), ``metrics.json`` and
-``per_class.csv`` (the final validation, via :func:`seco_labels.evaluate.write_reports`).
+``per_class.csv`` (the final validation, via :func:`seco_labels.evaluation.evaluate.write_reports`).
 """
 
 from __future__ import annotations
@@ -27,22 +27,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..checkpoint import latest_checkpoint, require_kind
 from ..config_io import config_to_dict
 from ..data.readers import SegmentationReader
 from ..errors import CheckpointError
+from ..evaluation.evaluate import EvalResult, evaluate_masks, write_reports
 from ..io import atomic_write_text, disk_full_guard
-from ..logging_sinks import image_count
-from ..evaluate import EvalResult, evaluate_masks, write_reports
-from ..schedule import lr_multiplier
-from ..precision import grad_scaler, resolve_amp
-from ..pretrained import Weights
-from ..run_state import RunState, holding_run_lock
-from ..runtime import StepBatchSampler, resolve_device
+from ..runtime.checkpoint import latest_checkpoint, require_kind
+from ..runtime.device import StepBatchSampler, resolve_device
+from ..runtime.precision import grad_scaler, resolve_amp
+from ..runtime.pretrained import Weights
+from ..training.run_state import RunState, holding_run_lock
+from ..training.schedule import lr_multiplier
+from ..training.sinks import image_count
 from .config import SegmenterConfig
 from .data import SegTrainDataset, open_labels, open_val_reader
-from .model import (build_segmenter, check_names, forward_logits, load_encoder_weights, model_kwargs, predict_mask,
-                    preflight, round_up, size_multiple)
+from .model import (
+    build_segmenter,
+    check_names,
+    forward_logits,
+    load_encoder_weights,
+    model_kwargs,
+    predict_mask,
+    preflight,
+    round_up,
+    size_multiple,
+)
 from .weights import encoder_weights_name, resolve_encoder_weights
 
 __all__ = ["ce_loss", "PredictedMasks", "SegmenterTrainer", "MODEL_KEYS"]
@@ -63,7 +72,7 @@ def ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255)
 
 
 class PredictedMasks:
-    """A :class:`seco_labels.evaluate.MaskSource` that runs the model on each image when its mask is asked for.
+    """A :class:`seco_labels.evaluation.evaluate.MaskSource` that runs the model on each image when its mask is asked for.
 
     Images are predicted at their own size (bounded to ``max_side`` as the model was trained, the prediction brought
     back to the image's size), padded to ``multiple`` (see :func:`predict_mask`), so the scores are those
@@ -99,7 +108,7 @@ class SegmenterTrainer(RunState):
 
     Encoder weights (``model.encoder_weights``, :mod:`seco_labels.segmenters.weights`): the model is built with random
     init; a fresh run loads, records and announces them when it starts, a resumed one only checks that they are its
-    checkpoint's (:meth:`~seco_labels.run_state.RunState.start_from_weights`, ``_check_start``).
+    checkpoint's (:meth:`~seco_labels.training.run_state.RunState.start_from_weights`, ``_check_start``).
 
     Resuming with other settings: the ``MODEL_KEYS`` and the weights cannot change; ``ALLOWED_KEYS`` may (recorded in
     ``RUN_DIR/config_changes.jsonl``); any other change (lr, labels, crops, seed...) needs ``allow_changes``.
@@ -263,8 +272,8 @@ class SegmenterTrainer(RunState):
 
     def validation_images(self) -> list[tuple[str, np.ndarray]]:
         """``(tag, strip)`` of the first val images for the log sink: the image, the model's mask, the GT and the
-        errors (:func:`seco_labels.show.panels_for`), as ``seco evaluate`` would score that mask."""
-        from ..show import draw_strip, panels_for
+        errors (:func:`seco_labels.evaluation.show.panels_for`), as ``seco evaluate`` would score that mask."""
+        from ..evaluation.show import draw_strip, panels_for
 
         reader = self.val_reader
         if reader is None:

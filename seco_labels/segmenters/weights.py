@@ -4,9 +4,9 @@ or ``random`` (docs/segmenters.md "Encoder weights").
 - An smp encoder (``resnet18``, ``mit_b0``, ...) takes the names of smp's registry
   (``smp.encoders.encoders[encoder]["pretrained_settings"]``: ``imagenet``, ``ssl``, ``swsl``, ...); the files are
   those smp itself downloads (``model.safetensors`` and ``config.json`` of ``smp-hub/<encoder>.<name>`` at smp's
-  pinned revision), found through :func:`seco_labels.pretrained.hub_file` in the Hugging Face cache.
+  pinned revision), found through :func:`seco_labels.runtime.pretrained.hub_file` in the Hugging Face cache.
 - A ``tu-`` encoder takes a timm pretrained tag (``resnet18.a1_in1k``, or the bare tag ``a1_in1k``) or
-  ``hf-hub:ORG/NAME`` (:func:`seco_labels.pretrained.resolve_weights`); ``imagenet`` is timm's default tag for the
+  ``hf-hub:ORG/NAME`` (:func:`seco_labels.runtime.pretrained.resolve_weights`); ``imagenet`` is timm's default tag for the
   model, recorded as that explicit tag.
 - A local file, or ``random`` (random init, said so at the start of the run).
 
@@ -23,8 +23,15 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import sha256_file
-from ..pretrained import (RANDOM, Weights, WeightsUnavailableError, hub_file, looks_like_path, resolve_weights,
-                          weights_alternatives)
+from ..runtime.pretrained import (
+    RANDOM,
+    Weights,
+    WeightsUnavailableError,
+    hub_file,
+    looks_like_path,
+    resolve_weights,
+    weights_alternatives,
+)
 
 __all__ = ["DEFAULT_ENCODER_WEIGHTS", "OPTION", "smp_weight_names", "encoder_weights_name",
            "resolve_encoder_weights"]

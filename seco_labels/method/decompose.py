@@ -4,7 +4,7 @@ steps 1-3).
 Defaults reproduce the published SeCo code (github.com/zwyang6/SeCo, ``utils/camutils.py``: ``assign_csc_tags``),
 quirks included and documented where they happen; where the code departs from the paper, the paper's variant is an
 option (``decompose(area_rule="fraction")``). Randomness comes only from ``torch.Generator`` arguments. ROI masks
-and boxes follow the conventions of :mod:`seco_labels.cams`.
+and boxes follow the conventions of :mod:`seco_labels.method.cams`.
 """
 
 from __future__ import annotations

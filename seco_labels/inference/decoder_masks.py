@@ -3,7 +3,7 @@
 The published protocol (zwyang6/SeCo ``tools/infer_seg_voc.py``): the image is resized to ``scale x`` the
 training crop for each scale of (1.0, 1.25, 1.5), the decoder's logits of the image and of its mirror image are
 summed, upsampled to the original size, and the maximum over scales is taken; then the argmax, optionally after
-the dense CRF of :func:`seco_labels.refine.dense_crf` (its defaults are the published post-processing). The
+the dense CRF of :func:`seco_labels.method.refine.dense_crf` (its defaults are the published post-processing). The
 paper's 74.0 mIoU on VOC val is this with the CRF.
 """
 
@@ -20,16 +20,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import __version__
-from .artifacts import ArtifactWriter, lock_name, segment_report_path
-from .config_io import config_to_dict, save_config
-from .data import build_reader, normalize
-from .cams import check_scales
-from .checkpoint import load_seco, seco_provenance
-from .io import atomic_write_text, folder_lock
-from .models import SeCoNet
-from .refine import dense_crf, require_crf
-from .runtime import resolve_device
+from .. import __version__
+from ..artifacts import ArtifactWriter, lock_name, segment_report_path
+from ..config_io import config_to_dict, save_config
+from ..data import build_reader, normalize
+from ..io import atomic_write_text, folder_lock
+from ..method.cams import check_scales
+from ..method.refine import dense_crf, require_crf
+from ..models import SeCoNet
+from ..runtime.checkpoint import load_seco, seco_provenance
+from ..runtime.device import resolve_device
 
 __all__ = ["SEG_SCALES", "multi_scale_seg_logits", "segment_image", "segment_split"]
 

@@ -1,5 +1,5 @@
 """Validation of a SeCo network on the val split: single-scale segmentation mIoU and multi-scale CAM mIoU against
-the GT masks (what :meth:`seco_labels.train.Trainer.validate` logs), and pictures of the same predictions for
+the GT masks (what :meth:`seco_labels.training.trainer.Trainer.validate` logs), and pictures of the same predictions for
 TensorBoard (:func:`validation_images`).
 """
 
@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .cams import cam_to_label, multi_scale_cams
-from .config import SecoConfig
-from .distributed import all_gather_objects
-from .metrics import ConfusionMatrix
-from .models import SeCoNet
+from ..config import SecoConfig
+from ..evaluation.metrics import ConfusionMatrix
+from ..method.cams import cam_to_label, multi_scale_cams
+from ..models import SeCoNet
+from ..runtime.distributed import all_gather_objects
 
 __all__ = ["validation_scores", "validation_images"]
 
@@ -92,9 +92,9 @@ def validation_images(
 ) -> list[tuple[str, np.ndarray]]:
     """``(tag, (H, W, 3) uint8)`` strips of the first ``count`` items of ``dataset`` (an :class:`EvalDataset` with
     GT masks), one per image: the image, the CAM of each tagged class, the mask those CAMs give, the decoder's mask,
-    the GT and the CAM mask's errors (:func:`seco_labels.show.panels_for`), from the predictions
+    the GT and the CAM mask's errors (:func:`seco_labels.evaluation.show.panels_for`), from the predictions
     :func:`validation_scores` scores. The same images every validation, so TensorBoard shows them change."""
-    from .show import VOC_COLORS, ShowPanel, draw_strip, panels_for
+    from ..evaluation.show import VOC_COLORS, ShowPanel, draw_strip, panels_for
 
     was_training = model.training
     model.eval()

@@ -3,7 +3,7 @@
 
 ``seco_step`` computes the whole objective for one batch; :class:`SecoObjective` wraps it as the module that
 DistributedDataParallel wraps. The loop around it (optimiser, schedule, checkpoints) is
-:class:`seco_labels.train.Trainer`.
+:class:`seco_labels.training.trainer.Trainer`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import LossConfig, SecoConfig
+from ..data import denormalize
+from ..models import SeCoNet
+from ..runtime.distributed import NormGroups, norm_groups, normalise_over
 from .cams import box_mask, cam_to_label, cam_to_roi_mask, multi_scale_cams
-from .config import LossConfig, SecoConfig
-from .data import denormalize
 from .decompose import decompose
-from .distributed import NormGroups, norm_groups, normalise_over
 from .energy import crf_energy_loss
 from .losses import cls_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
-from .models import SeCoNet
 from .refine import PAR, refine_with_background
 
 __all__ = ["SecoObjective", "StepOutput", "seco_step", "LOSS_TERMS", "PhaseTimer"]

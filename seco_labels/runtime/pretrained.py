@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ConfigError, SecoError
-from .io import sha256_file
+from ..errors import ConfigError, SecoError
+from ..io import sha256_file
 
 __all__ = ["RANDOM", "Weights", "WeightsUnavailableError", "hub_cache_dir", "hub_file", "resolve_weights",
            "describe_recorded", "looks_like_path", "weights_alternatives", "PAPER_BACKBONE_WEIGHTS"]

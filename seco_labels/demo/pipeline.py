@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .config import SecoConfig
+from ..config import SecoConfig
 
 __all__ = ["run_demo", "DEMO_STAGES"]
 
@@ -53,14 +53,14 @@ def run_demo(
     Raises:
         TrainingInterrupted: SIGINT/SIGTERM during a training stage (its checkpoint is saved; call again to go on).
     """
-    from .artifacts import open_split, show_dir
-    from .evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
-    from .export import ExportOptions, export_split
-    from .segmenters.compare import compare_runs, load_run
-    from .segmenters.config import segmenter_config
-    from .segmenters.train import SegmenterTrainer
-    from .show import write_strips
-    from .train import Trainer
+    from ..artifacts import open_split, show_dir
+    from ..evaluation.evaluate import evaluate_masks, open_ground_truth, sweep_cam_threshold, write_reports
+    from ..evaluation.show import write_strips
+    from ..inference.export import ExportOptions, export_split
+    from ..segmenters.compare import compare_runs, load_run
+    from ..segmenters.config import segmenter_config
+    from ..segmenters.train import SegmenterTrainer
+    from ..training.trainer import Trainer
 
     out_dir = Path(out_dir)
     run_dir = out_dir / "train"

@@ -1,6 +1,6 @@
 """Masks of new images (``seco predict``): image sources and running a trained model over them.
 
-The model is a :class:`~seco_labels.predictors.Predictor` (:func:`seco_labels.predictors.load_predictor`: a
+The model is a :class:`~seco_labels.inference.predictors.Predictor` (:func:`seco_labels.inference.predictors.load_predictor`: a
 fit-segmenter smp model or the SeCo decoder), which maps an (H, W, 3) uint8 RGB image to an (H, W) uint8 class
 mask at the image's size. :func:`predict_to_folder` runs one over an image source (an :class:`ImageFolder`, or a
 dataset reader of :mod:`seco_labels.data.readers` for a split) and writes ``OUT/<id>.png`` (VOC palette, as the
@@ -22,15 +22,15 @@ import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import __version__
-from .artifacts import manifest_path, read_manifest, save_mask_png, settings_changes
-from .data import build_reader
-from .data.images import decode_image, image_to_rgb
-from .data.readers import READERS, SegmentationReader
-from .errors import CheckpointError, ConfigError, DataError
-from .io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
+from .. import __version__
+from ..artifacts import manifest_path, read_manifest, save_mask_png, settings_changes
+from ..data import build_reader
+from ..data.images import decode_image, image_to_rgb
+from ..data.readers import READERS, SegmentationReader
+from ..errors import CheckpointError, ConfigError, DataError
+from ..evaluation.show import VOC_COLORS, blend
+from ..io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
 from .predictors import Predictor
-from .show import VOC_COLORS, blend
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["AMP_MODES", "resolve_amp", "grad_scaler", "autocast_off", "in_fp32"]
 

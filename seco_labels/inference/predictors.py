@@ -6,10 +6,10 @@ decoder, loaded by :func:`load_predictor` from
   bottom/right to the model's input-size multiple (:func:`seco_labels.segmenters.predict_mask`), optionally plus
   its mirror image;
 - a ``seco train`` checkpoint (``RUN_DIR/last.pt``) or its run folder: the SeCo decoder predicts with the
-  paper's segmentation protocol of :mod:`seco_labels.segment` (multi-scale + flip logits, optional dense CRF).
+  paper's segmentation protocol of :mod:`seco_labels.inference.decoder_masks` (multi-scale + flip logits, optional dense CRF).
 
 A :class:`Predictor` maps an (H, W, 3) uint8 RGB image to an (H, W) uint8 class mask at the image's size; running
-one over a folder or a split is :mod:`seco_labels.predict`.
+one over a folder or a split is :mod:`seco_labels.inference.predict_folder`.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .cams import check_scales
-from .checkpoint import checkpoint_kind, load_checkpoint, load_seco
-from .config_io import load_config_file
-from .errors import CheckpointError, ConfigError
-from .refine import require_crf
-from .runtime import resolve_device
-from .segment import SEG_SCALES, segment_image
-from .segmenters import forward_logits, predict_mask, size_multiple
+from ..config_io import load_config_file
+from ..errors import CheckpointError, ConfigError
+from ..method.cams import check_scales
+from ..method.refine import require_crf
+from ..runtime.checkpoint import checkpoint_kind, load_checkpoint, load_seco
+from ..runtime.device import resolve_device
+from ..segmenters import forward_logits, predict_mask, size_multiple
+from .decoder_masks import SEG_SCALES, segment_image
 
 __all__ = ["Predictor", "SmpPredictor", "SecoPredictor", "load_predictor"]
 
@@ -89,7 +89,7 @@ class SmpPredictor(Predictor):
 
 @dataclass
 class SecoPredictor(Predictor):
-    """The SeCo decoder with :mod:`seco_labels.segment`'s protocol: the image resized to ``input_size`` squared,
+    """The SeCo decoder with :mod:`seco_labels.inference.decoder_masks`'s protocol: the image resized to ``input_size`` squared,
     logits at ``scales`` x that size (+ mirror image), upsampled to the image size, max over scales, optional CRF."""
 
     model: nn.Module | None = None
@@ -182,7 +182,7 @@ def load_predictor(
 
     Args:
         path: ``SEG_DIR`` or ``SEG_DIR/model`` of fit-segmenter, or ``RUN_DIR/last.pt`` or ``RUN_DIR`` of seco train.
-        scales: SeCo only: multiples of ``input_size`` (default :data:`seco_labels.segment.SEG_SCALES`).
+        scales: SeCo only: multiples of ``input_size`` (default :data:`seco_labels.inference.decoder_masks.SEG_SCALES`).
         flip: add the mirror image's logits; default on for SeCo (the protocol), off for smp models.
         crf: SeCo only: dense-CRF post-processing (needs the crf extra).
         input_size: SeCo only: base square side in pixels (default the training crop).

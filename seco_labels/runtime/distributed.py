@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError, SecoError
+from ..errors import ConfigError, SecoError
 
 __all__ = [
     "DistContext", "DistributedError", "launched_by_torchrun", "is_primary_process", "init_distributed", "all_gather_cat", "all_reduce_mean",

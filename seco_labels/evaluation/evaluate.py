@@ -6,7 +6,7 @@ or ``load_cam(id)`` (:class:`CamSource`). The artifact readers of :mod:`seco_lab
 memory. Ground truth comes from a dataset reader (:func:`open_ground_truth` also accepts mask-only copies such as
 ``voc2012-gt``, which has no images).
 
-Metric conventions are those of :mod:`seco_labels.metrics`: GT pixels of ``ignore_index`` are skipped, mIoU is
+Metric conventions are those of :mod:`seco_labels.evaluation.metrics`: GT pixels of ``ignore_index`` are skipped, mIoU is
 the nanmean of the K per-class IoUs (classes present in the GT or the prediction).
 
 Scores are taken at the ground truth's size. Predictions of an export whose images were bounded by
@@ -27,11 +27,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .artifacts import PngMaskFolder
-from .data.images import bounded_size, read_image_size, resize
-from .data.readers import READERS, SegmentationReader
-from .errors import ConfigError, DataError
-from .io import atomic_write_text
+from ..artifacts import PngMaskFolder
+from ..data.images import bounded_size, read_image_size, resize
+from ..data.readers import READERS, SegmentationReader
+from ..errors import ConfigError, DataError
+from ..io import atomic_write_text
 from .metrics import ConfusionMatrix
 
 __all__ = [

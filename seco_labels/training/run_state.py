@@ -1,6 +1,6 @@
 """The state of a training run folder, shared by ``seco train`` and ``seco fit-segmenter``: the training loop
 (:meth:`RunState.run_loop`), the JSONL metrics log, checkpoints and resume (with the config-change check), the run
-lock, stopping cleanly on SIGINT/SIGTERM (:mod:`seco_labels.stop_signals`), the plain progress lines and the loss
+lock, stopping cleanly on SIGINT/SIGTERM (:mod:`seco_labels.training.signals`), the plain progress lines and the loss
 checks (:class:`RunState`, which both trainers mix in).
 """
 
@@ -21,17 +21,23 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (
-    _ARCH_KEYS, ConfigChange, check_changes, latest_checkpoint, load_checkpoint, record_changes, save_checkpoint,
+from ..config_io import config_to_dict, get_key, recorded_value, save_config, set_key
+from ..errors import CheckpointError, ConfigError, SecoError
+from ..io import append_line, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
+from ..runtime.checkpoint import (
+    _ARCH_KEYS,
+    ConfigChange,
+    check_changes,
+    latest_checkpoint,
+    load_checkpoint,
+    record_changes,
+    save_checkpoint,
 )
-from .config_io import config_to_dict, get_key, recorded_value, save_config, set_key
-from .distributed import DistContext, barrier
-from .errors import CheckpointError, ConfigError, SecoError
-from .io import append_line, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
-from .logging_sinks import LogSink, open_sink
-from .pretrained import RANDOM, Weights, describe_recorded
-from .runtime import peak_memory_mb
-from .stop_signals import StopOnSignals, TrainingInterrupted
+from ..runtime.device import peak_memory_mb
+from ..runtime.distributed import DistContext, barrier
+from ..runtime.pretrained import RANDOM, Weights, describe_recorded
+from .signals import StopOnSignals, TrainingInterrupted
+from .sinks import LogSink, open_sink
 
 __all__ = [
     "RunState", "TrainingInterrupted", "NonFiniteLossError", "DIVERGENCE_FACTOR", "RUN_LOCK", "RUN_FILES",
@@ -86,13 +92,13 @@ WEIGHTS_FOR_LABEL = {"model.backbone": "backbone", "model.encoder": "encoder"}
 class RunState(StopOnSignals):
     """What the SeCo and segmenter trainers share: the training loop (:meth:`run_loop`), the JSONL metrics log,
     resume (with the config-change check), checkpoints, the plain progress lines, stopping cleanly on SIGINT/SIGTERM,
-    the log sink of ``train.log`` (:mod:`seco_labels.logging_sinks`), the autocast context, and restoring model,
+    the log sink of ``train.log`` (:mod:`seco_labels.training.sinks`), the autocast context, and restoring model,
     optimiser, grad scaler and torch/CUDA RNG from a checkpoint (needs ``run_dir``, ``device``, ``amp_dtype``,
     ``model``, ``optimizer``, ``scaler``, ``quiet``; ``resume``/``save`` call the trainer's
     ``state_dict``/``load_state_dict``, ``run_loop`` its ``_train_loader``). Under torchrun
     (``dist``) only rank 0 writes the log and checkpoints; every rank reads them on resume.
 
-    Config keys on resume (:func:`seco_labels.checkpoint.check_changes`): ``SILENT_KEYS`` may change freely,
+    Config keys on resume (:func:`seco_labels.runtime.checkpoint.check_changes`): ``SILENT_KEYS`` may change freely,
     ``ALLOWED_KEYS`` may change and are recorded in ``RUN_DIR/config_changes.jsonl``, ``ARCH_KEYS`` are checked by
     ``load_state_dict`` and ``WEIGHTS_KEYS`` (the starting weights) by :meth:`_check_start` (neither can change); any
     other change needs ``allow_changes`` and is recorded too.
@@ -316,7 +322,7 @@ class RunState(StopOnSignals):
         (:meth:`_check_start`) without reading them.
 
         The requested config is compared with the checkpoint's: architecture changes raise
-        :class:`CheckpointError`; other changes follow :func:`seco_labels.checkpoint.check_changes` (raising
+        :class:`CheckpointError`; other changes follow :func:`seco_labels.runtime.checkpoint.check_changes` (raising
         :class:`ConfigError` unless ``allow_changes``); the accepted ones are in ``config_changes`` and appended to
         ``RUN_DIR/config_changes.jsonl``. The dotted config keys in ``keep`` take the checkpoint's values first (the
         schedule ``seco train`` stretched to ``--iters`` and the user did not set: the run goes on with the schedule

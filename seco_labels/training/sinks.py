@@ -2,7 +2,7 @@
 
 ``metrics.jsonl`` is always written: resume, ``seco compare`` and the finished-run summaries read it. ``train.log``
 chooses an extra sink: ``jsonl`` (none) or ``tensorboard`` (event files in ``RUN_DIR/tensorboard/``, needs the
-``[tensorboard]`` extra). :class:`seco_labels.run_state.RunState` sends every record it logs to the sink (rank 0
+``[tensorboard]`` extra). :class:`seco_labels.training.run_state.RunState` sends every record it logs to the sink (rank 0
 only) and, after each validation, a few pictures of validation images (:meth:`LogSink.add_images`).
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["LogSink", "TensorBoardSink", "SINKS", "LOG_KINDS", "TENSORBOARD_INSTALL", "TENSORBOARD_DIR",
            "VALIDATION_IMAGES", "require_log", "open_sink", "scalar_fields", "image_count"]

@@ -1,5 +1,5 @@
 """Multi-scale CAMs and CAM thresholds (docs/design.md §3 step 1, §4); the patch decomposition that reads their ROI
-masks is :mod:`seco_labels.decompose`.
+masks is :mod:`seco_labels.method.decompose`.
 
 Defaults reproduce the published SeCo code (github.com/zwyang6/SeCo, ``utils/camutils.py``: ``multi_scale_cam2``,
 ``cam_to_label``, ``cam_to_roi_mask``), quirks included and documented where they happen. Everything is
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "UNCERTAIN",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import OptimConfig
+from ..config import OptimConfig
 
 __all__ = ["lr_multiplier"]
 

@@ -17,9 +17,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .data.classes import voc_palette
-from .errors import DataError
-from .io import atomic_path
+from ..data.classes import voc_palette
+from ..errors import DataError
+from ..io import atomic_path
 from .plots import font
 
 __all__ = ["ShowPanel", "StripLayout", "heat_colors", "blend", "panels_for", "fit_text", "layout_strip", "draw_strip",

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from . import __version__
-from .errors import CheckpointError, ConfigError
-from .io import append_line, atomic_path, sha256_file
+from .. import __version__
+from ..errors import CheckpointError, ConfigError
+from ..io import append_line, atomic_path, sha256_file
 
 if TYPE_CHECKING:
-    from .config import SecoConfig
-    from .models import SeCoNet
+    from ..config import SecoConfig
+    from ..models import SeCoNet
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "check_compatible", "latest_checkpoint", "CHECKPOINT_FORMAT",
@@ -142,8 +142,8 @@ def load_seco(path: str | os.PathLike, device: torch.device) -> tuple[SeCoNet, S
         CheckpointError: ``path`` is missing, damaged, not ours, a segmenter's checkpoint, or its weights do not fit
             its own config (names the file).
     """
-    from .config import config_from_dict  # here: config and models import far more than this module needs
-    from .models import build_seco
+    from ..config import config_from_dict  # here: config and models import far more than this module needs
+    from ..models import build_seco
 
     ckpt = load_checkpoint(path, map_location="cpu")
     require_kind(ckpt, "seco", path)  # a segmenter's config would fail as "unknown config key 'data.labels'"

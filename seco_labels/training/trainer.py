@@ -1,9 +1,9 @@
 """SeCo training: the trainer of a run, its optimiser step, validation, checkpoints and resume (docs/design.md §3, §6).
 
-The objective of one step is :mod:`seco_labels.objective` (``seco_step``), validation on the val split
-:mod:`seco_labels.validation`, ``train.compile`` support :mod:`seco_labels.compiling`. What the trainer shares
-with ``seco fit-segmenter`` and the inference commands is in :mod:`seco_labels.runtime` (device, batches, the
-batch sampler) and :mod:`seco_labels.run_state` (the training loop and the run folder: log, checkpoints, resume,
+The objective of one step is :mod:`seco_labels.method.objective` (``seco_step``), validation on the val split
+:mod:`seco_labels.training.validation`, ``train.compile`` support :mod:`seco_labels.training.compiling`. What the trainer shares
+with ``seco fit-segmenter`` and the inference commands is in :mod:`seco_labels.runtime.device` (device, batches, the
+batch sampler) and :mod:`seco_labels.training.run_state` (the training loop and the run folder: log, checkpoints, resume,
 lock, signals, progress).
 """
 
@@ -20,30 +20,30 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from .cams import check_scales
-from .checkpoint import check_compatible, latest_checkpoint, require_kind
+from ..config import ModelConfig, SecoConfig
+from ..config_io import config_to_dict
+from ..data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, dataset_classes
+from ..errors import ConfigError
+from ..method.cams import check_scales
+from ..method.objective import PhaseTimer, SecoObjective, StepOutput, _no_timer
+from ..method.refine import PAR
+from ..models import SeCoNet, build_seco
+from ..runtime.checkpoint import check_compatible, latest_checkpoint, require_kind
+from ..runtime.device import StepBatchSampler, batch_to_device, resolve_device
+from ..runtime.distributed import DistributedError, all_gather_objects, all_reduce_mean, init_distributed, norm_groups
+from ..runtime.precision import grad_scaler, resolve_amp
+from ..runtime.pretrained import Weights, resolve_weights
 from .compiling import compile_encoders, compile_errors
-from .config import ModelConfig, SecoConfig
-from .config_io import config_to_dict
-from .data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, dataset_classes
-from .distributed import DistributedError, all_gather_objects, all_reduce_mean, init_distributed, norm_groups
-from .errors import ConfigError
-from .logging_sinks import image_count
-from .models import SeCoNet, build_seco
-from .objective import PhaseTimer, SecoObjective, StepOutput, _no_timer
-from .precision import grad_scaler, resolve_amp
-from .pretrained import Weights, resolve_weights
-from .refine import PAR
 from .run_state import RunState, holding_run_lock
-from .runtime import StepBatchSampler, batch_to_device, resolve_device
 from .schedule import lr_multiplier
+from .sinks import image_count
 from .validation import validation_images, validation_scores
 
 __all__ = ["Trainer", "memory_digest", "zero_missing_grads", "resolve_backbone_weights"]
 
 
 def resolve_backbone_weights(m: ModelConfig) -> Weights:
-    """``m.backbone_weights`` as a local file (:func:`seco_labels.pretrained.resolve_weights`), refused when its source
+    """``m.backbone_weights`` as a local file (:func:`seco_labels.runtime.pretrained.resolve_weights`), refused when its source
     names another architecture than ``m.backbone`` (before a strict load would fail on every shape).
 
     Raises:
@@ -156,7 +156,7 @@ class Trainer(RunState):
 
     # -- starting weights (RunState.start_from_weights) ---------------------------------------------------------
     def resolve_start_weights(self) -> Weights:
-        """``model.backbone_weights`` resolved (:func:`seco_labels.pretrained.resolve_weights`).
+        """``model.backbone_weights`` resolved (:func:`seco_labels.runtime.pretrained.resolve_weights`).
 
         Raises:
             ConfigError: unknown weights, or weights of another architecture than ``model.backbone``.
@@ -274,7 +274,7 @@ class Trainer(RunState):
             )
 
     def validation_images(self) -> list[tuple[str, np.ndarray]]:
-        """Strips of the first val images (:func:`seco_labels.validation.validation_images`) for the log sink."""
+        """Strips of the first val images (:func:`seco_labels.training.validation.validation_images`) for the log sink."""
         loader = self.val_loader()
         if loader is None:
             return []

@@ -1,5 +1,5 @@
 """Stopping a training run cleanly on SIGINT/SIGTERM: the flag the training loop reads after each step
-(:class:`StopOnSignals`, mixed into :class:`seco_labels.run_state.RunState`) and the exception it then raises
+(:class:`StopOnSignals`, mixed into :class:`seco_labels.training.run_state.RunState`) and the exception it then raises
 (:class:`TrainingInterrupted`).
 """
 
@@ -15,8 +15,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .distributed import DistContext, global_sum
-from .errors import SecoError
+from ..errors import SecoError
+from ..runtime.distributed import DistContext, global_sum
 
 __all__ = ["TrainingInterrupted", "StopOnSignals"]
 

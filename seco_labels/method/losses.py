@@ -7,10 +7,10 @@ happen; where the code departs from the paper, the paper's variant is an option 
 Terms: multi-label classification (:func:`cls_loss`), ToCo's token contrast (:func:`label_to_affinity`,
 :func:`ptc_loss`), the bg/fg-balanced segmentation CE (:func:`seg_loss`), local-to-local and local-to-global
 contrast (:func:`lil_loss`, :func:`lig_loss`), and the per-term schedule (:func:`weight_at`). The dense CRF-energy
-regulariser is in :mod:`seco_labels.energy`.
+regulariser is in :mod:`seco_labels.method.energy`.
 
 Precision: every loss runs in fp32 (fp64 inputs stay fp64) with autocast off, whoever calls it
-(:func:`seco_labels.precision.in_fp32`): their epsilons underflow in fp16 and their temperatures amplify bf16's
+(:func:`seco_labels.runtime.precision.in_fp32`): their epsilons underflow in fp16 and their temperatures amplify bf16's
 rounding.
 """
 
@@ -21,8 +21,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .distributed import global_sum, world_size
-from .precision import in_fp32
+from ..runtime.distributed import global_sum, world_size
+from ..runtime.precision import in_fp32
 
 __all__ = [
     "cls_loss",
@@ -90,7 +90,7 @@ def ptc_loss(tokens: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
     counts taken over the whole batch:
     ``0.5 * (1 - sum(pos * cos) / (npos + 1)) + 0.5 * sum(neg * cos) / (nneg + 1)``.
     Pairs whose affinity is neither 0 nor 1 (ignored) do not count. Under torchrun the counts are the global
-    batch's (:func:`~seco_labels.distributed.global_sum`), as for every batch-wide ratio below.
+    batch's (:func:`~seco_labels.runtime.distributed.global_sum`), as for every batch-wide ratio below.
 
     Shape:
         - tokens: (B, D, h, w) patch tokens.

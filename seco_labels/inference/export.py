@@ -30,19 +30,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import __version__
-from .artifacts import ArtifactWriter, export_report_path, write_coco_json
-from .cams import check_scales, multi_scale_class_cams
-from .checkpoint import load_seco, seco_provenance
-from .config import SecoConfig
-from .config_io import config_to_dict, save_config
-from .data import build_reader, normalize
-from .distributed import all_gather_objects, barrier, init_distributed
-from .errors import CheckpointError, ConfigError, DataError
-from .io import atomic_write_text
-from .precision import resolve_amp
-from .refine import PAR, crf_refine_mask, refine_with_background, require_crf
-from .runtime import resolve_device
+from .. import __version__
+from ..artifacts import ArtifactWriter, export_report_path, write_coco_json
+from ..config import SecoConfig
+from ..config_io import config_to_dict, save_config
+from ..data import build_reader, normalize
+from ..errors import CheckpointError, ConfigError, DataError
+from ..io import atomic_write_text
+from ..method.cams import check_scales, multi_scale_class_cams
+from ..method.refine import PAR, crf_refine_mask, refine_with_background, require_crf
+from ..runtime.checkpoint import load_seco, seco_provenance
+from ..runtime.device import resolve_device
+from ..runtime.distributed import all_gather_objects, barrier, init_distributed
+from ..runtime.precision import resolve_amp
 
 __all__ = ["SCALE_PRESETS", "ExportOptions", "export_split"]
 
@@ -155,7 +155,7 @@ class _Refiner:
 
 def _check_dataset(cfg: SecoConfig, checkpoint: str | Path, layout: str) -> None:
     """A dataset whose layout has another class count than the checkpoint's classifier cannot be exported."""
-    from .data.readers import READERS
+    from ..data.readers import READERS
 
     if layout in READERS and layout != cfg.data.layout:
         k = len(READERS[layout].default_classes)

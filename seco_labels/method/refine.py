@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import CrfUnavailableError
+from ..runtime.precision import in_fp32
 from .cams import box_mask
-from .errors import CrfUnavailableError
-from .precision import in_fp32
 
 __all__ = ["PAR", "refine_with_background", "dense_crf", "crf_refine_mask", "require_crf"]
 

@@ -2,9 +2,9 @@
 "CRF energy").
 
 :func:`crf_energy_loss` filters the predicted class probabilities with a Gaussian over RGB + position
-(:func:`energy_features`), by the published permutohedral lattice (``seco_labels.lattice``) or the exact
+(:func:`energy_features`), by the published permutohedral lattice (``seco_labels.method.lattice``) or the exact
 :func:`dense_gaussian_filter` (:data:`GAUSSIAN_FILTERS`, ``loss.energy_filter``). Like every loss, it runs in fp32
-with autocast off (:func:`seco_labels.precision.in_fp32`).
+with autocast off (:func:`seco_labels.runtime.precision.in_fp32`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..runtime.precision import in_fp32
 from .lattice import permutohedral_filter
 from .losses import _check_dims
-from .precision import in_fp32
 
 __all__ = ["dense_gaussian_filter", "GAUSSIAN_FILTERS", "energy_features", "crf_energy_loss"]
 

@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .artifacts import open_split, report_dir, show_dir
+from ..artifacts import open_split, report_dir, show_dir
+from ..inference.predict_folder import overlay_image
+from ..io import atomic_path, atomic_write_text
 from .evaluate import evaluate_masks
-from .io import atomic_path, atomic_write_text
-from .predict import overlay_image
 
 __all__ = ["write_report", "PROVENANCE_KEYS"]
 

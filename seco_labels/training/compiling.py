@@ -6,10 +6,10 @@ import contextlib
 import sys
 from typing import TYPE_CHECKING, Iterator
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .models import SeCoNet
+    from ..models import SeCoNet
 
 __all__ = ["compile_encoders", "compile_errors"]
 

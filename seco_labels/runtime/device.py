@@ -2,7 +2,7 @@
 step-indexed batch sampler, and peak memory for the progress lines.
 
 The state of a run folder (JSONL log, checkpoints and resume, the run lock, stopping on a signal, progress lines)
-is :mod:`seco_labels.run_state`, which the two trainers mix in.
+is :mod:`seco_labels.training.run_state`, which the two trainers mix in.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import Sampler
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 __all__ = ["resolve_device", "batch_to_device", "StepBatchSampler", "peak_memory_mb"]
 

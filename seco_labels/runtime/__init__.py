@@ -1,0 +1,2 @@
+"""What training and inference both stand on: the device, mixed precision, torchrun collectives and checkpoint
+files."""

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config_io import _coerce, _field_types, get_key, set_key
+from .config_io import coerce, field_types, get_key, set_key
 from .data.classes import check_class_names
 from .errors import ConfigError
 from .method.energy import GAUSSIAN_FILTERS
@@ -371,7 +371,7 @@ def _update(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
             else:
                 raise ConfigError(f"{path} is a section; give a mapping, e.g. {path}.<key>=value")
         else:
-            setattr(obj, key, _coerce(value, _field_types(type(obj))[key], path))
+            setattr(obj, key, coerce(value, field_types(type(obj))[key], path))
 
 
 def config_from_dict(data: dict[str, Any], base: SecoConfig | None = None) -> SecoConfig:

@@ -86,7 +86,7 @@ def recorded_value(config: dict[str, Any], key: str) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of a config dataclass (``from __future__ import annotations`` leaves strings)."""
     return typing.get_type_hints(cls)
 
@@ -124,7 +124,7 @@ _PARSERS: dict[Any, Callable[[Any], Any]] = {bool: _parse_bool, int: _parse_int,
                                              str: str}
 
 
-def _coerce(value: Any, target: Any, key: str) -> Any:
+def coerce(value: Any, target: Any, key: str) -> Any:
     """Convert a YAML/CLI value to a dataclass field's declared type: scalars, ``X | None``, ``tuple[T, ...]``,
     ``tuple[T, T]`` (a string ``"0.5,2"`` or ``"(0.5, 2)"`` too), ``dict``.
 

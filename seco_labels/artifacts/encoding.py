@@ -16,7 +16,7 @@ from .layout import GZIP_LEVEL
 
 
 # -- encoding ------------------------------------------------------------------------------------------------
-def _gzip_chunk(arr: np.ndarray, shuffle: bool) -> bytes:
+def gzip_chunk(arr: np.ndarray, shuffle: bool) -> bytes:
     """The bytes HDF5's shuffle + deflate filter pipeline stores for ``arr`` as one chunk.
 
     Shuffle groups the i-th byte of every element together (it is a no-op for 1-byte types); deflate is a zlib
@@ -30,14 +30,14 @@ def _gzip_chunk(arr: np.ndarray, shuffle: bool) -> bytes:
     return zlib.compress(buf, GZIP_LEVEL)
 
 
-def _now_iso() -> str:
+def now_iso() -> str:
     """UTC now as ISO 8601 seconds, or ``SOURCE_DATE_EPOCH`` when set (reproducible builds' convention)."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     when = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
     return when.isoformat(timespec="seconds")
 
 
-def _attr_value(value: Any) -> Any:
+def attr_value(value: Any) -> Any:
     """HDF5-storable form of a JSON-like value: dicts as JSON text, string lists as vlen-string arrays."""
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
@@ -59,7 +59,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _read_root_attrs(f: h5py.File) -> dict[str, Any]:
+def read_root_attrs(f: h5py.File) -> dict[str, Any]:
     attrs = {k: _plain(v) for k, v in f.attrs.items()}
     if isinstance(attrs.get("config"), str):
         attrs["config"] = json.loads(attrs["config"])

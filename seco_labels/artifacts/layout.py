@@ -15,7 +15,6 @@ from ..data.classes import voc_palette
 from ..errors import DataError
 from ..io import atomic_write_bytes, atomic_write_text
 
-
 #: bumped when the layout of ``cams_<split>.h5`` changes incompatibly
 FORMAT_VERSION = 1
 GZIP_LEVEL = 4
@@ -84,7 +83,7 @@ def exported_splits(art: str | Path) -> list[str]:
     return sorted(from_h5 | from_pngs)
 
 
-def _parts_dir(art: str | Path, split: str) -> Path:
+def parts_dir(art: str | Path, split: str) -> Path:
     return Path(art) / f".parts_{split}"
 
 

@@ -15,10 +15,8 @@ from torch.utils.data import Dataset
 
 from ..data.images import decode_image
 from ..errors import DataError
-
-from .encoding import _read_root_attrs
+from .encoding import read_root_attrs
 from .layout import FORMAT_VERSION
-
 
 # -- reading -------------------------------------------------------------------------------------------------
 #: what h5py raises on a damaged file: mostly OSError, but corrupt metadata can surface as any of these
@@ -47,7 +45,7 @@ class ArtifactFile:
             if not complete:
                 raise DataError(f"{self.path} is not a seco_labels artifact (no format_version, /cams or /masks)")
             version = int(f.attrs["format_version"])
-            self.attrs = _read_root_attrs(f)
+            self.attrs = read_root_attrs(f)
         except DataError:
             self.close()
             raise

@@ -18,17 +18,17 @@ from ..data.images import check_image_id
 from ..errors import ConfigError, DataError
 from ..io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps
 from ..runtime.distributed import barrier
-from .encoding import _attr_value, _gzip_chunk, _now_iso
+from .encoding import attr_value, gzip_chunk, now_iso
 from .layout import (
     FORMAT_VERSION,
     GZIP_LEVEL,
-    _parts_dir,
     coco_path,
     export_report_path,
     h5_path,
     lock_name,
     manifest_path,
     masks_dir,
+    parts_dir,
     read_manifest,
     save_mask_png,
     segment_report_path,
@@ -76,7 +76,7 @@ class ArtifactWriter:
             raise ConfigError(f"formats {self.formats}: choose h5, png or both")
         self.h5 = h5_path(out_dir, split)
         self.masks = masks_dir(out_dir, split)
-        self.parts = _parts_dir(out_dir, split)
+        self.parts = parts_dir(out_dir, split)
         self.attrs = {"format_version": FORMAT_VERSION, "split": split, **attrs}
         # Under torchrun every process builds a writer over the same folder: all check the settings (read-only),
         # rank 0 alone prepares the folder, and nobody writes before it has.
@@ -119,7 +119,7 @@ class ArtifactWriter:
             self.masks.mkdir(exist_ok=True)
         previous = read_manifest(self.out_dir, self.split) or {}
         # the export's first start, kept across resumed runs; SOURCE_DATE_EPOCH pins it (reproducible builds)
-        created = previous.get("created") or _now_iso()
+        created = previous.get("created") or now_iso()
         self.attrs["created"] = created
         atomic_write_text(manifest_path(self.out_dir, self.split), json.dumps(self.attrs, indent=2, sort_keys=True) + "\n")
         if self.attrs.get("class_names"):  # what the mask values and palette colours mean, for any consumer
@@ -185,10 +185,10 @@ class ArtifactWriter:
         # h5 part first, PNG second: an id counts as done only once every requested file exists
         if "h5" in self.formats:
             part = {
-                "cam": np.frombuffer(_gzip_chunk(cam, shuffle=True), dtype=np.uint8) if cam.size else np.zeros(0, np.uint8),
+                "cam": np.frombuffer(gzip_chunk(cam, shuffle=True), dtype=np.uint8) if cam.size else np.zeros(0, np.uint8),
                 "cam_shape": np.asarray(cam.shape, dtype=np.int64),
                 "keys": keys,
-                "mask": np.frombuffer(_gzip_chunk(mask, shuffle=False), dtype=np.uint8),
+                "mask": np.frombuffer(gzip_chunk(mask, shuffle=False), dtype=np.uint8),
                 "mask_shape": np.asarray(mask.shape, dtype=np.int64),
             }
             with atomic_path(self.parts / f"{image_id}.npz") as tmp, open(tmp, "wb") as f:
@@ -240,7 +240,7 @@ class ArtifactWriter:
             with atomic_path(self.h5) as tmp, h5py.File(tmp, "w") as f:
                 for k, v in self.attrs.items():
                     if v is not None:  # HDF5 has no null: an unknown value is an absent attribute
-                        f.attrs[k] = _attr_value(v)
+                        f.attrs[k] = attr_value(v)
                 cams, masks = f.create_group("cams"), f.create_group("masks")
                 for image_id in ids:
                     if image_id in parts:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..runtime.precision import in_fp32
 from .lattice import permutohedral_filter
-from .losses import _check_dims
+from .losses import check_dims
 
 __all__ = ["dense_gaussian_filter", "GAUSSIAN_FILTERS", "energy_features", "crf_energy_loss"]
 
@@ -38,8 +38,8 @@ def dense_gaussian_filter(
         - values: (B, K, N).
         - output: (B, K, N), in the promoted dtype of features and values.
     """
-    _check_dims("features", features, 3, "(B, F, N)")
-    _check_dims("values", values, 3, "(B, K, N)")
+    check_dims("features", features, 3, "(B, F, N)")
+    check_dims("values", values, 3, "(B, K, N)")
     if values.shape[0] != features.shape[0] or values.shape[2] != features.shape[2]:
         raise ValueError(
             f"values shape {tuple(values.shape)} must be (B, K, N) with B, N of features {tuple(features.shape)}"
@@ -109,7 +109,7 @@ def energy_features(image: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> t
 
     Shape: image (B, 3, H, W) float RGB 0..255 -> (B, 5, H * W) in the image's dtype.
     """
-    _check_dims("image", image, 4, "(B, 3, H, W)")
+    check_dims("image", image, 4, "(B, 3, H, W)")
     b, _, h, w = image.shape
     ys, xs = torch.meshgrid(
         torch.arange(h, device=image.device, dtype=image.dtype),
@@ -170,8 +170,8 @@ def crf_energy_loss(
         - label: (B, H, W) long pseudo label, ``ignore_index`` where uncertain.
         - output: scalar.
     """
-    _check_dims("image", image, 4, "(B, 3, H, W)")
-    _check_dims("probs", probs, 4, "(B, K, H, W)")
+    check_dims("image", image, 4, "(B, 3, H, W)")
+    check_dims("probs", probs, 4, "(B, K, H, W)")
     b, k, h, w = probs.shape
     if image.shape != (b, 3, h, w):
         raise ValueError(f"image shape {tuple(image.shape)} must be (B, 3, H, W) = {(b, 3, h, w)}")

@@ -37,7 +37,7 @@ __all__ = [
 UNCERTAIN = -1  #: crop tag of an uncertain crop (docs/design.md §3 step 3); 0 is background, k >= 1 a class
 
 
-def _check_dims(name: str, t: torch.Tensor, dims: int, shape: str) -> None:
+def check_dims(name: str, t: torch.Tensor, dims: int, shape: str) -> None:
     if t.dim() != dims:
         raise ValueError(f"{name} must be {shape}, got shape {tuple(t.shape)}")
 
@@ -56,7 +56,7 @@ def cls_loss(logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         - tags: (B, C) float multi-hot image-level labels.
         - output: scalar, mean over images and classes.
     """
-    _check_dims("logits", logits, 2, "(B, C)")
+    check_dims("logits", logits, 2, "(B, C)")
     if tags.shape != logits.shape:
         raise ValueError(f"tags shape {tuple(tags.shape)} must equal logits shape {tuple(logits.shape)}")
     # mean_c -[y log s(x) + (1 - y) log s(-x)]  (docs/design.md §2; F.multilabel_soft_margin_loss)
@@ -73,7 +73,7 @@ def label_to_affinity(label: torch.Tensor, ignore_index: int = 255) -> torch.Ten
         - label: (B, h, w) long, values 0..K-1 or ``ignore_index``.
         - output: (B, h*w, h*w) long.
     """
-    _check_dims("label", label, 3, "(B, h, w)")
+    check_dims("label", label, 3, "(B, h, w)")
     flat = label.flatten(1)  # (B, h, w) -> (B, hw)
     aff = (flat[:, :, None] == flat[:, None, :]).long()  # (B, hw, hw): 1 same label, 0 different
     ignored = flat == ignore_index  # (B, hw)
@@ -98,7 +98,7 @@ def ptc_loss(tokens: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
           (:func:`label_to_affinity`).
         - output: scalar.
     """
-    _check_dims("tokens", tokens, 4, "(B, D, h, w)")
+    check_dims("tokens", tokens, 4, "(B, D, h, w)")
     b, _, h, w = tokens.shape
     if affinity.shape != (b, h * w, h * w):
         raise ValueError(
@@ -135,7 +135,7 @@ def seg_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255)
         - label: (B, H, W) long, 0..K-1 or ``ignore_index``.
         - output: scalar.
     """
-    _check_dims("logits", logits, 4, "(B, K, H, W)")
+    check_dims("logits", logits, 4, "(B, K, H, W)")
     if label.shape != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(
             f"label shape {tuple(label.shape)} must be (B, H, W) = "
@@ -239,8 +239,8 @@ def lil_loss(
     Raises:
         ValueError: on mismatched shapes, a non-positive ``tau`` or an unknown ``variant``.
     """
-    _check_dims("q", q, 2, "(N, D)")
-    _check_dims("keys", keys, 2, "(M, D)")
+    check_dims("q", q, 2, "(N, D)")
+    check_dims("keys", keys, 2, "(M, D)")
     if keys.shape[1] != q.shape[1]:
         raise ValueError(f"keys dim {keys.shape[1]} must equal q dim {q.shape[1]} (q {tuple(q.shape)})")
     if q_tags.shape != (q.shape[0],):
@@ -317,8 +317,8 @@ def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau:
     Raises:
         ValueError: on mismatched shapes, a non-positive ``tau`` or a tag outside -1..C.
     """
-    _check_dims("q", q, 2, "(N, D)")
-    _check_dims("prototypes", prototypes, 2, "(C, D)")
+    check_dims("q", q, 2, "(N, D)")
+    check_dims("prototypes", prototypes, 2, "(C, D)")
     if prototypes.shape[1] != q.shape[1]:
         raise ValueError(f"prototypes dim {prototypes.shape[1]} must equal q dim {q.shape[1]}")
     if tags.shape != (q.shape[0],):

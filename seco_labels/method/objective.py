@@ -35,7 +35,7 @@ LOSS_TERMS = ("cls", "aux", "ptc", "lig", "lil", "seg", "reg")
 PhaseTimer = Callable[[str], ContextManager[Any]]
 
 
-def _no_timer(name: str) -> ContextManager[Any]:
+def no_timer(name: str) -> ContextManager[Any]:
     return contextlib.nullcontext()
 
 
@@ -121,7 +121,7 @@ def seco_step(
     par: PAR,
     *,
     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
-    timer: PhaseTimer = _no_timer,
+    timer: PhaseTimer = no_timer,
     times_zero: bool = False,
 ) -> StepOutput:
     """The whole SeCo objective for one batch (docs/design.md §3), with the memories updated as a side effect.
@@ -249,5 +249,5 @@ class SecoObjective(nn.Module):
         self.model, self.par, self.cfg = model, par, cfg
 
     def forward(self, batch: dict[str, Any], step: int, *, autocast: Callable[[], ContextManager[Any]],
-                timer: PhaseTimer = _no_timer) -> StepOutput:
+                timer: PhaseTimer = no_timer) -> StepOutput:
         return seco_step(self.model, batch, step, self.cfg, self.par, autocast=autocast, timer=timer)

@@ -42,7 +42,7 @@ __all__ = [
 CHECKPOINT_FORMAT = 1
 
 # The model is only the same network if these config keys agree.
-_ARCH_KEYS = (
+SECO_ARCH_KEYS = (
     ("model", "backbone"),
     ("model", "backbone_kwargs"),
     ("model", "aux_layer"),
@@ -167,7 +167,7 @@ def seco_provenance(cfg: SecoConfig, checkpoint: str | os.PathLike) -> dict[str,
 def check_compatible(ckpt_config: dict[str, Any], config: dict[str, Any], source: str | os.PathLike) -> None:
     """Raise :class:`CheckpointError` listing every architecture key on which the two configs differ."""
     diffs = []
-    for section, key in _ARCH_KEYS:
+    for section, key in SECO_ARCH_KEYS:
         a = ckpt_config.get(section, {}).get(key)
         b = config.get(section, {}).get(key)
         if a != b:

@@ -25,7 +25,7 @@ from ..config_io import config_to_dict, get_key, recorded_value, save_config, se
 from ..errors import CheckpointError, ConfigError, SecoError
 from ..io import append_line, atomic_write_text, folder_lock, remove_stale_temps, sha256_file
 from ..runtime.checkpoint import (
-    _ARCH_KEYS,
+    SECO_ARCH_KEYS,
     ConfigChange,
     check_changes,
     latest_checkpoint,
@@ -137,7 +137,7 @@ class RunState(StopOnSignals):
     #: extending (or shortening) the run, and what only validation reads
     ALLOWED_KEYS: tuple[str, ...] = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split",
                                      "data.root", "train.amp")
-    ARCH_KEYS: tuple[str, ...] = tuple(f"{s}.{k}" for s, k in _ARCH_KEYS)
+    ARCH_KEYS: tuple[str, ...] = tuple(f"{s}.{k}" for s, k in SECO_ARCH_KEYS)
     #: set by :meth:`resume`: the checkpoint loaded (None: starting at step 0) and the recorded config changes
     resumed_from: Path | None = None
     config_changes: list[ConfigChange] = []

@@ -25,7 +25,7 @@ from ..config_io import config_to_dict
 from ..data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, dataset_classes
 from ..errors import ConfigError
 from ..method.cams import check_scales
-from ..method.objective import PhaseTimer, SecoObjective, StepOutput, _no_timer
+from ..method.objective import PhaseTimer, SecoObjective, StepOutput, no_timer
 from ..method.refine import PAR
 from ..models import SeCoNet, build_seco
 from ..runtime.checkpoint import check_compatible, latest_checkpoint, require_kind
@@ -215,7 +215,7 @@ class Trainer(RunState):
             self._val_loader = DataLoader(shard, batch_size=1, num_workers=d.num_workers)
         return self._val_loader
 
-    def train_step(self, batch: dict[str, Any], timer: PhaseTimer = _no_timer) -> StepOutput:
+    def train_step(self, batch: dict[str, Any], timer: PhaseTimer = no_timer) -> StepOutput:
         """One optimiser step at ``self.step`` (lr set from the schedule first).
 
         The returned terms and loss are this process's; :meth:`fit` logs their mean over processes.

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from skip_policy import pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401
 
 # Any accidental hub access must fail fast instead of hanging (no network here).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -112,7 +112,10 @@ def test_the_page_sorts_filters_and_resolves_in_a_real_browser(report, tmp_path)
     probe = index.parent / "probe.html"  # beside the page: the same relative links
     probe.write_text(page)
     try:
+        # no background connections: this machine's closed network refuses them, many at a time
         run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                              "--no-first-run", f"--user-data-dir={tmp_path / 'browser-profile'}",
                               "--virtual-time-budget=20000", "--window-size=1280,2000", "--dump-dom",
                               probe.as_uri()], capture_output=True, text=True, timeout=120)
     finally:

@@ -229,7 +229,8 @@ class SecoConfig:
 
     def validate(self) -> "SecoConfig":
         """Raise :class:`ConfigError` naming the key of the first inconsistent value; return self."""
-        from .data.classes import check_class_names  # here: the data package imports torch, config does not
+        # imported here: the data package imports torch, which importing config does not
+        from .data.classes import check_class_names
 
         check_choices(self)
         d, m, c, k = self.data, self.model, self.cam, self.decompose

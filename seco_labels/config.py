@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import yaml
 
-from .config_io import coerce, field_types, get_key, set_key
-from .data.classes import check_class_names
+from .config_io import check_choices, coerce, either, field_types, get_key, set_key
 from .errors import ConfigError
-from .method.energy import GAUSSIAN_FILTERS
 from .runtime.pretrained import PAPER_BACKBONE_WEIGHTS, RANDOM
-from .training.sinks import LOG_KINDS
 
 __all__ = [
+    "AmpMode",
+    "LogKind",
+    "EnergyFilter",
     "DataConfig",
     "ModelConfig",
     "CamConfig",
@@ -28,6 +28,7 @@ __all__ = [
     "LossTerm",
     "LossConfig",
     "OptimConfig",
+    "LoopConfig",
     "TrainConfig",
     "SecoConfig",
     "PRESETS",
@@ -42,6 +43,16 @@ __all__ = [
     "scale_schedule",
     "default_max_side",
 ]
+
+# The fixed choices of config values: a value that is none of a field's Literal is refused where YAML, JSON and
+# --set values are converted (config_io.coerce) and by validate() (values set in code).
+#: ``train.amp`` (both trainers) and ``ExportOptions.amp``: :func:`seco_labels.runtime.precision.resolve_amp`
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+#: ``train.log``: the keys of :data:`seco_labels.training.sinks.SINKS`
+LogKind = Literal["jsonl", "tensorboard"]
+#: ``loss.energy_filter``: the keys of :data:`seco_labels.method.energy.GAUSSIAN_FILTERS` (written out here, where
+#: importing them would import torch; tests/test_config_choices.py checks that the two agree)
+EnergyFilter = Literal["lattice", "exact"]
 
 
 @dataclass
@@ -113,7 +124,7 @@ class DecomposeConfig:
     num_local_crops: int = 10
     local_crop_size: int = 64  #: pixels
     bg_fraction: float = 0.2  #: phi: a crop with at most this much fg+uncertain is background
-    area_rule: str = "label_sum"  #: "label_sum" (published code) or "fraction" (paper)
+    area_rule: Literal["label_sum", "fraction"] = "label_sum"  #: "label_sum" (published code) or "fraction" (paper)
 
 
 @dataclass
@@ -140,7 +151,8 @@ class LossConfig:
     lil_tau: float = 0.08
     rectify: bool = True  #: re-tag crops whose positives look like noise as background
     rectify_ratio: float = 10.0
-    lil_variant: str = "code"  #: "code" (published normalisation) or "supcon" (paper, mean over positives)
+    #: "code" (published normalisation) or "supcon" (paper, mean over positives)
+    lil_variant: Literal["code", "supcon"] = "code"
     #: images per loss-normalisation group: PTC, seg, LIL and LIG take their counts (pairs, pixels, rows, positives,
     #: present classes; LIL's step keys) over each group of this many consecutive images of the global batch and the
     #: group losses are averaged, as a published run on batch/N GPUs x N images normalises per GPU; 0 = the whole
@@ -152,7 +164,7 @@ class LossConfig:
     energy_scale: float = 0.5  #: the energy is computed on an image downscaled by this factor
     #: Gaussian filter of the energy: "lattice" (published permutohedral lattice, linear in pixels, ~0.6x the
     #: exact sum, which the published strength includes) or "exact" (dense, quadratic in pixels)
-    energy_filter: str = "lattice"
+    energy_filter: EnergyFilter = "lattice"
 
 
 @dataclass
@@ -169,27 +181,37 @@ class OptimConfig:
     #: gradients of trainable parameters no active loss term reaches (projection head before LIL/LIG start, decoder
     #: before seg/reg): "zero" (published: its loop adds every term from step 0 as 0 x term, so AdamW decays those
     #: weights and advances their moments and step counts) or "none" (they stay None and AdamW leaves them alone)
-    unstarted_grads: str = "zero"
+    unstarted_grads: Literal["zero", "none"] = "zero"
 
 
 @dataclass
-class TrainConfig:
-    """Loop length, checkpoints, logging and validation."""
+class LoopConfig:
+    """What the training loop reads, in ``seco train`` and ``seco fit-segmenter`` alike
+    (:class:`seco_labels.training.run_state.RunState` and the two trainers): loop length, seed, device, precision,
+    checkpoints, logging and validation. Each command's ``train`` section subclasses it and gives ``iters`` its
+    own default."""
 
-    iters: int = 20000
+    iters: int
     seed: int = 0
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
     #: auto (bf16 if supported else fp16 on CUDA, fp32 on CPU) | bf16 | fp16 (on CUDA or CPU) | off
-    amp: str = "auto"
-    #: torch.compile the student and teacher ViT encoders (first steps compile for minutes; checkpoints unchanged)
-    compile: bool = False
+    amp: AmpMode = "auto"
     ckpt_every: int = 1000
     val_every: int = 2000
     log_every: int = 20
     val_max_images: int = 0  #: 0 = the whole val split
     #: where the log goes besides RUN_DIR/metrics.jsonl (always written): jsonl (nowhere else) | tensorboard
     #: (RUN_DIR/tensorboard/, needs the [tensorboard] extra)
-    log: str = "jsonl"
+    log: LogKind = "jsonl"
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """``seco train``'s loop: :class:`LoopConfig` and torch.compile."""
+
+    iters: int = 20000  #: the published VOC schedule (each preset sets its own)
+    #: torch.compile the student and teacher ViT encoders (first steps compile for minutes; checkpoints unchanged)
+    compile: bool = False
 
 
 @dataclass
@@ -207,6 +229,10 @@ class SecoConfig:
 
     def validate(self) -> "SecoConfig":
         """Raise :class:`ConfigError` naming the key of the first inconsistent value; return self."""
+        # imported here: the data package imports torch, which importing config does not
+        from .data.classes import check_class_names
+
+        check_choices(self)
         d, m, c, k = self.data, self.model, self.cam, self.decompose
         if d.num_classes < 2:
             raise ConfigError(f"data.num_classes={d.num_classes}: need background plus at least one class")
@@ -221,20 +247,10 @@ class SecoConfig:
             raise ConfigError(
                 f"cam.low_thre={c.low_thre} and cam.high_thre={c.high_thre} must satisfy 0 <= low <= high <= 1"
             )
-        if k.area_rule not in ("label_sum", "fraction"):
-            raise ConfigError(f"decompose.area_rule={k.area_rule!r}: choose 'label_sum' or 'fraction'")
-        if self.loss.lil_variant not in ("code", "supcon"):
-            raise ConfigError(f"loss.lil_variant={self.loss.lil_variant!r}: choose 'code' or 'supcon'")
         group = self.loss.norm_group_size
         if group < 0 or (group and d.batch_size % group):
             raise ConfigError(
                 f"loss.norm_group_size={group} must be 0 (the whole batch) or divide data.batch_size={d.batch_size}"
-            )
-        if self.optim.unstarted_grads not in ("zero", "none"):
-            raise ConfigError(f"optim.unstarted_grads={self.optim.unstarted_grads!r}: choose 'zero' or 'none'")
-        if self.loss.energy_filter not in GAUSSIAN_FILTERS:
-            raise ConfigError(
-                f"loss.energy_filter={self.loss.energy_filter!r}: choose one of {', '.join(GAUSSIAN_FILTERS)}"
             )
         if d.max_side < 0:
             raise ConfigError(f"data.max_side={d.max_side}: give the long side in pixels that larger images are "
@@ -252,25 +268,15 @@ class SecoConfig:
             near = sorted(sorted(batches, key=lambda b: (abs(b - d.batch_size), b))[:4])
             lower = m.reservoir_size // keys_per_step * keys_per_step
             sizes = [n for n in (lower, lower + keys_per_step) if n > 0]
-            hints = [f"keep the reservoir with a batch size of {_either(near)} (--batch-size)"] if near else []
-            hints.append(f"keep the batch size with --set model.reservoir_size={_either(sizes)}")
+            hints = [f"keep the reservoir with a batch size of {either(near)} (--batch-size)"] if near else []
+            hints.append(f"keep the batch size with --set model.reservoir_size={either(sizes)}")
             raise ConfigError(
                 f"model.reservoir_size={m.reservoir_size} must be a multiple of data.batch_size * (2 + "
                 f"decompose.num_local_crops) = {d.batch_size} * {per_image} = {keys_per_step}; {', or '.join(hints)}"
             )
-        if self.train.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ConfigError(f"train.amp={self.train.amp!r}: choose auto, bf16, fp16 or off")
-        if self.train.log not in LOG_KINDS:
-            raise ConfigError(f"train.log={self.train.log!r}: choose {' or '.join(LOG_KINDS)}")
         if not c.scales or any(s <= 0 for s in c.scales):
             raise ConfigError(f"cam.scales={c.scales}: give one or more positive scales")
         return self
-
-
-def _either(values: list[int]) -> str:
-    """``1, 2 or 4`` for a message."""
-    text = [str(v) for v in values]
-    return text[0] if len(text) == 1 else f"{', '.join(text[:-1])} or {text[-1]}"
 
 
 def _voc() -> SecoConfig:

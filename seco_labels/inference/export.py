@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..artifacts import ArtifactWriter, export_report_path, write_coco_json
-from ..config import SecoConfig
-from ..config_io import config_to_dict, save_config
+from ..config import AmpMode, SecoConfig
+from ..config_io import check_choices, config_to_dict, save_config
 from ..data import build_reader, normalize
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import atomic_write_text
@@ -67,20 +67,22 @@ class ExportOptions:
 
     scales: tuple[float, ...] = SCALE_PRESETS["default"]
     flip: bool = True
-    cam_source: str = "final"  #: final | aux classifier
+    cam_source: Literal["final", "aux"] = "final"  #: final | aux classifier
     high_thre: float | None = None
     low_thre: float | None = None
     input_size: int | None = None  #: square side the image is resized to; None = the training crop size
-    tags: str = "given"  #: given (the dataset's tags) | predicted (classifier scores above tag_threshold)
+    #: given (the dataset's tags) | predicted (classifier scores above tag_threshold)
+    tags: Literal["given", "predicted"] = "given"
     tag_threshold: float = 0.5  #: sigmoid score a class needs to count as present with tags="predicted"
     crf: bool = False  #: refine each pseudo mask with the dense CRF (needs the ``crf`` extra)
-    formats: tuple[str, ...] = ("h5", "png")  #: of h5, png and coco-json (COCO RLE, built from the h5 or png masks)
+    #: of h5, png and coco-json (COCO RLE, built from the h5 or png masks)
+    formats: tuple[Literal["h5", "png", "coco-json"], ...] = ("h5", "png")
     overwrite: bool = False
     skip_bad: bool = False
     batch_size: int = 4
     num_workers: int = 2
     device: str = "auto"
-    amp: str = "auto"
+    amp: AmpMode = "auto"
 
 
 class _ExportImages(Dataset):
@@ -186,10 +188,7 @@ def export_split(
         DataError: an unreadable image (unless ``skip_bad``), a missing split or tags.
     """
     opt = options or ExportOptions()
-    if opt.cam_source not in ("final", "aux"):
-        raise ConfigError(f"--cam-source {opt.cam_source!r}: choose final or aux")
-    if opt.tags not in ("given", "predicted"):
-        raise ConfigError(f"--tags {opt.tags!r}: choose given or predicted")
+    check_choices(opt, "ExportOptions.")
     mask_formats = tuple(f for f in opt.formats if f != COCO_FORMAT)
     if not mask_formats:
         raise ConfigError(f"--format {','.join(opt.formats)}: coco-json is built from the exported masks; add h5 or "

@@ -9,14 +9,14 @@ Layering (lowest to highest priority): these defaults -> ``--config FILE`` (a ne
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from ..config import TrainConfig, apply_overrides, set_values
-from ..config_io import load_config_file
+from ..config import LoopConfig, apply_overrides, set_values
+from ..config_io import check_choices, load_config_file
 from ..errors import ConfigError
-from ..training.sinks import LOG_KINDS
 
 __all__ = [
     "SegDataConfig",
@@ -24,8 +24,11 @@ __all__ = [
     "SegOptimConfig",
     "SegTrainConfig",
     "SegmenterConfig",
+    "RETIRED_KEYS",
     "segmenter_config",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,7 +73,7 @@ class SegModelConfig:
 class SegOptimConfig:
     """SGD (or AdamW) with optional linear warm-up, then poly decay per iteration."""
 
-    name: str = "sgd"  #: sgd | adamw
+    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9  #: SGD only
     weight_decay: float = 1e-4
@@ -81,8 +84,18 @@ class SegOptimConfig:
     power: float = 0.9
 
 
-#: loop length, checkpoints, logging and validation: the same fields and defaults as ``seco train``'s
-SegTrainConfig = TrainConfig
+@dataclass
+class SegTrainConfig(LoopConfig):
+    """The loop of ``seco fit-segmenter``: length, seed, device, precision, checkpoints, logging and validation
+    (:class:`seco_labels.config.LoopConfig`; nothing of ``seco train`` alone, such as ``train.compile``)."""
+
+    iters: int = 20000  #: the usual DeepLab schedule's length
+
+
+#: keys that fit-segmenter runs recorded in config.yaml and last.pt while their train section was ``seco train``'s
+#: (SeCo-only, never read by the segmenter): a ``--config`` file holding them loads without them (with a note), and a
+#: resume ignores them in the checkpoint's config (``SegmenterTrainer.SILENT_KEYS``). ``--set`` refuses them.
+RETIRED_KEYS: tuple[str, ...] = ("train.compile",)
 
 
 @dataclass
@@ -99,6 +112,7 @@ class SegmenterConfig:
 
         Architecture and encoder names are checked against smp by :func:`seco_labels.segmenters.check_names`.
         """
+        check_choices(self)
         d, o, t = self.data, self.optim, self.train
         if not d.labels:
             raise ConfigError("no training labels: pass --labels ART_DIR (an export folder) or --labels gt")
@@ -110,14 +124,8 @@ class SegmenterConfig:
             raise ConfigError(f"data.scale_range={d.scale_range} must be (low, high) with 0 < low <= high")
         if not 0 <= d.flip_p <= 1:
             raise ConfigError(f"data.flip_p={d.flip_p} is a probability in [0, 1]")
-        if o.name not in ("sgd", "adamw"):
-            raise ConfigError(f"optim.name={o.name!r}: choose sgd or adamw")
         if o.lr <= 0:
             raise ConfigError(f"optim.lr={o.lr} must be positive")
-        if t.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ConfigError(f"train.amp={t.amp!r}: choose auto, bf16, fp16 or off")
-        if t.log not in LOG_KINDS:
-            raise ConfigError(f"train.log={t.log!r}: choose {' or '.join(LOG_KINDS)}")
         if t.iters < 1 or t.ckpt_every < 1 or t.log_every < 1:
             raise ConfigError(f"train.iters={t.iters}, train.ckpt_every={t.ckpt_every} and train.log_every="
                               f"{t.log_every} must be positive")
@@ -141,7 +149,21 @@ def segmenter_config(
     is not None (``{"train.iters": 100}``). Returns the validated config."""
     cfg = SegmenterConfig()
     if config_file:
-        set_values(cfg, load_config_file(config_file))  # top-level keys are sections: nested mappings apply
+        # top-level keys are sections: nested mappings apply
+        set_values(cfg, _without_retired(load_config_file(config_file), config_file))
     apply_overrides(cfg, list(overrides))
     set_values(cfg, {k: v for k, v in named.items() if v is not None})
     return cfg.validate()
+
+
+def _without_retired(mapping: dict[str, Any], source: str) -> dict[str, Any]:
+    """``mapping`` (a config file's) without the :data:`RETIRED_KEYS` an older run's config.yaml holds, each one
+    dropped with a note."""
+    out = dict(mapping)
+    for key in RETIRED_KEYS:
+        section, name = key.split(".")
+        if isinstance(out.get(section), dict) and name in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+            log.warning("%s: ignoring %s=%r, recorded by fit-segmenter runs of older versions (the segmenter never "
+                        "read it)", source, key, mapping[section][name])
+    return out

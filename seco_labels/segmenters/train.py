@@ -39,7 +39,7 @@ from ..runtime.pretrained import Weights
 from ..training.run_state import RunState, holding_run_lock
 from ..training.schedule import lr_multiplier
 from ..training.sinks import image_count
-from .config import SegmenterConfig
+from .config import RETIRED_KEYS, SegmenterConfig
 from .data import SegTrainDataset, open_labels, open_val_reader
 from .model import (
     build_segmenter,
@@ -114,7 +114,8 @@ class SegmenterTrainer(RunState):
     ``RUN_DIR/config_changes.jsonl``); any other change (lr, labels, crops, seed...) needs ``allow_changes``.
     """
 
-    SILENT_KEYS = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every", "train.log")
+    SILENT_KEYS = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every", "train.log",
+                   *RETIRED_KEYS)
     ALLOWED_KEYS = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split", "data.root",
                     "train.amp")
     ARCH_KEYS = tuple(f"{s}.{k}" for s, k in MODEL_KEYS)

@@ -449,3 +449,11 @@ def test_readme_lists_every_docs_page():
     listed = re.findall(r"^- \[[^]]+\]\(docs/([\w.-]+\.md)\)", section, re.M)
     assert len(listed) == len(set(listed)), "a page is listed twice"
     assert sorted(listed) == sorted(p.name for p in DOCS.glob("*.md"))
+
+
+def test_ci_runs_the_readmes_test_command():
+    """.ci/run runs the README's second set-up command (with CI's pins and a quiet pip), not a variant of it."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"# 2\. install and pass the tests.*\n(.+)\n", readme).group(1).strip()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert command.replace("pip install -e", "pip install -q -c .ci/constraints.txt -e") in ci.splitlines()

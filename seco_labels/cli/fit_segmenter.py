@@ -63,9 +63,9 @@ def _yaml_mapping(ctx: click.Context, param: click.Parameter, value: str | None)
 @config_key_option("model.encoder_weights", "--encoder-weights", metavar="NAME|FILE|random", configs=segmenter_configs,
                    help="The encoder's starting weights (model.encoder_weights): smp's names for the encoder "
                         "(imagenet, ssl, swsl, ...); for tu- encoders a timm pretrained tag, hf-hub:ORG/NAME, or "
-                        "imagenet (timm's default tag); a local weights file; or random. Names come from the Hugging "
-                        "Face cache (HF_HUB_CACHE) and download once; HF_HUB_OFFLINE=1 never downloads. The run "
-                        "records the name and the file's sha256.")
+                        "imagenet (the tag timm loads by default); a local weights file; or random. Names come from "
+                        "the Hugging Face cache (HF_HUB_CACHE) and download once; HF_HUB_OFFLINE=1 never downloads. "
+                        "The run records the name and the file's sha256.")
 @config_key_option("model.kwargs", "--model-kwargs", metavar="YAML", callback=_yaml_mapping,
                    help="Extra smp.create_model arguments as a YAML/JSON mapping, e.g. '{encoder_depth: 3, "
                         "decoder_channels: [64, 32, 16]}' (model.kwargs).")

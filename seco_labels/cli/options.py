@@ -52,13 +52,14 @@ def segmenter_configs() -> list[Any]:
     return [SegmenterConfig()]
 
 
-def _format_default(option: click.Option, value: Any) -> str | None:
-    """How ``--help`` shows ``value``: a flag pair by the flag it selects, a sequence as the comma-separated text the
-    option takes; None (nothing shown) for None, '' and empty containers, which the help text words instead."""
+def _format_default(option: click.Option, value: Any) -> Any:
+    """What ``--help`` shows for ``value``: a sequence as the comma-separated text the option takes, a flag's bool as
+    it is (click names the flag it selects); None (nothing shown) for None, '' and empty containers, which the help
+    text words instead."""
     if value is None or (isinstance(value, (str, tuple, list, dict)) and not value):
         return None
-    if option.is_bool_flag and option.secondary_opts:
-        return (option.opts if value else option.secondary_opts)[0].lstrip("-")
+    if isinstance(value, bool):
+        return value
     if isinstance(value, (tuple, list)):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -80,18 +81,21 @@ class SecoOption(click.Option):
         self.config_key = config_key
         self.shown_default = shown_default
 
-    def get_help_extra(self, ctx: click.Context) -> Any:
-        extra = super().get_help_extra(ctx)
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         read = self.shown_default
         if read is None and self.show_default is True and callable(self.default):
             read = self.default
-        if read is not None:
-            shown = _format_default(self, read())
-            if shown is None:
-                extra.pop("default", None)
-            else:
-                extra["default"] = shown
-        return extra
+        if read is None:
+            return super().get_help_record(ctx)
+        # click formats the default it holds (click 8.1 inside this method, later ones in get_help_extra): hold the
+        # value to show while it does
+        shown = _format_default(self, read())
+        held = self.default, self.show_default
+        self.default, self.show_default = shown, shown is not None
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.default, self.show_default = held
 
 
 def option(*param_decls: str, **attrs: Any) -> Callable:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-__all__ = ["COUNT_KEYS", "format_summary", "report_resume", "report_finished", "exit_interrupted"]
+__all__ = ["COUNT_KEYS", "exit_interrupted", "format_summary", "report_finished", "report_resume"]
 
 #: log fields that count things: printed as integers
 COUNT_KEYS = ("crops_tagged", "crops_rectified", "steps")

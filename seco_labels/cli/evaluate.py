@@ -9,7 +9,7 @@ import click
 from ..artifacts import open_split
 from ..io import check_writable_dir
 from . import cli
-from .options import defaults_file_option, out_option, quiet_option
+from .options import defaults_file_option, layout_option, out_option, quiet_option
 
 
 @cli.command("evaluate")
@@ -20,7 +20,7 @@ from .options import defaults_file_option, out_option, quiet_option
 @click.option("--gt", "gt_root", type=click.Path(file_okay=False), default=None,
               help="Ground-truth dataset root (default: the exported dataset, from ART_DIR/manifest_<split>.json "
                    "or config.yaml).")
-@click.option("--layout", default=None, help="GT layout: voc | coco | coco-seco | folder (default: config's, else voc).")
+@layout_option("GT layout: voc | coco | coco-seco | folder (default: config's, else voc).")
 @click.option("--num-classes", type=int, default=None, help="K, background included (default: config's/layout's).")
 @click.option("--cams", "with_cams", is_flag=True,
               help="Also score the raw CAMs of cams_<split>.h5, sweeping the background threshold "

@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import click
 
 from . import cli
-from .options import defaults_file_option, device_option, lock_out, out_option, parse_scales, quiet_option
+from .options import (
+    checkpoint_option,
+    data_root_option,
+    defaults_file_option,
+    device_option,
+    layout_option,
+    lock_out,
+    option,
+    out_option,
+    parse_scales,
+    quiet_option,
+    skip_bad_option,
+)
+
+
+def _export_default(name: str) -> Callable[[], Any]:
+    """The default of :class:`~seco_labels.inference.export.ExportOptions` field ``name``, read when an option or
+    the help needs it (the exporter imports timm, which every other command would pay for)."""
+    def default() -> Any:
+        from ..inference.export import ExportOptions
+
+        value = getattr(ExportOptions(), name)
+        return ",".join(value) if name == "formats" else value
+
+    return default
 
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
@@ -16,30 +42,31 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 
 
 @cli.command("export-masks")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="RUN_DIR/last.pt of seco train.")
+@checkpoint_option
 @click.option("--split", required=True, help="Split to export, e.g. train.")
 @out_option("--out", "out_dir", required=True, help="Artifact folder.")
-@click.option("--data-root", default=None, help="Dataset root (default: the training run's).")
-@click.option("--layout", default=None, help="Dataset layout (default: the training run's).")
-@click.option("--format", "formats", default="h5,png", show_default=True, callback=_formats,
-              help="h5 (CAMs + masks in cams_<split>.h5), png (masks_<split>/<id>.png), coco-json (COCO RLE "
-                   "annotations in coco_<split>.json, built from the h5 or png masks); comma-separated.")
+@data_root_option("Dataset root (default: the training run's).")
+@layout_option("Dataset layout (default: the training run's).")
+@option("--format", "formats", default=_export_default("formats"), show_default=True, callback=_formats,
+        help="h5 (CAMs + masks in cams_<split>.h5), png (masks_<split>/<id>.png), coco-json (COCO RLE annotations in "
+             "coco_<split>.json, built from the h5 or png masks); comma-separated.")
 @click.option("--scales", default="default", show_default=True, callback=parse_scales,
               help="CAM scales, comma-separated, or a preset: default, seeds, train-voc, published-ms.")
-@click.option("--flip/--no-flip", default=True, show_default=True, help="Add horizontally flipped CAMs.")
-@click.option("--cam-source", type=click.Choice(["final", "aux"]), default="final", show_default=True)
-@click.option("--tags", type=click.Choice(["given", "predicted"]), default="given", show_default=True,
-              help="given: the dataset's class tags; predicted: the classifier's (for untagged images).")
-@click.option("--tag-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Sigmoid score above which a class counts as present with --tags predicted.")
+@option("--flip/--no-flip", default=_export_default("flip"), show_default=True, help="Add horizontally flipped CAMs.")
+@option("--cam-source", type=click.Choice(["final", "aux"]), default=_export_default("cam_source"), show_default=True)
+@option("--tags", type=click.Choice(["given", "predicted"]), default=_export_default("tags"), show_default=True,
+        help="given: the dataset's class tags; predicted: the classifier's (for untagged images).")
+@option("--tag-threshold", type=click.FloatRange(0, 1), default=_export_default("tag_threshold"), show_default=True,
+        help="Sigmoid score above which a class counts as present with --tags predicted.")
 @click.option("--crf", is_flag=True, help="Refine each pseudo mask with the dense CRF (needs the crf extra).")
 @click.option("--high-thre", type=float, default=None, help="Default: the checkpoint's cam.high_thre.")
 @click.option("--low-thre", type=float, default=None, help="Default: the checkpoint's cam.low_thre.")
 @click.option("--input-size", type=int, default=None, help="Images are resized to this square (default: crop size).")
 @click.option("--overwrite", is_flag=True, help="Delete this split's earlier outputs in --out (HDF5, PNGs, parts) and export every image again.")
-@click.option("--skip-bad", is_flag=True, help="Log unreadable images and go on instead of stopping.")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per forward pass (per process).")
-@click.option("--num-workers", type=int, default=2, show_default=True)
+@skip_bad_option
+@option("--batch-size", type=int, default=_export_default("batch_size"), show_default=True,
+        help="Images per forward pass (per process).")
+@option("--num-workers", type=int, default=_export_default("num_workers"), show_default=True)
 @device_option()
 @quiet_option()
 @defaults_file_option

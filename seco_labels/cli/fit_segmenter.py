@@ -7,16 +7,21 @@ import yaml
 
 from . import cli
 from .options import (
+    allow_changes_option,
     classes_option,
     config_key_option,
+    config_options,
     config_values,
-    device_option,
+    iters_option,
     lock_out,
+    log_option,
     out_option,
-    quiet_option,
+    resume_option,
+    segmenter_configs,
     starts_fresh,
+    val_split_option,
 )
-from .train import allow_changes_option, exit_interrupted, report_finished, report_resume
+from .run_output import exit_interrupted, report_finished, report_resume
 
 
 class SmpArchChoice(click.Choice):
@@ -51,17 +56,16 @@ def _yaml_mapping(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 @cli.command("fit-segmenter")
-@config_key_option("model.arch", "--arch", type=SmpArchChoice(),
-                   help="smp architecture (model.arch; default deeplabv3plus).")
-@config_key_option("model.encoder", "--encoder",
-                   help="smp encoder name or tu-<timm model>, e.g. resnet50, mit_b0, tu-convnext_tiny (model.encoder; "
-                        "default resnet50).")
-@config_key_option("model.encoder_weights", "--encoder-weights", metavar="NAME|FILE|random",
-                   help="The encoder's starting weights (model.encoder_weights; default imagenet): smp's names for "
-                        "the encoder (imagenet, ssl, swsl, ...); for tu- encoders a timm pretrained tag, "
-                        "hf-hub:ORG/NAME, or imagenet (timm's default tag); a local weights file; or random. Names "
-                        "come from the Hugging Face cache (HF_HUB_CACHE) and download once; HF_HUB_OFFLINE=1 never "
-                        "downloads. The run records the name and the file's sha256.")
+@config_key_option("model.arch", "--arch", type=SmpArchChoice(), configs=segmenter_configs,
+                   help="smp architecture (model.arch).")
+@config_key_option("model.encoder", "--encoder", configs=segmenter_configs,
+                   help="smp encoder name or tu-<timm model>, e.g. resnet50, mit_b0, tu-convnext_tiny (model.encoder).")
+@config_key_option("model.encoder_weights", "--encoder-weights", metavar="NAME|FILE|random", configs=segmenter_configs,
+                   help="The encoder's starting weights (model.encoder_weights): smp's names for the encoder "
+                        "(imagenet, ssl, swsl, ...); for tu- encoders a timm pretrained tag, hf-hub:ORG/NAME, or "
+                        "imagenet (the tag timm loads by default); a local weights file; or random. Names come from "
+                        "the Hugging Face cache (HF_HUB_CACHE) and download once; HF_HUB_OFFLINE=1 never downloads. "
+                        "The run records the name and the file's sha256.")
 @config_key_option("model.kwargs", "--model-kwargs", metavar="YAML", callback=_yaml_mapping,
                    help="Extra smp.create_model arguments as a YAML/JSON mapping, e.g. '{encoder_depth: 3, "
                         "decoder_channels: [64, 32, 16]}' (model.kwargs).")
@@ -71,43 +75,36 @@ def _yaml_mapping(ctx: click.Context, param: click.Parameter, value: str | None)
 @config_key_option("data.root", "--data-root", type=click.Path(file_okay=False),
                    help="Dataset root (data.root; default: the export's dataset_root).")
 @config_key_option("data.layout", "--layout",
-                   help="Dataset layout voc | coco | coco-seco | folder (default: the export's, else voc).")
+                   help="Dataset layout voc | coco | coco-seco | folder (data.layout; default: the export's, else "
+                        "voc).")
 @config_key_option("data.num_classes", "--num-classes", type=int,
-                   help="K, background included (default: the layout's; must match the export's).")
+                   help="K, background included (data.num_classes; default: the layout's; must match the export's).")
 @classes_option
-@config_key_option("data.split", "--split", help="Training split (data.split; default train_aug).")
-@config_key_option("data.val_split", "--val-split", help="GT-scored split (data.val_split; default val; '' for none).")
+@config_key_option("data.split", "--split", configs=segmenter_configs, help="Training split (data.split).")
+@val_split_option(segmenter_configs)
 @out_option("--out", "run_dir", required=True, help="Run folder SEG_DIR.")
-@config_key_option("train.iters", "--iters", type=int, help="Training iterations (train.iters; default 20000).")
-@config_key_option("data.batch_size", "--batch-size", type=int, help="Images per step (data.batch_size; default 8).")
-@config_key_option("data.crop_size", "--crop-size", type=int,
-                   help="Training crop side (data.crop_size; default 512), rounded up to the model's size multiple.")
-@config_key_option("optim.lr", "--lr", type=float, help="Base learning rate (optim.lr; default 0.01).")
-@config_key_option("optim.name", "--optimizer", type=click.Choice(["sgd", "adamw"]), help="optim.name (default sgd).")
-@config_key_option("train.amp", "--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]),
-                   help="Mixed precision (train.amp; default auto: bf16/fp16 on CUDA, fp32 on CPU).")
-@config_key_option("data.num_workers", "--num-workers", type=int,
-                   help="DataLoader workers (data.num_workers; default 4).")
-@config_key_option("train.val_every", "--val-every", type=int,
+@iters_option(segmenter_configs)
+@config_key_option("data.batch_size", "--batch-size", type=int, configs=segmenter_configs,
+                   help="Images per step (data.batch_size).")
+@config_key_option("data.crop_size", "--crop-size", type=int, configs=segmenter_configs,
+                   help="Training crop side (data.crop_size), rounded up to the model's size multiple.")
+@config_key_option("optim.lr", "--lr", type=float, configs=segmenter_configs, help="Base learning rate (optim.lr).")
+@config_key_option("optim.name", "--optimizer", type=click.Choice(["sgd", "adamw"]), configs=segmenter_configs,
+                   help="Optimizer (optim.name).")
+@config_key_option("train.amp", "--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), configs=segmenter_configs,
+                   help="Mixed precision (train.amp; auto: bf16/fp16 on CUDA, fp32 on CPU).")
+@config_key_option("data.num_workers", "--num-workers", type=int, configs=segmenter_configs,
+                   help="DataLoader workers (data.num_workers).")
+@config_key_option("train.val_every", "--val-every", type=int, configs=segmenter_configs,
                    help="Validate every N steps (train.val_every; 0 = only at the end).")
-@config_key_option("train.ckpt_every", "--ckpt-every", type=int,
+@config_key_option("train.ckpt_every", "--ckpt-every", type=int, configs=segmenter_configs,
                    help="Write last.pt every N steps (train.ckpt_every).")
-@config_key_option("train.val_max_images", "--val-max-images", type=int,
+@config_key_option("train.val_max_images", "--val-max-images", type=int, configs=segmenter_configs,
                    help="Score only the first N val images (train.val_max_images; 0 = all).")
-@config_key_option("train.log", "--log", type=click.Choice(["jsonl", "tensorboard"]),
-                   help="tensorboard: also write SEG_DIR/tensorboard/ (loss, lr, val mIoU and images; needs pip "
-                        "install \"seco-labels[tensorboard]\"). SEG_DIR/metrics.jsonl is always written (train.log; "
-                        "default jsonl).")
-@click.option("--resume", default=None, metavar="auto|PATH",
-              help="Continue SEG_DIR/last.pt (auto; starts at step 0 when there is none) or PATH.")
+@log_option(segmenter_configs)
+@resume_option
 @allow_changes_option
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML/JSON config (nested like SEG_DIR/config.yaml) under the options.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override any config value, e.g. --set optim.head_lr_mult=10 (repeatable).")
-@config_key_option("train.seed", "--seed", type=int, help="Random seed (train.seed).")
-@device_option("train.device")
-@quiet_option("No progress bar and no per-class table.")
+@config_options(segmenter_configs, quiet="No progress bar and no per-class table.")
 def fit_segmenter_cmd(run_dir, resume, allow_changes, config_file, overrides, quiet):
     """Train an smp segmenter on pseudo masks (or GT) and score it on the val split's GT.
 

@@ -1,6 +1,14 @@
 """Options shared by several commands, the preset -> file -> --set -> option layering of the config, and the
 output folder: ``--out`` checked before any work (:func:`out_option`; a default folder with
-``io.check_writable_dir``) and locked against a second run (:func:`lock_out`)."""
+``io.check_writable_dir``) and locked against a second run (:func:`lock_out`).
+
+Every option more than one command declares is declared here, once. Defaults are written once too: in the config
+dataclasses (``seco_labels.config``, ``seco_labels.segmenters.config``) or a module constant, and shown by click as
+``[default: VALUE]``; help texts say in words only what a value cannot (``default: the training run's``). A
+config-key option's own default stays None ("not given", so the config file and ``--set`` still apply): ``--help``
+shows the config's value through :class:`SecoOption`, read from the configs the command starts from
+(:func:`preset_configs`, :func:`segmenter_configs`); where the presets differ it shows ``the preset's``.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +29,78 @@ from ..config import (
     scale_schedule,
     set_values,
 )
-from ..config_io import load_config_file
+from ..config_io import get_key, load_config_file
 from ..errors import ConfigError, OutputError
 from ..io import check_writable_dir, folder_lock
+from ..training.sinks import LOG_KINDS, TENSORBOARD_DIR, TENSORBOARD_INSTALL
+
+#: the preset of a config file without a ``preset`` key (SecoConfig's own defaults are this preset's)
+DEFAULT_PRESET: str = SecoConfig.preset
+#: what ``--help`` shows as the default of a config key whose value differs between the presets
+PRESET_DEPENDENT = "the preset's"
+
+
+def preset_configs() -> list[SecoConfig]:
+    """The config of every preset: where a SeCo command's config starts (``seco train``, ``seco demo``)."""
+    return [get_preset(name) for name in list_presets()]
+
+
+def segmenter_configs() -> list[Any]:
+    """``SegmenterConfig()``: where ``seco fit-segmenter``'s config starts."""
+    from ..segmenters.config import SegmenterConfig
+
+    return [SegmenterConfig()]
+
+
+def _format_default(option: click.Option, value: Any) -> Any:
+    """What ``--help`` shows for ``value``: a sequence as the comma-separated text the option takes, a flag's bool as
+    it is (click names the flag it selects); None (nothing shown) for None, '' and empty containers, which the help
+    text words instead."""
+    if value is None or (isinstance(value, (str, tuple, list, dict)) and not value):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+class SecoOption(click.Option):
+    """A click option whose ``[default: ...]`` in ``--help`` is read when the help is shown.
+
+    ``shown_default`` (a zero-argument function) gives the value to show while the parse default stays what it is:
+    a config-key option keeps None ("not given") and shows the config's value. A default given as a zero-argument
+    function (click would show "(dynamic)") is called and shown when ``show_default`` is on: so a default read from a
+    module that is slow to import (the exporter's, which imports timm) costs nothing until the help or the option
+    needs it. ``config_key`` is the dotted config key the option sets (:func:`config_key_option`), or None.
+    """
+
+    def __init__(self, param_decls: Any = None, *, config_key: str | None = None,
+                 shown_default: Callable[[], Any] | None = None, **attrs: Any) -> None:
+        super().__init__(param_decls, **attrs)
+        self.config_key = config_key
+        self.shown_default = shown_default
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        read = self.shown_default
+        if read is None and self.show_default is True and callable(self.default):
+            read = self.default
+        if read is None:
+            return super().get_help_record(ctx)
+        # click formats the default it holds (click 8.1 inside this method, later ones in get_help_extra): hold the
+        # value to show while it does
+        shown = _format_default(self, read())
+        held = self.default, self.show_default
+        self.default, self.show_default = shown, shown is not None
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.default, self.show_default = held
+
+
+def option(*param_decls: str, **attrs: Any) -> Callable:
+    """``click.option`` with :class:`SecoOption`."""
+    return click.option(*param_decls, cls=SecoOption, **attrs)
 
 
 def _check_out(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -43,7 +120,7 @@ def out_option(*param_decls: str, **attrs: Any) -> Callable:
     a writable folder); otherwise the command stops at once with exit 1 and "cannot write --out PATH: REASON".
     Takes click.option's arguments; the type is a folder path."""
     attrs.setdefault("metavar", "DIRECTORY")
-    return click.option(*(param_decls or ("--out",)), type=click.Path(), callback=_check_out, **attrs)
+    return option(*(param_decls or ("--out",)), type=click.Path(), callback=_check_out, **attrs)
 
 
 def lock_out(folder: str | Path, name: str = ".lock", what: str = "") -> None:
@@ -65,28 +142,38 @@ def starts_fresh(run_dir: str | Path, resume: str | None) -> bool:
     return resume is None or (resume == "auto" and latest_checkpoint(Path(run_dir)) is None)
 
 
-def device_option(config_key: str | None = None) -> Callable:
+def device_option(config_key: str | None = None, configs: Callable[[], list[Any]] | None = None) -> Callable:
     """``--device``: ``auto`` by default for a command that reads a checkpoint; with ``config_key``, a
-    :func:`config_key_option` (the config's value stands unless the option is given)."""
+    :func:`config_key_option` (the config's value stands unless the option is given) showing the value of
+    ``configs``."""
     if config_key:
-        return config_key_option(config_key, "--device", help=f"auto | cpu | cuda | cuda:N ({config_key}).")
-    return click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+        return config_key_option(config_key, "--device", configs=configs,
+                                 help=f"auto | cpu | cuda | cuda:N ({config_key}).")
+    return option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 
 
 def quiet_option(help: str = "No progress bar.") -> Callable:
     """``-q/--quiet``; ``help`` says what else the command leaves out."""
-    return click.option("-q", "--quiet", is_flag=True, help=help)
+    return option("-q", "--quiet", is_flag=True, help=help)
 
 
 #: where :func:`config_key_option` collects the given values, in the click context's ``meta``
 _CONFIG_VALUES = "seco_labels.config_values"
 
 
-def config_key_option(key: str, *param_decls: str, callback: Callable | None = None, **attrs: Any) -> Callable:
+def _config_default(configs: Callable[[], list[Any]], key: str) -> Any:
+    """The value of ``key`` in every config ``configs`` returns, or :data:`PRESET_DEPENDENT` where they differ."""
+    values = [get_key(cfg, key) for cfg in configs()]
+    return values[0] if all(v == values[0] for v in values) else PRESET_DEPENDENT
+
+
+def config_key_option(key: str, *param_decls: str, callback: Callable | None = None,
+                      configs: Callable[[], list[Any]] | None = None, **attrs: Any) -> Callable:
     """An option that sets the config key ``key`` (``--iters`` -> ``train.iters``). The command does not receive it
     as an argument: :func:`config_values` returns the given ones, keyed by config key, for the config layering
     (``resolve_config``, ``segmenter_config``). ``callback`` (if any) converts the value first; the default is None
-    (not given: the config's value stands)."""
+    (not given: the config's value stands). With ``configs`` (:func:`preset_configs`, :func:`segmenter_configs`),
+    ``--help`` shows their value of ``key`` as the default."""
     def record(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if callback is not None:
             value = callback(ctx, param, value)
@@ -95,7 +182,9 @@ def config_key_option(key: str, *param_decls: str, callback: Callable | None = N
         return value
 
     attrs.setdefault("default", None)
-    return click.option(*param_decls, callback=record, expose_value=False, **attrs)
+    if configs is not None:
+        attrs["shown_default"] = lambda: _config_default(configs, key)
+    return option(*param_decls, callback=record, expose_value=False, config_key=key, **attrs)
 
 
 def config_values() -> dict[str, Any]:
@@ -107,22 +196,98 @@ def config_values() -> dict[str, Any]:
     return values
 
 
-def config_options(func: Callable) -> Callable:
-    """--preset, --config, --set, --quiet passed to the command; --seed and --device as config keys."""
+def preset_option(default: str | None = None) -> Callable:
+    """``--preset``: the starting values of a SeCo command; ``default`` None: the ``--config`` file's ``preset``
+    key, else :data:`DEFAULT_PRESET`."""
+    if default is not None:
+        return option("--preset", type=click.Choice(list_presets()), default=default, show_default=True,
+                      help="Starting values.")
+    return option("--preset", type=click.Choice(list_presets()), default=None,
+                  help=f"Starting values (default: the --config file's 'preset' key, else {DEFAULT_PRESET}).")
+
+
+def config_options(configs: Callable[[], list[Any]] = preset_configs, *, quiet: str = "No progress bar.") -> Callable:
+    """The options of a command that resolves a run config: ``--config`` (a nested YAML/JSON file) and ``--set``
+    items passed to the command, ``--seed`` and ``--device`` as config keys showing the defaults of ``configs``,
+    and ``-q/--quiet`` (``quiet``: its help). ``--preset`` is :func:`preset_option`, for SeCo commands only."""
     options = [
-        click.option("--preset", type=click.Choice(list_presets()), default=None,
-                     help="Starting values (default: the file's 'preset' key, else voc)."),
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                     help="YAML/JSON file overriding the preset."),
-        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                     help="Override any config value, e.g. --set loss.lig.weight=0 (repeatable)."),
-        config_key_option("train.seed", "--seed", type=int, help="Random seed (train.seed)."),
-        device_option("train.device"),
-        quiet_option(),
+        option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+               help="YAML/JSON config file, nested like a run's config.yaml: it overrides the starting values; --set "
+                    "and the other options override it."),
+        option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+               help="Override any config value, e.g. --set train.val_every=500 (repeatable)."),
+        config_key_option("train.seed", "--seed", type=int, configs=configs, help="Random seed (train.seed)."),
+        device_option("train.device", configs),
+        quiet_option(quiet),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+
+    def decorate(func: Callable) -> Callable:
+        for opt in reversed(options):
+            func = opt(func)
+        return func
+
+    return decorate
+
+
+def iters_option(configs: Callable[[], list[Any]]) -> Callable:
+    """``--iters``: the run's length (``train.iters``); a SeCo preset's schedule stretches with it
+    (:func:`resolve_config`)."""
+    return config_key_option("train.iters", "--iters", type=int, configs=configs,
+                             help="Training iterations (train.iters).")
+
+
+def val_split_option(configs: Callable[[], list[Any]]) -> Callable:
+    """``--val-split``: the split a training run validates on (``data.val_split``)."""
+    return config_key_option("data.val_split", "--val-split", configs=configs,
+                             help="Validation split, scored against its GT masks (data.val_split); '' for none.")
+
+
+def log_option(configs: Callable[[], list[Any]]) -> Callable:
+    """``--log``: where a training run's log goes besides its metrics.jsonl (``train.log``)."""
+    return config_key_option(
+        "train.log", "--log", type=click.Choice(LOG_KINDS), configs=configs,
+        help=f"tensorboard: also write the run folder's {TENSORBOARD_DIR}/ (losses, lr, validation scores and "
+             f"images; needs {TENSORBOARD_INSTALL}). Its metrics.jsonl is always written (train.log).")
+
+
+def resume_option(func: Callable) -> Callable:
+    """``--resume auto|PATH``: continue a training run from its checkpoint."""
+    return option("--resume", default=None, metavar="auto|PATH",
+                  help="Continue the run folder's last.pt (auto; starts at step 0 when there is none) or the "
+                       "checkpoint PATH.")(func)
+
+
+def allow_changes_option(func: Callable) -> Callable:
+    """``--allow-changes``: resume even though the config differs from the checkpoint's in a way that alters the
+    run (the changes are recorded in the run folder's config_changes.jsonl)."""
+    return option(
+        "--allow-changes", is_flag=True,
+        help="When a run continues from its checkpoint: go on even if the config changes the run (lr, loss weights, "
+             "seed, crops...); the changes are recorded in its config_changes.jsonl. Extending train.iters needs no "
+             "flag.",
+    )(func)
+
+
+def checkpoint_option(func: Callable) -> Callable:
+    """``--checkpoint``: a ``seco train`` checkpoint to read."""
+    return option("--checkpoint", type=click.Path(dir_okay=False), required=True,
+                  help="RUN_DIR/last.pt of seco train.")(func)
+
+
+def skip_bad_option(func: Callable) -> Callable:
+    """``--skip-bad``: go on past unreadable images."""
+    return option("--skip-bad", is_flag=True, help="Log unreadable images and go on instead of stopping.")(func)
+
+
+def data_root_option(help: str, **attrs: Any) -> Callable:
+    """``--data-root`` of a command that reads a dataset recorded elsewhere (a run, an export, a model): ``help``
+    says whose root is the default."""
+    return option("--data-root", default=None, help=help, **attrs)
+
+
+def layout_option(help: str, **attrs: Any) -> Callable:
+    """``--layout``, as :func:`data_root_option`."""
+    return option("--layout", default=None, help=help, **attrs)
 
 
 #: where :func:`resolve_config` keeps the dotted keys the user gave, in the click context's ``meta``
@@ -140,7 +305,7 @@ def resolve_config(preset: str | None, config_file: str | None, overrides: tuple
       (:func:`seco_labels.config.scale_schedule`).
     """
     data = load_config_file(config_file) if config_file else {}
-    base = get_preset(preset or str(data.get("preset", "voc")))
+    base = get_preset(preset or str(data.get("preset", DEFAULT_PRESET)))
     preset_iters = base.train.iters
     cfg = config_from_dict({k: v for k, v in data.items() if k != "preset"}, base=base)
     sets = [parse_override(item) for item in overrides]
@@ -254,10 +419,18 @@ def classes_option(func: Callable) -> Callable:
 
 def defaults_file_option(func: Callable) -> Callable:
     """``--config FILE``: a YAML/JSON mapping of this command's option names to default values."""
-    return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, is_eager=True,
-                        expose_value=False, callback=_load_defaults,
-                        help="YAML/JSON file of defaults for this command's options (keys: option names), or a "
-                             "run's config.yaml (its data.root, data.layout, train.device, data.num_workers).")(func)
+    return option("--config", "defaults_file", type=click.Path(dir_okay=False), default=None, is_eager=True,
+                  expose_value=False, callback=_load_defaults,
+                  help="YAML/JSON file of defaults for this command's options (keys: option names), or a run's "
+                       "config.yaml (its data.root, data.layout, train.device, data.num_workers).")(func)
+
+
+def decoder_scales() -> tuple[float, ...]:
+    """The SeCo decoder's default scales (:data:`seco_labels.inference.decoder_masks.SEG_SCALES`), imported when an
+    option or the help needs them (that module imports timm)."""
+    from ..inference.decoder_masks import SEG_SCALES
+
+    return SEG_SCALES
 
 
 def parse_scales(ctx, param, value: str) -> tuple[float, ...]:

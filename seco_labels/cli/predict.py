@@ -7,7 +7,19 @@ from pathlib import Path
 import click
 
 from . import cli
-from .options import defaults_file_option, device_option, lock_out, out_option, parse_scales, quiet_option
+from .options import (
+    data_root_option,
+    decoder_scales,
+    defaults_file_option,
+    device_option,
+    layout_option,
+    lock_out,
+    option,
+    out_option,
+    parse_scales,
+    quiet_option,
+    skip_bad_option,
+)
 
 
 def _optional_scales(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -22,20 +34,20 @@ def _optional_scales(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--images", "images_dir", type=click.Path(file_okay=False), default=None,
               help="Folder of .jpg/.jpeg/.png/.webp/.bmp images (subfolders too); OUT keeps their relative paths.")
 @click.option("--split", default=None, help="Or a dataset split, e.g. val (with --data-root/--layout).")
-@click.option("--data-root", default=None, help="Dataset root of --split (default: the model's training data).")
-@click.option("--layout", default=None, help="Dataset layout of --split (default: the model's training data).")
+@data_root_option("Dataset root of --split (default: the model's training data).")
+@layout_option("Dataset layout of --split (default: the model's training data).")
 @out_option("--out", "out_dir", required=True,
             help="Folder: <id>.png masks (VOC palette), overlay/<id>.jpg, manifest_predict.json.")
 @click.option("--overlay", is_flag=True, help="Also write OUT/overlay/<id>.jpg: the image blended with the mask.")
 @click.option("--flip/--no-flip", default=None,
               help="Add the mirror image's logits (default: on for the SeCo decoder, off for smp models).")
-@click.option("--scales", default=None, callback=_optional_scales,
-              help="SeCo decoder: multiples of the input size, max over scales (default 1.0,1.25,1.5).")
+@option("--scales", default=None, callback=_optional_scales, shown_default=decoder_scales,
+        help="SeCo decoder: multiples of the input size, max over scales.")
 @click.option("--crf", is_flag=True, help="SeCo decoder: dense-CRF post-processing (needs the crf extra).")
 @click.option("--input-size", type=int, default=None, help="SeCo decoder: base square size (default: training crop).")
 @click.option("--overwrite", is_flag=True,
               help="Predict every image again, also with other settings than OUT's (other files are kept).")
-@click.option("--skip-bad", is_flag=True, help="Log unreadable images and go on instead of stopping.")
+@skip_bad_option
 @device_option()
 @quiet_option()
 @defaults_file_option

@@ -7,15 +7,15 @@ import sys
 import click
 
 from . import cli
-from .options import out_option, quiet_option
+from .options import data_root_option, layout_option, out_option, quiet_option
 
 
 @cli.command("report")
 @click.argument("art", type=click.Path(exists=True))
 @click.option("--split", required=True, help="The exported split.")
 @out_option("--out", "out_dir", default=None, help="Folder of the page and its thumbnails (default: ART/report_<split>).")
-@click.option("--data-root", default=None, help="Images (and GT) root (default: the exported dataset's).")
-@click.option("--layout", default=None, help="Dataset layout (default: the exported dataset's).")
+@data_root_option("Images (and GT) root (default: the exported dataset's).")
+@layout_option("Dataset layout (default: the exported dataset's).")
 @click.option("--thumb-height", type=click.IntRange(min=32), default=160, show_default=True,
               help="Thumbnail height, pixels.")
 @quiet_option()

@@ -5,19 +5,31 @@ from __future__ import annotations
 import click
 
 from . import cli
-from .options import defaults_file_option, device_option, lock_out, out_option, parse_scales, quiet_option
+from .options import (
+    checkpoint_option,
+    data_root_option,
+    decoder_scales,
+    defaults_file_option,
+    device_option,
+    layout_option,
+    lock_out,
+    option,
+    out_option,
+    parse_scales,
+    quiet_option,
+)
 
 
 @cli.command("segment")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="RUN_DIR/last.pt of seco train.")
+@checkpoint_option
 @click.option("--split", required=True, help="Split to segment, e.g. val.")
 @out_option("--out", "out_dir", required=True,
             help="Folder: masks_<split>/<id>.png, manifest_<split>.json (the settings), config.yaml, "
                  "segment_<split>.json.")
-@click.option("--data-root", default=None, help="Dataset root (default: the training run's).")
-@click.option("--layout", default=None, help="Dataset layout (default: the training run's).")
-@click.option("--scales", default="1.0,1.25,1.5", show_default=True, callback=parse_scales,
-              help="Multiples of the input size; the maximum of the logits over scales is taken.")
+@data_root_option("Dataset root (default: the training run's).")
+@layout_option("Dataset layout (default: the training run's).")
+@option("--scales", default=lambda: ",".join(str(s) for s in decoder_scales()), show_default=True,
+        callback=parse_scales, help="Multiples of the input size; the maximum of the logits over scales is taken.")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Add the mirror image's logits.")
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing, as published (needs the crf extra).")
 @click.option("--input-size", type=int, default=None, help="Base square size (default: the training crop).")

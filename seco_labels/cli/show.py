@@ -10,7 +10,7 @@ import click
 from ..artifacts import open_split, show_dir
 from ..io import check_writable_dir
 from . import cli
-from .options import out_option, quiet_option
+from .options import data_root_option, layout_option, out_option, quiet_option
 
 
 @cli.command("show")
@@ -22,8 +22,8 @@ from .options import out_option, quiet_option
 @click.option("-n", "--n", "count", type=click.IntRange(min=1), default=16, show_default=True,
               help="How many images when --ids is not given.")
 @out_option("--out", "out_dir", default=None, help="Folder of the PNGs (default: ART/show_<split>).")
-@click.option("--data-root", default=None, help="Images (and GT) root (default: the exported dataset's).")
-@click.option("--layout", default=None, help="Dataset layout (default: the exported dataset's, else voc).")
+@data_root_option("Images (and GT) root (default: the exported dataset's).")
+@layout_option("Dataset layout (default: the exported dataset's, else voc).")
 @click.option("--height", type=click.IntRange(min=32), default=240, show_default=True, help="Panel height, pixels.")
 @click.option("--no-gt", is_flag=True, help="Leave out the ground-truth and error panels.")
 @quiet_option()

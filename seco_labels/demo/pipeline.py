@@ -12,10 +12,12 @@ from typing import Any, Callable, Iterable
 
 from ..config import SecoConfig
 
-__all__ = ["run_demo", "DEMO_STAGES"]
+__all__ = ["run_demo", "DEMO_STAGES", "SEG_ITERS"]
 
 #: train, export, evaluate, fit-segmenter (pseudo masks and GT), compare
 DEMO_STAGES = 5
+#: iterations of each demo segmenter (``seco demo --seg-iters``)
+SEG_ITERS = 80
 
 
 def _num(x: float | None, scale: float = 1.0) -> str:
@@ -26,7 +28,7 @@ def run_demo(
     cfg: SecoConfig,
     out_dir: str | Path,
     *,
-    seg_iters: int = 80,
+    seg_iters: int = SEG_ITERS,
     quiet: bool = False,
     allow_changes: bool = False,
     echo: Callable[[str], None] = print,

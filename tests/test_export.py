@@ -374,7 +374,7 @@ def test_crf_option(checkpoint, voc_copy, tmp_path, monkeypatch):
         m.setitem(sys.modules, "pydensecrf", None)  # as if the crf extra were not installed
         m.setitem(sys.modules, "pydensecrf.densecrf", None)
         res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "none")])
-    assert res.exit_code == 1 and 'pip install "seco-labels[crf]"' in res.output
+    assert res.exit_code == 1 and 'pip install -e ".[crf]" in your clone' in res.output
     assert not (tmp_path / "none").exists()  # failed before writing anything
     pytest.importorskip("pydensecrf.densecrf")
     res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "crf")])

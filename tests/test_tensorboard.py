@@ -149,7 +149,7 @@ def test_without_tensorboard_the_option_stops_at_once_with_the_install_command(v
         out = tmp_path / command
         res = CliRunner().invoke(cli, [command, *args, "--log", "tensorboard", "--out", str(out)])
         assert res.exit_code == 2, res.output
-        assert TENSORBOARD_INSTALL in res.output and 'pip install "seco-labels[tensorboard]"' in res.output
+        assert TENSORBOARD_INSTALL in res.output and 'pip install -e ".[tensorboard]"' in res.output
         assert "--log tensorboard" in res.output
         assert not (out / "config.yaml").exists()  # nothing built or written
     # the Python API stops before the first step too

@@ -5,7 +5,7 @@ Defaults reproduce the published SeCo/ToCo code (``model/PAR.py``; ``refine_cams
 both background thresholds. Labels: 0 background, k >= 1 class k, ``ignore_index`` (255) ignored.
 
 The optional dense CRF (:func:`dense_crf`, :func:`crf_refine_mask`; docs/design.md §4) runs on the CPU in NumPy through
-``pydensecrf2`` (``pip install "seco-labels[crf]"``), imported only when called, so the package works without it.
+``pydensecrf2`` (``pip install -e ".[crf]"``), imported only when called, so the package works without it.
 """
 
 from __future__ import annotations
@@ -248,7 +248,8 @@ def require_crf():
     except ImportError as err:
         raise CrfUnavailableError(
             "dense-CRF refinement needs the optional package pydensecrf2, which is not installed; "
-            'install it with: pip install "seco-labels[crf]" (it builds from source and needs a C++ compiler)'
+            'install it with: pip install -e ".[crf]" in your clone of seco_labels (it builds from source and '
+            "needs a C++ compiler)"
         ) from err
     return dcrf, dcrf_utils
 
@@ -287,7 +288,7 @@ def dense_crf(
         - output: (C, H, W) float32 refined probabilities; each pixel sums to 1 over C.
 
     Raises:
-        CrfUnavailableError: pydensecrf2 is not installed (``pip install "seco-labels[crf]"``).
+        CrfUnavailableError: pydensecrf2 is not installed (``pip install -e ".[crf]"``).
         ValueError: shapes or dtypes do not match the above, or ``iters < 0``.
     """
     # Defaults: published SeCo/ToCo segmentation post-processing (tools/infer_seg_voc.py DenseCRF(iter_max=10,
@@ -347,7 +348,7 @@ def crf_refine_mask(
         - output: (H, W) uint8, same label space.
 
     Raises:
-        CrfUnavailableError: pydensecrf2 is not installed (``pip install "seco-labels[crf]"``).
+        CrfUnavailableError: pydensecrf2 is not installed (``pip install -e ".[crf]"``).
         ValueError: shapes do not match, a label is outside 0..num_classes-1 and not ``ignore_index``, or
             ``gt_prob`` is not in (0, 1).
     """

@@ -21,7 +21,7 @@ __all__ = ["LogSink", "TensorBoardSink", "SINKS", "LOG_KINDS", "TENSORBOARD_INST
            "VALIDATION_IMAGES", "require_log", "open_sink", "scalar_fields", "image_count"]
 
 #: the command that installs what ``--log tensorboard`` needs
-TENSORBOARD_INSTALL = 'pip install "seco-labels[tensorboard]"'
+TENSORBOARD_INSTALL = 'pip install -e ".[tensorboard]" (in your clone of seco_labels)'
 #: the folder of ``RUN_DIR`` that holds the TensorBoard event files
 TENSORBOARD_DIR = "tensorboard"
 #: validation images drawn for the sink after each validation (at most ``train.val_max_images`` when that is set)

@@ -187,7 +187,7 @@ class OptimConfig:
 @dataclass
 class LoopConfig:
     """What the training loop reads, in ``seco train`` and ``seco fit-segmenter`` alike
-    (:class:`seco_labels.training.run_state.RunState` and the two trainers): loop length, seed, device, precision,
+    (:func:`seco_labels.training.loop.run_loop` and the two trainers): loop length, seed, device, precision,
     checkpoints, logging and validation. Each command's ``train`` section subclasses it and gives ``iters`` its
     own default."""
 

@@ -253,7 +253,7 @@ def test_resume_of_a_run_from_before_weights_by_name(hf_cache, voc_root, tmp_pat
 def test_the_default_is_imagenet_and_the_demo_trains_from_random_init():
     import inspect
 
-    from seco_labels.demo.pipeline import pipeline as demo
+    from seco_labels.demo import pipeline as demo
 
     assert SegmenterConfig().model.encoder_weights == "imagenet"
     assert '"model.encoder_weights": "random"' in inspect.getsource(demo.run_demo)

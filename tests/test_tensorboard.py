@@ -192,8 +192,9 @@ def test_switching_the_log_on_resume_needs_no_flag(trainer):
     older = json.loads(json.dumps(new))
     del older["train"]["log"]
     for old in (older, {**new, "train": {**new["train"], "log": "jsonl"}}):
-        assert check_changes(old, new, "last.pt", step=1, silent=trainer.SILENT_KEYS,
-                             allowed=trainer.ALLOWED_KEYS, skip=trainer.ARCH_KEYS) == []
+        keys = trainer.RESUME_KEYS
+        assert check_changes(old, new, "last.pt", step=1, silent=keys.silent, allowed=keys.allowed,
+                             skip=keys.arch) == []
 
 
 def test_scalar_fields_keep_the_finite_numbers_under_their_section():

@@ -566,7 +566,7 @@ def test_a_signal_to_one_torchrun_process_stops_every_process_after_the_same_ste
 
 # -- a loss that diverges or goes non-finite ---------------------------------------------------------------------
 def test_exploding_loss_warns_then_non_finite_loss_stops_with_our_error(voc_root, tmp_path, capfd):
-    from seco_labels.training.run_state import NonFiniteLossError
+    from seco_labels.training.loss_monitor import NonFiniteLossError
 
     cfg = tiny_config(voc_root, iters=12)
     cfg.train.val_every, cfg.data.num_workers, cfg.train.ckpt_every = 0, 0, 3

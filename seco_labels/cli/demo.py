@@ -43,7 +43,7 @@ def demo_cmd(preset, config_file, overrides, quiet, out_dir, seg_iters, allow_ch
     config go on); Ctrl-C during training saves a checkpoint first (exit 130)."""
     from ..demo.pipeline import run_demo
     from ..segmenters.compare import format_markdown
-    from ..training.run_state import TrainingInterrupted
+    from ..training.signals import TrainingInterrupted
 
     lock_out(out_dir, ".lock", "seco demo")  # its train/, artifacts/ and segmenter folders lock themselves too
     cfg = resolve_config(preset, config_file, overrides)

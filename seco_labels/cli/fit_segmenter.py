@@ -118,7 +118,8 @@ def fit_segmenter_cmd(run_dir, resume, allow_changes, config_file, overrides, qu
     from ..segmenters.model import check_names
     from ..segmenters.train import SegmenterTrainer
     from ..segmenters.weights import resolve_encoder_weights
-    from ..training.run_state import RUN_LOCK, TrainingInterrupted
+    from ..training.run_folder import RUN_LOCK
+    from ..training.signals import TrainingInterrupted
     from ..training.sinks import require_log
 
     lock_out(run_dir, RUN_LOCK, "a training run")

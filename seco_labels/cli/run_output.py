@@ -31,7 +31,7 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def report_resume(trainer: Any, run_dir: str | Path, spec: str | None) -> None:
-    """Say on stderr what :meth:`seco_labels.training.run_state.RunState.resume` did: the step it continues at and the
+    """Say on stderr what :func:`seco_labels.training.resume.resume_run` did: the step it continues at and the
     recorded config changes, or that ``--resume auto`` found no checkpoint and the run starts at step 0."""
     if trainer.resumed_from is not None:
         click.echo(f"resuming {run_dir} at step {trainer.step}", err=True)
@@ -52,7 +52,7 @@ def report_finished(trainer: Any, run_dir: str | Path, result: dict[str, Any]) -
 
 
 def exit_interrupted(e: Any, hint: str, *, echo: bool = True) -> None:
-    """Print the :class:`~seco_labels.training.run_state.TrainingInterrupted` message with ``hint`` (how to continue) and exit
+    """Print the :class:`~seco_labels.training.signals.TrainingInterrupted` message with ``hint`` (how to continue) and exit
     with its code (130 after SIGINT, 143 after SIGTERM)."""
     if echo:
         click.echo(f"{e}; {hint}", err=True)

@@ -64,7 +64,8 @@ def train_cmd(preset, config_file, overrides, quiet, val_fraction, split_seed, r
     with DistributedDataParallel; see docs/distributed.md.
     """
     from ..runtime.distributed import is_primary_process, shutdown_distributed
-    from ..training.run_state import RUN_LOCK, TrainingInterrupted
+    from ..training.run_folder import RUN_LOCK
+    from ..training.signals import TrainingInterrupted
     from ..training.sinks import require_log
     from ..training.trainer import Trainer, resolve_backbone_weights
 

@@ -45,7 +45,7 @@ def run_demo(
         allow_changes: resume the stages even where the config changed since their checkpoints.
         echo: where the one-line stage reports go.
         on_resume: called as ``on_resume(trainer, run_dir)`` after each trainer's ``resume("auto")``.
-        keep: config keys a resumed SeCo run takes from its checkpoint (:meth:`RunState.resume`; the CLI passes the
+        keep: config keys a resumed SeCo run takes from its checkpoint (:meth:`Trainer.resume`; the CLI passes the
             schedule keys the user did not set, so a re-run with more ``--iters`` keeps the schedule under way).
 
     Returns:

@@ -1,8 +1,8 @@
 """What both trainers and the inference commands share at run time: the device, moving batches to it, the
 step-indexed batch sampler, and peak memory for the progress lines.
 
-The state of a run folder (JSONL log, checkpoints and resume, the run lock, stopping on a signal, progress lines)
-is :mod:`seco_labels.training.run_state`, which the two trainers mix in.
+The parts of a training run (the run folder's log, checkpoints and lock, resume, stopping on a signal, progress
+lines) are in :mod:`seco_labels.training`, which the two trainers are built from.
 """
 
 from __future__ import annotations

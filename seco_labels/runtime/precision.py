@@ -12,15 +12,16 @@ overflows in half precision runs in fp32 on every device (docs/divergences.md, "
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, ContextManager, TypeVar
 
 import torch
 
 from ..errors import ConfigError
 
-__all__ = ["AMP_MODES", "resolve_amp", "grad_scaler", "autocast_off", "in_fp32"]
+__all__ = ["AMP_MODES", "resolve_amp", "grad_scaler", "autocast_context", "autocast_off", "in_fp32"]
 
 #: the values of ``train.amp`` / ``ExportOptions.amp``
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -69,6 +70,14 @@ def grad_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.am
     """The loss scaler of a run: enabled for fp16 only (bf16 has fp32's exponent range), built for ``device``'s
     type so that it neither warns nor unscales on the wrong device."""
     return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+
+def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> ContextManager[Any]:
+    """The autocast region of a run: ``torch.autocast`` of ``device``'s type in ``amp_dtype``
+    (:func:`resolve_amp`), or a context that does nothing for fp32 (None)."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
 
 
 def autocast_off(device: torch.device | str) -> torch.autocast:

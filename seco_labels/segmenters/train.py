@@ -1,9 +1,9 @@
 """``seco fit-segmenter``: train an smp model on pseudo masks (or GT), checkpoint, resume, score on GT.
 
 Reads top-down: :func:`ce_loss` -> :class:`PredictedMasks` (the model as a ``seco evaluate`` mask source) ->
-:class:`SegmenterTrainer` (its step, validation and final report). The training loop, checkpoints, resume and
-logging (:mod:`seco_labels.training.run_state`), device, AMP, the batch sampler, the lr schedule and the metrics are those of
-``seco train`` / ``seco evaluate``.
+:class:`SegmenterTrainer` (its step, validation and final report). The training loop, the run folder (lock, log,
+checkpoints), resume, the starting weights and the loss checks (the parts of :mod:`seco_labels.training`), device,
+AMP, the batch sampler, the lr schedule and the metrics are those of ``seco train`` / ``seco evaluate``.
 
 Files written in ``RUN_DIR``: ``config.yaml`` (resolved config), ``last.pt`` (training checkpoint with optimiser,
 every ``ckpt_every`` steps and at the end), ``metrics.jsonl`` (a record per step and per validation),
@@ -13,13 +13,14 @@ every ``ckpt_every`` steps and at the end), ``metrics.jsonl`` (a record per step
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ClassVar, ContextManager, Iterable
 
 import numpy as np
 import torch
@@ -32,13 +33,18 @@ from ..data.readers import SegmentationReader
 from ..errors import CheckpointError
 from ..evaluation.evaluate import EvalResult, evaluate_masks, write_reports
 from ..io import atomic_write_text, disk_full_guard
-from ..runtime.checkpoint import latest_checkpoint, require_kind
+from ..runtime.checkpoint import ConfigChange, latest_checkpoint, require_kind
 from ..runtime.device import StepBatchSampler, resolve_device
-from ..runtime.precision import grad_scaler, resolve_amp
+from ..runtime.distributed import DistContext
+from ..runtime.precision import autocast_context, grad_scaler, resolve_amp
 from ..runtime.pretrained import Weights
-from ..training.run_state import RunState, holding_run_lock
+from ..training.loop import opened_run, run_loop
+from ..training.loss_monitor import LossMonitor
+from ..training.resume import ResumeKeys, restore_training_state, resume_run, training_state
+from ..training.run_folder import RunFolder
 from ..training.schedule import lr_multiplier
 from ..training.sinks import image_count
+from ..training.start_weights import StartWeights
 from .config import RETIRED_KEYS, SegmenterConfig
 from .data import SegTrainDataset, open_labels, open_val_reader
 from .model import (
@@ -99,7 +105,7 @@ class PredictedMasks:
                             max_side=self.max_side)
 
 
-class SegmenterTrainer(RunState):
+class SegmenterTrainer:
     """Owns a run folder: checks the labels, builds the smp model, trains, checkpoints, resumes, scores on GT.
 
     Construction does every check that needs no training (names, labels, val split, crop size vs the model) and
@@ -108,20 +114,23 @@ class SegmenterTrainer(RunState):
 
     Encoder weights (``model.encoder_weights``, :mod:`seco_labels.segmenters.weights`): the model is built with random
     init; a fresh run loads, records and announces them when it starts, a resumed one only checks that they are its
-    checkpoint's (:meth:`~seco_labels.training.run_state.RunState.start_from_weights`, ``_check_start``).
+    checkpoint's (``start_weights``: :class:`~seco_labels.training.start_weights.StartWeights`).
 
-    Resuming with other settings: the ``MODEL_KEYS`` and the weights cannot change; ``ALLOWED_KEYS`` may (recorded in
-    ``RUN_DIR/config_changes.jsonl``); any other change (lr, labels, crops, seed...) needs ``allow_changes``.
+    Resuming with other settings: the ``MODEL_KEYS`` and the weights cannot change; ``RESUME_KEYS.allowed`` may
+    (recorded in ``RUN_DIR/config_changes.jsonl``); any other change (lr, labels, crops, seed...) needs
+    ``allow_changes``.
+
+    The run's parts are those of ``seco train``'s :class:`~seco_labels.training.trainer.Trainer`: ``folder``,
+    ``start_weights``, ``losses``, and the loop and resume of :mod:`seco_labels.training`.
     """
 
-    SILENT_KEYS = ("train.device", "data.num_workers", "train.log_every", "train.ckpt_every", "train.log",
-                   *RETIRED_KEYS)
-    ALLOWED_KEYS = ("train.iters", "train.val_every", "train.val_max_images", "data.val_split", "data.root",
-                    "train.amp")
-    ARCH_KEYS = tuple(f"{s}.{k}" for s, k in MODEL_KEYS)
-    WEIGHTS_KEYS = ("model.encoder_weights", "model.encoder_weights_sha256")
-    WEIGHTS_OPTION = "--encoder-weights"
-    WEIGHTS_FOR = "model.encoder"
+    #: config keys on resume: the smp model cannot change; where the run goes and how verbosely may
+    RESUME_KEYS: ClassVar[ResumeKeys] = ResumeKeys(
+        arch=tuple(f"{s}.{k}" for s, k in MODEL_KEYS),
+        # RETIRED_KEYS: recorded by older runs, read by none
+        silent=("train.device", "data.num_workers", "train.log_every", "train.ckpt_every", "train.log",
+                *RETIRED_KEYS),
+    )
 
     def __init__(self, cfg: SegmenterConfig, run_dir: str | Path, *, quiet: bool = False,
                  weights: Weights | None = None) -> None:
@@ -136,9 +145,23 @@ class SegmenterTrainer(RunState):
         check_names(m.arch, m.encoder)
         m.arch = m.arch.lower()
         m.encoder_weights = weights.spec if weights is not None else encoder_weights_name(m.encoder_weights, m.encoder)
-        self.weights = weights
         self.device = resolve_device(t.device)
+        self.dist = DistContext(device=self.device)  # one process: fit-segmenter does not run under torchrun
         self.amp_dtype = resolve_amp(t.amp, self.device)
+        #: ``torch.autocast`` in ``amp_dtype`` (a no-op context for fp32), for the step and validation
+        self.autocast = functools.partial(autocast_context, self.device, self.amp_dtype)
+        self.folder = RunFolder(self.run_dir, dist=self.dist)
+        self.start_weights = StartWeights(
+            name_key="model.encoder_weights", sha_key="model.encoder_weights_sha256", option="--encoder-weights",
+            target_key="model.encoder", resolve=self._resolve_weights, load=self._load_weights, weights=weights,
+            announce=not quiet,
+        )
+        self.losses = LossMonitor(self.run_dir, lr_hint="--lr")
+        #: set by :meth:`resume`: the checkpoint loaded (None: starting at step 0) and the recorded config changes
+        self.resumed_from: Path | None = None
+        self.config_changes: list[ConfigChange] = []
+        #: set by :meth:`fit`: the run had already finished when it was called (nothing was trained or scored)
+        self.already_finished = False
         self.labels, pseudo = open_labels(d)
         self.val_reader = open_val_reader(d)
         torch.manual_seed(t.seed)
@@ -170,19 +193,19 @@ class SegmenterTrainer(RunState):
         self.step = 0
         self.last_result: EvalResult | None = None  #: the final validation of :meth:`fit`
 
-    # -- starting weights (RunState.start_from_weights) ---------------------------------------------------------
-    def resolve_start_weights(self) -> Weights:
+    # -- starting weights (self.start_weights) -----------------------------------------------------------------
+    def _resolve_weights(self) -> Weights:
         m = self.cfg.model
         return resolve_encoder_weights(m.encoder_weights, m.encoder)
 
-    def load_start_weights(self, weights: Weights) -> None:
+    def _load_weights(self, weights: Weights) -> None:
         m = self.cfg.model
         load_encoder_weights(self.model, weights.path, arch=m.arch, encoder=m.encoder, classes=self.cfg.data.num_classes,
                              kwargs=model_kwargs(m.arch, m.kwargs))
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "segmenter", **self._common_state()}
+        return {"kind": "segmenter", **training_state(self)}
 
     def load_state_dict(self, ckpt: dict[str, Any], source: str | Path) -> None:
         require_kind(ckpt, "segmenter", source)
@@ -193,8 +216,22 @@ class SegmenterTrainer(RunState):
         if diffs:
             raise CheckpointError(f"checkpoint {source} was trained with another model ({'; '.join(diffs)}); pass "
                                   "the same --arch/--encoder/--model-kwargs/--num-classes or choose another --out")
-        self._load_common_state(ckpt, source)
-        self.step = int(ckpt["step"])
+        restore_training_state(self, ckpt, source)
+
+    def resume(self, spec: str | None, *, allow_changes: bool = False, keep: Iterable[str] = ()) -> bool:
+        """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if present;
+        a path: continue from that checkpoint, with the config-change check (:func:`resume_run`). Sets
+        ``resumed_from`` and ``config_changes``; returns whether a checkpoint was loaded."""
+        self.resumed_from, self.config_changes = resume_run(self, spec, allow_changes=allow_changes, keep=keep)
+        return self.resumed_from is not None
+
+    def save(self) -> Path:
+        """Write ``RUN_DIR/last.pt``."""
+        return self.folder.save_checkpoint(self.state_dict)
+
+    def checkpoint(self) -> Path:
+        """The periodic checkpoint of :func:`run_loop`: :meth:`save`."""
+        return self.save()
 
     def save_model(self, metrics: dict[str, Any] | None = None) -> Path:
         """``RUN_DIR/model/`` in smp's ``save_pretrained`` format, replaced as a whole (temp folder + rename)."""
@@ -238,10 +275,10 @@ class SegmenterTrainer(RunState):
             group["lr"] = base * mult
         x = batch["image"].to(self.device, non_blocking=True)
         y = batch["mask"].to(self.device, non_blocking=True)
-        with self._autocast():
+        with self.autocast():
             logits = forward_logits(self.model, x)  # (B, K, S, S)
         loss = ce_loss(logits.float(), y, self.cfg.data.ignore_index)
-        self._check_loss(float(loss.detach()), lr_hint="--lr")
+        self.losses.check(float(loss.detach()), step=self.step, lr=self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -256,7 +293,7 @@ class SegmenterTrainer(RunState):
         t, m = self.cfg.train, self.cfg.model
         ids = reader.ids[: t.val_max_images] if t.val_max_images else None
         source = PredictedMasks(self.model, reader, multiple=self.multiple, device=self.device,
-                                autocast=self._autocast if self.amp_dtype else None,
+                                autocast=self.autocast if self.amp_dtype else None,
                                 name=f"{m.arch}/{m.encoder} ({self.run_dir}, step {self.step})",
                                 max_side=self.cfg.data.max_side or 0)
         was_training = self.model.training
@@ -286,7 +323,7 @@ class SegmenterTrainer(RunState):
             for i, image_id in enumerate(reader.ids[: image_count(self.cfg.train.val_max_images)]):
                 image = reader.load_image(image_id)
                 pred = predict_mask(self.model, image, multiple=self.multiple, device=self.device,
-                                    autocast=self._autocast if self.amp_dtype else None,
+                                    autocast=self.autocast if self.amp_dtype else None,
                                     max_side=self.cfg.data.max_side or 0)
                 panels = panels_for(image, pred, reader.class_names, gt=reader.load_mask(image_id, image.shape[:2]),
                                     ignore_index=self.cfg.data.ignore_index)
@@ -296,7 +333,6 @@ class SegmenterTrainer(RunState):
             self.model.train(was_training)
         return strips
 
-    @holding_run_lock
     def fit(self) -> dict[str, Any]:
         """Train from ``self.step`` to ``train.iters``, save ``last.pt`` and ``model/``, then score the val split
         and write ``metrics.json`` + ``per_class.csv``. Returns the last step's record and the val mIoU.
@@ -305,36 +341,36 @@ class SegmenterTrainer(RunState):
         scores nothing (``already_finished``) and returns its last logged step and val mIoU. Records of steps >=
         ``self.step`` are dropped from the log first (they are re-run), so each step is logged once.
 
-        Runs holding ``RUN_DIR/.lock`` (:meth:`run_lock`).
+        Runs holding ``RUN_DIR/.lock`` (:func:`~seco_labels.training.loop.opened_run`).
 
         Raises:
             TrainingInterrupted: SIGINT/SIGTERM arrived; the step under way was finished and checkpointed first.
             FolderBusyError: another process is writing ``RUN_DIR``.
             DiskFullError: a checkpoint, log or model write did not fit; the previous files are kept.
         """
-        self._open_run()
-        if self.step >= self.cfg.train.iters and self._finished():
-            self.already_finished = True
-            return self._logged_summary()
-        last = self.run_loop(lambda batch: {"loss": self.train_step(batch)}, self._validation_entry,
-                             desc="fit-segmenter", validate_last_step=False)
-        if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another path
-            self.save()
-        result = self.last_result = self.validate()
-        summary: dict[str, Any] = {**(last or self.last_logged()), "steps": self.step}
-        if result is not None:
-            miou = _num(result.confusion.miou())
-            self._drop_final_validation()
-            self._log({"step": self.step - 1, "split": self.cfg.data.val_split, "miou": miou})
-            self._log_images(self.step - 1)
-            write_reports(result, self.run_dir)
-            summary["val_miou"] = miou
-        self.save_model({"val_miou": summary.get("val_miou"), "val_split": self.cfg.data.val_split or None,
-                         "steps": self.step})
-        return summary
+        with opened_run(self):
+            if self.step >= self.cfg.train.iters and self._finished():
+                self.already_finished = True
+                return self._logged_summary()
+            last = run_loop(self, self._train_loader, lambda batch: {"loss": self.train_step(batch)},
+                            self._validation_entry, desc="fit-segmenter", validate_last_step=False)
+            if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another path
+                self.save()
+            result = self.last_result = self.validate()
+            summary: dict[str, Any] = {**(last or self.folder.last_logged()), "steps": self.step}
+            if result is not None:
+                miou = _num(result.confusion.miou())
+                self._drop_final_validation()
+                self.folder.log({"step": self.step - 1, "split": self.cfg.data.val_split, "miou": miou})
+                self.folder.log_images(self.step - 1, self.validation_images)
+                write_reports(result, self.run_dir)
+                summary["val_miou"] = miou
+            self.save_model({"val_miou": summary.get("val_miou"), "val_split": self.cfg.data.val_split or None,
+                             "steps": self.step})
+            return summary
 
     def _validation_entry(self) -> tuple[dict[str, Any], str] | None:
-        """:meth:`validate` during training, as :meth:`run_loop` logs and shows it (None: no val split)."""
+        """:meth:`validate` during training, as :func:`run_loop` logs and shows it (None: no val split)."""
         result = self.validate()
         if result is None:
             return None
@@ -349,7 +385,7 @@ class SegmenterTrainer(RunState):
     def _logged_summary(self) -> dict[str, Any]:
         """:meth:`fit`'s summary of a finished run, from ``metrics.jsonl``: last step record, ``steps``,
         ``val_miou`` (the final validation)."""
-        summary = {**self.last_logged(), "steps": self.step}
+        summary = {**self.folder.last_logged(), "steps": self.step}
         summary.pop("split", None)
         if "miou" in summary:
             summary["val_miou"] = summary.pop("miou")
@@ -358,13 +394,14 @@ class SegmenterTrainer(RunState):
     def _drop_final_validation(self) -> None:
         """Remove a final validation record already logged at this step (a final phase cut short and re-run), so
         the log holds it once."""
-        if not self.log_path.exists():
+        log_path = self.folder.log_path
+        if not log_path.exists():
             return
-        lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
+        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
         kept = [ln for ln in lines if not ((r := json.loads(ln)).get("split") is not None
                                            and r["step"] == self.step - 1 and "loss" not in r)]
         if len(kept) != len(lines):
-            atomic_write_text(self.log_path, "".join(ln + "\n" for ln in kept))
+            atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
 
 
 def _umask() -> int:

@@ -2,7 +2,7 @@
 
 ``metrics.jsonl`` is always written: resume, ``seco compare`` and the finished-run summaries read it. ``train.log``
 chooses an extra sink: ``jsonl`` (none) or ``tensorboard`` (event files in ``RUN_DIR/tensorboard/``, needs the
-``[tensorboard]`` extra). :class:`seco_labels.training.run_state.RunState` sends every record it logs to the sink (rank 0
+``[tensorboard]`` extra). :class:`seco_labels.training.run_folder.RunFolder` sends every record it logs to the sink (rank 0
 only) and, after each validation, a few pictures of validation images (:meth:`LogSink.add_images`).
 """
 
@@ -32,7 +32,7 @@ class LogSink:
     """A destination for the run's log records (one per run, opened by :func:`open_sink`)."""
 
     def write(self, record: dict[str, Any]) -> None:
-        """One record as :meth:`RunState._log` appends it to ``metrics.jsonl``."""
+        """One record as :meth:`RunFolder.log` appends it to ``metrics.jsonl``."""
 
     def add_images(self, step: int, images: Sequence[tuple[str, np.ndarray]]) -> None:
         """``(tag, (H, W, 3) uint8 RGB)`` pictures of the validation after step ``step``."""
@@ -83,7 +83,7 @@ class TensorBoardSink(LogSink):
 
     ``purge_step`` is the step the run starts (or resumes) at: steps from there on are trained again, so the
     writer marks them as replaced (``SummaryWriter(purge_step=...)``) and TensorBoard hides what an earlier,
-    crashed attempt wrote for them, as :meth:`RunState._truncate_log` drops them from ``metrics.jsonl``.
+    crashed attempt wrote for them, as :meth:`RunFolder.truncate_log` drops them from ``metrics.jsonl``.
     """
 
     def __init__(self, log_dir: str | Path, purge_step: int = 0) -> None:

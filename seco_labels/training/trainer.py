@@ -3,16 +3,18 @@
 The objective of one step is :mod:`seco_labels.method.objective` (``seco_step``), validation on the val split
 :mod:`seco_labels.training.validation`, ``train.compile`` support :mod:`seco_labels.training.compiling`. What the trainer shares
 with ``seco fit-segmenter`` and the inference commands is in :mod:`seco_labels.runtime.device` (device, batches, the
-batch sampler) and :mod:`seco_labels.training.run_state` (the training loop and the run folder: log, checkpoints, resume,
-lock, signals, progress).
+batch sampler) and the parts of a run in :mod:`seco_labels.training`: the run folder (:mod:`~.run_folder`: lock,
+config.yaml, log, checkpoint), the starting weights (:mod:`~.start_weights`), resume (:mod:`~.resume`), the loss
+checks (:mod:`~.loss_monitor`) and the training loop (:mod:`~.loop`: progress, validation, signals).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -28,15 +30,19 @@ from ..method.cams import check_scales
 from ..method.objective import PhaseTimer, SecoObjective, StepOutput, no_timer
 from ..method.refine import PAR
 from ..models import SeCoNet, build_seco
-from ..runtime.checkpoint import check_compatible, latest_checkpoint, require_kind
+from ..runtime.checkpoint import SECO_ARCH_KEYS, ConfigChange, check_compatible, latest_checkpoint, require_kind
 from ..runtime.device import StepBatchSampler, batch_to_device, resolve_device
 from ..runtime.distributed import DistributedError, all_gather_objects, all_reduce_mean, init_distributed, norm_groups
-from ..runtime.precision import grad_scaler, resolve_amp
+from ..runtime.precision import autocast_context, grad_scaler, resolve_amp
 from ..runtime.pretrained import Weights, resolve_weights
 from .compiling import compile_encoders, compile_errors
-from .run_state import RunState, holding_run_lock
+from .loop import opened_run, run_loop
+from .loss_monitor import LossMonitor
+from .resume import ResumeKeys, restore_training_state, resume_run, training_state
+from .run_folder import RunFolder
 from .schedule import lr_multiplier
 from .sinks import image_count
+from .start_weights import StartWeights
 from .validation import validation_images, validation_scores
 
 __all__ = ["Trainer", "memory_digest", "zero_missing_grads", "resolve_backbone_weights"]
@@ -86,9 +92,13 @@ def memory_digest(model: SeCoNet) -> str:
     return h.hexdigest()
 
 
-class Trainer(RunState):
+class Trainer:
     """Owns a run folder: builds data, model and optimiser from a resolved config, trains, checkpoints,
     validates, and resumes from ``RUN_DIR/last.pt``.
+
+    It has the parts of :mod:`seco_labels.training` a run is made of: ``folder`` (:class:`RunFolder`),
+    ``start_weights`` (:class:`StartWeights` of ``--backbone-weights``), ``losses`` (:class:`LossMonitor`); ``fit``
+    runs :func:`~seco_labels.training.loop.run_loop` and ``resume`` :func:`~seco_labels.training.resume.resume_run`.
 
     Under ``torchrun`` (docs/distributed.md) every process builds the same trainer: ``data.batch_size`` is the
     global batch, split evenly over the processes; gradients are averaged by DistributedDataParallel; the
@@ -100,21 +110,33 @@ class Trainer(RunState):
     processes' memory digests at each checkpoint).
     """
 
-    WEIGHTS_KEYS = ("model.backbone_weights", "model.backbone_weights_sha256")
-    WEIGHTS_OPTION = "--backbone-weights"
-    WEIGHTS_FOR = "model.backbone"
+    #: config keys on resume: the network's architecture cannot change (see :class:`ResumeKeys`)
+    RESUME_KEYS: ClassVar[ResumeKeys] = ResumeKeys(arch=tuple(f"{s}.{k}" for s, k in SECO_ARCH_KEYS))
 
     def __init__(self, cfg: SecoConfig, run_dir: str | Path, *, quiet: bool = False,
                  weights: Weights | None = None) -> None:
         """``weights``: ``model.backbone_weights`` already resolved (:func:`resolve_backbone_weights`; the CLI does so
         before the data is read); None resolves them when a fresh run starts."""
         self.cfg = cfg.validate()
-        self.weights = weights
         self.run_dir = Path(run_dir)
         self.dist = init_distributed(resolve_device(cfg.train.device))
         self.quiet = quiet or not self.dist.is_primary
         self.device = self.dist.device
         self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
+        #: ``torch.autocast`` in ``amp_dtype`` (a no-op context for fp32), for the step and validation
+        self.autocast = functools.partial(autocast_context, self.device, self.amp_dtype)
+        self.folder = RunFolder(self.run_dir, dist=self.dist)
+        self.start_weights = StartWeights(
+            name_key="model.backbone_weights", sha_key="model.backbone_weights_sha256", option="--backbone-weights",
+            target_key="model.backbone", resolve=lambda: resolve_backbone_weights(self.cfg.model),
+            load=lambda w: self.model.load_backbone(w.path), weights=weights, announce=not self.quiet,
+        )
+        self.losses = LossMonitor(self.run_dir, lr_hint="--set optim.lr=...", warn=self.dist.is_primary)
+        #: set by :meth:`resume`: the checkpoint loaded (None: starting at step 0) and the recorded config changes
+        self.resumed_from: Path | None = None
+        self.config_changes: list[ConfigChange] = []
+        #: set by :meth:`fit`: the run had already reached ``train.iters`` when it was called (nothing was trained)
+        self.already_finished = False
         d = cfg.data
         if not d.root:
             raise ConfigError("no dataset: pass --data-root DIR (or data.root in the config file)")
@@ -131,7 +153,7 @@ class Trainer(RunState):
         # so do loss groups that straddle processes unevenly; the first call also creates their process groups
         norm_groups(cfg.loss.norm_group_size, d.batch_size // self.dist.world_size)
         torch.manual_seed(cfg.train.seed)
-        # random init: a fresh run loads its starting weights when it starts (start_from_weights), a resume its checkpoint
+        # random init: a fresh run loads its starting weights when it starts (start_weights), a resume its checkpoint
         self.model = build_seco(cfg.model, d.num_classes).to(self.device)
         self._check_sizes(self.model.encoder.patch_size)
         if cfg.train.compile:
@@ -154,19 +176,6 @@ class Trainer(RunState):
         self.step = 0
         self._val_loader: DataLoader | None = None
 
-    # -- starting weights (RunState.start_from_weights) ---------------------------------------------------------
-    def resolve_start_weights(self) -> Weights:
-        """``model.backbone_weights`` resolved (:func:`seco_labels.runtime.pretrained.resolve_weights`).
-
-        Raises:
-            ConfigError: unknown weights, or weights of another architecture than ``model.backbone``.
-            WeightsUnavailableError: a name neither cached nor downloadable now.
-        """
-        return resolve_backbone_weights(self.cfg.model)
-
-    def load_start_weights(self, weights: Weights) -> None:
-        self.model.load_backbone(weights.path)
-
     def _check_sizes(self, patch: int) -> None:
         """Crops, their CAM scales and the local crops must hold at least one ``patch`` x ``patch`` token: check
         before step 0."""
@@ -181,13 +190,23 @@ class Trainer(RunState):
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "seco", **self._common_state()}
+        return {"kind": "seco", **training_state(self)}
 
     def load_state_dict(self, ckpt: dict[str, Any], source: str | Path) -> None:
         require_kind(ckpt, "seco", source)
         check_compatible(ckpt.get("config", {}), config_to_dict(self.cfg), source)
-        self._load_common_state(ckpt, source)
-        self.step = int(ckpt["step"])
+        restore_training_state(self, ckpt, source)
+
+    def resume(self, spec: str | None, *, allow_changes: bool = False, keep: Iterable[str] = ()) -> bool:
+        """``None``: fresh run (refuses to overwrite an existing one); ``auto``: continue ``last.pt`` if present;
+        a path: continue from that checkpoint, with the config-change check (:func:`resume_run`). Sets
+        ``resumed_from`` and ``config_changes``; returns whether a checkpoint was loaded."""
+        self.resumed_from, self.config_changes = resume_run(self, spec, allow_changes=allow_changes, keep=keep)
+        return self.resumed_from is not None
+
+    def save(self) -> Path:
+        """Write ``RUN_DIR/last.pt`` (rank 0; every process waits for it)."""
+        return self.folder.save_checkpoint(self.state_dict)
 
     # -- loop ----------------------------------------------------------------------------------------------
     def _sampler(self, start_step: int) -> StepBatchSampler:
@@ -225,8 +244,9 @@ class Trainer(RunState):
             group["lr"] = base * mult
         batch = batch_to_device(batch, self.device)
         with compile_errors(self.cfg.train.compile):  # the compiled encoder's forward and backward
-            out = self.objective(batch, self.step, autocast=self._autocast, timer=timer)
-            self._check_loss(float(out.loss.detach()), out.terms)
+            out = self.objective(batch, self.step, autocast=self.autocast, timer=timer)
+            self.losses.check(float(out.loss.detach()), out.terms, step=self.step,
+                              lr=self.optimizer.param_groups[0]["lr"])
             with timer("backward"):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(out.loss).backward()
@@ -269,7 +289,7 @@ class Trainer(RunState):
             return {}
         with compile_errors(self.cfg.train.compile):
             return validation_scores(
-                self.model, loader, self.cfg, self.device, autocast=self._autocast,
+                self.model, loader, self.cfg, self.device, autocast=self.autocast,
                 quiet=self.quiet or not sys.stderr.isatty(),
             )
 
@@ -282,16 +302,15 @@ class Trainer(RunState):
         with compile_errors(self.cfg.train.compile):
             return validation_images(
                 self.model, dataset, self.cfg, self.device, count=image_count(self.cfg.train.val_max_images),
-                class_names=dataset.reader.class_names, autocast=self._autocast,
+                class_names=dataset.reader.class_names, autocast=self.autocast,
             )
 
     def checkpoint(self) -> Path:
-        """:meth:`save`; under torchrun first checks and logs that every process holds the same memories."""
+        """The periodic checkpoint of :func:`run_loop`: :meth:`save`; under torchrun first checks and logs that every process holds the same memories."""
         if self.dist.distributed:
-            self._log({"step": self.step - 1, "memory_digests": self.check_memories()})
+            self.folder.log({"step": self.step - 1, "memory_digests": self.check_memories()})
         return self.save()
 
-    @holding_run_lock
     def fit(self) -> dict[str, Any]:
         """Train from ``self.step`` to ``train.iters``; returns the last step's terms and validation scores.
 
@@ -299,23 +318,23 @@ class Trainer(RunState):
         step and validation records of ``metrics.jsonl``. Records of steps >= ``self.step`` are dropped from the log
         first (they are re-run), so each step is logged once.
 
-        Runs holding ``RUN_DIR/.lock`` (:meth:`run_lock`).
+        Runs holding ``RUN_DIR/.lock`` (:func:`~seco_labels.training.loop.opened_run`).
 
         Raises:
             TrainingInterrupted: SIGINT/SIGTERM arrived; the step under way was finished and checkpointed first.
             FolderBusyError: another process is writing ``RUN_DIR``.
             DiskFullError: a checkpoint or log write did not fit; the previous ``last.pt`` is kept.
         """
-        self._open_run()
-        if self.step >= self.cfg.train.iters:
-            self.already_finished = True
-            if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another folder's checkpoint
-                self.save()
-            return self.last_logged()
-        return self.run_loop(lambda batch: self._over_processes(self.train_step(batch)), self._validation_entry,
-                             desc="train")
+        with opened_run(self):
+            if self.step >= self.cfg.train.iters:
+                self.already_finished = True
+                if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another folder's checkpoint
+                    self.save()
+                return self.folder.last_logged()
+            return run_loop(self, self._train_loader, lambda batch: self._over_processes(self.train_step(batch)),
+                            self._validation_entry, desc="train")
 
     def _validation_entry(self) -> tuple[dict[str, float], str] | None:
-        """:meth:`validate` as :meth:`run_loop` logs and shows it (None: no val split)."""
+        """:meth:`validate` as :func:`run_loop` logs and shows it (None: no val split)."""
         scores = self.validate()
         return (scores, ", ".join(f"{k} {v:.4f}" for k, v in scores.items())) if scores else None

@@ -191,3 +191,45 @@ def test_demo_offers_no_option_it_does_not_have():
     assert "--resume" not in names
     texts = [command.help or "", *(o.help or "" for o in _options(command))]
     assert not [t for t in texts if "--resume" in t]
+
+
+def _literal_of(config_cls: type, dotted: str) -> tuple | None:
+    """The values of the ``Literal`` type of a config field (``train.amp`` of SecoConfig), or None."""
+    import typing
+
+    from seco_labels.config_io import field_types
+
+    cls = config_cls
+    *sections, name = dotted.split(".")
+    for section in sections:
+        cls = field_types(cls)[section]
+    target = field_types(cls)[name]
+    if typing.get_origin(target) is tuple:  # a tuple of choices (export's formats)
+        target = typing.get_args(target)[0]
+    return typing.get_args(target) if typing.get_origin(target) is typing.Literal else None
+
+
+def test_every_choice_option_offers_what_its_config_field_accepts():
+    """A choice option of a config key offers exactly the field's Literal values, so a value the CLI accepts is never
+    refused by the config and the reverse (the Literal is the one place a choice is declared)."""
+    from seco_labels.config import SecoConfig
+    from seco_labels.inference.export import ExportOptions
+
+    config_of = {"fit-segmenter": SegmenterConfig}
+    checked = 0
+    for name, command in cli.commands.items():
+        for option in _options(command):
+            if not isinstance(option.type, click.Choice):
+                continue
+            key = getattr(option, "config_key", None)
+            if key is not None:
+                values = _literal_of(config_of.get(name, SecoConfig), key)
+            elif name == "export-masks" and option.name in {f.name for f in dataclasses.fields(ExportOptions)}:
+                values = _literal_of(ExportOptions, option.name)
+            else:
+                continue
+            if values is None:
+                continue
+            assert sorted(option.type.choices) == sorted(values), f"seco {name} {_long_name(option)}"
+            checked += 1
+    assert checked >= 5  # --amp, --optimizer, --log (train, fit-segmenter), --cam-source, --tags

@@ -155,7 +155,7 @@ def test_without_tensorboard_the_option_stops_at_once_with_the_install_command(v
     # the Python API stops before the first step too
     cfg = tiny_config(voc_root, iters=2)
     cfg.train.log = "tensorboard"
-    with pytest.raises(ConfigError, match="seco-labels\\[tensorboard\\]"):
+    with pytest.raises(ConfigError, match=r"pip install -e \"\.\[tensorboard\]\""):
         Trainer(cfg, tmp_path / "api", quiet=True).fit()
     assert not (tmp_path / "api" / "metrics.jsonl").exists()
 

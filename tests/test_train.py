@@ -486,12 +486,15 @@ def test_fit_segmenter_sigterm_saves_resumes_logs_plain_lines_and_refuses_change
     cmd = [sys.executable, "-m", "seco_labels.cli", "fit-segmenter", "--arch", "unet", "--encoder",
            "tu-mobilenetv3_small_050", "--model-kwargs", "{encoder_depth: 3, decoder_channels: [32, 16, 8]}",
            "--labels", "gt", "--data-root", str(voc_root), "--layout", "voc", "--split", "train", "--val-split", "",
-           "--out", str(run), "--iters", str(iters), "--batch-size", "2", "--crop-size", "64", "--num-workers", "0",
+           "--out", str(run), "--iters", str(iters), "--batch-size", "2", "--crop-size", "64", "--num-workers", "1",
            "--ckpt-every", "1000", "--device", "cpu", "--set", "train.log_every=1", "--encoder-weights", "random"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     _wait_for_first_step(proc, run / "metrics.jsonl")
-    proc.send_signal(signal.SIGTERM)
+    # to the whole process group, DataLoader worker included, as timeout and SLURM send it: the worker must not die
+    # of it before the main process saves
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     step = load_checkpoint(run / "last.pt")["step"]

@@ -1,5 +1,5 @@
 """What both trainers and the inference commands share at run time: the device, moving batches to it, the
-step-indexed batch sampler, and peak memory for the progress lines.
+step-indexed batch sampler, the training loaders' worker set-up, and peak memory for the progress lines.
 
 The parts of a training run (the run folder's log, checkpoints and lock, resume, stopping on a signal, progress
 lines) are in :mod:`seco_labels.training`, which the two trainers are built from.
@@ -8,6 +8,7 @@ lines) are in :mod:`seco_labels.training`, which the two trainers are built from
 from __future__ import annotations
 
 import resource
+import signal
 import sys
 from typing import Any, Iterator
 
@@ -16,7 +17,7 @@ from torch.utils.data import Sampler
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["resolve_device", "batch_to_device", "StepBatchSampler", "peak_memory_mb"]
+__all__ = ["resolve_device", "batch_to_device", "StepBatchSampler", "leave_signals_to_main", "peak_memory_mb"]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -33,6 +34,18 @@ def resolve_device(spec: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device
+
+
+def leave_signals_to_main(worker_id: int) -> None:
+    """``worker_init_fn`` of the training loaders: a DataLoader worker ignores SIGINT and SIGTERM.
+
+    Ctrl-C, ``timeout`` and schedulers such as SLURM signal the whole process group. Left to torch's default, a
+    worker dies of SIGTERM and the main process crashes ("DataLoader worker ... is killed by signal") before it can
+    finish its step and save a checkpoint; ignoring it, the main process stops cleanly
+    (:class:`seco_labels.training.signals.StopOnSignals`) and shuts its workers down itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

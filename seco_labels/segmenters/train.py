@@ -34,7 +34,7 @@ from ..errors import CheckpointError
 from ..evaluation.evaluate import EvalResult, evaluate_masks, write_reports
 from ..io import atomic_write_text, disk_full_guard
 from ..runtime.checkpoint import ConfigChange, latest_checkpoint, require_kind
-from ..runtime.device import StepBatchSampler, resolve_device
+from ..runtime.device import StepBatchSampler, leave_signals_to_main, resolve_device
 from ..runtime.distributed import DistContext
 from ..runtime.precision import autocast_context, grad_scaler, resolve_amp
 from ..runtime.pretrained import Weights
@@ -264,7 +264,7 @@ class SegmenterTrainer:
         sampler = StepBatchSampler(len(self.dataset), d.batch_size, self.cfg.train.seed, start_step=self.step)
         return DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=d.num_workers > 0,
+            persistent_workers=d.num_workers > 0, worker_init_fn=leave_signals_to_main,
             generator=torch.Generator().manual_seed(self.cfg.train.seed),  # keeps the global RNG for the model
         )
 

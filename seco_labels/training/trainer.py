@@ -31,7 +31,7 @@ from ..method.objective import PhaseTimer, SecoObjective, StepOutput, no_timer
 from ..method.refine import PAR
 from ..models import SeCoNet, build_seco
 from ..runtime.checkpoint import SECO_ARCH_KEYS, ConfigChange, check_compatible, latest_checkpoint, require_kind
-from ..runtime.device import StepBatchSampler, batch_to_device, resolve_device
+from ..runtime.device import StepBatchSampler, batch_to_device, leave_signals_to_main, resolve_device
 from ..runtime.distributed import DistributedError, all_gather_objects, all_reduce_mean, init_distributed, norm_groups
 from ..runtime.precision import autocast_context, grad_scaler, resolve_amp
 from ..runtime.pretrained import Weights, resolve_weights
@@ -218,6 +218,7 @@ class Trainer:
         return DataLoader(
             self.dataset, batch_sampler=self._sampler(self.step), num_workers=d.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=d.num_workers > 0,
+            worker_init_fn=leave_signals_to_main,
         )
 
     def val_loader(self) -> DataLoader | None:
@@ -231,7 +232,8 @@ class Trainer:
             dataset = EvalDataset(reader, size=d.crop_size)
             n = min(len(dataset), self.cfg.train.val_max_images or len(dataset))
             shard = Subset(dataset, range(self.dist.rank, n, self.dist.world_size))
-            self._val_loader = DataLoader(shard, batch_size=1, num_workers=d.num_workers)
+            self._val_loader = DataLoader(shard, batch_size=1, num_workers=d.num_workers,
+                                          worker_init_fn=leave_signals_to_main)
         return self._val_loader
 
     def train_step(self, batch: dict[str, Any], timer: PhaseTimer = no_timer) -> StepOutput:

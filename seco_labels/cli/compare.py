@@ -8,7 +8,7 @@ import click
 
 from . import cli
 from ..io import check_writable_dir
-from .options import defaults_file_option, out_option, quiet_option
+from .options import defaults_file_option, library_default, option, out_option, quiet_option
 
 
 @cli.command("compare")
@@ -18,8 +18,10 @@ from .options import defaults_file_option, out_option, quiet_option
                  "folders, e.g. seg for seg/a and seg/b).")
 @click.option("--name", "names", multiple=True,
               help="Column name of each run, in order (repeatable; default arch/encoder (gt|pseudo) or the folder).")
-@click.option("--stem", default="compare", show_default=True, help="File name stem of the three outputs.")
-@click.option("--title", default="IoU per class (%)", show_default=True, help="Chart title.")
+@option("--stem", default=library_default("segmenters.compare", "compare_runs", "stem"), show_default=True,
+        help="File name stem of the three outputs.")
+@option("--title", default=library_default("segmenters.compare", "compare_runs", "title"), show_default=True,
+        help="Chart title.")
 @quiet_option("Do not print the table.")
 @defaults_file_option
 def compare_cmd(runs, out_dir, names, stem, title, quiet):

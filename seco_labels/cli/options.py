@@ -103,6 +103,20 @@ def option(*param_decls: str, **attrs: Any) -> Callable:
     return click.option(*param_decls, cls=SecoOption, **attrs)
 
 
+def library_default(module: str, function: str, parameter: str) -> Callable[[], Any]:
+    """The default of ``parameter`` in the signature of ``seco_labels.<module>.<function>``, read when click needs
+    it (a zero-argument default of :func:`option`): the library function is the one place the value is written,
+    and its module is imported only by the command that calls it."""
+    def read() -> Any:
+        import importlib
+        import inspect
+
+        func = getattr(importlib.import_module(f"seco_labels.{module}"), function)
+        return inspect.signature(func).parameters[parameter].default
+
+    return read
+
+
 def _check_out(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``--out`` callback: the folder is writable or can be created, checked while the options are parsed, before
     the command does any work. Parsing runs outside :class:`SecoCommand`'s handler, hence the ClickException."""

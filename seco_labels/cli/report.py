@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import cli
-from .options import data_root_option, layout_option, out_option, quiet_option
+from .options import data_root_option, layout_option, library_default, option, out_option, quiet_option
 
 
 @cli.command("report")
@@ -16,8 +16,9 @@ from .options import data_root_option, layout_option, out_option, quiet_option
 @out_option("--out", "out_dir", default=None, help="Folder of the page and its thumbnails (default: ART/report_<split>).")
 @data_root_option("Images (and GT) root (default: the exported dataset's).")
 @layout_option("Dataset layout (default: the exported dataset's).")
-@click.option("--thumb-height", type=click.IntRange(min=32), default=160, show_default=True,
-              help="Thumbnail height, pixels.")
+@option("--thumb-height", type=click.IntRange(min=32),
+        default=library_default("evaluation.report", "write_report", "thumb_height"), show_default=True,
+        help="Thumbnail height, pixels.")
 @quiet_option()
 def report_cmd(art, split, out_dir, data_root, layout, thumb_height, quiet):
     """Write one self-contained HTML page (no server, nothing fetched) to judge the pseudo masks of a split: the

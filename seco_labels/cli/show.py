@@ -10,7 +10,7 @@ import click
 from ..artifacts import open_split, show_dir
 from ..io import check_writable_dir
 from . import cli
-from .options import data_root_option, layout_option, out_option, quiet_option
+from .options import data_root_option, layout_option, library_default, option, out_option, quiet_option
 
 
 @cli.command("show")
@@ -24,7 +24,8 @@ from .options import data_root_option, layout_option, out_option, quiet_option
 @out_option("--out", "out_dir", default=None, help="Folder of the PNGs (default: ART/show_<split>).")
 @data_root_option("Images (and GT) root (default: the exported dataset's).")
 @layout_option("Dataset layout (default: the exported dataset's, else voc).")
-@click.option("--height", type=click.IntRange(min=32), default=240, show_default=True, help="Panel height, pixels.")
+@option("--height", type=click.IntRange(min=32), default=library_default("evaluation.show", "write_strips", "height"),
+        show_default=True, help="Panel height, pixels.")
 @click.option("--no-gt", is_flag=True, help="Leave out the ground-truth and error panels.")
 @quiet_option()
 def show_cmd(pred, split, ids, count, out_dir, data_root, layout, height, no_gt, quiet):

@@ -83,7 +83,7 @@ def test_tiny_ablation_writes_table_csv_and_plot(voc_root, tmp_path):
     out, root = tmp_path / "abl", _small_split(voc_root, tmp_path / "data")
     args = ["--out", str(out), "--data-root", str(root), "--split", "small", "--preset", "demo", "--iters", "2",
             "--crop", "64", "--seeds", "0,1", "--variants", "full,no_lig", "--device", "cpu",
-            "--val-split", "smallval", "--set", "cam.scales=[1.0]"]
+            "--val-split", "smallval", "--set", "cam.scales=[1.0]", "--jobs", "2"]  # two runs at a time
     result = CliRunner().invoke(ablation.cli, args)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((out / "ablation.csv").open()))

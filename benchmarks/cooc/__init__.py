@@ -6,7 +6,7 @@ co-occurrence controlled per class pair.
         --pairs dog:person --num-classes 6 --min-area 200
 
     # the digits tier: the bundled handwritten digits (about 180 per class) on coco-mini's photos
-    python -m benchmarks.cooc generate --digits --source ../shared/data/coco-mini --out cooc/digits --seed 0 \
+    python -m benchmarks.cooc generate --digits --source ../shared/data/coco-mini --out cooc/digits --seed 0 \\
         --pairs three:eight --num-classes 5 --size 96
 
 Sources must not show the same photos under two vocabularies: voc-mini's ``coco_*`` images are coco-mini's, with
@@ -23,7 +23,6 @@ label must beat. ``run --source DIR --out DIR --seed S`` does one seed end to en
 the export's scores, the baselines and their ratio, the CAM ROC-AUC, the co-occurrence confusion and how often
 rectification fired). ``ablate --source DIR --out DIR --seeds 0,1,2`` runs the five variants of
 benchmarks/ablation.py per seed on one dataset and one stage 1 and writes ablation.md/.csv/.png.
-
 
 The stages are modules, each usable alone: :mod:`.instances` (cut-outs and backgrounds), :mod:`.dataset`
 (``generate``: how a dataset is made), :mod:`.stage1` (``pretrain``), :mod:`.scores` (baselines, CAM ROC-AUC,

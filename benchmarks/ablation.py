@@ -1,12 +1,12 @@
 """SeCo's ablation on any dataset: train variants with identical seeds and data, export, evaluate, tabulate.
 
     # the offline proxy committed to docs/benchmarks.md (2-core CPU, random-init tiny ViT, voc-mini)
-    python benchmarks/ablation.py --out ablation/voc-mini --data-root ../shared/data/voc-mini --preset demo \\
-        --seeds 0 1 2 --jobs 2
+    python -m benchmarks.ablation --out ablation/voc-mini --data-root ../shared/data/voc-mini --preset demo \\
+        --seeds 0,1,2 --jobs 2
 
     # the paper's ablation: one GPU, full VOC, ImageNet ViT-B/16 weights (docs/reproduce.md)
-    python benchmarks/ablation.py --out ablation/voc --data-root VOC2012 --preset voc --split train_aug \\
-        --eval-split train --val-split val --seg-crf --device cuda --seeds 0 1 2
+    python -m benchmarks.ablation --out ablation/voc --data-root VOC2012 --preset voc --split train_aug \\
+        --eval-split train --val-split val --seg-crf --device cuda --seeds 0,1,2
 
 Variants (each is a config switch of the model and losses, :data:`VARIANTS`; no code fork):
 
@@ -32,7 +32,6 @@ Writes ``OUT/ablation.md`` (table + settings), ``OUT/ablation.csv`` (one row per
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import csv
 import io
@@ -40,13 +39,15 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import click
 from PIL import Image
 
+from benchmarks.commands import run_logged, seco_command
 from seco_labels.config import get_preset
 from seco_labels.evaluation.plots import draw_grouped_bars, nice_ceil
 from seco_labels.io import atomic_path, atomic_write_text
@@ -66,54 +67,77 @@ DEFAULT_VARIANTS = ("baseline", "no_lig", "no_lil", "no_rectify", "full")
 METRICS = (("cam_miou", "CAM mIoU", True), ("mask_miou", "pseudo-mask mIoU", True), ("fp_tp", "FP/TP", False))
 
 
-def _seco(*args: str) -> list[str]:
-    return [sys.executable, "-m", "seco_labels.cli", *args]
+@dataclass(frozen=True)
+class AblationSpec:
+    """What every (variant, seed) of one ablation shares: where it writes, the data, the preset and the commands'
+    options. ``None`` leaves a setting to the preset."""
+
+    out: Path  #: results folder: one ``<variant>/seed<k>/`` per run
+    data_root: str  #: the dataset ``seco train`` reads (``--data-root``)
+    preset: str = "demo"
+    split: str = "train"  #: the training split
+    eval_split: str | None = None  #: the split exported and scored (None: the training split)
+    val_split: str = ""  #: a split with GT on which ``seco segment`` scores the decoder ("" : none)
+    seg_crf: bool = False  #: the dense CRF in ``seco segment`` (the paper's protocol)
+    export_flip: bool = True  #: export with the flipped CAMs (False for classes that are not mirror-symmetric)
+    iters: int | None = None
+    crop: int | None = None  #: training crop size, pixels
+    config: str | None = None  #: a config file on top of the preset
+    backbone_weights: str | None = None
+    sets: tuple[str, ...] = ()  #: extra ``KEY=VALUE`` overrides, after the variant's own
+    device: str = "auto"
+
+    @property
+    def scored_split(self) -> str:
+        """The split exported and scored."""
+        return self.eval_split or self.split
 
 
-def _run(cmd: list[str], threads: int, log: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
-    with log.open("a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        res = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if res.returncode:
-        raise RuntimeError(f"{' '.join(cmd[2:5])} failed (exit {res.returncode}); see {log}")
+def run_one(spec: AblationSpec, variant: str, seed: int, threads: int) -> dict:
+    """Train, export and evaluate one (variant, seed) in ``spec.out/<variant>/seed<seed>/`` with ``threads`` OpenMP
+    threads per command; returns its scores (cached in ``result.json``: a finished run is read, not redone).
 
-
-def run_one(args: argparse.Namespace, variant: str, seed: int, threads: int) -> dict:
-    """Train, export and evaluate one (variant, seed); returns its scores (cached in ``result.json``)."""
-    folder = Path(args.out) / variant / f"seed{seed}"
+    Raises:
+        KeyError: ``variant`` is not in :data:`VARIANTS`.
+        RuntimeError: a ``seco`` command failed (the message names the log).
+    """
+    overrides = VARIANTS[variant][1]
+    folder = Path(spec.out) / variant / f"seed{seed}"
     result_file = folder / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     log, run, art = folder / "log.txt", folder / "run", folder / "art"
-    sets = [f"{k}={json.dumps(v)}" for k, v in VARIANTS[variant][1].items()] + list(args.set)
-    if args.crop:
-        sets.append(f"data.crop_size={args.crop}")
-    train = ["train", "--preset", args.preset, "--data-root", args.data_root, "--split", args.split, "--val-split", "",
-             "--seed", str(seed), "--out", str(run), "--device", args.device, "--quiet", "--resume", "auto"]
-    for opt, value in (("--config", args.config), ("--iters", args.iters), ("--backbone-weights", args.backbone_weights)):
+    split = spec.scored_split
+    sets = [f"{k}={json.dumps(v)}" for k, v in overrides.items()] + list(spec.sets)
+    if spec.crop:
+        sets.append(f"data.crop_size={spec.crop}")
+    train = ["train", "--preset", spec.preset, "--data-root", str(spec.data_root), "--split", spec.split,
+             "--val-split", "", "--seed", str(seed), "--out", str(run), "--device", spec.device, "--quiet",
+             "--resume", "auto"]
+    optional = (("--config", spec.config), ("--iters", spec.iters), ("--backbone-weights", spec.backbone_weights))
+    for opt, value in optional:
         if value is not None:
             train += [opt, str(value)]
     for s in sets:
         train += ["--set", s]
     t0 = time.perf_counter()
-    _run(_seco(*train), threads, log)
+    run_logged(seco_command(*train), threads, log)
     t1 = time.perf_counter()
-    _run(_seco("export-masks", "--checkpoint", str(run / "last.pt"), "--split", args.eval_split, "--out", str(art),
-               "--device", args.device, "--num-workers", "0", "--quiet",
-               *([] if args.export_flip else ["--no-flip"])), threads, log)
-    _run(_seco("evaluate", "--pred", str(art), "--split", args.eval_split, "--cams", "--quiet"), threads, log)
-    masks = json.loads((art / f"metrics_{args.eval_split}.json").read_text())
-    cams = json.loads((art / f"cams_metrics_{args.eval_split}.json").read_text())
+    run_logged(seco_command("export-masks", "--checkpoint", str(run / "last.pt"), "--split", split, "--out", str(art),
+                            "--device", spec.device, "--num-workers", "0", "--quiet",
+                            *([] if spec.export_flip else ["--no-flip"])), threads, log)
+    run_logged(seco_command("evaluate", "--pred", str(art), "--split", split, "--cams", "--quiet"), threads, log)
+    masks = json.loads((art / f"metrics_{split}.json").read_text())
+    cams = json.loads((art / f"cams_metrics_{split}.json").read_text())
     seg_miou = None
-    if args.val_split:  # the paper's metric: the decoder, multi-scale + flip (+ CRF), on the val split
+    if spec.val_split:  # the paper's metric: the decoder, multi-scale + flip (+ CRF), on the val split
         seg = folder / "seg"
-        _run(_seco("segment", "--checkpoint", str(run / "last.pt"), "--split", args.val_split, "--out", str(seg),
-                   "--device", args.device, "--quiet", *(["--crf"] if args.seg_crf else [])), threads, log)
-        _run(_seco("evaluate", "--pred", str(seg), "--split", args.val_split, "--quiet"), threads, log)
-        seg_miou = json.loads((seg / f"metrics_{args.val_split}.json").read_text())["miou"]
+        run_logged(seco_command("segment", "--checkpoint", str(run / "last.pt"), "--split", spec.val_split,
+                                "--out", str(seg), "--device", spec.device, "--quiet",
+                                *(["--crf"] if spec.seg_crf else [])), threads, log)
+        run_logged(seco_command("evaluate", "--pred", str(seg), "--split", spec.val_split, "--quiet"), threads, log)
+        seg_miou = json.loads((seg / f"metrics_{spec.val_split}.json").read_text())["miou"]
     result = {
         "variant": variant, "seed": seed, "cam_miou": cams["miou"], "cam_threshold": cams["cam_threshold"],
         "mask_miou": masks["miou"], "fp_tp": masks["fp_tp"], "fp_tp_bg": masks["fp_tp_bg"],
@@ -203,58 +227,100 @@ def draw(summary: dict, path: Path, title: str, extra: tuple = ()) -> None:
         canvas.save(tmp, format="PNG")
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="results folder (resumable)")
-    ap.add_argument("--data-root", required=True)
-    ap.add_argument("--preset", default="demo")
-    ap.add_argument("--config", default=None, help="config file on top of the preset")
-    ap.add_argument("--split", default="train", help="training split")
-    ap.add_argument("--eval-split", default=None, help="split exported and scored (default: the training split)")
-    ap.add_argument("--val-split", default="", help="split (with GT) on which the decoder is scored with seco segment "
-                    "(the paper's table: val); default none")
-    ap.add_argument("--seg-crf", action="store_true", help="dense CRF in seco segment (the paper's protocol)")
-    ap.add_argument("--no-export-flip", dest="export_flip", action="store_false",
-                    help="export without the flipped CAMs (data whose classes are not mirror-symmetric)")
-    ap.add_argument("--iters", type=int, default=None, help="training iterations (default: the preset's)")
-    ap.add_argument("--crop", type=int, default=None, help="training crop size (default: the preset's)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                    help="comma-separated subset of " + ", ".join(VARIANTS))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
-    ap.add_argument("--backbone-weights", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--jobs", type=int, default=1, help="runs at once (CPU: threads are shared out)")
-    args = ap.parse_args(argv)
-    args.eval_split = args.eval_split or args.split
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    out = Path(args.out)
+def ablate(spec: AblationSpec, seeds: list[int], variants: list[str], jobs: int = 1) -> str:
+    """Every (variant, seed) through :func:`run_one`, ``jobs`` at a time (each with its share of the CPU's threads),
+    then ``OUT/ablation.md`` (:func:`format_markdown`, with the settings), ``OUT/ablation.csv`` and
+    ``OUT/ablation.png``. Resumable. Returns the table."""
+    out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    todo = [(v, s) for s in args.seeds for v in variants]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    todo = [(v, s) for s in seeds for v in variants]
     started = time.perf_counter()
-    with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_one, args, v, s, threads): (v, s) for v, s in todo}
+    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_one, spec, v, s, threads): (v, s) for v, s in todo}
         for n, fut in enumerate(cf.as_completed(futures), 1):
             v, s = futures[fut]
             r = fut.result()
             print(f"[{n}/{len(todo)}] {v} seed {s}: CAM {100 * r['cam_miou']:.2f}, mask {100 * r['mask_miou']:.2f}, "
                   f"FP/TP {r['fp_tp']:.3f} ({r['total_seconds']:.0f} s)", file=sys.stderr, flush=True)
-    results = [run_one(args, v, s, threads) for v, s in todo]  # cached: reads result.json
+    results = [run_one(spec, v, s, threads) for v, s in todo]  # cached: reads result.json
     summary = summarize(results, variants)
-    settings = (f"Preset `{args.preset}`, training split `{args.split}`, scored on `{args.eval_split}` of "
-                f"`{args.data_root}`, {args.iters or 'preset'} iterations"
-                + (f", crop {args.crop}" if args.crop else "") + (f", overrides {args.set}" if args.set else "")
-                + (f", decoder scored on `{args.val_split}`" + (" with CRF" if args.seg_crf else "") if args.val_split else "")
-                + f", backbone weights `{args.backbone_weights or get_preset(args.preset).model.backbone_weights}`"
+    settings = (f"Preset `{spec.preset}`, training split `{spec.split}`, scored on `{spec.scored_split}` of "
+                f"`{spec.data_root}`, {spec.iters or 'preset'} iterations"
+                + (f", crop {spec.crop}" if spec.crop else "") + (f", overrides {list(spec.sets)}" if spec.sets else "")
+                + (f", decoder scored on `{spec.val_split}`" + (" with CRF" if spec.seg_crf else "")
+                   if spec.val_split else "")
+                + f", backbone weights `{spec.backbone_weights or get_preset(spec.preset).model.backbone_weights}`"
                 + f"; {time.perf_counter() - started:.0f} s wall.")
-    atomic_write_text(out / "ablation.md", format_markdown(summary, results, settings))
+    table = format_markdown(summary, results, settings)
+    atomic_write_text(out / "ablation.md", table)
     atomic_write_text(out / "ablation.csv", format_csv(results))
-    draw(summary, out / "ablation.png", title=f"{args.preset} on {Path(args.data_root).name}")
-    print((out / "ablation.md").read_text())
+    draw(summary, out / "ablation.png", title=f"{spec.preset} on {Path(spec.data_root).name}")
+    return table
+
+
+# -- command line ----------------------------------------------------------------------------------------------
+def int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    """Callback of a comma-separated list of integers (``--seeds 0,1,2``)."""
+    try:
+        values = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give integers separated by commas, e.g. 0,1,2", ctx, param) from None
+    if not values:
+        raise click.BadParameter("give at least one, e.g. 0,1,2", ctx, param)
+    return values
+
+
+def variant_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    """Callback of a comma-separated list of :data:`VARIANTS` names (``--variants full,no_lig``)."""
+    variants = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise click.BadParameter(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}", ctx, param)
+    return variants
+
+
+#: the click settings of the benchmarks' commands, as the ``seco`` command's
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, help=__doc__.split("\n\n")[0])
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder; a second call resumes it (finished runs are read, not redone).")
+@click.option("--data-root", required=True, type=click.Path(exists=True), help="The dataset seco train reads.")
+@click.option("--preset", default="demo", show_default=True, help="Config preset.")
+@click.option("--config", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Config file on top of the preset.")
+@click.option("--split", default="train", show_default=True, help="Training split.")
+@click.option("--eval-split", default=None, help="Split exported and scored [default: the training split].")
+@click.option("--val-split", default="", help="Split (with GT) on which the decoder is scored with seco segment "
+              "(the paper's table: val) [default: none].")
+@click.option("--seg-crf", is_flag=True, help="Dense CRF in seco segment (the paper's protocol).")
+@click.option("--export-flip/--no-export-flip", default=True, show_default=True,
+              help="Export with the flipped CAMs; --no-export-flip for data whose classes are not mirror-symmetric.")
+@click.option("--iters", type=click.IntRange(min=1), default=None,
+              help="Training iterations [default: the preset's].")
+@click.option("--crop", type=click.IntRange(min=1), default=None, help="Training crop size [default: the preset's].")
+@click.option("--seeds", default="0,1,2", show_default=True, callback=int_list,
+              help="Comma-separated seeds; every variant runs once with each.")
+@click.option("--variants", default=",".join(DEFAULT_VARIANTS), show_default=True, callback=variant_list,
+              help="Comma-separated subset of " + ", ".join(VARIANTS) + ".")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Extra config override (repeatable).")
+@click.option("--backbone-weights", default=None, help="Starting weights of the backbone [default: the preset's].")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs at once (on a CPU the threads are shared out).")
+def cli(out: Path, data_root: str, preset: str, config: str | None, split: str, eval_split: str | None,
+        val_split: str, seg_crf: bool, export_flip: bool, iters: int | None, crop: int | None, seeds: list[int],
+        variants: list[str], sets: tuple[str, ...], backbone_weights: str | None, device: str, jobs: int) -> None:
+    spec = AblationSpec(out=out, data_root=data_root, preset=preset, split=split, eval_split=eval_split,
+                        val_split=val_split, seg_crf=seg_crf, export_flip=export_flip, iters=iters, crop=crop,
+                        config=config, backbone_weights=backbone_weights, sets=tuple(sets), device=device)
+    click.echo(ablate(spec, seeds, variants, jobs))
+
+
+def main() -> None:
+    cli(prog_name="python -m benchmarks.ablation")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """What ``train.compile`` (torch.compile of the ViT encoders) does to a SeCo training step: compile time, step time
 against eager, and the loss terms of one step from the same weights and batch.
 
-    python benchmarks/compile_step.py                                  # demo preset (tiny ViT, 128 px) on CPU
-    python benchmarks/compile_step.py --preset voc --device cuda --amp bf16
+    python -m benchmarks.compile_step                                  # demo preset (tiny ViT, 128 px) on CPU
+    python -m benchmarks.compile_step --preset voc --device cuda --amp bf16
 
 Both runs build the trainer from the same seed (same weights) and train their first step on the same batch of
 the bundled demo images, with every loss term on: that step's terms are compared, and the compiled run's first

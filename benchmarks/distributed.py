@@ -1,8 +1,8 @@
 """Scaling of ``seco train`` and ``seco export-masks`` from 1 to N processes (torchrun; gloo on CPU, NCCL on GPU).
 
-    python benchmarks/distributed.py                         # CPU: 1 vs 2 processes, demo preset, 12 steps
-    python benchmarks/distributed.py --steps 30 --crop 224
-    python benchmarks/distributed.py --device cuda --procs 4 --preset voc --steps 30   # a machine with 4 GPUs
+    python -m benchmarks.distributed                         # CPU: 1 vs 2 processes, demo preset, 12 steps
+    python -m benchmarks.distributed --steps 30 --crop 224
+    python -m benchmarks.distributed --device cuda --procs 4 --preset voc --steps 30   # a machine with 4 GPUs
 
 Every run is the real command a user would start (``python -m seco_labels.cli ...`` or ``torchrun
 --standalone --nproc_per_node N -m seco_labels.cli ...``), on the bundled demo images, with the same global batch

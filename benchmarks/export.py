@@ -1,10 +1,10 @@
 """Throughput of ``seco export-masks`` (CAMs -> PAR -> HDF5/PNG) against a plain per-image loop, at 1 scale + flip
 and at the published 7-scale set + flip.
 
-    python benchmarks/export.py                               # tiny ViT @ 256 px, 20 voc-mini val images
-    python benchmarks/export.py --threads 1 --repeats 3       # one torch thread (as the published comparison)
-    python benchmarks/export.py --config base --images 2      # ViT-B/16 @ 448 px (slow on a CPU)
-    python benchmarks/export.py --config base --device cuda --images 100
+    python -m benchmarks.export                               # tiny ViT @ 256 px, 20 voc-mini val images
+    python -m benchmarks.export --threads 1 --repeats 3       # one torch thread (as the published comparison)
+    python -m benchmarks.export --config base --images 2      # ViT-B/16 @ 448 px (slow on a CPU)
+    python -m benchmarks.export --config base --device cuda --images 100
 
 **Baseline** (``per-image``): a faithful model of the published per-image loop (``tools/infer_cam.py`` +
 ``multi_scale_cam2`` + ``refine_cams_with_bkg_v2`` of github.com/zwyang6/SeCo) over the *same* network, PAR and

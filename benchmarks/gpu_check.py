@@ -1,8 +1,8 @@
 """The first thing to run on a GPU: one table of what the voc preset costs there, and whether the GPU paths work.
 
-    python benchmarks/gpu_check.py                         # the GPU that is present (cuda:0)
-    python benchmarks/gpu_check.py --peak-tflops 989,67    # a GPU missing from the table of known peaks
-    python benchmarks/gpu_check.py --device cpu --tiny     # the smoke version a test runs on CPU
+    python -m benchmarks.gpu_check                         # the GPU that is present (cuda:0)
+    python -m benchmarks.gpu_check --peak-tflops 989,67    # a GPU missing from the table of known peaks
+    python -m benchmarks.gpu_check --device cpu --tiny     # the smoke version a test runs on CPU
 
 Rows, each measured with fp32 and with bf16 autocast (``train.amp=off`` / ``bf16``) in the same run:
 
@@ -25,7 +25,6 @@ the whole script runs on a CPU in about a minute. On one GPU the full check take
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import resource
 import subprocess
@@ -42,6 +41,7 @@ from seco_labels.runtime.checkpoint import load_seco  # noqa: E402
 from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from benchmarks.export import SCALE_SETS, per_image_loop  # noqa: E402  (1 scale and the published 7)
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.data import build_reader  # noqa: E402
 from seco_labels.inference.export import ExportOptions, export_split  # noqa: E402
@@ -133,20 +133,6 @@ def measure_steps(cfg: SecoConfig, run_dir: Path, warmup: int, steps: int) -> tu
     return col, trainer.save()
 
 
-
-
-def _export_benchmark():
-    """``benchmarks/export.py`` as a module (benchmarks/ is not a package): its per-image loop and scale sets."""
-    spec = importlib.util.spec_from_file_location("seco_export_benchmark", Path(__file__).with_name("export.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-EXPORT_BENCHMARK = _export_benchmark()
-SCALE_SETS = EXPORT_BENCHMARK.SCALE_SETS  #: 1 scale and the published 7, as benchmarks/export.py measures them
-
-
 def measure_export(ckpt: Path, data_root: Path, out: Path, device: str, amp: str) -> dict[str, float]:
     """Images per second of a whole export of the val split (the export's own timer: model load excluded) at 1 scale
     and at the published 7 scales, each with flip."""
@@ -163,15 +149,14 @@ def measure_per_image(ckpt: Path, data_root: Path, out: Path, device: str) -> di
     """Images per second of ``benchmarks/export.py``'s per-image loop (a model of the published loop: one image and
     its flip per network pass, fp32) over the same val split, after one untimed image: the baseline of the issue's
     target, export >= 3x it at both scale sets."""
-    bench = EXPORT_BENCHMARK
     dev = torch.device(device)
     model, cfg = load_seco(ckpt, dev)
     ids = build_reader("voc", str(data_root), "val").ids
     ips = {}
     for name, scales in SCALE_SETS.items():
         folder = out / name.replace(" ", "-")
-        bench.per_image_loop(model, cfg, data_root, ids[:1], scales, folder / "warm", dev, split="val")
-        sec = bench.per_image_loop(model, cfg, data_root, ids, scales, folder / "timed", dev, split="val")
+        per_image_loop(model, cfg, data_root, ids[:1], scales, folder / "warm", dev, split="val")
+        sec = per_image_loop(model, cfg, data_root, ids, scales, folder / "timed", dev, split="val")
         ips[name] = len(ids) / sec["total"]
     return ips
 

@@ -1,8 +1,8 @@
 """Time and peak memory of one SeCo training step, per phase, against a classification-only step.
 
-    python benchmarks/train_step.py                 # CRF filter, tiny ViT at 256 on CPU, ViT-B/16 at 448 (1 CPU step)
-    python benchmarks/train_step.py --only tiny --steps 5
-    python benchmarks/train_step.py --only filter   # the CRF-energy filter alone, lattice against exact
+    python -m benchmarks.train_step                 # CRF filter, tiny ViT at 256 on CPU, ViT-B/16 at 448 (1 CPU step)
+    python -m benchmarks.train_step --only tiny --steps 5
+    python -m benchmarks.train_step --only filter   # the CRF-energy filter alone, lattice against exact
 
 For each config it prints a table of phases (CAM inference, crop sampling, student forward, teacher forward,
 losses, backward, optimiser step) with mean time and peak memory, then the ratio of the whole SeCo step to a

@@ -6,11 +6,8 @@ repository is read.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from skip_policy import pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401
@@ -23,15 +20,6 @@ TESTS = Path(__file__).resolve().parent
 VOC_DEMO = TESTS.parent / "seco_labels" / "demo_data" / "voc-demo"
 #: Small subsets of real COCO images and official VOC 2012 GT masks (tests/data/README.md).
 TEST_DATA = TESTS / "data"
-
-
-def load_benchmark(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` imported as the module ``seco_<name>`` (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"seco_{name}", TESTS.parent / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,18 +1,21 @@
-"""benchmarks/cooc.py generate: a co-occurrence dataset from real cut-outs, deterministic and readable by seco."""
+"""benchmarks.cooc: a co-occurrence dataset from real cut-outs, deterministic and readable by seco; stage 1, the
+scores, one seed end to end and the ablation over seeds; the commands' options."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import h5py
 import numpy as np
 import pytest
 import yaml
+from click.testing import CliRunner
 
-from conftest import TEST_DATA, load_benchmark
+from benchmarks import cooc
+from benchmarks.cooc import cli as cooc_cli
+from conftest import TEST_DATA
 from seco_labels.data import build_reader, read_class_names
-
-cooc = load_benchmark("cooc")
 
 
 def test_components_are_four_connected_regions():
@@ -20,6 +23,41 @@ def test_components_are_four_connected_regions():
     labels, n = cooc.components(mask)
     assert n == 3 and (labels > 0).sum() == mask.sum() and (labels[~mask] == 0).all()
     assert labels[0, 0] == labels[1, 1] != labels[3, 0] != labels[1, 3] == labels[3, 2]
+
+
+def _flood_fill(mask: np.ndarray) -> np.ndarray:
+    """The reference: each region by a breadth-first walk, numbered by its last pixel (row-major), as components."""
+    seen, regions = np.zeros(mask.shape, bool), []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        todo, region = [start], []
+        seen[start] = True
+        while todo:
+            y, x = todo.pop()
+            region.append((y, x))
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    todo.append((ny, nx))
+        regions.append(region)
+    labels = np.zeros(mask.shape, np.int64)
+    for k, region in enumerate(sorted(regions, key=lambda r: max(y * mask.shape[1] + x for y, x in r)), 1):
+        labels[tuple(np.array(region).T)] = k
+    return labels
+
+
+def test_components_match_a_flood_fill_on_long_winding_regions():
+    snake = np.zeros((9, 9), bool)  # one 41-pixel path back and forth: propagation alone needs 40 rounds
+    snake[::2] = True
+    snake[1::4, -1] = snake[3::4, 0] = True
+    rng = np.random.default_rng(0)
+    for mask in [snake, snake[::-1], snake.T, np.ones((3, 5), bool), np.zeros((2, 2), bool),
+                 *(rng.random((30, 40)) < p for p in (0.3, 0.55, 0.7))]:
+        labels, n = cooc.components(mask)
+        expected = _flood_fill(mask)
+        assert n == expected.max() and np.array_equal(labels, expected)
+    assert cooc.components(snake)[1] == 1
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +83,7 @@ def test_the_dataset_is_read_by_seco_and_its_tags_match_its_masks(generated):
             counts = np.bincount(mask.ravel(), minlength=len(names))[1:]
             np.testing.assert_array_equal(reader.tags(image_id), (counts >= 20).astype(np.float32))
     assert min(info["instances"]["val"].values()) >= 1 and min(info["instances"]["train"].values()) >= 1
+    assert cooc.mirrors(out / "a")  # photo cut-outs: SeCo may train on and export mirror images
 
 
 def test_cooccurrence_is_controlled_and_recorded(generated):
@@ -87,26 +126,38 @@ def test_pretrained_weights_load_into_seco_and_baselines_are_scored(generated, t
     assert scores["best_trivial"] == max(scores["all_background"], scores["whole_image"], scores["best_centre_box"])
 
 
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One seed of the quick benchmark (tiny sizes, digits, segmenter step on), run once for this module: the
+    ablation below reuses its dataset, stage 1 and ``full`` run, as ``ablate`` reuses a ``run`` of the same seed."""
+    spec = cooc.RunSpec(sources=[TEST_DATA / "coco-mini"], pairs=[("one", "four")], num_classes=2, n_train=12,
+                        n_val=6, size=64, digits=True, backbone_kwargs={"patch_size": 8, "depth": 3},
+                        pretrain_steps=2, iters=2, threads=1, seg_iters=2,
+                        extra_sets=("decompose.local_crop_size=16", "train.val_max_images=2"))
+    out = tmp_path_factory.mktemp("cooc-run")
+    return spec, out, cooc.run(spec, out / "seed0", seed=0, variant="full")
+
+
 @pytest.mark.slow
-def test_run_does_one_seed_end_to_end_and_resumes(tmp_path):
+def test_run_does_one_seed_end_to_end_and_resumes(digits_run):
     """The quick version of the benchmark (tiny sizes): every stage runs, the result holds every score."""
-    kwargs = dict(seed=0, pairs=[("cup", "person")], num_classes=3, n_train=16, n_val=8, size=64,
-                  backbone_kwargs={"patch_size": 8, "depth": 3}, pretrain_steps=2, iters=2, threads=1,
-                  extra_sets=("decompose.local_crop_size=16", "train.val_max_images=2"), seg_iters=2)
-    result = cooc.run([TEST_DATA / "coco-mini"], tmp_path, **kwargs)
-    assert (tmp_path / "weights.pt").is_file() and (tmp_path / "full" / "seed0" / "art" / "cams_train.h5").is_file()
+    spec, out, result = digits_run
+    seed = out / "seed0"
+    assert (seed / "weights.pt").is_file() and (seed / "full" / "seed0" / "art" / "cams_train.h5").is_file()
     assert 0 <= result["mask_miou"] <= 1 and result["baselines"]["best_trivial"] > 0
     assert result["mask_miou_over_best_trivial"] == round(result["mask_miou"] / result["baselines"]["best_trivial"], 3)
     assert 0 <= result["cam_roc_auc"] <= 1 and result["cam_roc_auc_n"] > 0
-    assert set(result["cooc_confusion"]) == {"cup:person"} and set(result["seg_cooc_confusion"]) == {"cup:person"}
+    assert set(result["cooc_confusion"]) == {"one:four"} and set(result["seg_cooc_confusion"]) == {"one:four"}
     assert result["seg_gap"] == round(result["seg_gt_val_miou"] - result["seg_val_miou"], 4)
-    assert len(list((tmp_path / "full" / "seed0" / "seg-pseudo" / "pred_val").glob("*.png"))) == 8
-    assert yaml.safe_load((tmp_path / "seg-gt" / "config.yaml").read_text())["data"]["labels"] == "gt"
+    val_ids = (seed / "data" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    assert len(list((seed / "full" / "seed0" / "seg-pseudo" / "pred_val").glob("*.png"))) == len(val_ids) > 0
+    assert yaml.safe_load((seed / "seg-gt" / "config.yaml").read_text())["data"]["labels"] == "gt"
+    assert result["pretrain"]["steps"] == 2 and json.loads((seed / "pretrain.json").read_text()) == result["pretrain"]
     fired = result["rectification"]
     assert fired["steps_logged"] == 2 and 0 <= fired["steps_with_rectification"] <= 2 and fired["crops_tagged"] > 0
-    stamp = (tmp_path / "result_full.json").stat().st_mtime_ns
-    assert cooc.run([TEST_DATA / "coco-mini"], tmp_path, **kwargs) == result  # resumed: nothing redone
-    assert (tmp_path / "result_full.json").stat().st_mtime_ns == stamp
+    stamp = (seed / "result_full.json").stat().st_mtime_ns
+    assert cooc.run(spec, seed, seed=0) == result  # resumed: nothing redone
+    assert (seed / "result_full.json").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("pool, mosaic", [("max", 2), ("cls", 1)])
@@ -139,8 +190,8 @@ def test_pair_confusion_counts_the_images_holding_both_classes_only():
 
 
 def test_roc_auc_counts_ties_half():
-    assert cooc._auc(np.array([2.0, 3.0]), np.array([1.0, 1.0])) == 1.0
-    assert cooc._auc(np.array([1.0]), np.array([1.0, 2.0])) == 0.25
+    assert cooc.roc_auc(np.array([2.0, 3.0]), np.array([1.0, 1.0])) == 1.0
+    assert cooc.roc_auc(np.array([1.0]), np.array([1.0, 2.0])) == 0.25
 
 
 def test_digits_give_every_class_enough_distinct_instances_on_real_backgrounds(tmp_path):
@@ -185,7 +236,7 @@ def test_class_colours_give_each_class_its_hue_but_a_pair_one_hue_and_scale_boun
                 assert min(abs(hue - hues[name]), 1 - abs(hue - hues[name])) < 0.05, (image_id, name, hue)
                 seen.add(name)
     assert seen == {"three", "eight", "one", "four"}
-    with pytest.raises(SystemExit, match="recolours the digits"):
+    with pytest.raises(cooc.DatasetError, match="recolours the digits"):
         cooc.generate([TEST_DATA / "coco-mini"], tmp_path / "photos", seed=0, pairs=[], classes=None, num_classes=2,
                       n_train=4, n_val=2, size=64, cooc=0.85, context=None, min_area=200, min_visible=20,
                       colours="class")
@@ -199,7 +250,7 @@ def test_val_photos_never_take_most_of_a_class():
     instances = {"rare": [inst("rare", "p0")] + [inst("rare", "p1")] * 6,
                  "common": [inst("common", f"p{k}") for k in range(20)]}
     for seed in range(20):
-        val = cooc._val_photos(instances, ["rare", "common"], np.random.default_rng(seed))
+        val = cooc.val_photos(instances, ["rare", "common"], np.random.default_rng(seed))
         assert "p0" in val and "p1" not in val  # the rare class keeps 6 of its 7 in train
         assert 2 <= len(val) <= 4 and {f"p{k}" for k in range(20)} - val
 
@@ -229,18 +280,21 @@ def test_background_blur_takes_the_texture_out_of_the_backgrounds_only(tmp_path)
 
 
 @pytest.mark.slow
-def test_ablate_shares_data_and_stage_one_per_seed_and_tabulates(tmp_path):
-    kwargs = dict(pairs=[("one", "four")], num_classes=2, n_train=12, n_val=6, size=64, digits=True,
-                  backbone_kwargs={"patch_size": 8, "depth": 3}, pretrain_steps=2, iters=2, threads=1,
-                  extra_sets=("decompose.local_crop_size=16", "train.val_max_images=2"))
-    table = cooc.ablate([TEST_DATA / "coco-mini"], tmp_path, seeds=[0], variants=["baseline", "full"], **kwargs)
-    seed = tmp_path / "seed0"
+def test_ablate_shares_data_and_stage_one_per_seed_and_tabulates(digits_run):
+    spec, out, _ = digits_run
+    seed = out / "seed0"
+    full_stamp = (seed / "result_full.json").stat().st_mtime_ns
+    # without the segmenter step: the run's result (which has it) is reused, the baseline trains from its stage 1
+    table = cooc.ablate(dataclasses.replace(spec, seg_iters=0), out, seeds=[0], variants=["baseline", "full"])
     assert sorted(p.name for p in seed.glob("result_*.json")) == ["result_baseline.json", "result_full.json"]
+    assert (seed / "result_full.json").stat().st_mtime_ns == full_stamp
     assert len(list(seed.glob("weights*.pt"))) == 1 and (seed / "data" / "cooc.json").is_file()
-    rows = (tmp_path / "ablation.csv").read_text().splitlines()
+    baseline_config = yaml.safe_load((seed / "baseline" / "seed0" / "run" / "config.yaml").read_text())
+    assert baseline_config["model"]["backbone_weights"] == str(seed / "weights.pt")
+    rows = (out / "ablation.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("variant,seed,cam_miou,mask_miou")
     assert "| `baseline` | cls + aux + seg only |" in table and "| `full` | SeCo |" in table
-    assert table == (tmp_path / "ablation.md").read_text() and (tmp_path / "ablation.png").stat().st_size > 1000
+    assert table == (out / "ablation.md").read_text() and (out / "ablation.png").stat().st_size > 1000
     full = json.loads((seed / "result_full.json").read_text())
     assert f"{100 * full['mask_miou']:.2f} ± 0.00" in table.splitlines()[-1]
     # a mirrored 4 is no 4: the digits are neither trained on nor exported with their mirror images
@@ -248,3 +302,64 @@ def test_ablate_shares_data_and_stage_one_per_seed_and_tabulates(tmp_path):
     assert (config["data"]["flip_p"], config["data"]["strong_flip_p"], config["cam"]["flip"]) == (0, 0, False)
     with h5py.File(seed / "full" / "seed0" / "art" / "cams_train.h5") as f:
         assert not f.attrs["flip"]
+
+
+# -- the commands ----------------------------------------------------------------------------------------------
+def test_generate_command_writes_the_dataset_and_prints_its_statistics(tmp_path):
+    result = CliRunner().invoke(cooc_cli.cli, [
+        "generate", "--digits", "--source", str(TEST_DATA / "coco-mini"), "--out", str(tmp_path / "d"),
+        "--pairs", "one:four", "--num-classes", "2", "--train", "6", "--val", "4", "--size", "48",
+        "--scale", "0.4,0.6", "--colours", "class"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed["classes"] == ["one", "four"] and printed["images"]["train"] > 0
+    saved = json.loads((tmp_path / "d" / "cooc.json").read_text())
+    assert saved["pairs"] == ["one:four"] and saved["scale"] == [0.4, 0.6] and saved["colours"] == "class"
+    assert saved["min_area"] == 400 and saved["cooc"] == 0.85  # the documented defaults
+
+
+def test_run_and_ablate_options_make_the_run_spec(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(cooc_cli, "run", lambda spec, out, **kw: calls.append((spec, out, kw)) or {"ok": 1})
+    monkeypatch.setattr(cooc_cli, "ablate", lambda spec, out, **kw: calls.append((spec, out, kw)) or "table")
+    source, runner = str(TEST_DATA / "coco-mini"), CliRunner()
+    result = runner.invoke(cooc_cli.cli, [
+        "run", "--source", source, "--out", str(tmp_path), "--seed", "3", "--variant", "no_lil", "--digits",
+        "--pairs", "three:eight", "--train", "50", "--val", "20", "--size", "96", "--background-blur", "2",
+        "--colours", "class", "--scale", "0.3,0.5", "--pretrain-steps", "7", "--pretrain-lr", "0.01",
+        "--mosaic", "2", "--seg-iters", "5", "--iters", "9", "--backbone-kwargs", '{"patch_size": 8, "depth": 4}',
+        "--threads", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    spec, out, kw = calls.pop()
+    assert out == tmp_path and kw == {"seed": 3, "variant": "no_lil"}
+    assert spec == cooc.RunSpec(sources=[TEST_DATA / "coco-mini"], pairs=[("three", "eight")], num_classes=5,
+                                n_train=50, n_val=20, size=96, digits=True, background_blur=2.0,
+                                scale=(0.3, 0.5), colours="class", backbone_kwargs={"patch_size": 8, "depth": 4},
+                                pretrain_steps=7, pretrain_lr=0.01, mosaic=2, iters=9, seg_iters=5, threads=1)
+    result = runner.invoke(cooc_cli.cli, ["ablate", "--source", source, "--out", str(tmp_path)])
+    assert result.exit_code == 0 and result.output == "table\n"
+    spec, _, kw = calls.pop()
+    assert kw == {"seeds": [0, 1, 2], "variants": ["baseline", "no_lig", "no_lil", "no_rectify", "full"]}
+    assert spec == cooc.RunSpec(sources=[TEST_DATA / "coco-mini"])  # the defaults of the options are the spec's
+
+
+@pytest.mark.parametrize("args, option, message", [
+    (["run", "--pairs", "dog"], "--pairs", "give pairs as A:B"),
+    (["run", "--scale", "0.5"], "--scale", "give the scale as MIN,MAX"),
+    (["run", "--scale", "0.8,0.4"], "--scale", "need 0 < MIN <= MAX <= 1"),
+    (["run", "--backbone-kwargs", "depth=4"], "--backbone-kwargs", "is not a JSON object"),
+    (["run", "--variant", "nope"], "--variant", "'nope' is not one of"),
+    (["ablate", "--variants", "full,nope"], "--variants", "unknown variant(s) ['nope']"),
+    (["ablate", "--seeds", "0,x"], "--seeds", "e.g. 0,1,2"),
+])
+def test_bad_options_name_the_option(tmp_path, args, option, message):
+    result = CliRunner().invoke(cooc_cli.cli, [*args, "--source", str(TEST_DATA / "coco-mini"),
+                                               "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and option in result.output and message in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_that_cannot_be_made_ends_the_command_with_its_reason(tmp_path):
+    result = CliRunner().invoke(cooc_cli.cli, ["generate", "--source", str(TEST_DATA / "coco-mini"),
+                                               "--out", str(tmp_path / "d"), "--colours", "class"])
+    assert result.exit_code == 1 and "recolours the digits" in result.output and "Traceback" not in result.output

@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from conftest import load_benchmark  # tests/ is on sys.path (pytest prepend mode)
-
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    return load_benchmark("gpu_check")
+    from benchmarks import gpu_check  # imports torch and the trainer: only when a test of this file runs
+
+    return gpu_check
 
 
 def _row(table: str, label: str) -> list[str]:

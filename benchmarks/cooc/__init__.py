@@ -1,0 +1,48 @@
+"""A co-occurrence benchmark a CPU can learn (issue 13): real photo cut-outs pasted on real backgrounds, with
+co-occurrence controlled per class pair.
+
+    # a VOC-layout dataset every seco command reads as it is (train 2000, val 300 at 128 px by default)
+    python -m benchmarks.cooc generate --source ../shared/data/coco-mini --out cooc/data --seed 0 \\
+        --pairs dog:person --num-classes 6 --min-area 200
+
+    # the digits tier: the bundled handwritten digits (about 180 per class) on coco-mini's photos
+    python -m benchmarks.cooc generate --digits --source ../shared/data/coco-mini --out cooc/digits --seed 0 \\
+        --pairs three:eight --num-classes 5 --size 96
+
+Sources must not show the same photos under two vocabularies: voc-mini's ``coco_*`` images are coco-mini's, with
+VOC names (``diningtable`` for ``dining table``), so give one of them. On coco-mini (106 photos), with
+``--min-area 200`` and 5 classes, the train/val instances per class are: dog 9/1, person 91/20, cup 14/2,
+dining table 20/4, bowl 11/2 (16 s). That is too few distinct objects per class for a model to generalise from
+(stage 1 on one H200, 6000 steps: tag F1 0.68 on train, 0.27 on val), hence ``--digits``: 1,797 real handwritten
+digits (benchmarks/data/README.md), 135-154 train and 27-44 val instances per class for 5 classes (9 s), in random
+colours (``--colours random``: the class is in the shape alone) or one hue per class, each pair's two classes
+sharing one (``--colours class``: colour tells the classes apart, except A from B).
+Stage 1 (``pretrain --data DIR --out weights.pt``) trains the ViT SeCo will use on multi-label classification and
+saves a state dict for ``seco train --backbone-weights``; ``baselines --data DIR`` scores the tag-only masks a pseudo
+label must beat. ``run --source DIR --out DIR --seed S`` does one seed end to end and resumes (result_<variant>.json:
+the export's scores, the baselines and their ratio, the CAM ROC-AUC, the co-occurrence confusion and how often
+rectification fired). ``ablate --source DIR --out DIR --seeds 0,1,2`` runs the five variants of
+benchmarks/ablation.py per seed on one dataset and one stage 1 and writes ablation.md/.csv/.png.
+
+The stages are modules, each usable alone: :mod:`.instances` (cut-outs and backgrounds), :mod:`.dataset`
+(``generate``: how a dataset is made), :mod:`.stage1` (``pretrain``), :mod:`.scores` (baselines, CAM ROC-AUC,
+co-occurrence confusion), :mod:`.segmenters` (the segmenter step), :mod:`.spec` (:class:`RunSpec`, the settings of
+``run`` and ``ablate``), :mod:`.runs` (``run``, ``ablate``), :mod:`.tables` (the ablation table) and :mod:`.cli`
+(the commands).
+"""
+
+from .dataset import DatasetError, cooccurrence, generate, load_split, mirrors, val_photos
+from .instances import DIGIT_NAMES, Instance, colour_by_class, components, digit_instances, find_backgrounds, paste
+from .runs import ablate, run
+from .scores import baselines, localisation, pair_confusion, roc_auc
+from .segmenters import fit_segmenter
+from .spec import RunSpec
+from .stage1 import pretrain, tile, untile
+from .tables import ABLATION_COLUMNS
+
+__all__ = [
+    "ABLATION_COLUMNS", "DIGIT_NAMES", "DatasetError", "Instance", "RunSpec", "ablate", "baselines", "colour_by_class",
+    "components", "cooccurrence", "digit_instances", "find_backgrounds", "fit_segmenter", "generate", "load_split",
+    "localisation", "mirrors", "pair_confusion", "paste", "pretrain", "roc_auc", "run", "tile", "untile",
+    "val_photos",
+]

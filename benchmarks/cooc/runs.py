@@ -1,0 +1,98 @@
+"""One seed end to end (:func:`run`) and the ablation over seeds (:func:`ablate`), both resumable: a stage whose
+output exists is skipped."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.ablation import AblationSpec, run_one
+from seco_labels.io import atomic_write_text
+
+from .dataset import generate, mirrors
+from .scores import baselines, localisation
+from .segmenters import fit_segmenter
+from .spec import STAGE1_IMAGES, RunSpec
+from .stage1 import pretrain
+from .tables import ablation_row, write_ablation
+
+
+def rectification_counts(metrics_log: Path) -> dict[str, int]:
+    """How often rectification fired in a run's ``metrics.jsonl`` (one record per logged step): the steps logged,
+    those that rectified a crop, and the crops rectified and tagged over them."""
+    steps = [json.loads(line) for line in metrics_log.read_text().splitlines() if line.strip()]
+    fired = [r["crops_rectified"] for r in steps if r.get("crops_rectified") is not None]
+    return {"steps_logged": len(steps), "steps_with_rectification": sum(1 for v in fired if v > 0),
+            "crops_rectified": int(sum(fired)), "crops_tagged": int(sum(r.get("crops_tagged") or 0 for r in steps))}
+
+
+def run(spec: RunSpec, out: Path, *, seed: int = 0, variant: str = "full") -> dict:
+    """One seed end to end, resumable (each stage is skipped when its output exists): generate ``OUT/data`` (or
+    use ``spec.data``), stage 1 ``OUT/weights.pt``, SeCo ``variant`` from those weights and its export of the train
+    split (:func:`benchmarks.ablation.run_one`, in ``OUT/<variant>/seed<S>``), then ``OUT/result_<variant>.json``:
+    the export's CAM/pseudo-mask mIoU and FP/TP, the trivial baselines, the ratio to the best of them, the CAM
+    ROC-AUC, the co-occurrence confusion and how often rectification fired. ``spec.seg_iters`` > 0 adds the
+    segmenter step (:func:`fit_segmenter`), on the pseudo masks (``OUT/<variant>/seed<S>/seg-pseudo``) and on the
+    GT (``OUT/seg-gt``, shared by the variants): val mIoU of both, the gap, and the co-occurrence confusion on val.
+    """
+    out = Path(out)
+    result_file = out / f"result_{variant}.json"
+    if result_file.is_file():
+        done = json.loads(result_file.read_text())
+        if not spec.seg_iters or "seg_val_miou" in done:
+            return done
+    data, weights = spec.data or out / "data", out / "weights.pt"
+    if not (data / "cooc.json").is_file():
+        generate(list(spec.sources), data, **spec.generate_kwargs(seed))
+    if not weights.is_file():
+        stage1 = pretrain(data, weights, backbone="vit_tiny_patch16_224", backbone_kwargs=spec.backbone_kwargs,
+                          steps=spec.pretrain_steps, batch_size=STAGE1_IMAGES // (spec.mosaic * spec.mosaic),
+                          lr=spec.pretrain_lr, seed=seed, device=spec.device, mosaic=spec.mosaic)
+        atomic_write_text(out / "pretrain.json", json.dumps(stage1, indent=2))
+    names = ["background", *json.loads((data / "cooc.json").read_text())["classes"]]
+    mirror = mirrors(data)  # else SeCo neither trains on nor exports flipped views
+    unmirrored = [] if mirror else ["data.flip_p=0", "data.strong_flip_p=0", "cam.flip=false"]
+    sets = (f"model.backbone_kwargs={json.dumps(spec.backbone_kwargs)}", f"data.class_names={json.dumps(names)}",
+            f"data.num_classes={len(names)}", *unmirrored, *spec.extra_sets)
+    seco = AblationSpec(out=out, data_root=str(data), preset="demo", split="train", eval_split="train",
+                        iters=spec.iters, crop=spec.size, backbone_weights=str(weights), sets=sets,
+                        device=spec.device, export_flip=mirror)
+    scores = run_one(seco, variant, seed, spec.threads)
+    folder = out / variant / f"seed{seed}"
+    art = folder / "art"
+    trivial = baselines(data, "train")
+    stage1_file = out / "pretrain.json"
+    result = {**scores, "baselines": trivial, **localisation(data, art, "train", list(spec.pairs)),
+              "rectification": rectification_counts(folder / "run" / "metrics.jsonl"),
+              "mask_miou_over_best_trivial": round(scores["mask_miou"] / trivial["best_trivial"], 3)
+              if trivial["best_trivial"] else None,
+              "pretrain": json.loads(stage1_file.read_text()) if stage1_file.is_file() else None}
+    if spec.seg_iters:
+        kw = dict(pairs=list(spec.pairs), iters=spec.seg_iters, crop=spec.size, threads=spec.threads,
+                  device=spec.device)
+        gt = fit_segmenter(data, "gt", out / "seg-gt", **kw)
+        pseudo = fit_segmenter(data, str(art), folder / "seg-pseudo", **kw)
+        result.update(seg_val_miou=pseudo["val_miou"], seg_gt_val_miou=gt["val_miou"],
+                      seg_gap=round(gt["val_miou"] - pseudo["val_miou"], 4),
+                      seg_cooc_confusion=pseudo["cooc_confusion"],
+                      seg_cooc_confusion_mean=pseudo["cooc_confusion_mean"],
+                      seg_gt_cooc_confusion_mean=gt["cooc_confusion_mean"])
+    atomic_write_text(result_file, json.dumps(result, indent=2))
+    return result
+
+
+def ablate(spec: RunSpec, out: Path, *, seeds: list[int], variants: list[str]) -> str:
+    """SeCo's ablation on the generated data: for each seed, one dataset and one stage 1 shared by every variant
+    (``OUT/seed<S>/``, through :func:`run`, resumable), then ``OUT/ablation.md`` (mean ± std over seeds of
+    :data:`~benchmarks.cooc.tables.ABLATION_COLUMNS`), ``OUT/ablation.csv`` (one row per run) and
+    ``OUT/ablation.png``. Returns the table."""
+    out = Path(out)
+    rows = []
+    for seed in seeds:
+        for variant in variants:
+            r = run(spec, out / f"seed{seed}", seed=seed, variant=variant)
+            rows.append(ablation_row(variant, seed, r))
+            print(f"{variant} seed {seed}: mask {100 * r['mask_miou']:.2f}, ratio {r['mask_miou_over_best_trivial']}, "
+                  f"confusion {r['cooc_confusion_mean']}", file=sys.stderr, flush=True)
+    return write_ablation(rows, variants, out)

@@ -63,7 +63,7 @@ def start_run(cfg: SecoConfig, run_dir: Path) -> tuple[Trainer, dict, StepOutput
     torch.manual_seed(0)
     trainer = Trainer(cfg, run_dir, quiet=True)
     trainer.step = max(max(getattr(cfg.loss, t).start for t in LOSS_TERMS), cfg.cam.roi_final_cam_from)
-    batch = batch_to_device(next(iter(trainer._train_loader())), trainer.device)
+    batch = batch_to_device(next(iter(trainer.train_loader())), trainer.device)
     return (trainer, batch, *timed_step(trainer, batch))
 
 

@@ -111,7 +111,7 @@ def measure_steps(cfg: SecoConfig, run_dir: Path, warmup: int, steps: int) -> tu
     device = trainer.device
     # every term on, the final CAM source for the ROI: the steady state of a run
     trainer.step = max(max(getattr(cfg.loss, t).start for t in LOSS_TERMS), cfg.cam.roi_final_cam_from)
-    loader = iter(trainer._train_loader())
+    loader = iter(trainer.train_loader())
     batch = batch_to_device(next(loader), device)
     col = Column()
     out = trainer.train_step(batch)  # the parity step: same weights and batch in both columns

@@ -115,7 +115,7 @@ def time_cls_only(trainer: Trainer, batch: dict, steps: int) -> float:
     timer = PhaseTimer(trainer.device)
     for i in range(steps + 1):
         with timer("warmup" if i == 0 else "step"):
-            with trainer._autocast():
+            with trainer.autocast():
                 out = model.encoder(x)
                 logits = model.classifier(F.adaptive_max_pool2d(out.tokens, 1)).flatten(1)
             loss = cls_loss(logits.float(), tags)
@@ -131,7 +131,7 @@ def time_cam_inference(trainer: Trainer, x: torch.Tensor, steps: int) -> tuple[f
     model, scales = trainer.model, trainer.cfg.cam.scales
     timer = PhaseTimer(trainer.device)
     for _ in range(steps):
-        with trainer._autocast():
+        with trainer.autocast():
             with timer("ours"):
                 out = model(x)
                 multi_scale_cams(model.cams, x, scales, base=(out.cam, out.cam_aux))

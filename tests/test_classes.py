@@ -184,7 +184,7 @@ def test_local_crops_of_any_size_from_one_patch_train(voc_root, tmp_path):
     cfg.decompose.local_crop_size = 24
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
     trainer.step = max(cfg.loss.lil.start, cfg.loss.lig.start)  # the local crops feed LIL and LIG
-    out = trainer.train_step(next(iter(trainer._train_loader())))
+    out = trainer.train_step(next(iter(trainer.train_loader())))
     assert out.terms["lil"] is not None and out.terms["lig"] is not None
     assert all(v is None or math.isfinite(v) for v in out.terms.values())
 

@@ -33,7 +33,7 @@ def _trainer(voc_root: Path, run_dir: Path, compile: bool, depth: int = 1) -> Tr
 def test_compiled_step_matches_eager_and_saves_eager_names(voc_root, tmp_path):
     eager = _trainer(voc_root, tmp_path / "eager", compile=False)
     compiled = _trainer(voc_root, tmp_path / "compiled", compile=True)
-    batch = next(iter(eager._train_loader()))
+    batch = next(iter(eager.train_loader()))
     counters.clear()
     out_c = compiled.train_step(batch)
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled the encoder: the compiled path ran
@@ -67,7 +67,7 @@ def test_torch_compile_failing_on_the_machine_is_a_config_error(voc_root, tmp_pa
     try:
         with pytest.raises(ConfigError, match=r"train\.compile=true: torch\.compile failed .*C\+\+ compiler.*"
                                               r"set train\.compile=false"):
-            trainer.train_step(next(iter(trainer._train_loader())))
+            trainer.train_step(next(iter(trainer.train_loader())))
     finally:
         torch._dynamo.reset()
 

@@ -80,7 +80,7 @@ def _matmul_dtypes(model) -> list[torch.dtype]:
 def test_bf16_step_keeps_the_roi_masks_and_every_term_of_fp32(trained, monkeypatch):
     """Same weights, same batches: seco_step in fp32 and under CPU bf16 autocast, forward and backward."""
     rois = _record_rois(monkeypatch)
-    loader = iter(trained._train_loader())
+    loader = iter(trained.train_loader())
     cfg, diff, pixels = trained.cfg, 0, 0
     for _ in range(4):
         batch = batch_to_device(next(loader), trained.device)
@@ -131,7 +131,7 @@ def test_fp16_step_on_cpu_goes_through_the_grad_scaler(voc_root, tmp_path):
     scaler = trainer.scaler
     assert trainer.amp_dtype is torch.float16 and scaler.is_enabled() and scaler.get_scale() == 65536.0
     trainer.step = 4
-    batch = next(iter(trainer._train_loader()))
+    batch = next(iter(trainer.train_loader()))
     before = [p.detach().clone() for p in trainer.model.encoder.parameters()]
     matmuls = _matmul_dtypes(trainer.model)
     out = trainer.train_step(batch)

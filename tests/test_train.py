@@ -123,7 +123,7 @@ def test_batch_sampler_resumes_mid_epoch():
 # -- terms that have not started: zero gradients, as the published 0 x term ----------------------------------------
 def _train_steps(cfg, run_dir: Path, steps: int) -> Trainer:
     trainer = Trainer(cfg, run_dir, quiet=True)
-    loader = iter(trainer._train_loader())
+    loader = iter(trainer.train_loader())
     for _ in range(steps):
         trainer.train_step(next(loader))
         trainer.step += 1
@@ -230,7 +230,7 @@ def test_coco_preset_normalises_losses_as_the_published_two_gpus_of_four_images(
         getattr(cfg.loss, name).start = 0  # every term at step 0
     cfg.validate()
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
-    batch = batch_to_device(next(iter(trainer._train_loader())), trainer.device)
+    batch = batch_to_device(next(iter(trainer.train_loader())), trainer.device)
     model = copy.deepcopy(trainer.model)  # the step updates the memories: each run starts from the same ones
 
     whole_batch = copy.deepcopy(cfg)
@@ -263,7 +263,7 @@ def test_cam_flip_false_crops_from_the_cams_of_the_unflipped_image_alone(voc_roo
     cfg = tiny_config(voc_root)
     cfg.data.num_workers = 0
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
-    batch = batch_to_device(next(iter(trainer._train_loader())), trainer.device)
+    batch = batch_to_device(next(iter(trainer.train_loader())), trainer.device)
     x = batch["image"]
     with torch.no_grad():  # step 0 crops from the aux CAM (cam.roi_final_cam_from = 3)
         expected = {flip: multi_scale_cams(trainer.model.cams, x, cfg.cam.scales, flip=flip)[1]

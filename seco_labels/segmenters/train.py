@@ -259,7 +259,9 @@ class SegmenterTrainer:
 
     # -- loop ----------------------------------------------------------------------------------------------
 
-    def _train_loader(self) -> DataLoader:
+    def train_loader(self) -> DataLoader:
+        """The training batches from ``self.step`` on (step-indexed: a resumed run draws what an uninterrupted one
+        would have)."""
         d = self.cfg.data
         sampler = StepBatchSampler(len(self.dataset), d.batch_size, self.cfg.train.seed, start_step=self.step)
         return DataLoader(
@@ -352,7 +354,7 @@ class SegmenterTrainer:
             if self.step >= self.cfg.train.iters and self._finished():
                 self.already_finished = True
                 return self._logged_summary()
-            last = run_loop(self, self._train_loader, lambda batch: {"loss": self.train_step(batch)},
+            last = run_loop(self, self.train_loader, lambda batch: {"loss": self.train_step(batch)},
                             self._validation_entry, desc="fit-segmenter", validate_last_step=False)
             if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another path
                 self.save()

@@ -213,7 +213,9 @@ class Trainer:
         return StepBatchSampler(len(self.dataset), self.cfg.data.batch_size, self.cfg.train.seed,
                                 start_step=start_step, rank=self.dist.rank, world_size=self.dist.world_size)
 
-    def _train_loader(self) -> DataLoader:
+    def train_loader(self) -> DataLoader:
+        """The training batches from ``self.step`` on: the step-indexed sampler (each process its share under
+        torchrun), so a resumed run draws what an uninterrupted one would have."""
         d = self.cfg.data
         return DataLoader(
             self.dataset, batch_sampler=self._sampler(self.step), num_workers=d.num_workers,
@@ -333,7 +335,7 @@ class Trainer:
                 if latest_checkpoint(self.run_dir) is None:  # resumed a finished run from another folder's checkpoint
                     self.save()
                 return self.folder.last_logged()
-            return run_loop(self, self._train_loader, lambda batch: self._over_processes(self.train_step(batch)),
+            return run_loop(self, self.train_loader, lambda batch: self._over_processes(self.train_step(batch)),
                             self._validation_entry, desc="train")
 
     def _validation_entry(self) -> tuple[dict[str, float], str] | None:

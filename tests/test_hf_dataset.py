@@ -4,9 +4,12 @@ re-encoded where the file is not what the masks were made from; without pyarrow 
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,10 @@ from seco_labels.data.classes import VOC_CLASSES
 from seco_labels.data.images import read_image_size
 from seco_labels.errors import DataError
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+#: the line of a docs snippet that names the artifact; the test points it at a real export
+ART_LINE = re.compile(r"^ART, SPLIT = .*$", re.M)
+
 
 def _load(folder, tmp_path, **kwargs):
     """``load_dataset`` on a local folder, its cache under ``tmp_path`` (nothing written to the user's cache)."""
@@ -28,13 +35,20 @@ def _load(folder, tmp_path, **kwargs):
     return datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "hf-cache"), **kwargs)
 
 
-def test_export_hf_dataset_round_trips_to_the_png_masks(tiny_checkpoint, voc_root, tmp_path):
-    datasets = pytest.importorskip("datasets")
-    art = tmp_path / "art"
+@pytest.fixture(scope="module")
+def hf_export(tiny_checkpoint, voc_root, tmp_path_factory):
+    """``export-masks --format png,hf-dataset`` of the val split: the artifact folder."""
+    art = tmp_path_factory.mktemp("hf-art")
     res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(tiny_checkpoint), "--split", "val", "--out",
                                    str(art), "--data-root", str(voc_root), "--format", "png,hf-dataset",
                                    "--scales", "1.0", "--no-flip", "--num-workers", "0", "--quiet"])
     assert res.exit_code == 0, res.output
+    return art
+
+
+def test_export_hf_dataset_round_trips_to_the_png_masks(hf_export, tiny_checkpoint, voc_root, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    art = hf_export
     folder = hf_dataset_dir(art, "val")
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
         "data/val-00000-of-00001.parquet", "id2label.json"]
@@ -67,6 +81,26 @@ def test_export_hf_dataset_round_trips_to_the_png_masks(tiny_checkpoint, voc_roo
     alone = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(tiny_checkpoint), "--split", "val", "--out",
                                      str(tmp_path / "b"), "--format", "hf-dataset", "--quiet"])
     assert alone.exit_code == 2 and "hf-dataset is built from the exported masks; add h5 or png" in alone.output
+
+
+def test_using_pseudo_labels_hf_snippet_runs(hf_export, voc_root, tmp_path, monkeypatch, capsys):
+    """The Hugging Face example of docs/using-pseudo-labels.md, on a real export (its cache under tmp_path)."""
+    datasets = pytest.importorskip("datasets")
+    load = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: load(*a, cache_dir=str(tmp_path / "cache"), **k))
+    doc = (DOCS / "using-pseudo-labels.md").read_text()
+    section = doc.split("## In Hugging Face datasets and transformers\n", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)[0]
+    assert len(ART_LINE.findall(code)) == 1
+    ns: dict = {"__name__": "doc_snippet"}
+    exec(compile(ART_LINE.sub(f"ART, SPLIT = {str(hf_export)!r}, 'val'", code), "using-pseudo-labels.md", "exec"), ns)
+    first = build_reader("voc", voc_root, "val").ids[0]
+    assert ns["row"]["id"] == first and ns["id2label"] == dict(enumerate(VOC_CLASSES))
+    with Image.open(hf_export / "masks_val" / f"{first}.png") as png:
+        np.testing.assert_array_equal(ns["mask"], np.asarray(png))
+    printed_id, names = capsys.readouterr().out.strip().split(" ", 1)
+    present = [VOC_CLASSES[c] for c in np.unique(ns["mask"]).tolist() if c != 255]
+    assert printed_id == first and ast.literal_eval(names) == present and len(present) > 1
 
 
 def _rotate_by_exif(path):

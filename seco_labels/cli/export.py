@@ -57,8 +57,8 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @layout_option("Dataset layout (default: the training run's).")
 @option("--format", "formats", default=_export_default("formats"), show_default=True, callback=_formats,
         help="h5 (CAMs + masks in cams_<split>.h5), png (masks_<split>/<id>.png), coco-json (COCO RLE annotations in "
-             "coco_<split>.json), hf-dataset (a Hugging Face dataset in hf_<split>/; needs the hf extra); the last "
-             "two are built from the h5 or png masks; comma-separated.")
+             "coco_<split>.json, built from the h5 or png masks), hf-dataset (a Hugging Face dataset in hf_<split>/, "
+             "built from them too; needs the hf extra); comma-separated.")
 @click.option("--scales", default="default", show_default=True, callback=parse_scales,
               help="CAM scales, comma-separated, or a preset: default, seeds, train-voc, published-ms.")
 @option("--flip/--no-flip", default=_export_default("flip"), show_default=True, help="Add horizontally flipped CAMs.")

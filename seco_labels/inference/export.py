@@ -78,8 +78,7 @@ class ExportOptions:
     tags: Literal["given", "predicted"] = "given"
     tag_threshold: float = 0.5  #: sigmoid score a class needs to count as present with tags="predicted"
     crf: bool = False  #: refine each pseudo mask with the dense CRF (needs the ``crf`` extra)
-    #: of h5, png, coco-json (COCO RLE) and hf-dataset (Hugging Face dataset); the last two are built from the h5
-    #: or png masks
+    #: of h5, png, coco-json (COCO RLE) and hf-dataset (Hugging Face dataset; both built from the h5 or png masks)
     formats: tuple[Literal["h5", "png", "coco-json", "hf-dataset"], ...] = ("h5", "png")
     overwrite: bool = False
     skip_bad: bool = False

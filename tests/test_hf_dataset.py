@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from seco_labels.artifacts import ArtifactWriter, hf_dataset_dir, write_hf_dataset
+from seco_labels.artifacts import ArtifactWriter, hf_dataset, hf_dataset_dir, write_hf_dataset
 from seco_labels.artifacts.hf_dataset import HF_INSTALL
 from seco_labels.cli import cli
 from seco_labels.data import build_reader
@@ -38,6 +38,7 @@ def _load(folder, tmp_path, **kwargs):
 @pytest.fixture(scope="module")
 def hf_export(tiny_checkpoint, voc_root, tmp_path_factory):
     """``export-masks --format png,hf-dataset`` of the val split: the artifact folder."""
+    pytest.importorskip("datasets")  # (with pyarrow, which the export needs)
     art = tmp_path_factory.mktemp("hf-art")
     res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(tiny_checkpoint), "--split", "val", "--out",
                                    str(art), "--data-root", str(voc_root), "--format", "png,hf-dataset",
@@ -113,7 +114,8 @@ def _rotate_by_exif(path):
     turned.save(path, quality=95, exif=exif)
 
 
-def test_hf_dataset_from_hdf5_masks_aligns_images_with_their_masks(voc_root, tmp_path):
+def test_hf_dataset_from_hdf5_masks_aligns_images_with_their_masks(voc_root, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
     root = shutil.copytree(voc_root, tmp_path / "voc")
     rotated = build_reader("voc", root, "val").ids[0]
     _rotate_by_exif(root / "JPEGImages" / f"{rotated}.jpg")
@@ -138,7 +140,6 @@ def test_hf_dataset_from_hdf5_masks_aligns_images_with_their_masks(voc_root, tmp
     for row in val:
         np.testing.assert_array_equal(np.asarray(row["label"]), masks[row["id"]])
         np.testing.assert_array_equal(np.asarray(row["image"].convert("RGB")), reader.load_image(row["id"]))
-    datasets = pytest.importorskip("datasets")
     stored = {row["id"]: row["image"] for row in val.cast_column("image", datasets.Image(decode=False))}
     as_is = {i for i in reader.ids if i != rotated and max(read_image_size(reader.image_path(i), "image")) <= 600}
     assert rotated not in as_is and 0 < len(as_is) < len(reader.ids)  # both kinds are checked
@@ -148,15 +149,25 @@ def test_hf_dataset_from_hdf5_masks_aligns_images_with_their_masks(voc_root, tmp
         else:  # a PNG of the pixels the mask was made from
             assert cell["path"] == f"{image_id}.png" and cell["bytes"].startswith(b"\x89PNG")
 
-    # written again: replaced whole; images of another size than their masks are refused, naming the image
+    # written again in small shards: replaced whole, the rows in the same order
+    monkeypatch.setattr(hf_dataset, "MAX_SHARD_BYTES", 1500 * 1000)
+    monkeypatch.setattr(hf_dataset, "ROW_GROUP_ROWS", 2)
     again = write_hf_dataset(art, "val")
     assert sorted(p.name for p in art.iterdir() if "hf_val" in p.name) == ["hf_val"] and again == folder
+    shards = sorted((folder / "data").iterdir())
+    assert len(shards) > 2 and [p.name for p in shards] == [f"val-{i:05d}-of-{len(shards):05d}.parquet"
+                                                            for i in range(len(shards))]
+    assert _load(folder, tmp_path / "again")["val"]["id"] == reader.ids
+
+    # images of another size than their masks are refused, naming the image
     small = root / "JPEGImages" / f"{sorted(as_is)[0]}.jpg"
     with Image.open(small) as img:
         img.resize((img.width // 2, img.height // 2)).save(small)
     with pytest.raises(DataError, match=f"image {small} is .* but its pseudo mask"):
         write_hf_dataset(art, "val")
     assert len(_load(folder, tmp_path)["val"]) == len(reader.ids)  # the previous dataset is kept
+    with ArtifactWriter(art, "val", attrs, formats=("h5",), overwrite=True):
+        assert not folder.exists()  # --overwrite removes it with the split's other outputs
 
 
 def test_without_pyarrow_hf_dataset_stops_at_once_with_the_install_command(tiny_checkpoint, voc_root, tmp_path,

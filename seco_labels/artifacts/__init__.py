@@ -10,6 +10,8 @@ An artifact folder ``ART`` holds, per split:
 - ``manifest_<split>.json``: the export settings, so that a resumed export can refuse to mix settings.
 - ``classes.json``: index, name and palette colour of each class (what the mask values mean).
 - ``coco_<split>.json`` (``--format coco-json``): the masks as COCO RLE annotations, built from the finished masks.
+- ``hf_<split>/`` (``--format hf-dataset``): images and masks as a Hugging Face dataset (parquet shards with
+  ``image`` and ``label`` Image columns, ``id2label.json``), built from the finished masks.
 
 Crash safety: HDF5 files are not safe to append to from a process that may be killed, so :class:`ArtifactWriter`
 writes each finished image as its own part file (``.parts_<split>/<id>.npz``, temp file + rename) holding the
@@ -30,6 +32,8 @@ from .coco import decode_rle, encode_rle, write_coco_json
 from .layout import (FORMAT_VERSION, GZIP_LEVEL, ROOT_ATTRS, classes_path, coco_path, export_report_path,
                      exported_splits, h5_path, lock_name, manifest_path, masks_dir, read_manifest, report_dir,
                      save_mask_png, show_dir, segment_report_path, settings_changes)
+from .layout import hf_dataset_dir
+from .hf_dataset import write_hf_dataset
 from .folder import ArtifactSplit, ExportedDataset, open_pseudo_labels, open_split
 from .reader import ArtifactFile, PngMaskFolder, PseudoLabels
 from .writer import ArtifactWriter
@@ -45,6 +49,8 @@ __all__ = [
     "ExportedDataset",
     "open_split",
     "write_coco_json",
+    "write_hf_dataset",
+    "hf_dataset_dir",
     "encode_rle",
     "decode_rle",
     "coco_path",

@@ -40,6 +40,10 @@ _COCO_NAME = "coco_{}.json"
 _CLASSES_NAME = "classes.json"
 _REPORT_NAME = "report_{}"
 _SHOW_NAME = "show_{}"
+_HF_NAME = "hf_{}"
+# inside hf_<split>/: the names the Hugging Face Hub gives a pushed dataset, which load_dataset reads by convention
+_HF_SHARD_NAME = "data/{}-{:05d}-of-{:05d}.parquet"
+_HF_ID2LABEL_NAME = "id2label.json"
 
 
 def h5_path(art: str | Path, split: str) -> Path:
@@ -70,6 +74,24 @@ def segment_report_path(art: str | Path, split: str) -> Path:
 def coco_path(art: str | Path, split: str) -> Path:
     """``ART/coco_<split>.json``: the pseudo masks as COCO RLE annotations (``--format coco-json``)."""
     return Path(art) / _COCO_NAME.format(split)
+
+
+def hf_dataset_dir(art: str | Path, split: str) -> Path:
+    """``ART/hf_<split>/``: the split as a Hugging Face dataset, parquet shards and ``id2label.json``
+    (``--format hf-dataset``)."""
+    return Path(art) / _HF_NAME.format(split)
+
+
+def hf_shard_path(folder: str | Path, hf_split: str, index: int, count: int) -> Path:
+    """``FOLDER/data/<hf_split>-<index>-of-<count>.parquet`` (5 digits each, index from 0): shard ``index`` of
+    ``count``, named as ``datasets.Dataset.push_to_hub`` names them, so that ``load_dataset(FOLDER)`` finds the
+    split by its name."""
+    return Path(folder) / _HF_SHARD_NAME.format(hf_split, index, count)
+
+
+def hf_id2label_path(folder: str | Path) -> Path:
+    """``FOLDER/id2label.json``: ``{"0": "background", ...}``, the file transformers' segmentation examples read."""
+    return Path(folder) / _HF_ID2LABEL_NAME
 
 
 def exported_splits(art: str | Path) -> list[str]:

@@ -25,6 +25,7 @@ from .layout import (
     coco_path,
     export_report_path,
     h5_path,
+    hf_dataset_dir,
     lock_name,
     manifest_path,
     masks_dir,
@@ -103,7 +104,7 @@ class ArtifactWriter:
         if overwrite:
             for path in (self.h5, manifest_path(self.out_dir, self.split), coco_path(self.out_dir, self.split)):
                 path.unlink(missing_ok=True)
-            for folder in (self.parts, self.masks):
+            for folder in (self.parts, self.masks, hf_dataset_dir(self.out_dir, self.split)):
                 shutil.rmtree(folder, ignore_errors=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # A killed run's temp files (up to a whole HDF5 file): only this split's names, since other splits may be

@@ -36,8 +36,16 @@ def _export_default(name: str) -> Callable[[], Any]:
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
     formats = tuple(v.strip() for v in value.split(",") if v.strip())
-    if not formats or set(formats) - {"h5", "png", "coco-json"}:
-        raise click.BadParameter(f"{value!r}: choose from h5, png and coco-json, e.g. h5,png")
+    if not formats or set(formats) - {"h5", "png", "coco-json", "hf-dataset"}:
+        raise click.BadParameter(f"{value!r}: choose from h5, png, coco-json and hf-dataset, e.g. h5,png")
+    if "hf-dataset" in formats:
+        from ..artifacts.hf_dataset import require_pyarrow
+        from ..errors import ConfigError
+
+        try:
+            require_pyarrow()  # before any work: the dataset is written last
+        except ConfigError as e:
+            raise click.BadParameter(str(e)) from None
     return formats
 
 
@@ -49,7 +57,8 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @layout_option("Dataset layout (default: the training run's).")
 @option("--format", "formats", default=_export_default("formats"), show_default=True, callback=_formats,
         help="h5 (CAMs + masks in cams_<split>.h5), png (masks_<split>/<id>.png), coco-json (COCO RLE annotations in "
-             "coco_<split>.json, built from the h5 or png masks); comma-separated.")
+             "coco_<split>.json, built from the h5 or png masks), hf-dataset (a Hugging Face dataset in hf_<split>/, "
+             "built from them too; needs the hf extra); comma-separated.")
 @click.option("--scales", default="default", show_default=True, callback=parse_scales,
               help="CAM scales, comma-separated, or a preset: default, seeds, train-voc, published-ms.")
 @option("--flip/--no-flip", default=_export_default("flip"), show_default=True, help="Add horizontally flipped CAMs.")

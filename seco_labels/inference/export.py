@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..artifacts import ArtifactWriter, export_report_path, write_coco_json
+from ..artifacts import ArtifactWriter, export_report_path, write_coco_json, write_hf_dataset
+from ..artifacts.hf_dataset import require_pyarrow
 from ..config import AmpMode, SecoConfig
 from ..config_io import check_choices, config_to_dict, save_config
 from ..data import build_reader, normalize
@@ -59,6 +60,8 @@ SCALE_PRESETS: dict[str, tuple[float, ...]] = {
 
 #: the ``--format`` that writes ``coco_<split>.json``
 COCO_FORMAT = "coco-json"
+#: the ``--format`` that writes ``hf_<split>/`` (a Hugging Face dataset; needs the ``hf`` extra)
+HF_DATASET_FORMAT = "hf-dataset"
 
 
 @dataclass
@@ -75,8 +78,8 @@ class ExportOptions:
     tags: Literal["given", "predicted"] = "given"
     tag_threshold: float = 0.5  #: sigmoid score a class needs to count as present with tags="predicted"
     crf: bool = False  #: refine each pseudo mask with the dense CRF (needs the ``crf`` extra)
-    #: of h5, png and coco-json (COCO RLE, built from the h5 or png masks)
-    formats: tuple[Literal["h5", "png", "coco-json"], ...] = ("h5", "png")
+    #: of h5, png, coco-json (COCO RLE) and hf-dataset (Hugging Face dataset; both built from the h5 or png masks)
+    formats: tuple[Literal["h5", "png", "coco-json", "hf-dataset"], ...] = ("h5", "png")
     overwrite: bool = False
     skip_bad: bool = False
     batch_size: int = 4
@@ -189,10 +192,13 @@ def export_split(
     """
     opt = options or ExportOptions()
     check_choices(opt, "ExportOptions.")
-    mask_formats = tuple(f for f in opt.formats if f != COCO_FORMAT)
+    mask_formats = tuple(f for f in opt.formats if f not in (COCO_FORMAT, HF_DATASET_FORMAT))
     if not mask_formats:
-        raise ConfigError(f"--format {','.join(opt.formats)}: coco-json is built from the exported masks; add h5 or "
-                          "png, e.g. --format png,coco-json")
+        built = opt.formats[0]
+        raise ConfigError(f"--format {','.join(opt.formats)}: {built} is built from the exported masks; add h5 or "
+                          f"png, e.g. --format png,{built}")
+    if HF_DATASET_FORMAT in opt.formats:
+        require_pyarrow()  # fail before the model loads, not after the export
     if opt.crf:
         require_crf()  # fail before the model loads, not at the first image
     ctx = init_distributed(resolve_device(opt.device))
@@ -276,6 +282,8 @@ def export_split(
         t_flush = time.perf_counter()
     if COCO_FORMAT in opt.formats and ctx.is_primary:
         write_coco_json(out_dir, split, data_root=root)
+    if HF_DATASET_FORMAT in opt.formats and ctx.is_primary:
+        write_hf_dataset(out_dir, split, data_root=root)
     timing["write"] += time.perf_counter() - t_flush  # the queue's tail, assembling the HDF5 file, the COCO JSON
     timing["total"] = time.perf_counter() - t_start
     bad = sorted(i for rank_bad in all_gather_objects(bad) for i in rank_bad)

@@ -91,6 +91,12 @@ def label_studio_config_path(art: str | Path, split: str) -> Path:
     return Path(art) / _LABEL_STUDIO_CONFIG_NAME.format(split)
 
 
+def hand_label_paths(art: str | Path, split: str) -> tuple[Path, ...]:
+    """The files of a split that the formats for correction by hand build (cvat, label-studio): what
+    ``--overwrite`` deletes with the rest of the split."""
+    return cvat_path(art, split), label_studio_path(art, split), label_studio_config_path(art, split)
+
+
 def exported_splits(art: str | Path) -> list[str]:
     """The splits an artifact folder holds (an HDF5 file or a masks folder), sorted."""
     art = Path(art)

@@ -135,3 +135,19 @@ def test_class_names_a_labelmap_cannot_hold():
     assert [n for n, _ in annotation_labels(["background", "Uncertain"], "background")] == ["background", "Uncertain"]
     with pytest.raises(ConfigError, match="--uncertain-as 'both': choose label or background"):
         annotation_labels(["background", "car"], "both")  # type: ignore[arg-type]
+
+
+def test_using_pseudo_labels_cvat_snippet_writes_the_task_labels(art, tmp_path, monkeypatch):
+    """The CVAT section of docs/using-pseudo-labels.md: its labels JSON are the archive's labels, background out."""
+    import json
+
+    from test_docs import DOCS, _python_blocks, _run_snippet, _section
+
+    blocks = _python_blocks(_section((DOCS / "using-pseudo-labels.md").read_text(),
+                                     "## Correcting them by hand in CVAT"))
+    monkeypatch.chdir(tmp_path)
+    _run_snippet(blocks[0], art, "val")
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    palette = voc_palette()
+    assert [lab["name"] for lab in labels] == [*VOC_CLASSES[1:], "uncertain"]
+    assert labels[0]["color"] == "#%02x%02x%02x" % tuple(palette[3:6]) and labels[-1]["color"] == "#e0e0c0"

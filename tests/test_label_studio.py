@@ -132,3 +132,27 @@ def test_export_tasks_decode_to_the_masks(tiny_checkpoint, voc_root, tmp_path):
             voc_root).as_posix()
         names = [r["value"]["brushlabels"][0] for r in task["predictions"][0]["result"]]
         assert names == [VOC_CLASSES[c] for c in np.unique(mask) if c not in (0, 255)]
+
+
+def test_using_pseudo_labels_label_studio_snippet_runs(tiny_checkpoint, voc_root, tmp_path, capsys):
+    """The Label Studio section of docs/using-pseudo-labels.md, on a real export of the demo val images."""
+    from test_docs import DOCS, _python_blocks, _run_snippet, _section
+
+    from seco_labels.artifacts import write_label_studio
+
+    art = tmp_path / "art"
+    res = CliRunner().invoke(cli, ["export-masks", "--checkpoint", str(tiny_checkpoint), "--out", str(art),
+                                   "--data-root", str(voc_root), "--format", "png", *EXPORT])
+    assert res.exit_code == 0, res.output
+    write_label_studio(art, "val")  # on an existing export, as the library call
+    blocks = _python_blocks(_section((DOCS / "using-pseudo-labels.md").read_text(),
+                                     "## Correcting them by hand in Label Studio"))
+    ns = _run_snippet(blocks[0], art, "val")
+    image_id = ns["task"]["data"]["seco_id"]
+    with Image.open(art / "masks_val" / f"{image_id}.png") as png:
+        mask = np.asarray(png)
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    expected = [[image_id, VOC_CLASSES[c], str(int((mask == c).sum()))] for c in np.unique(mask) if c not in (0, 255)]
+    if (mask == 255).any():
+        expected.append([image_id, "uncertain", str(int((mask == 255).sum()))])
+    assert printed == expected and printed

@@ -39,7 +39,7 @@ def _labelmap(text: str) -> list[tuple[str, tuple[int, int, int]]]:
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        name, color, parts, actions = line.split(":")
+        name, color, _parts, _actions = line.split(":")
         r, g, b = (int(c) for c in color.split(","))
         out.append((name, (r, g, b)))
     return out

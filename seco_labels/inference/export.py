@@ -62,7 +62,7 @@ SCALE_PRESETS: dict[str, tuple[float, ...]] = {
 #: the ``--format`` that writes ``coco_<split>.json``
 COCO_FORMAT = "coco-json"
 #: the formats built from the finished masks after the export (so they need h5 or png), and how each is written
-DERIVED_FORMATS: dict[str, Callable[[Path, str, "ExportOptions", str], Path]] = {
+DERIVED_FORMATS: dict[str, Callable[[Path, str, ExportOptions, str], Path]] = {
     COCO_FORMAT: lambda out, split, opt, root: write_coco_json(out, split, data_root=root),
     "cvat": lambda out, split, opt, root: write_cvat_zip(out, split, uncertain_as=opt.uncertain_as),
     "label-studio": lambda out, split, opt, root: write_label_studio(

@@ -142,7 +142,9 @@ def test_export_options_choices_are_checked_before_anything_loads(tmp_path):
 
     missing = tmp_path / "nope.pt"  # never opened: the options are refused first
     cases = {"cam_source": ("x", "final or aux"), "tags": ("y", "given or predicted"),
-             "amp": ("fp8", "auto, bf16, fp16 or off"), "formats": (("h5", "pdf"), "h5, png, coco-json or hf-dataset")}
+             "amp": ("fp8", "auto, bf16, fp16 or off"),
+             "formats": (("h5", "pdf"), "h5, png, coco-json, hf-dataset, cvat or label-studio"),
+             "uncertain_as": ("maybe", "label or background")}
     for name, (value, choices) in cases.items():
         bad = value[-1] if isinstance(value, tuple) else value
         with pytest.raises(ConfigError, match=re.escape(f"ExportOptions.{name}={bad!r}: choose {choices}")):

@@ -12,6 +12,9 @@ An artifact folder ``ART`` holds, per split:
 - ``coco_<split>.json`` (``--format coco-json``): the masks as COCO RLE annotations, built from the finished masks.
 - ``hf_<split>/`` (``--format hf-dataset``): images and masks as a Hugging Face dataset (parquet shards with
   ``image`` and ``label`` Image columns, ``id2label.json``), built from the finished masks.
+- ``cvat_<split>.zip`` (``--format cvat``): the masks as a CVAT "Segmentation mask 1.1" archive, for correction by hand.
+- ``label_studio_<split>.json`` and ``.xml`` (``--format label-studio``): Label Studio tasks with the masks as
+  BrushLabels predictions, and the labeling config of their project.
 
 Crash safety: HDF5 files are not safe to append to from a process that may be killed, so :class:`ArtifactWriter`
 writes each finished image as its own part file (``.parts_<split>/<id>.npz``, temp file + rename) holding the
@@ -29,11 +32,14 @@ HDF5 file is opened lazily, once per process, so all of them are safe in DataLoa
 from __future__ import annotations
 
 from .coco import decode_rle, encode_rle, write_coco_json
+from .cvat import write_cvat_zip
+from .label_studio import write_label_studio
 from .layout import (FORMAT_VERSION, GZIP_LEVEL, ROOT_ATTRS, classes_path, coco_path, export_report_path,
                      exported_splits, h5_path, lock_name, manifest_path, masks_dir, read_manifest, report_dir,
                      save_mask_png, show_dir, segment_report_path, settings_changes)
 from .layout import hf_dataset_dir
 from .hf_dataset import write_hf_dataset
+from .layout import cvat_path, label_studio_config_path, label_studio_path
 from .folder import ArtifactSplit, ExportedDataset, open_pseudo_labels, open_split
 from .reader import ArtifactFile, PngMaskFolder, PseudoLabels
 from .writer import ArtifactWriter
@@ -54,6 +60,11 @@ __all__ = [
     "encode_rle",
     "decode_rle",
     "coco_path",
+    "write_cvat_zip",
+    "cvat_path",
+    "write_label_studio",
+    "label_studio_path",
+    "label_studio_config_path",
     "classes_path",
     "report_dir",
     "show_dir",

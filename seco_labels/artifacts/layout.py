@@ -37,6 +37,9 @@ _MANIFEST_NAME = "manifest_{}.json"
 _EXPORT_REPORT_NAME = "export_{}.json"
 _SEGMENT_REPORT_NAME = "segment_{}.json"
 _COCO_NAME = "coco_{}.json"
+_CVAT_NAME = "cvat_{}.zip"
+_LABEL_STUDIO_NAME = "label_studio_{}.json"
+_LABEL_STUDIO_CONFIG_NAME = "label_studio_{}.xml"
 _CLASSES_NAME = "classes.json"
 _REPORT_NAME = "report_{}"
 _SHOW_NAME = "show_{}"
@@ -92,6 +95,26 @@ def hf_shard_path(folder: str | Path, hf_split: str, index: int, count: int) -> 
 def hf_id2label_path(folder: str | Path) -> Path:
     """``FOLDER/id2label.json``: ``{"0": "background", ...}``, the file transformers' segmentation examples read."""
     return Path(folder) / _HF_ID2LABEL_NAME
+def cvat_path(art: str | Path, split: str) -> Path:
+    """``ART/cvat_<split>.zip``: the pseudo masks as a CVAT "Segmentation mask 1.1" archive (``--format cvat``)."""
+    return Path(art) / _CVAT_NAME.format(split)
+
+
+def label_studio_path(art: str | Path, split: str) -> Path:
+    """``ART/label_studio_<split>.json``: Label Studio tasks with the pseudo masks as BrushLabels predictions
+    (``--format label-studio``)."""
+    return Path(art) / _LABEL_STUDIO_NAME.format(split)
+
+
+def label_studio_config_path(art: str | Path, split: str) -> Path:
+    """``ART/label_studio_<split>.xml``: the labeling config of a Label Studio project the tasks fit."""
+    return Path(art) / _LABEL_STUDIO_CONFIG_NAME.format(split)
+
+
+def hand_label_paths(art: str | Path, split: str) -> tuple[Path, ...]:
+    """The files of a split that the formats for correction by hand build (cvat, label-studio): what
+    ``--overwrite`` deletes with the rest of the split."""
+    return cvat_path(art, split), label_studio_path(art, split), label_studio_config_path(art, split)
 
 
 def exported_splits(art: str | Path) -> list[str]:

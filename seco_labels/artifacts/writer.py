@@ -26,6 +26,7 @@ from .layout import (
     export_report_path,
     h5_path,
     hf_dataset_dir,
+    hand_label_paths,
     lock_name,
     manifest_path,
     masks_dir,
@@ -102,7 +103,8 @@ class ArtifactWriter:
 
     def _prepare(self, overwrite: bool) -> None:
         if overwrite:
-            for path in (self.h5, manifest_path(self.out_dir, self.split), coco_path(self.out_dir, self.split)):
+            for path in (self.h5, manifest_path(self.out_dir, self.split), coco_path(self.out_dir, self.split),
+                         *hand_label_paths(self.out_dir, self.split)):
                 path.unlink(missing_ok=True)
             for folder in (self.parts, self.masks, hf_dataset_dir(self.out_dir, self.split)):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -111,7 +113,8 @@ class ArtifactWriter:
         # under way in the same folder; the parts and masks folders are this split's alone.
         remove_stale_temps(self.out_dir, [path.name for path in (
             self.h5, manifest_path(self.out_dir, self.split), export_report_path(self.out_dir, self.split),
-            segment_report_path(self.out_dir, self.split), coco_path(self.out_dir, self.split))])
+            segment_report_path(self.out_dir, self.split), coco_path(self.out_dir, self.split),
+            *hand_label_paths(self.out_dir, self.split))])
         remove_stale_temps(self.parts)
         remove_stale_temps(self.masks)
         if "h5" in self.formats:

@@ -36,8 +36,9 @@ def _export_default(name: str) -> Callable[[], Any]:
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
     formats = tuple(v.strip() for v in value.split(",") if v.strip())
-    if not formats or set(formats) - {"h5", "png", "coco-json", "hf-dataset"}:
-        raise click.BadParameter(f"{value!r}: choose from h5, png, coco-json and hf-dataset, e.g. h5,png")
+    if not formats or set(formats) - {"h5", "png", "coco-json", "hf-dataset", "cvat", "label-studio"}:
+        raise click.BadParameter(f"{value!r}: choose from h5, png, coco-json, hf-dataset, cvat and label-studio, "
+                                 "e.g. h5,png")
     if "hf-dataset" in formats:
         from ..artifacts.hf_dataset import require_pyarrow
         from ..errors import ConfigError
@@ -57,8 +58,16 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @layout_option("Dataset layout (default: the training run's).")
 @option("--format", "formats", default=_export_default("formats"), show_default=True, callback=_formats,
         help="h5 (CAMs + masks in cams_<split>.h5), png (masks_<split>/<id>.png), coco-json (COCO RLE annotations in "
-             "coco_<split>.json, built from the h5 or png masks), hf-dataset (a Hugging Face dataset in hf_<split>/, "
-             "built from them too; needs the hf extra); comma-separated.")
+             "coco_<split>.json), hf-dataset (a Hugging Face dataset in hf_<split>/; needs the hf extra), cvat (a "
+             "CVAT Segmentation mask 1.1 archive, cvat_<split>.zip), label-studio (Label Studio tasks with BrushLabels "
+             "predictions, label_studio_<split>.json and .xml); the last four are built from the h5 or png masks; "
+             "comma-separated.")
+@option("--uncertain-as", type=click.Choice(["label", "background"]), default=_export_default("uncertain_as"),
+        show_default=True, help="cvat, label-studio: the uncertain pixels (255) as a label of their own, 'uncertain', "
+                                "to correct by hand, or as background.")
+@option("--label-studio-prefix", default=_export_default("label_studio_prefix"), show_default=True,
+        help="label-studio: prefix of each task's image URL, before the image path relative to the dataset root "
+             "(the default is Label Studio's local-files serving, rooted at the dataset root).")
 @click.option("--scales", default="default", show_default=True, callback=parse_scales,
               help="CAM scales, comma-separated, or a preset: default, seeds, train-voc, published-ms.")
 @option("--flip/--no-flip", default=_export_default("flip"), show_default=True, help="Add horizontally flipped CAMs.")
@@ -79,8 +88,9 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @device_option()
 @quiet_option()
 @defaults_file_option
-def export_cmd(checkpoint, split, out_dir, data_root, layout, formats, scales, flip, cam_source, tags, tag_threshold,
-               crf, high_thre, low_thre, input_size, overwrite, skip_bad, batch_size, num_workers, device, quiet):
+def export_cmd(checkpoint, split, out_dir, data_root, layout, formats, uncertain_as, label_studio_prefix, scales, flip,
+               cam_source, tags, tag_threshold, crf, high_thre, low_thre, input_size, overwrite, skip_bad, batch_size,
+               num_workers, device, quiet):
     """Export refined CAMs and pseudo masks; resumable (finished ids are skipped unless --overwrite).
 
     Under torchrun (torchrun --nproc_per_node N -m seco_labels.cli export-masks ...) the N processes share the
@@ -93,7 +103,8 @@ def export_cmd(checkpoint, split, out_dir, data_root, layout, formats, scales, f
     lock_out(out_dir, lock_name(split), f"split {split}")
     options = ExportOptions(scales=scales, flip=flip, cam_source=cam_source, tags=tags, tag_threshold=tag_threshold,
                             crf=crf, high_thre=high_thre,
-                            low_thre=low_thre, input_size=input_size, formats=formats, overwrite=overwrite,
+                            low_thre=low_thre, input_size=input_size, formats=formats, uncertain_as=uncertain_as,
+                            label_studio_prefix=label_studio_prefix, overwrite=overwrite,
                             skip_bad=skip_bad, batch_size=batch_size, num_workers=num_workers, device=device)
     try:
         result = export_split(checkpoint, split, out_dir, data_root=data_root, layout=layout, options=options,

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -31,8 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..artifacts import ArtifactWriter, export_report_path, write_coco_json, write_hf_dataset
+from ..artifacts import (ArtifactWriter, export_report_path, write_coco_json, write_cvat_zip, write_hf_dataset,
+                         write_label_studio)
+from ..artifacts.cvat import annotation_labels
 from ..artifacts.hf_dataset import require_pyarrow
+from ..artifacts.label_studio import DEFAULT_URL_PREFIX
 from ..config import AmpMode, SecoConfig
 from ..config_io import check_choices, config_to_dict, save_config
 from ..data import build_reader, normalize
@@ -62,6 +65,14 @@ SCALE_PRESETS: dict[str, tuple[float, ...]] = {
 COCO_FORMAT = "coco-json"
 #: the ``--format`` that writes ``hf_<split>/`` (a Hugging Face dataset; needs the ``hf`` extra)
 HF_DATASET_FORMAT = "hf-dataset"
+#: the formats built from the finished masks after the export (so they need h5 or png), and how each is written
+DERIVED_FORMATS: dict[str, Callable[[Path, str, ExportOptions, str], Path]] = {
+    COCO_FORMAT: lambda out, split, opt, root: write_coco_json(out, split, data_root=root),
+    HF_DATASET_FORMAT: lambda out, split, opt, root: write_hf_dataset(out, split, data_root=root),
+    "cvat": lambda out, split, opt, root: write_cvat_zip(out, split, uncertain_as=opt.uncertain_as),
+    "label-studio": lambda out, split, opt, root: write_label_studio(
+        out, split, data_root=root, url_prefix=opt.label_studio_prefix, uncertain_as=opt.uncertain_as),
+}
 
 
 @dataclass
@@ -78,8 +89,14 @@ class ExportOptions:
     tags: Literal["given", "predicted"] = "given"
     tag_threshold: float = 0.5  #: sigmoid score a class needs to count as present with tags="predicted"
     crf: bool = False  #: refine each pseudo mask with the dense CRF (needs the ``crf`` extra)
-    #: of h5, png, coco-json (COCO RLE) and hf-dataset (Hugging Face dataset; both built from the h5 or png masks)
-    formats: tuple[Literal["h5", "png", "coco-json", "hf-dataset"], ...] = ("h5", "png")
+    #: of h5, png and the formats built from the h5 or png masks: coco-json (COCO RLE), hf-dataset (a Hugging Face
+    #: dataset), cvat (a CVAT "Segmentation mask 1.1" zip), label-studio (Label Studio tasks with BrushLabels
+    #: predictions)
+    formats: tuple[Literal["h5", "png", "coco-json", "hf-dataset", "cvat", "label-studio"], ...] = ("h5", "png")
+    #: cvat and label-studio: the uncertain pixels as a label of their own (to correct by hand) or as background
+    uncertain_as: Literal["label", "background"] = "label"
+    #: label-studio: prefix of each task's image URL, before the image path relative to the dataset root
+    label_studio_prefix: str = DEFAULT_URL_PREFIX
     overwrite: bool = False
     skip_bad: bool = False
     batch_size: int = 4
@@ -192,11 +209,11 @@ def export_split(
     """
     opt = options or ExportOptions()
     check_choices(opt, "ExportOptions.")
-    mask_formats = tuple(f for f in opt.formats if f not in (COCO_FORMAT, HF_DATASET_FORMAT))
+    mask_formats = tuple(f for f in opt.formats if f not in DERIVED_FORMATS)
     if not mask_formats:
-        built = opt.formats[0]
-        raise ConfigError(f"--format {','.join(opt.formats)}: {built} is built from the exported masks; add h5 or "
-                          f"png, e.g. --format png,{built}")
+        derived = ",".join(opt.formats)
+        raise ConfigError(f"--format {derived}: {derived} {'are' if len(opt.formats) > 1 else 'is'} built from the "
+                          f"exported masks; add h5 or png, e.g. --format png,{derived}")
     if HF_DATASET_FORMAT in opt.formats:
         require_pyarrow()  # fail before the model loads, not after the export
     if opt.crf:
@@ -219,6 +236,8 @@ def export_split(
                           ignore_index=cfg.data.ignore_index,
                           require_images=not opt.skip_bad, require_tags=not predicted,
                           max_side=cfg.data.max_side)  # the images as training saw them: masks of that size
+    if {"cvat", "label-studio"} & set(opt.formats):  # a class name they cannot hold fails now, not after the export
+        annotation_labels(reader.class_names, opt.uncertain_as)
     attrs = {
         "dataset_root": str(Path(root).resolve()), "layout": lay,
         "class_names": list(reader.class_names), "num_classes": cfg.data.num_classes,
@@ -280,11 +299,9 @@ def export_split(
                 bar.set_postfix(img_s=f"{bar.n / max(time.perf_counter() - t_start, 1e-9):.2f}", refresh=False)
         bar.close()
         t_flush = time.perf_counter()
-    if COCO_FORMAT in opt.formats and ctx.is_primary:
-        write_coco_json(out_dir, split, data_root=root)
-    if HF_DATASET_FORMAT in opt.formats and ctx.is_primary:
-        write_hf_dataset(out_dir, split, data_root=root)
-    timing["write"] += time.perf_counter() - t_flush  # the queue's tail, assembling the HDF5 file, the COCO JSON
+    for name in (f for f in opt.formats if f in DERIVED_FORMATS and ctx.is_primary):
+        DERIVED_FORMATS[name](Path(out_dir), split, opt, root)
+    timing["write"] += time.perf_counter() - t_flush  # the queue's tail, assembling the HDF5 file, derived formats
     timing["total"] = time.perf_counter() - t_start
     bad = sorted(i for rank_bad in all_gather_objects(bad) for i in rank_bad)
     result = {

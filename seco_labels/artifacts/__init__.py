@@ -33,14 +33,32 @@ from __future__ import annotations
 
 from .coco import decode_rle, encode_rle, write_coco_json
 from .cvat import write_cvat_zip
-from .label_studio import write_label_studio
-from .layout import (FORMAT_VERSION, GZIP_LEVEL, ROOT_ATTRS, classes_path, coco_path, export_report_path,
-                     exported_splits, h5_path, lock_name, manifest_path, masks_dir, read_manifest, report_dir,
-                     save_mask_png, show_dir, segment_report_path, settings_changes)
-from .layout import hf_dataset_dir
-from .hf_dataset import write_hf_dataset
-from .layout import cvat_path, label_studio_config_path, label_studio_path
 from .folder import ArtifactSplit, ExportedDataset, open_pseudo_labels, open_split
+from .hf_dataset import write_hf_dataset
+from .label_studio import write_label_studio
+from .layout import (
+                     FORMAT_VERSION,
+                     GZIP_LEVEL,
+                     ROOT_ATTRS,
+                     classes_path,
+                     coco_path,
+                     cvat_path,
+                     export_report_path,
+                     exported_splits,
+                     h5_path,
+                     hf_dataset_dir,
+                     label_studio_config_path,
+                     label_studio_path,
+                     lock_name,
+                     manifest_path,
+                     masks_dir,
+                     read_manifest,
+                     report_dir,
+                     save_mask_png,
+                     segment_report_path,
+                     settings_changes,
+                     show_dir,
+)
 from .reader import ArtifactFile, PngMaskFolder, PseudoLabels
 from .writer import ArtifactWriter
 

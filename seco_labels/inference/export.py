@@ -31,8 +31,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..artifacts import (ArtifactWriter, export_report_path, write_coco_json, write_cvat_zip, write_hf_dataset,
-                         write_label_studio)
+from ..artifacts import (
+    ArtifactWriter,
+    export_report_path,
+    write_coco_json,
+    write_cvat_zip,
+    write_hf_dataset,
+    write_label_studio,
+)
 from ..artifacts.cvat import annotation_labels
 from ..artifacts.hf_dataset import require_pyarrow
 from ..artifacts.label_studio import DEFAULT_URL_PREFIX

@@ -9,6 +9,8 @@ An artifact folder ``ART`` holds, per split:
 - ``masks_<split>/<id>.png``: the same masks as palette-'P' PNGs in VOC colours.
 - ``manifest_<split>.json``: the export settings, so that a resumed export can refuse to mix settings.
 - ``classes.json``: index, name and palette colour of each class (what the mask values mean).
+- ``confidence_<split>.json``: each image's confidence score and its classes' (:class:`MaskConfidence`), also
+  stored as attributes of ``/masks/<id>``; absent in exports made before it was recorded.
 - ``coco_<split>.json`` (``--format coco-json``): the masks as COCO RLE annotations, built from the finished masks.
 
 Crash safety: HDF5 files are not safe to append to from a process that may be killed, so :class:`ArtifactWriter`
@@ -27,7 +29,9 @@ HDF5 file is opened lazily, once per process, so all of them are safe in DataLoa
 from __future__ import annotations
 
 from .coco import decode_rle, encode_rle, write_coco_json
-from .layout import (FORMAT_VERSION, GZIP_LEVEL, ROOT_ATTRS, classes_path, coco_path, export_report_path,
+from .confidence import MaskConfidence, read_confidence
+from .layout import (FORMAT_VERSION, GZIP_LEVEL, ROOT_ATTRS, classes_path, coco_path, confidence_path,
+                     export_report_path,
                      exported_splits, h5_path, lock_name, manifest_path, masks_dir, read_manifest, report_dir,
                      save_mask_png, show_dir, segment_report_path, settings_changes)
 from .folder import ArtifactSplit, ExportedDataset, open_pseudo_labels, open_split
@@ -42,6 +46,9 @@ __all__ = [
     "ArtifactFile",
     "PngMaskFolder",
     "ArtifactSplit",
+    "MaskConfidence",
+    "read_confidence",
+    "confidence_path",
     "ExportedDataset",
     "open_split",
     "write_coco_json",

@@ -23,7 +23,7 @@ ROOT_ATTRS = (
     "format_version", "created", "package_version", "split", "dataset_root", "layout", "class_names",
     "num_classes", "ignore_index", "background_policy", "backbone", "backbone_weights", "backbone_weights_sha256",
     "checkpoint_sha256", "scales", "flip", "cam_source", "tags_source", "crf", "high_thre", "low_thre", "input_size",
-    "max_side", "config",
+    "max_side", "confidence_score", "config",
 )
 #: attributes that may differ between the runs of one resumed export
 _VOLATILE = ("created", "package_version")
@@ -37,6 +37,7 @@ _MANIFEST_NAME = "manifest_{}.json"
 _EXPORT_REPORT_NAME = "export_{}.json"
 _SEGMENT_REPORT_NAME = "segment_{}.json"
 _COCO_NAME = "coco_{}.json"
+_CONFIDENCE_NAME = "confidence_{}.json"
 _CLASSES_NAME = "classes.json"
 _REPORT_NAME = "report_{}"
 _SHOW_NAME = "show_{}"
@@ -70,6 +71,11 @@ def segment_report_path(art: str | Path, split: str) -> Path:
 def coco_path(art: str | Path, split: str) -> Path:
     """``ART/coco_<split>.json``: the pseudo masks as COCO RLE annotations (``--format coco-json``)."""
     return Path(art) / _COCO_NAME.format(split)
+
+
+def confidence_path(art: str | Path, split: str) -> Path:
+    """``ART/confidence_<split>.json``: every image's confidence score (docs/artifact-format.md "Confidence")."""
+    return Path(art) / _CONFIDENCE_NAME.format(split)
 
 
 def exported_splits(art: str | Path) -> list[str]:

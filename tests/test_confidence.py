@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import h5py
@@ -14,6 +15,7 @@ from seco_labels.artifacts import (ArtifactFile, MaskConfidence, confidence_path
                                    read_manifest)
 from seco_labels.errors import DataError
 from seco_labels.evaluation.evaluate import evaluate_masks
+from seco_labels.evaluation.report import write_report
 from seco_labels.inference.confidence import CONFIDENCE_SCORE, mask_confidence
 from seco_labels.inference.export import ExportOptions, export_split
 
@@ -206,7 +208,7 @@ def _strip_scores(art, split="val"):
     (art / f"manifest_{split}.json").write_text(json.dumps(manifest))
 
 
-def test_an_old_folder_without_scores_still_reads_and_evaluates(exported, voc_root, tmp_path):
+def test_an_old_folder_without_scores_still_reads_evaluates_and_reports(exported, voc_root, tmp_path):
     art, _, _ = exported
     old = tmp_path / "old"
     shutil.copytree(art, old)
@@ -217,6 +219,9 @@ def test_an_old_folder_without_scores_still_reads_and_evaluates(exported, voc_ro
     reader = split.open_images(root=voc_root)
     assert evaluate_masks(split.masks, reader).summary()["miou"] is not None
     assert len(split.pseudo_labels(data_root=voc_root)) == len(split.ids())
+    page = write_report(old, "val", data_root=voc_root, thumb_height=32).read_text()
+    data = json.loads(re.search(r'<script id="report-data" type="application/json">(.*?)</script>', page, re.S)[1])
+    assert not data["has_confidence"] and all(im["confidence"] is None for im in data["images"])
 
 
 def test_the_h5_attributes_serve_when_the_json_file_is_gone(exported, tmp_path):

@@ -10,14 +10,20 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import yaml
+from click.testing import CliRunner
 
-from seco_labels.artifacts import (ArtifactFile, MaskConfidence, confidence_path, open_split, read_confidence,
-                                   read_manifest)
-from seco_labels.errors import DataError
+from seco_labels.artifacts import (ArtifactFile, ArtifactWriter, MaskConfidence, confidence_path, open_split,
+                                   read_confidence, read_manifest)
+from seco_labels.cli import cli
+from seco_labels.data import build_reader
+from seco_labels.errors import ConfigError, DataError
 from seco_labels.evaluation.evaluate import evaluate_masks
 from seco_labels.evaluation.report import write_report
 from seco_labels.inference.confidence import CONFIDENCE_SCORE, mask_confidence
 from seco_labels.inference.export import ExportOptions, export_split
+from seco_labels.segmenters.config import SegDataConfig, SegmenterConfig
+from seco_labels.segmenters.data import open_labels
 
 HIGH, LOW = 0.7, 0.25
 
@@ -243,3 +249,91 @@ def test_a_damaged_confidence_file_is_named(exported, tmp_path):
     with pytest.raises(DataError, match="confidence_val.json is unreadable"):
         open_split(copy, "val").confidences()
 
+
+# -- fit-segmenter --min-confidence / --keep-share ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scored_labels(voc_root, tmp_path_factory):
+    """An 8-image train split and 1-image val split of voc-demo, and an export of its GT masks (no SeCo model) whose
+    i-th image has confidence i / 10."""
+    root = tmp_path_factory.mktemp("voc8")
+    for name in ("JPEGImages", "SegmentationClassAug", "cls_labels_onehot.npy"):
+        (root / name).symlink_to(voc_root / name)
+    lists = voc_root / "ImageSets" / "Segmentation"
+    train = (lists / "train.txt").read_text().split()[:8]
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(train) + "\n")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text((lists / "val.txt").read_text().split()[0] + "\n")
+    reader = build_reader("voc", root, "train", require_masks=True)
+    art = tmp_path_factory.mktemp("scored")
+    attrs = {"dataset_root": str(root), "layout": "voc", "num_classes": reader.num_classes,
+             "class_names": reader.class_names, "ignore_index": 255, "confidence_score": "test"}
+    scores = {}
+    with ArtifactWriter(art, "train", attrs, formats=("png",)) as writer:
+        for n, i in enumerate(reader.ids):
+            scores[i] = n / 10
+            writer.add(i, np.zeros((0, *reader.image_size(i)), np.float32), np.zeros(0, np.int64),
+                       reader.load_mask(i), confidence=MaskConfidence(n / 10, (0,), (n / 10,)))
+    return root, art, scores
+
+
+def _seg_data(root, art, **over) -> SegDataConfig:
+    d = SegDataConfig(labels=str(art), root=str(root), split="train", val_split="val", **over)
+    SegmenterConfig(data=d).validate()
+    return d
+
+
+def test_min_confidence_keeps_the_images_at_or_above_it(scored_labels):
+    root, art, scores = scored_labels
+    d = _seg_data(root, art, min_confidence=0.3)
+    labels, pseudo = open_labels(d)
+    expected = [i for i in scores if scores[i] >= 0.3 - 1e-9]
+    assert labels.ids == pseudo.ids == expected and len(expected) == 5
+    assert d.kept_images == 5 and labels.selection.startswith("kept 5 of 8 images")
+    image, mask = pseudo[0]  # the dataset's first item is the first kept image
+    np.testing.assert_array_equal(mask.numpy(), labels.reader.load_mask(expected[0]))
+
+
+def test_keep_share_keeps_the_most_confident(scored_labels):
+    root, art, scores = scored_labels
+    d = _seg_data(root, art, keep_share=0.25)
+    labels, pseudo = open_labels(d)
+    top = sorted(scores, key=scores.get)[-2:]  # 0.25 x 8 images
+    assert labels.ids == pseudo.ids == [i for i in scores if i in top] and d.kept_images == 2
+    d = _seg_data(root, art)
+    labels, _ = open_labels(d)
+    assert len(labels.ids) == 8 and d.kept_images is None and labels.selection == ""
+
+
+def test_the_filter_is_refused_where_it_cannot_work(scored_labels, tmp_path):
+    root, art, _ = scored_labels
+    with pytest.raises(ConfigError, match="--labels gt has none"):
+        _seg_data(root, "gt", min_confidence=0.5)
+    with pytest.raises(ConfigError, match="one of --min-confidence and --keep-share"):
+        _seg_data(root, art, min_confidence=0.5, keep_share=0.5)
+    with pytest.raises(ConfigError, match="data.min_confidence=1.5"):
+        _seg_data(root, art, min_confidence=1.5)
+    with pytest.raises(ConfigError, match="data.keep_share=0"):
+        _seg_data(root, art, keep_share=0.0)
+    with pytest.raises(DataError, match=r"has confidence >= 0.95 \(the highest is 0.7000\)"):
+        open_labels(_seg_data(root, art, min_confidence=0.95))
+    old = tmp_path / "old"
+    shutil.copytree(art, old)
+    confidence_path(old, "train").unlink()
+    with pytest.raises(DataError, match="records no confidence for split 'train'"):
+        open_labels(_seg_data(root, old, keep_share=0.5))
+
+
+def test_cli_prints_and_records_the_count_kept(scored_labels, tmp_path):
+    root, art, _ = scored_labels
+    run = tmp_path / "run"
+    args = ["fit-segmenter", "--arch", "unet", "--encoder", "tu-mobilenetv3_small_050", "--model-kwargs",
+            "{encoder_depth: 3, decoder_channels: [32, 16, 8]}", "--data-root", str(root), "--split", "train",
+            "--val-split", "val", "--iters", "1", "--batch-size", "2", "--crop-size", "64", "--num-workers", "0",
+            "--device", "cpu", "--quiet", "--encoder-weights", "random", "--labels", str(art), "--out", str(run)]
+    res = CliRunner().invoke(cli, [*args, "--min-confidence", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert "kept 3 of 8 images of split 'train': confidence >= 0.5" in res.output
+    data = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert (data["min_confidence"], data["keep_share"], data["kept_images"]) == (0.5, None, 3)
+    res = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "gt"), "--labels", "gt", "--keep-share", "0.5"])
+    assert res.exit_code == 2 and "--labels gt has none" in res.output

@@ -164,7 +164,7 @@ def test_every_image_has_its_score_in_the_h5_file_and_the_json_file(exported):
 
 
 def test_the_score_is_what_the_formula_gives_on_the_stored_cams_and_masks(exported):
-    art, opts, _ = exported
+    art, _, _ = exported
     split = open_split(art, "val")
     high, low = split.record["high_thre"], split.record["low_thre"]
     for i, c in split.confidences().items():
@@ -289,7 +289,7 @@ def test_min_confidence_keeps_the_images_at_or_above_it(scored_labels):
     expected = [i for i in scores if scores[i] >= 0.3 - 1e-9]
     assert labels.ids == pseudo.ids == expected and len(expected) == 5
     assert d.kept_images == 5 and labels.selection.startswith("kept 5 of 8 images")
-    image, mask = pseudo[0]  # the dataset's first item is the first kept image
+    _, mask = pseudo[0]  # the dataset's first item is the first kept image
     np.testing.assert_array_equal(mask.numpy(), labels.reader.load_mask(expected[0]))
 
 
@@ -337,3 +337,14 @@ def test_cli_prints_and_records_the_count_kept(scored_labels, tmp_path):
     assert (data["min_confidence"], data["keep_share"], data["kept_images"]) == (0.5, None, 3)
     res = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "gt"), "--labels", "gt", "--keep-share", "0.5"])
     assert res.exit_code == 2 and "--labels gt has none" in res.output
+
+
+# -- benchmarks/confidence.py: the rank correlation ---------------------------------------------------------------
+def test_spearman_uses_average_ranks():
+    from benchmarks.confidence import ranks, spearman
+
+    np.testing.assert_array_equal(ranks([0.3, 0.1, 0.3, 0.9]), [2.5, 1.0, 2.5, 4.0])  # ties share their ranks
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)  # monotone, not linear
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6 * 4 / (5 * 24)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3])) and np.isnan(spearman([1, 2], [1, 2]))

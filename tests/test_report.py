@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 from click.testing import CliRunner
 
+from seco_labels.artifacts import read_confidence
 from seco_labels.cli import cli
 from seco_labels.data import build_reader
 from seco_labels.evaluation.evaluate import evaluate_masks
@@ -43,8 +44,8 @@ def _data(index):
 
 
 def _expected_order(images, key):
-    if key == "iou":
-        return [im["id"] for im in sorted(images, key=lambda im: (2 if im["iou"] is None else im["iou"], im["id"]))]
+    if key in ("iou", "confidence"):  # lowest first, images without one last
+        return [im["id"] for im in sorted(images, key=lambda im: (2 if im[key] is None else im[key], im["id"]))]
     return sorted(im["id"] for im in images)
 
 
@@ -61,6 +62,8 @@ def test_the_page_holds_the_scores_the_settings_and_every_image(report, voc_root
         assert (index.parent / im["thumb"]).is_file()
         assert im["iou"] == pytest.approx(scores.per_image[im["id"]]) if im["iou"] is not None else True
         assert 0 <= im["uncertain"] <= 1
+        assert im["confidence"] == pytest.approx(read_confidence(art, "val")[im["id"]].image, abs=1e-4)
+    assert data["has_confidence"]
     strips = [im["strip"] for im in data["images"] if im["strip"]]
     assert len(strips) == 2 and all((index.parent / s).is_file() for s in strips)
     assert "<script src" not in index.read_text() and "http" not in index.read_text().split("<script id")[0]
@@ -82,6 +85,9 @@ window.addEventListener("load", async () => {
   const sort = document.getElementById("sort");
   sort.value = "id"; sort.dispatchEvent(new Event("change"));
   out.by_id = ids();
+  sort.value = "confidence"; sort.dispatchEvent(new Event("change"));
+  out.by_confidence = ids();
+  sort.value = "id"; sort.dispatchEvent(new Event("change"));
   const cls = document.getElementById("cls");
   cls.value = "__CLASS__"; cls.dispatchEvent(new Event("change"));
   out.filtered = ids();
@@ -100,11 +106,11 @@ console.error = (...a) => { window.__errors.push(a.join(" ")); __consoleError(..
 </script>"""
 
 
-def test_the_page_sorts_filters_and_resolves_in_a_real_browser(report, tmp_path):
+def _run_in_browser(index, tmp_path):
+    """The page at ``index`` run in headless Chromium with :data:`HARNESS`: (its data, what the harness found)."""
     browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
     if browser is None:
         pytest.skip("no Chromium/Chrome installed (e.g. apt install chromium)")
-    art, index = report
     data = _data(index)
     common = Counter(c for im in data["images"] for c in im["classes"]).most_common(1)[0][0]
     page = index.read_text().replace("<head>", "<head>\n" + ERROR_HOOK, 1)
@@ -123,10 +129,35 @@ def test_the_page_sorts_filters_and_resolves_in_a_real_browser(report, tmp_path)
     found = re.search(r'<pre id="harness">(.*?)</pre>', run.stdout, re.S)
     assert found, f"the page did not finish loading: {run.stderr[-2000:]}"
     out = json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+    return data, out, common
+
+
+def test_the_page_sorts_filters_and_resolves_in_a_real_browser(report, tmp_path):
+    art, index = report
+    data, out, common = _run_in_browser(index, tmp_path)
     assert out["errors"] == []
-    assert out["sorts"] == ["iou", "uncertain", "id"]
+    assert out["sorts"] == ["iou", "confidence", "uncertain", "id"]
     assert out["initial"] == _expected_order(data["images"], "iou")  # worst IoU first
     assert out["by_id"] == _expected_order(data["images"], "id")
+    assert out["by_confidence"] == _expected_order(data["images"], "confidence")
+    assert out["by_confidence"] != out["by_id"]  # the scores differ enough to reorder the images
     with_class = [im["id"] for im in data["images"] if common in im["classes"]]
     assert out["filtered"] == sorted(with_class) and out["count"] == f"{len(with_class)} of {len(data['images'])} images"
     assert out["checked"] == len(data["images"]) + 2 and out["broken"] == []
+
+
+def test_without_gt_the_page_sorts_by_confidence_first(report, voc_root, tmp_path):
+    """A copy of the images without their GT masks: the report ranks by the export's confidence, lowest first."""
+    art, _ = report
+    root = tmp_path / "no-gt"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    shutil.copy(voc_root / "ImageSets" / "Segmentation" / "val.txt", root / "ImageSets" / "Segmentation")
+    shutil.copytree(voc_root / "JPEGImages", root / "JPEGImages")
+    out_dir = tmp_path / "report"
+    res = CliRunner().invoke(cli, ["report", str(art), "--split", "val", "--data-root", str(root), "--out",
+                                   str(out_dir), "-q"])
+    assert res.exit_code == 0, res.output
+    data, out, _ = _run_in_browser(out_dir / "index.html", tmp_path)
+    assert not data["has_gt"] and data["has_confidence"] and data["per_class"] == []
+    assert out["errors"] == [] and out["sorts"] == ["confidence", "uncertain", "id"]
+    assert out["initial"] == out["by_confidence"] == _expected_order(data["images"], "confidence")

@@ -9,6 +9,8 @@ An artifact folder ``ART`` holds, per split:
 - ``masks_<split>/<id>.png``: the same masks as palette-'P' PNGs in VOC colours.
 - ``manifest_<split>.json``: the export settings, so that a resumed export can refuse to mix settings.
 - ``classes.json``: index, name and palette colour of each class (what the mask values mean).
+- ``confidence_<split>.json``: each image's confidence score and its classes' (:class:`MaskConfidence`), also
+  stored as attributes of ``/masks/<id>``; absent in exports made before it was recorded.
 - ``coco_<split>.json`` (``--format coco-json``): the masks as COCO RLE annotations, built from the finished masks.
 - ``hf_<split>/`` (``--format hf-dataset``): images and masks as a Hugging Face dataset (parquet shards with
   ``image`` and ``label`` Image columns, ``id2label.json``), built from the finished masks.
@@ -32,6 +34,7 @@ HDF5 file is opened lazily, once per process, so all of them are safe in DataLoa
 from __future__ import annotations
 
 from .coco import decode_rle, encode_rle, write_coco_json
+from .confidence import MaskConfidence, read_confidence
 from .cvat import write_cvat_zip
 from .folder import ArtifactSplit, ExportedDataset, open_pseudo_labels, open_split
 from .hf_dataset import write_hf_dataset
@@ -42,6 +45,7 @@ from .layout import (
                      ROOT_ATTRS,
                      classes_path,
                      coco_path,
+                     confidence_path,
                      cvat_path,
                      export_report_path,
                      exported_splits,
@@ -70,6 +74,9 @@ __all__ = [
     "ArtifactFile",
     "PngMaskFolder",
     "ArtifactSplit",
+    "MaskConfidence",
+    "read_confidence",
+    "confidence_path",
     "ExportedDataset",
     "open_split",
     "write_coco_json",

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from ..config_io import load_config_file
 from ..data.readers import SegmentationReader, build_reader
 from ..errors import ConfigError, DataError
+from .confidence import MaskConfidence, read_confidence
 from .layout import exported_splits, h5_path, manifest_path, masks_dir, read_manifest
 from .reader import ArtifactFile, PngMaskFolder, PseudoLabels, check_attrs
 
@@ -78,6 +79,21 @@ class ArtifactSplit:
     def ids(self) -> set[str]:
         """The ids that have a mask."""
         return self.masks.ids()
+
+    def confidences(self) -> dict[str, MaskConfidence]:
+        """Each image's mask confidence (docs/export.md "Confidence"): from ``confidence_<split>.json``, else from
+        the ``/masks/<id>`` attributes of the HDF5 file; ``{}`` for an export made before the score was recorded
+        (or a folder of masks from elsewhere). Only ids with a mask are kept.
+
+        Raises:
+            DataError: the confidence file or the HDF5 file is unreadable (names it).
+        """
+        held = self.ids()
+        scores = read_confidence(self.folder, self.name)
+        if scores is None and self._h5 is not None:
+            h5 = self._h5
+            scores = {i: c for i in sorted(held) if (c := h5.confidence(i)) is not None}
+        return {i: c for i, c in (scores or {}).items() if i in held}
 
     @cached_property
     def record_file(self) -> Path | None:

@@ -23,7 +23,7 @@ ROOT_ATTRS = (
     "format_version", "created", "package_version", "split", "dataset_root", "layout", "class_names",
     "num_classes", "ignore_index", "background_policy", "backbone", "backbone_weights", "backbone_weights_sha256",
     "checkpoint_sha256", "scales", "flip", "cam_source", "tags_source", "crf", "high_thre", "low_thre", "input_size",
-    "max_side", "config",
+    "max_side", "confidence_score", "config",
 )
 #: attributes that may differ between the runs of one resumed export
 _VOLATILE = ("created", "package_version")
@@ -40,6 +40,7 @@ _COCO_NAME = "coco_{}.json"
 _CVAT_NAME = "cvat_{}.zip"
 _LABEL_STUDIO_NAME = "label_studio_{}.json"
 _LABEL_STUDIO_CONFIG_NAME = "label_studio_{}.xml"
+_CONFIDENCE_NAME = "confidence_{}.json"
 _CLASSES_NAME = "classes.json"
 _REPORT_NAME = "report_{}"
 _SHOW_NAME = "show_{}"
@@ -95,6 +96,8 @@ def hf_shard_path(folder: str | Path, hf_split: str, index: int, count: int) -> 
 def hf_id2label_path(folder: str | Path) -> Path:
     """``FOLDER/id2label.json``: ``{"0": "background", ...}``, the file transformers' segmentation examples read."""
     return Path(folder) / _HF_ID2LABEL_NAME
+
+
 def cvat_path(art: str | Path, split: str) -> Path:
     """``ART/cvat_<split>.zip``: the pseudo masks as a CVAT "Segmentation mask 1.1" archive (``--format cvat``)."""
     return Path(art) / _CVAT_NAME.format(split)
@@ -115,6 +118,11 @@ def hand_label_paths(art: str | Path, split: str) -> tuple[Path, ...]:
     """The files of a split that the formats for correction by hand build (cvat, label-studio): what
     ``--overwrite`` deletes with the rest of the split."""
     return cvat_path(art, split), label_studio_path(art, split), label_studio_config_path(art, split)
+
+
+def confidence_path(art: str | Path, split: str) -> Path:
+    """``ART/confidence_<split>.json``: every image's confidence score (docs/artifact-format.md "Confidence")."""
+    return Path(art) / _CONFIDENCE_NAME.format(split)
 
 
 def exported_splits(art: str | Path) -> list[str]:

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from ..data.images import decode_image
 from ..errors import DataError
+from .confidence import MaskConfidence
 from .encoding import read_root_attrs
 from .layout import FORMAT_VERSION
 
@@ -132,6 +133,15 @@ class ArtifactFile:
             raise DataError(f"mask of {image_id} in {self.path} is {getattr(mask, 'dtype', type(mask).__name__)} "
                             f"{getattr(mask, 'shape', '')}, not a (H, W) uint8 mask; export it again")
         return mask
+
+    def confidence(self, image_id: str) -> MaskConfidence | None:
+        """The confidence of ``image_id``'s mask (attributes of ``/masks/<id>``); None in an export made before
+        it was recorded."""
+        ds = self._get("masks", image_id)
+        try:
+            return MaskConfidence.from_attrs(ds.attrs)
+        except (*_H5_ERRORS, ValueError) as e:
+            raise self._damaged(e, image_id) from None
 
     def load_cam(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """``(cam (k, H, W) float32 in [0, 1], keys (k,) int64)``; keys are the channels' class indices 1..K-1."""

@@ -18,15 +18,17 @@ from ..data.images import check_image_id
 from ..errors import ConfigError, DataError
 from ..io import atomic_path, atomic_write_text, folder_lock, remove_stale_temps
 from ..runtime.distributed import barrier
+from .confidence import MaskConfidence, read_confidence, write_confidence
 from .encoding import attr_value, gzip_chunk, now_iso
 from .layout import (
     FORMAT_VERSION,
     GZIP_LEVEL,
     coco_path,
+    confidence_path,
     export_report_path,
     h5_path,
-    hf_dataset_dir,
     hand_label_paths,
+    hf_dataset_dir,
     lock_name,
     manifest_path,
     masks_dir,
@@ -38,6 +40,9 @@ from .layout import (
     write_classes_json,
 )
 from .reader import ArtifactFile
+
+#: the suffix of an image's confidence part, ``.parts_<split>/<id>.confidence.json``
+_CONFIDENCE_PART = ".confidence.json"
 
 
 # -- writer --------------------------------------------------------------------------------------------------
@@ -104,7 +109,7 @@ class ArtifactWriter:
     def _prepare(self, overwrite: bool) -> None:
         if overwrite:
             for path in (self.h5, manifest_path(self.out_dir, self.split), coco_path(self.out_dir, self.split),
-                         *hand_label_paths(self.out_dir, self.split)):
+                         *hand_label_paths(self.out_dir, self.split), confidence_path(self.out_dir, self.split)):
                 path.unlink(missing_ok=True)
             for folder in (self.parts, self.masks, hf_dataset_dir(self.out_dir, self.split)):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -114,11 +119,11 @@ class ArtifactWriter:
         remove_stale_temps(self.out_dir, [path.name for path in (
             self.h5, manifest_path(self.out_dir, self.split), export_report_path(self.out_dir, self.split),
             segment_report_path(self.out_dir, self.split), coco_path(self.out_dir, self.split),
-            *hand_label_paths(self.out_dir, self.split))])
+            *hand_label_paths(self.out_dir, self.split), confidence_path(self.out_dir, self.split))])
         remove_stale_temps(self.parts)
         remove_stale_temps(self.masks)
-        if "h5" in self.formats:
-            self.parts.mkdir(exist_ok=True)
+        # the parts hold the h5 images and every image's confidence until finalize
+        self.parts.mkdir(exist_ok=True)
         if "png" in self.formats:
             self.masks.mkdir(exist_ok=True)
         previous = read_manifest(self.out_dir, self.split) or {}
@@ -159,9 +164,12 @@ class ArtifactWriter:
         return done or set()
 
     # -- writing ---------------------------------------------------------------------------------------
-    def add(self, image_id: str, cam: np.ndarray, keys: np.ndarray, mask: np.ndarray) -> None:
+    def add(self, image_id: str, cam: np.ndarray, keys: np.ndarray, mask: np.ndarray,
+            confidence: MaskConfidence | None = None) -> None:
         """Queue one image: ``cam`` (k, H, W) float in [0, 1], ``keys`` (k,) class indices 1..K-1 of its channels,
-        ``mask`` (H, W) uint8 with 255 = ignore. Blocks while the queue is full; re-raises a writer failure."""
+        ``mask`` (H, W) uint8 with 255 = ignore, and optionally the mask's ``confidence`` (stored as ``/masks/<id>``
+        attributes and in ``confidence_<split>.json``). Blocks while the queue is full; re-raises a writer
+        failure."""
         self._raise_pending()
         # readers already refuse such ids in split lists; checked again here because this is where files are
         # named, whatever the caller (defence in depth)
@@ -170,7 +178,7 @@ class ArtifactWriter:
         if cam.ndim != 3 or cam.shape[0] != len(keys) or cam.shape[1:] != mask.shape:
             raise ValueError(f"{image_id}: cam {cam.shape}, keys {len(keys)} and mask {mask.shape} disagree")
         self._queue.put((image_id, cam.astype(np.float16), np.asarray(keys, dtype=np.int64),
-                         np.asarray(mask, dtype=np.uint8)))
+                         np.asarray(mask, dtype=np.uint8), confidence))
 
     def _work(self) -> None:
         while True:
@@ -185,8 +193,12 @@ class ArtifactWriter:
             finally:
                 self._queue.task_done()
 
-    def _write(self, image_id: str, cam: np.ndarray, keys: np.ndarray, mask: np.ndarray) -> None:
-        # h5 part first, PNG second: an id counts as done only once every requested file exists
+    def _write(self, image_id: str, cam: np.ndarray, keys: np.ndarray, mask: np.ndarray,
+               confidence: MaskConfidence | None) -> None:
+        # confidence first, h5 part second, PNG last: an id counts as done only once every requested file exists,
+        # and then its score is on disk too
+        if confidence is not None:
+            atomic_write_text(self.parts / f"{image_id}{_CONFIDENCE_PART}", json.dumps(confidence.to_json()))
         if "h5" in self.formats:
             part = {
                 "cam": np.frombuffer(gzip_chunk(cam, shuffle=True), dtype=np.uint8) if cam.size else np.zeros(0, np.uint8),
@@ -232,11 +244,28 @@ class ArtifactWriter:
             self._lock.close()
 
     def _assemble(self) -> None:
-        if "h5" not in self.formats:
-            return
+        # the HDF5 file first, the confidence file second, the parts deleted last: a crash in between leaves
+        # parts that the next run assembles again
+        scores = self._confidence_parts()
+        if "h5" in self.formats:
+            self._assemble_h5(scores)
+        if scores:
+            merged = {**(read_confidence(self.out_dir, self.split) or {}), **scores}
+            write_confidence(self.out_dir, self.split, merged, str(self.attrs.get("confidence_score", "")))
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+    def _confidence_parts(self) -> dict[str, MaskConfidence]:
+        found = {}
+        for path in sorted(self.parts.glob(f"*{_CONFIDENCE_PART}")) if self.parts.is_dir() else ():
+            try:
+                found[path.name[: -len(_CONFIDENCE_PART)]] = MaskConfidence.from_json(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise DataError(f"part file {path} is unreadable ({e}); delete it and export again") from None
+        return found
+
+    def _assemble_h5(self, scores: dict[str, MaskConfidence]) -> None:
         parts = {p.stem: p for p in self.parts.glob("*.npz")} if self.parts.is_dir() else {}
         if not parts and self.h5.is_file():
-            shutil.rmtree(self.parts, ignore_errors=True)
             return
         old = h5py.File(self.h5, "r") if self.h5.is_file() else None
         try:
@@ -248,17 +277,17 @@ class ArtifactWriter:
                 cams, masks = f.create_group("cams"), f.create_group("masks")
                 for image_id in ids:
                     if image_id in parts:
-                        self._write_part(cams, masks, image_id, parts[image_id])
+                        self._write_part(cams, masks, image_id, parts[image_id], scores.get(image_id))
                     else:  # copies the stored (compressed) chunks and the attributes
                         old.copy(old["cams"][image_id], cams, name=image_id)
                         old.copy(old["masks"][image_id], masks, name=image_id)
         finally:
             if old is not None:
                 old.close()
-        shutil.rmtree(self.parts, ignore_errors=True)
 
     @staticmethod
-    def _write_part(cams: h5py.Group, masks: h5py.Group, image_id: str, path: Path) -> None:
+    def _write_part(cams: h5py.Group, masks: h5py.Group, image_id: str, path: Path,
+                    confidence: MaskConfidence | None) -> None:
         try:
             with np.load(path) as z:
                 part = {k: z[k] for k in z.files}
@@ -277,6 +306,9 @@ class ArtifactWriter:
         ms = masks.create_dataset(image_id, shape=mask_shape, dtype=np.uint8, chunks=mask_shape,
                                   compression="gzip", compression_opts=GZIP_LEVEL)
         ms.id.write_direct_chunk((0, 0), part["mask"].tobytes())
+        if confidence is not None:
+            for k, v in confidence.to_attrs().items():
+                ms.attrs[k] = v
 
     def __enter__(self) -> "ArtifactWriter":
         return self

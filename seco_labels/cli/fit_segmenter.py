@@ -81,6 +81,12 @@ def _yaml_mapping(ctx: click.Context, param: click.Parameter, value: str | None)
                    help="K, background included (data.num_classes; default: the layout's; must match the export's).")
 @classes_option
 @config_key_option("data.split", "--split", configs=segmenter_configs, help="Training split (data.split).")
+@config_key_option("data.min_confidence", "--min-confidence", type=click.FloatRange(0, 1), metavar="X",
+                   help="Train only on the pseudo masks whose export confidence is at least X (data.min_confidence; "
+                        "docs/export.md 'Confidence'). Not with --labels gt.")
+@config_key_option("data.keep_share", "--keep-share", type=click.FloatRange(0, 1, min_open=True), metavar="F",
+                   help="Train only on the share F of the pseudo masks with the highest export confidence "
+                        "(data.keep_share). Not with --labels gt, nor with --min-confidence.")
 @val_split_option(segmenter_configs)
 @out_option("--out", "run_dir", required=True, help="Run folder SEG_DIR.")
 @iters_option(segmenter_configs)

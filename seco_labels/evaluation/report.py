@@ -4,7 +4,9 @@
 and links to the thumbnails it writes beside it (``thumbs/<id>.jpg``: the image with its pseudo mask over it) and,
 where ``seco show`` drew them, to the full strips (``ART/show_<split>/<id>.png``). The page shows the export's
 provenance and thresholds, the mIoU and FP/TP and the per-class table when the dataset has GT masks, and the
-images sorted worst first (by IoU against the GT, else by the share of uncertain pixels), with a class filter.
+images sorted worst first (by IoU against the GT; else by the export's confidence score, docs/export.md
+"Confidence"; else, for exports made before it was recorded, by the share of uncertain pixels), with a class filter.
+The confidence is a sort key of the page whenever the export has it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def write_report(art: str | Path, split: str, *, out_dir: str | Path | None = No
     """Write the report of ``split`` of the artifact folder ``art``; returns the path of its ``index.html``.
 
     Ground truth is the dataset's masks where every image of the split has one (then each image gets its mIoU and
-    the page the per-class table); otherwise images are ranked by their share of uncertain (255) pixels.
+    the page the per-class table); otherwise images are ranked by their confidence, lowest first (or, for an export
+    made before it was recorded, by their share of uncertain (255) pixels).
 
     Raises:
         ConfigError: no image root recorded nor given.
@@ -59,6 +62,7 @@ def write_report(art: str | Path, split: str, *, out_dir: str | Path | None = No
     gt = source.open_images(root=data_root, layout=layout, max_side=0) if bound else reader
     scores = evaluate_masks(source.masks, gt, ids=ids, max_side=bound) if reader.has_masks else None
     show = show_dir(source.folder, split)
+    confidence = source.confidences()  # {} for exports made before it was recorded
     images = []
     for image_id in tqdm(ids, desc=f"report {split}", unit="img", disable=not progress):
         mask = source.masks.load_mask(image_id)
@@ -70,12 +74,13 @@ def write_report(art: str | Path, split: str, *, out_dir: str | Path | None = No
             "strip": Path("..", show.name, strip.name).as_posix() if strip.is_file() else None,
             "iou": scores.per_image.get(image_id) if scores else None,
             "uncertain": round(float((mask == ignore).mean()), 4),
+            "confidence": round(confidence[image_id].image, 4) if image_id in confidence else None,
             "classes": [reader.class_names[c] for c in present if c < len(reader.class_names)],
         })
     summary = scores.summary() if scores else {}
     data = {
         "split": split, "folder": str(source.folder), "masks": source.masks.name, "num_images": len(images),
-        "has_gt": scores is not None, "class_names": list(reader.class_names[1:]),
+        "has_gt": scores is not None, "has_confidence": bool(confidence), "class_names": list(reader.class_names[1:]),
         "summary": {k: summary.get(k) for k in ("miou", "miou_gt", "mean_precision", "mean_recall", "fp_tp",
                                                 "fp_tp_bg", "fp_tp_fg", "pred_ignored_fraction")},
         "per_class": scores.per_class_rows() if scores else [],
@@ -147,7 +152,8 @@ document.getElementById("scores").textContent = DATA.has_gt
   ? "mIoU " + pct(s.miou) + " (GT classes only " + pct(s.miou_gt) + "), precision " + pct(s.mean_precision) +
     ", recall " + pct(s.mean_recall) + ", FP/TP " + num(s.fp_tp) + " (bg " + num(s.fp_tp_bg) + ", fg " + num(s.fp_tp_fg) +
     "); " + pct(s.pred_ignored_fraction) + "% of labelled GT pixels left uncertain"
-  : "No ground-truth masks for this split: images are ranked by their share of uncertain pixels.";
+  : "No ground-truth masks for this split: images are ranked by " +
+    (DATA.has_confidence ? "their confidence score, lowest first." : "their share of uncertain pixels.");
 const prov = document.getElementById("provenance");
 for (const [k, v] of Object.entries(DATA.provenance)) row(prov, [k, Array.isArray(v) ? v.join(", ") : v]);
 if (!DATA.per_class.length) document.getElementById("perclass").remove();
@@ -160,11 +166,13 @@ else {
 }
 const SORTS = {
   iou: ["IoU, worst first", (a, b) => (a.iou ?? 2) - (b.iou ?? 2) || a.id.localeCompare(b.id)],
+  confidence: ["confidence, lowest first", (a, b) => (a.confidence ?? 2) - (b.confidence ?? 2) || a.id.localeCompare(b.id)],
   uncertain: ["uncertain pixels, most first", (a, b) => b.uncertain - a.uncertain || a.id.localeCompare(b.id)],
   id: ["image id", (a, b) => a.id.localeCompare(b.id)],
 };
 const sortSel = document.getElementById("sort"), clsSel = document.getElementById("cls");
-for (const key of (DATA.has_gt ? ["iou", "uncertain", "id"] : ["uncertain", "id"])) sortSel.appendChild(el("option", {value: key}, SORTS[key][0]));
+const sortKeys = [...(DATA.has_gt ? ["iou"] : []), ...(DATA.has_confidence ? ["confidence"] : []), "uncertain", "id"];
+for (const key of sortKeys) sortSel.appendChild(el("option", {value: key}, SORTS[key][0]));
 for (const name of DATA.class_names) clsSel.appendChild(el("option", {value: name}, name));
 function render() {
   const grid = document.getElementById("grid");
@@ -178,6 +186,7 @@ function render() {
     const line = el("div");
     if (DATA.has_gt) line.appendChild(el("span", {class: im.iou !== null && im.iou < 0.3 ? "bad" : ""}, "IoU " + pct(im.iou) + "  "));
     line.appendChild(el("span", {}, "uncertain " + pct(im.uncertain) + "%"));
+    if (im.confidence !== null) line.appendChild(el("span", {}, "  confidence " + num(im.confidence)));
     card.appendChild(line);
     card.appendChild(el("div", {class: "muted"}, im.classes.join(", ") || "(background only)"));
     grid.appendChild(card);

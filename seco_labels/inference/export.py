@@ -34,6 +34,7 @@ from .. import __version__
 from ..artifacts import (
     ArtifactWriter,
     export_report_path,
+    read_confidence,
     write_coco_json,
     write_cvat_zip,
     write_hf_dataset,
@@ -53,6 +54,7 @@ from ..runtime.checkpoint import load_seco, seco_provenance
 from ..runtime.device import resolve_device
 from ..runtime.distributed import all_gather_objects, barrier, init_distributed
 from ..runtime.precision import resolve_amp
+from .confidence import CONFIDENCE_SCORE, mask_confidence
 
 __all__ = ["SCALE_PRESETS", "ExportOptions", "export_split"]
 
@@ -181,6 +183,16 @@ class _Refiner:
         return cam[0].cpu().numpy(), mask.cpu().numpy().astype(np.uint8)
 
 
+def _confidence_summary(scores: dict) -> dict[str, Any]:
+    """The split's image confidences in brief, for ``export_<split>.json``: count, mean and quartiles."""
+    values = np.array([c.image for c in scores.values()], dtype=np.float64)
+    if not values.size:
+        return {"images": 0}
+    q = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return {"images": int(values.size), "mean": round(float(values.mean()), 4),
+            **{name: round(float(v), 4) for name, v in zip(("min", "q25", "median", "q75", "max"), q)}}
+
+
 def _check_dataset(cfg: SecoConfig, checkpoint: str | Path, layout: str) -> None:
     """A dataset whose layout has another class count than the checkpoint's classifier cannot be exported."""
     from ..data.readers import READERS
@@ -252,7 +264,7 @@ def export_split(
         "scales": list(opt.scales), "flip": opt.flip, "cam_source": opt.cam_source,
         "tags_source": f"predicted>{opt.tag_threshold}" if predicted else "given", "crf": opt.crf,
         "high_thre": high, "low_thre": low, "input_size": size, "max_side": cfg.data.max_side,
-        "package_version": __version__, "config": config_to_dict(cfg),
+        "confidence_score": CONFIDENCE_SCORE, "package_version": __version__, "config": config_to_dict(cfg),
     }
     par = PAR(c.par_dilations, c.par_iters).to(device)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
@@ -295,8 +307,11 @@ def export_split(
                     if opt.crf:
                         mask_np = crf_refine_mask(it["rgb"].numpy(), mask_np, cfg.data.num_classes,
                                                   ignore_index=cfg.data.ignore_index)
+                    keys = (cls + 1).numpy()
+                    confidence = mask_confidence(cam_k, keys, mask_np, high=high, low=low,
+                                                 ignore_index=cfg.data.ignore_index)
                     t2 = time.perf_counter()
-                    writer.add(it["id"], cam_k, (cls + 1).numpy(), mask_np)
+                    writer.add(it["id"], cam_k, keys, mask_np, confidence=confidence)
                     t3 = time.perf_counter()
                     timing["refine"] += t2 - t1
                     timing["write"] += t3 - t2
@@ -315,7 +330,8 @@ def export_split(
         "bad": bad, "seconds": {k: round(v, 4) for k, v in timing.items()}, "processes": ctx.world_size,
         "high_thre": high, "low_thre": low, "formats": list(opt.formats), "out_dir": str(out_dir),
     }
-    if ctx.is_primary:  # seconds are rank 0's
+    if ctx.is_primary:
+        result["confidence"] = _confidence_summary(read_confidence(out_dir, split) or {})  # seconds are rank 0's
         # The training config pointed at the exported dataset, next to the outputs: `seco evaluate` reads it.
         cfg.data.root, cfg.data.layout = str(root), lay
         save_config(cfg, Path(out_dir) / "config.yaml")

@@ -47,6 +47,13 @@ class SegDataConfig:
     #: long side, pixels, that larger images (and masks) are downscaled to for training, validation and prediction;
     #: None = the export's data.max_side (what its masks were made at), 0 for GT labels; 0 = images at their own size
     max_side: int | None = None
+    #: train only on the pseudo masks whose confidence (docs/export.md "Confidence") is at least this, in [0, 1];
+    #: None = every image. Not with labels "gt"
+    min_confidence: float | None = None
+    #: train only on this share (0, 1] of the pseudo masks, the most confident; None = every image
+    keep_share: float | None = None
+    #: filled when the run starts: how many images min_confidence or keep_share kept (None when neither is set)
+    kept_images: int | None = None
     crop_size: int = 512  #: square training crop, pixels; rounded up to the model's size multiple
     scale_range: tuple[float, float] = (0.5, 2.0)  #: random rescale factor before the crop
     flip_p: float = 0.5  #: horizontal flip probability
@@ -118,6 +125,17 @@ class SegmenterConfig:
             raise ConfigError("no training labels: pass --labels ART_DIR (an export folder) or --labels gt")
         if d.num_classes is not None and (not isinstance(d.num_classes, int) or d.num_classes < 2):
             raise ConfigError(f"data.num_classes={d.num_classes}: need background plus at least one class")
+        if d.min_confidence is not None or d.keep_share is not None:
+            if d.labels == "gt":
+                raise ConfigError("--min-confidence and --keep-share choose pseudo masks by their export's confidence; "
+                                  "--labels gt has none: drop them, or pass --labels ART_DIR")
+            if d.min_confidence is not None and d.keep_share is not None:
+                raise ConfigError(f"data.min_confidence={d.min_confidence} and data.keep_share={d.keep_share}: pass "
+                                  "one of --min-confidence and --keep-share")
+            if d.min_confidence is not None and not 0 <= d.min_confidence <= 1:
+                raise ConfigError(f"data.min_confidence={d.min_confidence}: confidences lie in [0, 1]")
+            if d.keep_share is not None and not 0 < d.keep_share <= 1:
+                raise ConfigError(f"data.keep_share={d.keep_share}: give the share of images to keep, in (0, 1]")
         if d.crop_size < 1 or d.batch_size < 1:
             raise ConfigError(f"data.crop_size={d.crop_size} and data.batch_size={d.batch_size} must be positive")
         if not 0 < d.scale_range[0] <= d.scale_range[1]:

@@ -10,6 +10,7 @@ its number of classes).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,16 @@ class LabelSet:
     """The checked training labels of one split.
 
     Attributes:
-        reader: images (and GT masks) of the split; its ids are the training ids, in list order.
+        reader: images (and GT masks) of the split; its ids are the training ids, in list order (only the
+            confident ones with ``data.min_confidence``/``data.keep_share``).
         export: the exported split the masks come from (None for GT).
+        selection: what the confidence filter kept, in words ("" without it).
     """
 
     reader: SegmentationReader
     export: ArtifactSplit | None = None
+    #: what ``data.min_confidence``/``data.keep_share`` kept, for the run's output ("" when neither is set)
+    selection: str = ""
 
     @property
     def kind(self) -> str:
@@ -220,7 +225,39 @@ def open_labels(d: SegDataConfig) -> tuple[LabelSet, Dataset | None]:
                         "again")
     if export.dataset.num_classes is None:
         _check_values(labels)
+    d.kept_images = None
+    if d.min_confidence is not None or d.keep_share is not None:
+        kept, labels.selection = _confident_ids(export, reader.ids, d)
+        reader.ids = pseudo.ids = kept  # both index the same training images (SegTrainDataset)
+        d.kept_images = len(kept)
     return labels, pseudo
+
+
+def _confident_ids(export: ArtifactSplit, ids: list[str], d: SegDataConfig) -> tuple[list[str], str]:
+    """The ids (in split order) whose mask confidence is at least ``d.min_confidence``, or the ``d.keep_share``
+    most confident (ties by id), and what was kept in words."""
+    scores = export.confidences()
+    if not scores:
+        raise DataError(f"{export.folder} records no confidence for split {d.split!r} (exported before seco-labels "
+                        "recorded it, or not by seco export-masks): export it again (seco export-masks --overwrite) "
+                        "or drop --min-confidence/--keep-share")
+    missing = [i for i in ids if i not in scores]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(ids)} ids of split {d.split!r} have no confidence in "
+                        f"{export.folder}: {_first(missing)}; export them again with --overwrite")
+    if d.min_confidence is not None:
+        kept = [i for i in ids if scores[i].image >= d.min_confidence]
+        rule = f"confidence >= {d.min_confidence:g}"
+        if not kept:
+            best = max(scores[i].image for i in ids)
+            raise DataError(f"no image of split {d.split!r} in {export.folder} has {rule} (the highest is {best:.4f}); "
+                            "lower --min-confidence or use --keep-share")
+    else:
+        n = max(1, math.ceil(round(d.keep_share * len(ids), 6)))  # round: 0.7 * 10 is 7.000000000000001
+        chosen = set(sorted(ids, key=lambda i: (-scores[i].image, i))[:n])
+        kept = [i for i in ids if i in chosen]
+        rule = f"the {d.keep_share:g} most confident (confidence >= {min(scores[i].image for i in kept):.4f})"
+    return kept, f"kept {len(kept)} of {len(ids)} images of split {d.split!r}: {rule}"
 
 
 def open_val_reader(d: SegDataConfig) -> SegmentationReader | None:

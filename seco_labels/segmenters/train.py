@@ -163,6 +163,8 @@ class SegmenterTrainer:
         #: set by :meth:`fit`: the run had already finished when it was called (nothing was trained or scored)
         self.already_finished = False
         self.labels, pseudo = open_labels(d)
+        if self.labels.selection:  # --min-confidence / --keep-share
+            self.notes.append(self.labels.selection)
         self.val_reader = open_val_reader(d)
         torch.manual_seed(t.seed)
         self.model = build_segmenter(m.arch, encoder=m.encoder, classes=d.num_classes,

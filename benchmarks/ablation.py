@@ -79,7 +79,8 @@ class AblationSpec:
     eval_split: str | None = None  #: the split exported and scored (None: the training split)
     val_split: str = ""  #: a split with GT on which ``seco segment`` scores the decoder ("" : none)
     seg_crf: bool = False  #: the dense CRF in ``seco segment`` (the paper's protocol)
-    export_flip: bool = True  #: export with the flipped CAMs (False for classes that are not mirror-symmetric)
+    #: export and segment with the mirror image too (False for classes that are not mirror-symmetric)
+    export_flip: bool = True
     iters: int | None = None
     crop: int | None = None  #: training crop size, pixels
     config: str | None = None  #: a config file on top of the preset
@@ -135,7 +136,8 @@ def run_one(spec: AblationSpec, variant: str, seed: int, threads: int) -> dict:
         seg = folder / "seg"
         run_logged(seco_command("segment", "--checkpoint", str(run / "last.pt"), "--split", spec.val_split,
                                 "--out", str(seg), "--device", spec.device, "--quiet",
-                                *(["--crf"] if spec.seg_crf else [])), threads, log)
+                                *(["--crf"] if spec.seg_crf else []),
+                                *([] if spec.export_flip else ["--no-flip"])), threads, log)
         run_logged(seco_command("evaluate", "--pred", str(seg), "--split", spec.val_split, "--quiet"), threads, log)
         seg_miou = json.loads((seg / f"metrics_{spec.val_split}.json").read_text())["miou"]
     result = {

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import TEST_DATA
 
 from benchmarks import cooc
 from benchmarks.cooc import cli as cooc_cli
-from conftest import TEST_DATA
 from seco_labels.data import build_reader, read_class_names
 
 
@@ -131,7 +131,7 @@ def digits_run(tmp_path_factory):
     """One seed of the quick benchmark (tiny sizes, digits, segmenter step on), run once for this module: the
     ablation below reuses its dataset, stage 1 and ``full`` run, as ``ablate`` reuses a ``run`` of the same seed."""
     spec = cooc.RunSpec(sources=[TEST_DATA / "coco-mini"], pairs=[("one", "four")], num_classes=2, n_train=12,
-                        n_val=6, size=64, digits=True, backbone_kwargs={"patch_size": 8, "depth": 3},
+                        n_val=6, size=64, digits=True, context="four", backbone_kwargs={"patch_size": 8, "depth": 3},
                         pretrain_steps=2, iters=2, threads=1, seg_iters=2,
                         extra_sets=("decompose.local_crop_size=16", "train.val_max_images=2"))
     out = tmp_path_factory.mktemp("cooc-run")
@@ -153,8 +153,19 @@ def test_run_does_one_seed_end_to_end_and_resumes(digits_run):
     assert len(list((seed / "full" / "seed0" / "seg-pseudo" / "pred_val").glob("*.png"))) == len(val_ids) > 0
     assert yaml.safe_load((seed / "seg-gt" / "config.yaml").read_text())["data"]["labels"] == "gt"
     assert result["pretrain"]["steps"] == 2 and json.loads((seed / "pretrain.json").read_text()) == result["pretrain"]
-    fired = result["rectification"]
-    assert fired["steps_logged"] == 2 and 0 <= fired["steps_with_rectification"] <= 2 and fired["crops_tagged"] > 0
+    acted = result["activity"]  # --iters 2 compresses the schedule: LIL/LIG run on the second step only
+    assert acted["steps_logged"] == 2 and 0 <= acted["steps_with_rectification"] <= 1
+    assert acted["crops_tagged"]["steps"] == 2 and acted["crops_tagged"]["total"] > 0
+    assert acted["crops_tagged"]["per_100_steps"] == 50 * acted["crops_tagged"]["total"]
+    local = [acted[f"local_crops_{t}"]["total"] for t in ("class", "background", "uncertain")]
+    assert sum(local) == 2 * 4 * 10  # 2 steps x the demo preset's batch of 4 x 10 local crops, each tagged once
+    assert acted["lil_pairs"]["steps"] == acted["lig_positives"]["steps"] == 1
+    assert acted["lil_pairs"]["per_100_steps"] == 100 * acted["lil_pairs"]["total"] > 0
+    spread = result["context"]  # A = four on green backgrounds: shares of background pixels
+    assert spread["context_class"] == "four" and 0 <= spread["train_spread"] <= 1
+    assert all(v is None or v >= 0 for k, v in spread.items() if k != "context_class")
+    assert len(list((seed / "full" / "seed0" / "seg" / "masks_val").glob("*.png"))) == len(val_ids)
+    assert 0 <= result["seg_miou"] <= 1  # the SeCo decoder on val, which the context set scores
     stamp = (seed / "result_full.json").stat().st_mtime_ns
     assert cooc.run(spec, seed, seed=0) == result  # resumed: nothing redone
     assert (seed / "result_full.json").stat().st_mtime_ns == stamp
@@ -296,7 +307,14 @@ def test_ablate_shares_data_and_stage_one_per_seed_and_tabulates(digits_run):
     assert "| `baseline` | cls + aux + seg only |" in table and "| `full` | SeCo |" in table
     assert table == (out / "ablation.md").read_text() and (out / "ablation.png").stat().st_size > 1000
     full = json.loads((seed / "result_full.json").read_text())
-    assert f"{100 * full['mask_miou']:.2f} ± 0.00" in table.splitlines()[-1]
+    full_rows = [line for line in table.splitlines() if line.startswith("| `full` | SeCo |")]
+    assert len(full_rows) == 3  # the scores, the context spread, what each mechanism did
+    assert f"{100 * full['mask_miou']:.2f} ± 0.00" in full_rows[0]
+    assert f"{100 * full['context']['train_spread']:.2f} ± 0.00" in full_rows[1]
+    assert f"{full['activity']['local_crops_class']['per_100_steps']:.3f} ± 0.000" in full_rows[2]
+    diff = 100 * (full["mask_miou"] - json.loads((seed / "result_baseline.json").read_text())["mask_miou"])
+    assert f"| SeCo (full - baseline) | `full` | `baseline` | pseudo-mask mIoU | 1 | {diff:+.2f} |" in table
+    assert "too few seeds" in table and (out / "paired.csv").read_text().startswith("contrast,with,without,metric")
     # a mirrored 4 is no 4: the digits are neither trained on nor exported with their mirror images
     config = yaml.safe_load((seed / "full" / "seed0" / "run" / "config.yaml").read_text())
     assert (config["data"]["flip_p"], config["data"]["strong_flip_p"], config["cam"]["flip"]) == (0, 0, False)
@@ -363,3 +381,44 @@ def test_a_dataset_that_cannot_be_made_ends_the_command_with_its_reason(tmp_path
     result = CliRunner().invoke(cooc_cli.cli, ["generate", "--source", str(TEST_DATA / "coco-mini"),
                                                "--out", str(tmp_path / "d"), "--colours", "class"])
     assert result.exit_code == 1 and "recolours the digits" in result.output and "Traceback" not in result.output
+
+
+def test_context_spread_counts_background_pixels_labelled_the_context_class(tmp_path):
+    out = tmp_path / "d"
+    cooc.generate([TEST_DATA / "coco-mini"], out, seed=1, pairs=[], classes=["person", "cup"], num_classes=2,
+                  n_train=20, n_val=12, size=64, cooc=0.85, context="person", min_area=200, min_visible=10)
+    kinds = json.loads((out / "backgrounds.json").read_text())
+    ids = {split: cooc.load_split(out, split) for split in ("train", "val")}
+    assert {split: list(kinds[split]) for split in kinds} == {split: ids[split][0] for split in ids}
+    person = 1
+    gts = {split: dict(zip(v[0], v[3].numpy())) for split, v in ids.items()}
+    # perfect masks: nothing spreads; the class everywhere: all of the background is A's
+    perfect = cooc.context_spread(out, "person", gts["train"].__getitem__, gts["val"].__getitem__)
+    assert perfect["train_spread"] == 0 and perfect["train_fp_tp"] == 0 and perfect["val_context_fp"] in (0, None)
+    everywhere = cooc.context_spread(out, "person", lambda i: np.full((64, 64), person, np.uint8),
+                                     lambda i: np.full((64, 64), person, np.uint8))
+    assert everywhere["train_spread"] == 1 and everywhere["train_other_spread"] == 1  # any class counts there
+    with_a = [i for i, gt in gts["train"].items() if (gt == person).any()]
+    assert with_a and all(kinds["train"][i] == "green" for i in with_a)  # A stands on green in train
+    background = sum(int((gts["train"][i] == 0).sum()) for i in with_a)
+    tp = sum(int((gts["train"][i] == person).sum()) for i in with_a)
+    assert everywhere["train_fp_tp"] == round(background / tp, 4)
+    no_a_val = [i for i, gt in gts["val"].items() if not (gt == person).any()]
+    assert (everywhere["val_context_fp"] == 1) == any(kinds["val"][i] == "green" for i in no_a_val)
+
+
+def test_paired_differences_give_each_mechanism_its_verdict():
+    rows = [{"variant": v, "seed": s, "mask_miou": m, "cam_miou": 0.5, "cooc_confusion_mean": c}
+            for v, s, m, c in [("full", 0, 0.80, 0.2), ("full", 1, 0.82, 0.1), ("full", 2, 0.81, 0.3),
+                               ("baseline", 0, 0.70, 0.4), ("baseline", 1, 0.71, 0.4), ("baseline", 2, 0.72, 0.4),
+                               ("no_lil", 0, 0.81, 0.2), ("no_lil", 1, 0.81, 0.2), ("no_lil", 2, 0.80, 0.2),
+                               ("no_lig", 0, 0.80, 0.2)]]
+    paired = {(p["contrast"], p["metric"]): p for p in cooc.paired_differences(rows)}
+    seco = paired["SeCo (full - baseline)", "mask_miou"]
+    assert seco["diffs"] == pytest.approx([0.10, 0.11, 0.09]) and seco["verdict"] == "helps"
+    assert seco["se"] == pytest.approx(0.01 / 3 ** 0.5)
+    assert paired["SeCo (full - baseline)", "cooc_confusion_mean"]["verdict"] == "helps"  # lower is better
+    assert paired["LIL", "mask_miou"]["verdict"] == "no measurable effect"  # -0.01, +0.01, +0.01
+    assert paired["LIG", "mask_miou"]["verdict"] == "too few seeds"  # no_lig ran one seed
+    assert ("PTC", "mask_miou") not in paired  # no_contrast did not run
+    assert cooc.verdict([-0.05, -0.06, -0.04]) == "hurts" and cooc.verdict([0.0, 0.0]) == "no measurable effect"

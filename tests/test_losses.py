@@ -530,3 +530,15 @@ def test_dense_gaussian_filter_symmetric_blocks_equal_the_graph_path(chunk):
         fast = dense_gaussian_filter(feats, vals, chunk)
     slow = dense_gaussian_filter(feats.clone().requires_grad_(True), vals, chunk)
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_same_tag_pairs_counts_what_lil_is_offered():
+    from seco_labels.method.objective import _same_tag_pairs
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        q_tags = torch.randint(-1, 4, (int(torch.randint(0, 12, (1,), generator=g)),), generator=g)
+        key_tags = torch.randint(-1, 6, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g)
+        brute = sum(int(t >= 0 and t == k) for t in q_tags.tolist() for k in key_tags.tolist())
+        assert _same_tag_pairs(q_tags, key_tags) == brute
+    assert _same_tag_pairs(torch.tensor([-1, -1]), torch.tensor([-1, 0])) == 0  # uncertain crops have no pair

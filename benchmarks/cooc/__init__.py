@@ -20,29 +20,32 @@ sharing one (``--colours class``: colour tells the classes apart, except A from 
 Stage 1 (``pretrain --data DIR --out weights.pt``) trains the ViT SeCo will use on multi-label classification and
 saves a state dict for ``seco train --backbone-weights``; ``baselines --data DIR`` scores the tag-only masks a pseudo
 label must beat. ``run --source DIR --out DIR --seed S`` does one seed end to end and resumes (result_<variant>.json:
-the export's scores, the baselines and their ratio, the CAM ROC-AUC, the co-occurrence confusion and how often
-rectification fired). ``ablate --source DIR --out DIR --seeds 0,1,2`` runs the five variants of
-benchmarks/ablation.py per seed on one dataset and one stage 1 and writes ablation.md/.csv/.png.
+the export's scores, the baselines and their ratio, the CAM ROC-AUC, the co-occurrence confusion and what each of
+SeCo's mechanisms did, per 100 steps). ``--context A`` (run and ablate) makes the context set, A on green backgrounds
+in train, and adds A's spread onto them. ``ablate --source DIR --out DIR --seeds 0,1,2`` runs the five variants of
+benchmarks/ablation.py per seed on one dataset and one stage 1 and writes ablation.md/.csv/.png, with the
+per-seed paired differences and each mechanism's verdict.
 
 The stages are modules, each usable alone: :mod:`.instances` (cut-outs and backgrounds), :mod:`.dataset`
 (``generate``: how a dataset is made), :mod:`.stage1` (``pretrain``), :mod:`.scores` (baselines, CAM ROC-AUC,
-co-occurrence confusion), :mod:`.segmenters` (the segmenter step), :mod:`.spec` (:class:`RunSpec`, the settings of
-``run`` and ``ablate``), :mod:`.runs` (``run``, ``ablate``), :mod:`.tables` (the ablation table) and :mod:`.cli`
+co-occurrence confusion, context spread), :mod:`.segmenters` (the segmenter step), :mod:`.spec` (:class:`RunSpec`, the settings of
+``run`` and ``ablate``), :mod:`.runs` (``run``, ``ablate``), :mod:`.tables` (the ablation tables, paired
+differences and verdicts) and :mod:`.cli`
 (the commands).
 """
 
 from .dataset import DatasetError, cooccurrence, generate, load_split, mirrors, val_photos
 from .instances import DIGIT_NAMES, Instance, colour_by_class, components, digit_instances, find_backgrounds, paste
-from .runs import ablate, run
-from .scores import baselines, localisation, pair_confusion, roc_auc
+from .runs import ablate, activity_counts, run
+from .scores import baselines, context_spread, localisation, pair_confusion, roc_auc
 from .segmenters import fit_segmenter
 from .spec import RunSpec
 from .stage1 import pretrain, tile, untile
-from .tables import ABLATION_COLUMNS
+from .tables import ABLATION_COLUMNS, paired_differences, verdict
 
 __all__ = [
-    "ABLATION_COLUMNS", "DIGIT_NAMES", "DatasetError", "Instance", "RunSpec", "ablate", "baselines", "colour_by_class",
-    "components", "cooccurrence", "digit_instances", "find_backgrounds", "fit_segmenter", "generate", "load_split",
-    "localisation", "mirrors", "pair_confusion", "paste", "pretrain", "roc_auc", "run", "tile", "untile",
-    "val_photos",
+    "ABLATION_COLUMNS", "DIGIT_NAMES", "DatasetError", "Instance", "RunSpec", "ablate", "activity_counts", "baselines",
+    "colour_by_class", "components", "context_spread", "cooccurrence", "digit_instances", "find_backgrounds",
+    "fit_segmenter", "generate", "load_split", "localisation", "mirrors", "pair_confusion", "paired_differences",
+    "paste", "pretrain", "roc_auc", "run", "tile", "untile", "val_photos", "verdict",
 ]

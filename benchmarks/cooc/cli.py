@@ -71,6 +71,7 @@ def json_mapping(ctx: click.Context, param: click.Parameter, value: str) -> dict
 SCALE_HELP = "MIN,MAX: an object's longest side, as shares of the image side."
 COLOURS_HELP = ("The digits' colours: random (the class is in the shape alone) or class (a hue per class, shared "
                 "by each pair: only shape tells A from B).")
+CONTEXT_HELP = "A class kept on green backgrounds in train and on any in val (the context set)."
 BACKBONE_KWARGS = json.dumps(DEFAULT_BACKBONE_KWARGS)
 SOURCE = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -108,7 +109,7 @@ def cli() -> None:
     click.option("--size", type=click.IntRange(min=8), default=128, show_default=True, help="Image side, pixels."),
     click.option("--cooc", type=click.FloatRange(0, 1), default=0.85, show_default=True,
                  help="Share of A's train images that hold B."),
-    click.option("--context", default=None, help="Class kept on green backgrounds in train (context variant)."),
+    click.option("--context", default=None, help=CONTEXT_HELP),
     click.option("--min-area", type=int, default=400, show_default=True, help="Smallest instance, source pixels."),
     click.option("--min-visible", type=int, default=40, show_default=True,
                  help="Visible pixels for a pasted class to be tagged."),
@@ -183,6 +184,8 @@ def run_spec_options(f: Callable) -> Callable:
         click.option("--scale", default="0.35,0.75", show_default=True, callback=scale_range, help=SCALE_HELP),
         click.option("--colours", type=click.Choice(["random", "class"]), default="random", show_default=True,
                      help=COLOURS_HELP),
+        click.option("--context", default=None, help=CONTEXT_HELP + " The result adds its spread (val: the "
+                     "SeCo decoder's predictions)."),
         click.option("--backbone-kwargs", default=BACKBONE_KWARGS, show_default=True, callback=json_mapping,
                      help="JSON timm arguments of the ViT (stage 1 and SeCo)."),
         click.option("--pretrain-steps", type=click.IntRange(min=1), default=2000, show_default=True),

@@ -20,8 +20,9 @@ How a dataset is made (all of it drawn from ``--seed``, so the same arguments gi
   ``green`` backgrounds in train and on either in val.
 
 Writes ``OUT/JPEGImages``, ``OUT/SegmentationClassAug`` (palette PNGs), ``OUT/ImageSets/Segmentation/{train,val}.txt``,
-``OUT/cls_labels_onehot.npy``, ``OUT/classes.txt`` and ``OUT/cooc.json`` (settings, instance counts, and the
-measured co-occurrence of every pair per split).
+``OUT/cls_labels_onehot.npy``, ``OUT/classes.txt``, ``OUT/cooc.json`` (settings, instance counts, and the
+measured co-occurrence of every pair per split) and ``OUT/backgrounds.json`` (each image's background type, by
+split and id: where the context variant's context is).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
     readers = [build_reader(source_layout(src), src, split, require_masks=True, require_tags=False)
                for src in sources for split in source_splits(src)]
     instances = digit_instances(rng) if digits else find_instances(readers, min_area)
-    wanted = list(dict.fromkeys([c for p in pairs for c in p] + list(classes or [])))
+    wanted = list(dict.fromkeys([c for p in pairs for c in p] + ([context] if context else []) + list(classes or [])))
     missing = [c for c in wanted if c not in instances]
     if missing:
         raise DatasetError(f"no instance of {missing} in {', '.join(map(str, sources))} (at --min-area {min_area}); "
@@ -200,6 +201,7 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
     labels: dict[str, np.ndarray] = {}
     tags: dict[str, dict[str, set[str]]] = {"train": {}, "val": {}}
     on = {split: {"green": 0, "other": 0} for split in ("train", "val")}  # backgrounds of the context class
+    kinds: dict[str, dict[str, str]] = {"train": {}, "val": {}}  # every image's background type
     plans = {"train": _plan_train(classes, pairs, n_train, cooc, rng), "val": _plan_val(classes, pairs, n_val, rng)}
     for split, split_plans in plans.items():
         ids = []
@@ -225,7 +227,7 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
             Image.fromarray(canvas).save(buf, format="JPEG", quality=92)
             atomic_write_bytes(out / "JPEGImages" / f"{image_id}.jpg", buf.getvalue())
             save_mask_png(out / "SegmentationClassAug" / f"{image_id}.png", mask)
-            labels[image_id], tags[split][image_id] = vec, present
+            labels[image_id], tags[split][image_id], kinds[split][image_id] = vec, present, kind
             if context is not None and context in present:
                 on[split][kind] += 1
             ids.append(image_id)
@@ -233,6 +235,7 @@ def generate(sources: list[Path], out: Path, *, seed: int, pairs: list[tuple[str
     with atomic_path(out / "cls_labels_onehot.npy") as tmp, open(tmp, "wb") as f:
         pickle.dump(labels, f, protocol=4)  # what np.load(allow_pickle=True) reads, as the published code's file
     atomic_write_text(out / "classes.txt", "\n".join(["background", *classes]) + "\n")
+    atomic_write_text(out / "backgrounds.json", json.dumps(kinds, indent=0) + "\n")
     info = {
         "seed": seed, "sources": [str(s) for s in sources], "objects": "digits" if digits else "photo cut-outs",
         "classes": classes,

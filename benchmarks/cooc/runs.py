@@ -7,24 +7,43 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from benchmarks.ablation import AblationSpec, run_one
+from seco_labels.artifacts import open_split
 from seco_labels.io import atomic_write_text
 
 from .dataset import generate, mirrors
-from .scores import baselines, localisation
+from .scores import baselines, context_spread, localisation
 from .segmenters import fit_segmenter
 from .spec import STAGE1_IMAGES, RunSpec
 from .stage1 import pretrain
 from .tables import ablation_row, write_ablation
 
 
-def rectification_counts(metrics_log: Path) -> dict[str, int]:
-    """How often rectification fired in a run's ``metrics.jsonl`` (one record per logged step): the steps logged,
-    those that rectified a crop, and the crops rectified and tagged over them."""
+def activity_counts(metrics_log: Path) -> dict:
+    """What each of SeCo's mechanisms did in a run, from its ``metrics.jsonl`` (one record per step; the counts are
+    :data:`seco_labels.method.objective.COUNT_KEYS`): ``steps_logged``, ``steps_with_rectification``, and per
+    count its ``steps`` (the steps its mechanism ran), ``total`` and ``per_100_steps`` (over those steps; None
+    for a mechanism that never ran, or a log written before the count existed)."""
+    from seco_labels.method.objective import COUNT_KEYS
+
     steps = [json.loads(line) for line in metrics_log.read_text().splitlines() if line.strip()]
-    fired = [r["crops_rectified"] for r in steps if r.get("crops_rectified") is not None]
-    return {"steps_logged": len(steps), "steps_with_rectification": sum(1 for v in fired if v > 0),
-            "crops_rectified": int(sum(fired)), "crops_tagged": int(sum(r.get("crops_tagged") or 0 for r in steps))}
+    steps = [r for r in steps if "loss" in r]  # train records, not validation's
+    out: dict = {"steps_logged": len(steps),
+                 "steps_with_rectification": sum(1 for r in steps if (r.get("crops_rectified") or 0) > 0)}
+    for key in COUNT_KEYS:
+        values = [r[key] for r in steps if r.get(key) is not None]
+        total = int(sum(values))
+        out[key] = {"steps": len(values), "total": total,
+                    "per_100_steps": round(100 * total / len(values), 1) if values else None}
+    return out
+
+
+#: keys a finished result holds: one without them was written by an older version and is scored again (its
+#: finished stages are kept)
+RESULT_KEYS = ("activity",)
 
 
 def run(spec: RunSpec, out: Path, *, seed: int = 0, variant: str = "full") -> dict:
@@ -32,7 +51,9 @@ def run(spec: RunSpec, out: Path, *, seed: int = 0, variant: str = "full") -> di
     use ``spec.data``), stage 1 ``OUT/weights.pt``, SeCo ``variant`` from those weights and its export of the train
     split (:func:`benchmarks.ablation.run_one`, in ``OUT/<variant>/seed<S>``), then ``OUT/result_<variant>.json``:
     the export's CAM/pseudo-mask mIoU and FP/TP, the trivial baselines, the ratio to the best of them, the CAM
-    ROC-AUC, the co-occurrence confusion and how often rectification fired. ``spec.seg_iters`` > 0 adds the
+    ROC-AUC, the co-occurrence confusion and what each mechanism did (:func:`activity_counts`); with
+    ``spec.context``, the context class's spread (:func:`~benchmarks.cooc.scores.context_spread`, val scored
+    on the SeCo decoder's masks of ``seco segment``, in ``OUT/<variant>/seed<S>/seg``). ``spec.seg_iters`` > 0 adds the
     segmenter step (:func:`fit_segmenter`), on the pseudo masks (``OUT/<variant>/seed<S>/seg-pseudo``) and on the
     GT (``OUT/seg-gt``, shared by the variants): val mIoU of both, the gap, and the co-occurrence confusion on val.
     """
@@ -40,7 +61,8 @@ def run(spec: RunSpec, out: Path, *, seed: int = 0, variant: str = "full") -> di
     result_file = out / f"result_{variant}.json"
     if result_file.is_file():
         done = json.loads(result_file.read_text())
-        if not spec.seg_iters or "seg_val_miou" in done:
+        wanted = (*RESULT_KEYS, *(["seg_val_miou"] if spec.seg_iters else []), *(["context"] if spec.context else []))
+        if all(k in done for k in wanted):
             return done
     data, weights = spec.data or out / "data", out / "weights.pt"
     if not (data / "cooc.json").is_file():
@@ -57,17 +79,20 @@ def run(spec: RunSpec, out: Path, *, seed: int = 0, variant: str = "full") -> di
             f"data.num_classes={len(names)}", *unmirrored, *spec.extra_sets)
     seco = AblationSpec(out=out, data_root=str(data), preset="demo", split="train", eval_split="train",
                         iters=spec.iters, crop=spec.size, backbone_weights=str(weights), sets=sets,
-                        device=spec.device, export_flip=mirror)
+                        device=spec.device, export_flip=mirror, val_split="val" if spec.context else "")
     scores = run_one(seco, variant, seed, spec.threads)
     folder = out / variant / f"seed{seed}"
     art = folder / "art"
     trivial = baselines(data, "train")
     stage1_file = out / "pretrain.json"
     result = {**scores, "baselines": trivial, **localisation(data, art, "train", list(spec.pairs)),
-              "rectification": rectification_counts(folder / "run" / "metrics.jsonl"),
+              "activity": activity_counts(folder / "run" / "metrics.jsonl"),
               "mask_miou_over_best_trivial": round(scores["mask_miou"] / trivial["best_trivial"], 3)
               if trivial["best_trivial"] else None,
               "pretrain": json.loads(stage1_file.read_text()) if stage1_file.is_file() else None}
+    if spec.context:  # val through the SeCo decoder (run_one's seco segment): no tags to hide A's absence
+        result["context"] = context_spread(data, spec.context, open_split(art, "train").masks.load_mask,
+                                           lambda i: np.asarray(Image.open(folder / "seg" / "masks_val" / f"{i}.png")))
     if spec.seg_iters:
         kw = dict(pairs=list(spec.pairs), iters=spec.seg_iters, crop=spec.size, threads=spec.threads,
                   device=spec.device)

@@ -1,9 +1,12 @@
 """Scores of a generated split and of an export of it: the trivial tag-only baselines a pseudo label must beat, the
-threshold-free CAM ROC-AUC, and the co-occurrence confusion of each pair."""
+threshold-free CAM ROC-AUC, the co-occurrence confusion of each pair, and how far a context class spreads onto the
+background it stands on."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -94,3 +97,46 @@ def pair_confusion(gts, preds, names: list[str], pairs: list[tuple[str, str]]) -
                         "a_as_b": round(c[2] / c[3], 4) if c[3] else None} for pair, c in counts.items()}
     shares = [v for c in confusion.values() for v in c.values() if v is not None]
     return {"cooc_confusion": confusion, "cooc_confusion_mean": round(float(np.mean(shares)), 4) if shares else None}
+
+
+def context_spread(data: Path, context: str, train_pred: Callable[[str], np.ndarray],
+                   val_pred: Callable[[str], np.ndarray]) -> dict:
+    """How far the context class A spreads onto its context (the green backgrounds it always stands on in train,
+    docs/benchmarks.md "The context set"). ``train_pred`` / ``val_pred`` give an image id's predicted (H, W) class
+    map (the pseudo masks of train, a tag-free predictor on val). Shares of GT background pixels (class 0):
+
+    - ``train_spread``: on the train images holding A (on green), the share labelled A;
+    - ``train_fp_tp``: there, A's false positives on the background over its true positives;
+    - ``train_other_spread``: on the train images without A, the share labelled any class (the reference);
+    - ``val_context_fp``: on val images without A on green backgrounds, the share labelled A;
+    - ``val_other_fp``: the same on val images without A on other backgrounds (the reference).
+    """
+    kinds = json.loads((data / "backgrounds.json").read_text())
+    names = ["background", *json.loads((data / "cooc.json").read_text())["classes"]]
+    k = names.index(context)
+    sums = dict.fromkeys(("spread", "spread_n", "tp", "other", "other_n", "val_green", "val_green_n",
+                          "val_other", "val_other_n"), 0)
+    for split, predict in (("train", train_pred), ("val", val_pred)):
+        ids, _, _, masks = load_split(data, split)
+        for image_id, gt in zip(ids, masks.numpy()):
+            pred = predict(image_id)
+            bg, has_a = gt == 0, bool((gt == k).any())
+            as_a = int((bg & (pred == k)).sum())
+            if split == "train" and has_a:
+                sums["spread"] += as_a
+                sums["spread_n"] += int(bg.sum())
+                sums["tp"] += int(((gt == k) & (pred == k)).sum())
+            elif split == "train":
+                sums["other"] += int((bg & (pred > 0) & (pred != 255)).sum())
+                sums["other_n"] += int(bg.sum())
+            elif not has_a:
+                key = "val_green" if kinds[split][image_id] == "green" else "val_other"
+                sums[key] += as_a
+                sums[f"{key}_n"] += int(bg.sum())
+
+    def share(num: str, den: str) -> float | None:
+        return round(sums[num] / sums[den], 4) if sums[den] else None
+
+    return {"context_class": context, "train_spread": share("spread", "spread_n"),
+            "train_fp_tp": share("spread", "tp"), "train_other_spread": share("other", "other_n"),
+            "val_context_fp": share("val_green", "val_green_n"), "val_other_fp": share("val_other", "val_other_n")}

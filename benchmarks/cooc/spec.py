@@ -33,6 +33,8 @@ class RunSpec:
     background_blur: float = 0.0  #: Gaussian blur radius of the backgrounds, pixels
     scale: tuple[float, float] = (0.35, 0.75)  #: an object's longest side, as shares of the image side
     colours: str = "random"  #: the digits' colours: ``random`` or ``class`` (a hue per class, shared by a pair)
+    #: the context class: on green backgrounds only in train, on any in val (None: no context class)
+    context: str | None = None
     data: Path | None = None  #: a dataset already generated, used instead of ``OUT/data``
     # -- stage 1 (pretrain)
     backbone_kwargs: dict = field(default_factory=lambda: dict(DEFAULT_BACKBONE_KWARGS))  #: timm ViT arguments
@@ -70,6 +72,6 @@ class RunSpec:
     def generate_kwargs(self, seed: int) -> dict:
         """The keyword arguments of :func:`~benchmarks.cooc.dataset.generate` for a run's dataset of ``seed``."""
         return dict(seed=seed, pairs=list(self.pairs), classes=None, num_classes=self.num_classes,
-                    n_train=self.n_train, n_val=self.n_val, size=self.size, cooc=RUN_COOC, context=None,
+                    n_train=self.n_train, n_val=self.n_val, size=self.size, cooc=RUN_COOC, context=self.context,
                     min_area=RUN_MIN_AREA, min_visible=RUN_MIN_VISIBLE, digits=self.digits,
                     background_blur=self.background_blur, scale=self.scale, colours=self.colours)

@@ -8,21 +8,17 @@ from typing import Any
 
 import click
 
-__all__ = ["COUNT_KEYS", "exit_interrupted", "format_summary", "report_finished", "report_resume"]
-
-#: log fields that count things: printed as integers
-COUNT_KEYS = ("crops_tagged", "crops_rectified", "steps")
-
+__all__ = ["exit_interrupted", "format_summary", "report_finished", "report_resume"]
 
 def format_summary(result: dict[str, Any]) -> str:
-    """``key value`` pairs of a trainer's result: counts as integers, the lr in scientific notation, other numbers
-    to 4 decimals; the step index, the step time and None values are left out."""
+    """``key value`` pairs of a trainer's result: counts (the integers) as they are, the lr in scientific notation,
+    other numbers to 4 decimals; the step index, the step time and None values are left out."""
     parts = []
     for k, v in result.items():
         if k in ("step", "time") or v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
-        if k in COUNT_KEYS:
-            parts.append(f"{k} {int(v)}")
+        if isinstance(v, int):
+            parts.append(f"{k} {v}")
         elif k == "lr":
             parts.append(f"lr {v:.3e}")
         else:

@@ -27,10 +27,13 @@ from .energy import crf_energy_loss
 from .losses import cls_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
 from .refine import PAR, refine_with_background
 
-__all__ = ["SecoObjective", "StepOutput", "seco_step", "LOSS_TERMS", "PhaseTimer"]
+__all__ = ["SecoObjective", "StepOutput", "seco_step", "LOSS_TERMS", "COUNT_KEYS", "PhaseTimer"]
 
 #: Every term of the objective, in the order they are logged.
 LOSS_TERMS = ("cls", "aux", "ptc", "lig", "lil", "seg", "reg")
+#: What each step counts of its crops (:class:`StepOutput`), in the order they are logged.
+COUNT_KEYS = ("crops_tagged", "local_crops_class", "local_crops_background", "local_crops_uncertain",
+              "crops_rectified", "lil_pairs", "lig_positives")
 
 PhaseTimer = Callable[[str], ContextManager[Any]]
 
@@ -74,8 +77,9 @@ def _contrast_terms(
     lc: LossConfig,
     groups: NormGroups,
     views: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LIL and LIG of each loss-normalisation group, averaged over the groups, and every row's revised tag.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """LIL and LIG of each loss-normalisation group, averaged over the groups, every row's revised tag, and the
+    number of same-tag (crop, key) pairs offered to LIL (:func:`_same_tag_pairs`, summed over the groups).
 
     A group's crops are keyed by the group's own step keys, then the reservoir, as each published GPU keys its
     crops by its own keys then the gathered reservoir (``LIL_Loss`` reads ``queue_feats_all[b:]``).
@@ -85,9 +89,9 @@ def _contrast_terms(
         - step_keys: ((G_all * V, D) keys, (G_all * V,) tags) of every process's images, in global-batch order.
         - memory: ((R, D) keys, (R,) tags) of the reservoir after this step's push.
         - prototypes: (C, D).
-        - output: LIL scalar, LIG scalar, revised tags (B * V,).
+        - output: LIL scalar, LIG scalar, revised tags (B * V,), pair count.
     """
-    lil, lig, revised = [], [], []
+    lil, lig, revised, pairs = [], [], [], 0
     with normalise_over(groups.scope):
         for j, (q_j, tags_j) in enumerate(zip(q.chunk(groups.chunks), view_tags.chunk(groups.chunks))):
             rows = slice((groups.first + j * groups.size) * views, (groups.first + (j + 1) * groups.size) * views)
@@ -98,14 +102,33 @@ def _contrast_terms(
             lil.append(loss)
             lig.append(lig_loss(q_j, prototypes.float(), tags_r, lc.lig_tau))
             revised.append(tags_r)
-    return torch.stack(lil).mean(), torch.stack(lig).mean(), torch.cat(revised)
+            pairs += _same_tag_pairs(tags_j, key_tags)
+    return torch.stack(lil).mean(), torch.stack(lig).mean(), torch.cat(revised), pairs
+
+
+def _same_tag_pairs(q_tags: torch.Tensor, key_tags: torch.Tensor) -> int:
+    """The (crop, key) pairs LIL is offered as positives: same tag, the crop's tag certain, before rectification
+    (docs/design.md §3 step 5). Shape: q_tags (N,), key_tags (M,) long, -1..C."""
+    certain = q_tags[q_tags >= 0]
+    if not certain.numel():
+        return 0
+    per_tag = torch.bincount(key_tags[key_tags >= 0], minlength=int(certain.max()) + 1)
+    return int(per_tag[certain].sum())
 
 
 @dataclass
 class StepOutput:
     """The loss to back-propagate, the value of every term computed this step (None = inactive), and counts of
-    this process's crops: ``crops_tagged`` (class or background tag), ``crops_rectified`` (re-tagged background
-    by LIL's rectification; None while LIL/LIG are off)."""
+    this process's crops (:data:`COUNT_KEYS`; None while the mechanism is off): what each of SeCo's mechanisms
+    did this step (docs/design.md §3).
+
+    - ``crops_tagged``: global views and local crops with a class or background tag;
+    - ``local_crops_class``, ``local_crops_background``, ``local_crops_uncertain``: decomposition's tags of the
+      local crops (step 3);
+    - ``crops_rectified``: crops LIL's rectification re-tagged background (step 6);
+    - ``lil_pairs``: same-tag (crop, key) pairs offered to LIL as positives, before rectification (step 5);
+    - ``lig_positives``: crops with a class tag after rectification, each paired with its class prototype
+      (step 4)."""
 
     loss: torch.Tensor
     terms: dict[str, float | None] = field(default_factory=dict)
@@ -140,7 +163,7 @@ def seco_step(
     w = {name: weight_at(step, getattr(lc, name).weight, getattr(lc, name).start) for name in LOSS_TERMS}
     on = {name: times_zero or w[name] > 0 for name in LOSS_TERMS}  # the terms computed this step
     terms: dict[str, torch.Tensor] = {}
-    counts: dict[str, float | None] = {"crops_tagged": None, "crops_rectified": None}
+    counts: dict[str, float | None] = dict.fromkeys(COUNT_KEYS)
 
     with timer("student_forward"), autocast():
         # The second global view has x's size: one encoder batch, as the published code batches its globals.
@@ -200,10 +223,11 @@ def seco_step(
             affinity = label_to_affinity(aux_label, cfg.data.ignore_index)
             terms["ptc"] = _group_mean(groups, ptc_loss, out.tokens.float(), affinity)
         if on["lil"] or on["lig"]:
-            terms["lil"], terms["lig"], revised = _contrast_terms(
+            terms["lil"], terms["lig"], revised, lil_pairs = _contrast_terms(
                 q, view_tags, step_keys, memory, prototypes, lc, groups, views=n + 2,
             )
-            counts["crops_rectified"] = float((revised != view_tags).sum())
+            counts.update(crops_rectified=float((revised != view_tags).sum()), lil_pairs=float(lil_pairs),
+                          lig_positives=float((revised > 0).sum()))
         if on["seg"] or on["reg"]:
             seg_cam = cams if step >= cc.seg_final_cam_from else cams_aux
             valid_cam, _ = cam_to_label(
@@ -226,7 +250,9 @@ def seco_step(
                 )
         loss = sum((w[name] * value for name, value in terms.items() if on[name]), x.new_zeros(()))
 
-    counts["crops_tagged"] = float((view_tags >= 0).sum())
+    local = parts.crop_tags
+    counts.update(crops_tagged=float((view_tags >= 0).sum()), local_crops_class=float((local > 0).sum()),
+                  local_crops_background=float((local == 0).sum()), local_crops_uncertain=float((local < 0).sum()))
     return StepOutput(
         loss=loss,
         terms={name: (float(terms[name].detach()) if name in terms and w[name] > 0 else None) for name in LOSS_TERMS},

@@ -542,3 +542,19 @@ def test_same_tag_pairs_counts_what_lil_is_offered():
         brute = sum(int(t >= 0 and t == k) for t in q_tags.tolist() for k in key_tags.tolist())
         assert _same_tag_pairs(q_tags, key_tags) == brute
     assert _same_tag_pairs(torch.tensor([-1, -1]), torch.tensor([-1, 0])) == 0  # uncertain crops have no pair
+
+
+@pytest.mark.parametrize("variant", ["code", "supcon"])
+def test_lil_reports_rectified_rows_background_ones_included(variant):
+    q = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # rows 0 (class 1) and 1 (background) see 11 own-tag keys below their mean: both rectified; row 2 is uncertain
+    keys = torch.tensor([[1.0, 0.0]] + [[-1.0, 0.0]] * 11)
+    for tag in (1, 0):
+        key_tags = torch.tensor([2] + [tag] * 11)
+        q_tags = torch.tensor([tag, tag, -1])
+        loss, revised, rectified = lil_loss(q, keys, q_tags, key_tags, 0.08, variant=variant, return_rectified=True)
+        assert revised.tolist() == [0, 0, -1] and rectified.tolist() == [True, True, False]
+        plain = lil_loss(q, keys, q_tags, key_tags, 0.08, variant=variant)
+        assert len(plain) == 2 and plain[0].item() == loss.item()
+        _, _, none = lil_loss(q, keys, q_tags, key_tags, 0.08, variant=variant, rectify=False, return_rectified=True)
+        assert not none.any()

@@ -78,12 +78,12 @@ def test_every_term_is_finite_and_active_after_its_start(voc_root, tmp_path):
         # the two global views of an image share its tag: its class when it has one, else uncertain
         assert r["crops_tagged"] - local[0] - local[1] in (0, 2, 4), r
         if r["step"] >= cfg.loss.lil.start:
-            assert 0 <= r["crops_rectified"] <= r["crops_tagged"]
+            assert 0 <= r["crops_rectified"] + r["background_rectified"] <= r["crops_tagged"]
             assert 0 <= r["lig_positives"] <= r["crops_tagged"] and isinstance(r["lil_pairs"], int), r
             # a certain crop is at least paired with its own teacher key, pushed this step
             assert r["lil_pairs"] >= r["crops_tagged"], r
         else:
-            assert r["crops_rectified"] is None and r["lil_pairs"] is None and r["lig_positives"] is None
+            assert {r[k] for k in ("crops_rectified", "background_rectified", "lil_pairs", "lig_positives")} == {None}
     val = [r for r in log if "seg_miou" in r]
     assert len(val) == 1 and 0.0 <= val[0]["cam_miou"] <= 1.0 and 0.0 <= val[0]["seg_miou"] <= 1.0
     assert result["seg_miou"] == val[0]["seg_miou"]

@@ -32,7 +32,8 @@ def activity_counts(metrics_log: Path) -> dict:
     steps = [json.loads(line) for line in metrics_log.read_text().splitlines() if line.strip()]
     steps = [r for r in steps if "loss" in r]  # train records, not validation's
     out: dict = {"steps_logged": len(steps),
-                 "steps_with_rectification": sum(1 for r in steps if (r.get("crops_rectified") or 0) > 0)}
+                 "steps_with_rectification": sum(1 for r in steps if (r.get("crops_rectified") or 0) +
+                                                 (r.get("background_rectified") or 0) > 0)}
     for key in COUNT_KEYS:
         values = [r[key] for r in steps if r.get(key) is not None]
         total = int(sum(values))

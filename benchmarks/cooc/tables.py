@@ -27,7 +27,9 @@ CONTEXT_COLUMNS = (("context_train_spread", "A on its context, train", True),
 ACTIVITY_COLUMNS = (("local_crops_class", "crops tagged a class", False),
                     ("local_crops_background", "crops tagged background", False),
                     ("local_crops_uncertain", "crops left uncertain", False),
-                    ("crops_rectified", "crops rectified", False), ("lil_pairs", "LIL positive pairs", False),
+                    ("crops_rectified", "crops rectified", False),
+                    ("background_rectified", "background crops rectified", False),
+                    ("lil_pairs", "LIL positive pairs", False),
                     ("lig_positives", "LIG crop-prototype pairs", False))
 #: (variant with, variant without, what the difference measures): the paired differences, seed by seed
 CONTRASTS = (("full", "baseline", "SeCo (full - baseline)"), ("no_contrast", "baseline", "PTC"),

@@ -159,7 +159,7 @@ def seg_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255)
 
 def _rectify(
     pos_logits: torch.Tensor, pos: torch.Tensor, tags: torch.Tensor, ratio: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Re-tag as background the rows whose positives look like noise (docs/design.md §3 step 6; published LIL).
 
     For each row, the mean is taken over ALL columns of ``pos_logits`` (positives' max-shifted logits, 0 for
@@ -167,7 +167,8 @@ def _rectify(
     above the mean"; a row is re-tagged 0 when ``#below / (#at_or_above + 1e-6) > ratio``, i.e. when more than
     ratio/(ratio+1) of all columns are positives with a logit below the mean. Its positives are then dropped.
 
-    Shape: pos_logits (N, M), pos (N, M) bool, tags (N,) -> (pos_logits, pos, revised tags), all new tensors.
+    Shape: pos_logits (N, M), pos (N, M) bool, tags (N,) -> (pos_logits, pos, revised tags, rectified rows (N,)
+    bool), all new tensors.
     """
     mean = pos_logits.mean(dim=1, keepdim=True)  # (N, 1) mean over all M columns, as published
     at_or_above = (pos_logits >= mean).sum(dim=1)
@@ -178,7 +179,7 @@ def _rectify(
     revised = torch.where(flip, torch.zeros_like(tags), tags)
     pos = pos & ~flip[:, None]
     pos_logits = torch.where(flip[:, None], torch.zeros_like(pos_logits), pos_logits)
-    return pos_logits, pos, revised
+    return pos_logits, pos, revised, flip
 
 
 @in_fp32
@@ -192,7 +193,8 @@ def lil_loss(
     rectify: bool = True,
     rectify_ratio: float = 10.0,
     variant: Literal["code", "supcon"] = "code",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_rectified: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Local-to-local supervised contrast of student crops against teacher keys (LIL, docs/design.md §3 step 5).
 
     Tags: -1 uncertain, 0 background, k >= 1 class k. A pair (i, j) is positive when ``q_tags[i] ==
@@ -232,9 +234,12 @@ def lil_loss(
         rectify: re-tag noisy rows as background (docs/design.md §3 step 6).
         rectify_ratio: the below/above-mean count ratio that triggers rectification (10).
         variant: ``"code"`` (published normalisation) or ``"supcon"`` (paper).
+        return_rectified: also return which rows rectification re-tagged, background rows included (their tag
+            stays 0 but they lose their positives).
 
     Returns:
-        ``(loss, revised_tags)``: a scalar and an (N,) long tensor.
+        ``(loss, revised_tags)``: a scalar and an (N,) long tensor; with ``return_rectified``, then the (N,) bool
+        rectified rows.
 
     Raises:
         ValueError: on mismatched shapes, a non-positive ``tau`` or an unknown ``variant``.
@@ -266,9 +271,10 @@ def lil_loss(
     logits = torch.where(row_ok[:, None], logits, zero)  # published zeroes uncertain rows before masking
     pos = (q_tags[:, None] == key_tags[None, :]) & row_ok[:, None]  # (N, M) same tag; bg-bg pairs included
     pos_logits = torch.where(pos, logits, zero)  # (N, M) positives' logits, 0 elsewhere
-    revised = q_tags.clone()
+    revised, rectified = q_tags.clone(), torch.zeros_like(row_ok)
     if rectify:
-        pos_logits, pos, revised = _rectify(pos_logits, pos, q_tags, rectify_ratio)
+        pos_logits, pos, revised, rectified = _rectify(pos_logits, pos, q_tags, rectify_ratio)
+    extra = (rectified,) if return_rectified else ()
     den_logits = torch.where(col_ok[None, :], logits, zero)  # published zeroes uncertain columns
 
     if variant == "supcon":
@@ -279,7 +285,7 @@ def lil_loss(
         has_pos = n_pos > 0
         row_loss = -torch.where(pos, log_prob, zero).sum(dim=1) / n_pos.clamp(min=1)  # (N,)
         row_loss = torch.where(has_pos, row_loss, torch.zeros_like(row_loss))
-        return world_size() * row_loss.sum() / global_sum(has_pos.sum()).clamp(min=1), revised
+        return world_size() * row_loss.sum() / global_sum(has_pos.sum()).clamp(min=1), revised, *extra
 
     exp_l = torch.exp(den_logits)
     exp_l = torch.where(exp_l != 1.0, exp_l, zero)  # published: drop entries with exp == 1 (logit 0)
@@ -292,7 +298,7 @@ def lil_loss(
     take = (denom > 0) & (row_sum < 0) & (n_nonzero > 0)
     # published: loss = -(tau/base_tau) * (1/N) * sum_{taken rows} rowsum_i / P, with tau/base_tau = 1
     loss = torch.where(take, -row_sum, torch.zeros_like(row_sum)).sum() / n_nonzero.clamp(min=1) / n_rows.clamp(min=1)
-    return world_size() * loss, revised
+    return world_size() * loss, revised, *extra
 
 
 @in_fp32

@@ -33,7 +33,7 @@ __all__ = ["SecoObjective", "StepOutput", "seco_step", "LOSS_TERMS", "COUNT_KEYS
 LOSS_TERMS = ("cls", "aux", "ptc", "lig", "lil", "seg", "reg")
 #: What each step counts of its crops (:class:`StepOutput`), in the order they are logged.
 COUNT_KEYS = ("crops_tagged", "local_crops_class", "local_crops_background", "local_crops_uncertain",
-              "crops_rectified", "lil_pairs", "lig_positives")
+              "crops_rectified", "background_rectified", "lil_pairs", "lig_positives")
 
 PhaseTimer = Callable[[str], ContextManager[Any]]
 
@@ -77,9 +77,10 @@ def _contrast_terms(
     lc: LossConfig,
     groups: NormGroups,
     views: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """LIL and LIG of each loss-normalisation group, averaged over the groups, every row's revised tag, and the
-    number of same-tag (crop, key) pairs offered to LIL (:func:`_same_tag_pairs`, summed over the groups).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """LIL and LIG of each loss-normalisation group, averaged over the groups, every row's revised tag, which rows
+    rectification re-tagged, and the number of same-tag (crop, key) pairs offered to LIL (:func:`_same_tag_pairs`,
+    summed over the groups).
 
     A group's crops are keyed by the group's own step keys, then the reservoir, as each published GPU keys its
     crops by its own keys then the gathered reservoir (``LIL_Loss`` reads ``queue_feats_all[b:]``).
@@ -89,21 +90,23 @@ def _contrast_terms(
         - step_keys: ((G_all * V, D) keys, (G_all * V,) tags) of every process's images, in global-batch order.
         - memory: ((R, D) keys, (R,) tags) of the reservoir after this step's push.
         - prototypes: (C, D).
-        - output: LIL scalar, LIG scalar, revised tags (B * V,), pair count.
+        - output: LIL scalar, LIG scalar, revised tags (B * V,), rectified rows (B * V,) bool, pair count.
     """
-    lil, lig, revised, pairs = [], [], [], 0
+    lil, lig, revised, rectified, pairs = [], [], [], [], 0
     with normalise_over(groups.scope):
         for j, (q_j, tags_j) in enumerate(zip(q.chunk(groups.chunks), view_tags.chunk(groups.chunks))):
             rows = slice((groups.first + j * groups.size) * views, (groups.first + (j + 1) * groups.size) * views)
             keys = torch.cat([step_keys[0][rows].float(), memory[0].float()])
             key_tags = torch.cat([step_keys[1][rows], memory[1]])
-            loss, tags_r = lil_loss(q_j, keys, tags_j, key_tags, lc.lil_tau, rectify=lc.rectify,
-                                    rectify_ratio=lc.rectify_ratio, variant=lc.lil_variant)
+            loss, tags_r, rectified_j = lil_loss(q_j, keys, tags_j, key_tags, lc.lil_tau, rectify=lc.rectify,
+                                                 rectify_ratio=lc.rectify_ratio, variant=lc.lil_variant,
+                                                 return_rectified=True)
             lil.append(loss)
             lig.append(lig_loss(q_j, prototypes.float(), tags_r, lc.lig_tau))
             revised.append(tags_r)
+            rectified.append(rectified_j)
             pairs += _same_tag_pairs(tags_j, key_tags)
-    return torch.stack(lil).mean(), torch.stack(lig).mean(), torch.cat(revised), pairs
+    return torch.stack(lil).mean(), torch.stack(lig).mean(), torch.cat(revised), torch.cat(rectified), pairs
 
 
 def _same_tag_pairs(q_tags: torch.Tensor, key_tags: torch.Tensor) -> int:
@@ -125,7 +128,9 @@ class StepOutput:
     - ``crops_tagged``: global views and local crops with a class or background tag;
     - ``local_crops_class``, ``local_crops_background``, ``local_crops_uncertain``: decomposition's tags of the
       local crops (step 3);
-    - ``crops_rectified``: crops LIL's rectification re-tagged background (step 6);
+    - ``crops_rectified``: crops whose class tag LIL's rectification changed to background (step 6);
+    - ``background_rectified``: background crops rectification re-tagged background: their tag stays, but they
+      lose their LIL positives;
     - ``lil_pairs``: same-tag (crop, key) pairs offered to LIL as positives, before rectification (step 5);
     - ``lig_positives``: crops with a class tag after rectification, each paired with its class prototype
       (step 4)."""
@@ -223,11 +228,12 @@ def seco_step(
             affinity = label_to_affinity(aux_label, cfg.data.ignore_index)
             terms["ptc"] = _group_mean(groups, ptc_loss, out.tokens.float(), affinity)
         if on["lil"] or on["lig"]:
-            terms["lil"], terms["lig"], revised, lil_pairs = _contrast_terms(
+            terms["lil"], terms["lig"], revised, rectified, lil_pairs = _contrast_terms(
                 q, view_tags, step_keys, memory, prototypes, lc, groups, views=n + 2,
             )
-            counts.update(crops_rectified=float((revised != view_tags).sum()), lil_pairs=float(lil_pairs),
-                          lig_positives=float((revised > 0).sum()))
+            counts.update(crops_rectified=float((revised != view_tags).sum()),
+                          background_rectified=float((rectified & (view_tags == 0)).sum()),
+                          lil_pairs=float(lil_pairs), lig_positives=float((revised > 0).sum()))
         if on["seg"] or on["reg"]:
             seg_cam = cams if step >= cc.seg_final_cam_from else cams_aux
             valid_cam, _ = cam_to_label(

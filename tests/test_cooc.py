@@ -322,6 +322,26 @@ def test_ablate_shares_data_and_stage_one_per_seed_and_tabulates(digits_run):
         assert not f.attrs["flip"]
 
 
+@pytest.mark.slow
+def test_study_tables_the_finished_runs_of_both_sets_with_their_verdicts(digits_run, tmp_path):
+    spec, out, _ = digits_run
+    cooc.ablate(dataclasses.replace(spec, seg_iters=0), out, seeds=[0], variants=["baseline", "full"])  # done above
+    (tmp_path / "colours").symlink_to(out)  # the study's class-colour set; its context set has not run
+    result = CliRunner().invoke(cooc_cli.cli, [
+        "study", "--source", str(TEST_DATA / "coco-mini"), "--out", str(tmp_path), "--seeds", "0",
+        "--variants", "baseline,full,no_lil", "--tables-only"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in result.output.splitlines() if line.startswith("| ")}
+    full, baseline = (json.loads((out / "seed0" / f"result_{v}.json").read_text())["mask_miou"]
+                      for v in ("full", "baseline"))
+    assert rows["SeCo (full - baseline)"] == (f"| SeCo (full - baseline) | {100 * (full - baseline):+.2f} ± n/a (n=1): "
+                                              "too few seeds | not run |")
+    assert "LIL" not in rows  # no_lil has not run on either set
+    study_md = (tmp_path / "study.md").read_text()
+    assert study_md.startswith(result.output.rstrip("\n")) and "## colours" in study_md and "## context" not in study_md
+    assert not (tmp_path / "context").exists()  # --tables-only trained nothing
+
+
 # -- the commands ----------------------------------------------------------------------------------------------
 def test_generate_command_writes_the_dataset_and_prints_its_statistics(tmp_path):
     result = CliRunner().invoke(cooc_cli.cli, [

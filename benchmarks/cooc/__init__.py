@@ -24,13 +24,14 @@ the export's scores, the baselines and their ratio, the CAM ROC-AUC, the co-occu
 SeCo's mechanisms did, per 100 steps). ``--context A`` (run and ablate) makes the context set, A on green backgrounds
 in train, and adds A's spread onto them. ``ablate --source DIR --out DIR --seeds 0,1,2`` runs the five variants of
 benchmarks/ablation.py per seed on one dataset and one stage 1 and writes ablation.md/.csv/.png, with the
-per-seed paired differences and each mechanism's verdict.
+per-seed paired differences and each mechanism's verdict. ``study --source DIR --out DIR`` is the mechanism study
+(:mod:`.study`): the six variants on the class-colour set and on its context twin, five seeds, one command.
 
 The stages are modules, each usable alone: :mod:`.instances` (cut-outs and backgrounds), :mod:`.dataset`
 (``generate``: how a dataset is made), :mod:`.stage1` (``pretrain``), :mod:`.scores` (baselines, CAM ROC-AUC,
 co-occurrence confusion, context spread), :mod:`.segmenters` (the segmenter step), :mod:`.spec` (:class:`RunSpec`, the settings of
 ``run`` and ``ablate``), :mod:`.runs` (``run``, ``ablate``), :mod:`.tables` (the ablation tables, paired
-differences and verdicts) and :mod:`.cli`
+differences and verdicts), :mod:`.study` (the mechanism study) and :mod:`.cli`
 (the commands).
 """
 
@@ -41,11 +42,12 @@ from .scores import baselines, context_spread, localisation, pair_confusion, roc
 from .segmenters import fit_segmenter
 from .spec import RunSpec
 from .stage1 import pretrain, tile, untile
+from .study import study, study_sets
 from .tables import ABLATION_COLUMNS, paired_differences, verdict
 
 __all__ = [
     "ABLATION_COLUMNS", "DIGIT_NAMES", "DatasetError", "Instance", "RunSpec", "ablate", "activity_counts", "baselines",
     "colour_by_class", "components", "context_spread", "cooccurrence", "digit_instances", "find_backgrounds",
     "fit_segmenter", "generate", "load_split", "localisation", "mirrors", "pair_confusion", "paired_differences",
-    "paste", "pretrain", "roc_auc", "run", "tile", "untile", "val_photos", "verdict",
+    "paste", "pretrain", "roc_auc", "run", "study", "study_sets", "tile", "untile", "val_photos", "verdict",
 ]

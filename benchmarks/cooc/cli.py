@@ -16,6 +16,7 @@ from .runs import ablate, run
 from .scores import baselines
 from .spec import DEFAULT_BACKBONE_KWARGS, RunSpec
 from .stage1 import pretrain
+from .study import STUDY_SEEDS, STUDY_VARIANTS, study, study_sets
 
 
 class BenchmarkCommand(click.Command):
@@ -89,7 +90,7 @@ def _options(*decorators: Callable) -> Callable:
 @click.group(cls=BenchmarkGroup, context_settings=CONTEXT_SETTINGS)
 def cli() -> None:
     """A co-occurrence benchmark a CPU can learn: generate the data, pretrain the ViT (stage 1), score the trivial
-    baselines, run one seed end to end, or the ablation over seeds."""
+    baselines, run one seed end to end, the ablation over seeds, or the mechanism study over two sets."""
 
 
 @cli.command("generate")
@@ -226,6 +227,25 @@ def run_command(out: Path, seed: int, variant: str, **settings) -> None:
 def ablate_command(out: Path, seeds: list[int], variants: list[str], **settings) -> None:
     """The ablation variants over seeds, tabulated (resumable); prints ablation.md."""
     click.echo(ablate(spec_from_options(**settings), out, seeds=seeds, variants=variants))
+
+
+@cli.command("study")
+@click.option("--source", "sources", type=SOURCE, multiple=True, required=True,
+              help="A VOC- or COCO-layout dataset with GT masks (repeatable): the backgrounds.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder (OUT/colours, OUT/context, OUT/study.md); a second call resumes it.")
+@click.option("--seeds", default=",".join(map(str, STUDY_SEEDS)), show_default=True, callback=int_list,
+              help="Comma-separated seeds: one dataset and stage 1 per seed and set, shared by its variants.")
+@click.option("--variants", default=",".join(STUDY_VARIANTS), show_default=True, callback=variant_list,
+              help="Comma-separated subset of " + ", ".join(VARIANTS) + ".")
+@click.option("--jobs", type=click.IntRange(1, 2), default=2, show_default=True, help="Sets run side by side.")
+@click.option("--tables-only", is_flag=True, help="Run nothing: write the tables of the runs finished so far.")
+def study_command(sources: tuple[Path, ...], out: Path, seeds: list[int], variants: list[str], jobs: int,
+                  tables_only: bool) -> None:
+    """The mechanism study: both sets (class colours; the same with a context class) x variants x seeds, then
+    each mechanism's verdict (resumable); prints the verdict table."""
+    click.echo(study(study_sets(sources), out, seeds=seeds, variants=variants, jobs=jobs,
+                     run_missing=not tables_only))
 
 
 def main() -> None:

@@ -110,15 +110,21 @@ def run(spec: RunSpec, out: Path, *, seed: int = 0, variant: str = "full") -> di
 
 def ablate(spec: RunSpec, out: Path, *, seeds: list[int], variants: list[str]) -> str:
     """SeCo's ablation on the generated data: for each seed, one dataset and one stage 1 shared by every variant
-    (``OUT/seed<S>/``, through :func:`run`, resumable), then ``OUT/ablation.md`` (mean ± std over seeds of
-    :data:`~benchmarks.cooc.tables.ABLATION_COLUMNS`), ``OUT/ablation.csv`` (one row per run) and
-    ``OUT/ablation.png``. Returns the table."""
+    (``OUT/seed<S>/``, through :func:`run`, resumable), then the tables of
+    :func:`~benchmarks.cooc.tables.write_ablation` (``OUT/ablation.md``, ``.csv``, ``.png``, ``paired.csv``).
+    Returns the markdown."""
     out = Path(out)
-    rows = []
     for seed in seeds:
         for variant in variants:
             r = run(spec, out / f"seed{seed}", seed=seed, variant=variant)
-            rows.append(ablation_row(variant, seed, r))
             print(f"{variant} seed {seed}: mask {100 * r['mask_miou']:.2f}, ratio {r['mask_miou_over_best_trivial']}, "
                   f"confusion {r['cooc_confusion_mean']}", file=sys.stderr, flush=True)
-    return write_ablation(rows, variants, out)
+    return write_ablation(ablation_rows(out, seeds, variants), variants, out)
+
+
+def ablation_rows(out: Path, seeds: list[int], variants: list[str]) -> list[dict]:
+    """The table rows (:func:`~benchmarks.cooc.tables.ablation_row`) of the runs of an ablation folder that have
+    finished (``OUT/seed<S>/result_<variant>.json``), seed by seed."""
+    files = ((seed, variant, Path(out) / f"seed{seed}" / f"result_{variant}.json")
+             for seed in seeds for variant in variants)
+    return [ablation_row(variant, seed, json.loads(f.read_text())) for seed, variant, f in files if f.is_file()]

@@ -540,8 +540,8 @@ def test_same_tag_pairs_counts_what_lil_is_offered():
         q_tags = torch.randint(-1, 4, (int(torch.randint(0, 12, (1,), generator=g)),), generator=g)
         key_tags = torch.randint(-1, 6, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g)
         brute = sum(int(t >= 0 and t == k) for t in q_tags.tolist() for k in key_tags.tolist())
-        assert _same_tag_pairs(q_tags, key_tags) == brute
-    assert _same_tag_pairs(torch.tensor([-1, -1]), torch.tensor([-1, 0])) == 0  # uncertain crops have no pair
+        assert int(_same_tag_pairs(q_tags, key_tags)) == brute
+    assert int(_same_tag_pairs(torch.tensor([-1, -1]), torch.tensor([-1, 0]))) == 0  # uncertain crops have no pair
 
 
 @pytest.mark.parametrize("variant", ["code", "supcon"])

@@ -77,7 +77,7 @@ def _contrast_terms(
     lc: LossConfig,
     groups: NormGroups,
     views: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """LIL and LIG of each loss-normalisation group, averaged over the groups, every row's revised tag, which rows
     rectification re-tagged, and the number of same-tag (crop, key) pairs offered to LIL (:func:`_same_tag_pairs`,
     summed over the groups).
@@ -90,9 +90,9 @@ def _contrast_terms(
         - step_keys: ((G_all * V, D) keys, (G_all * V,) tags) of every process's images, in global-batch order.
         - memory: ((R, D) keys, (R,) tags) of the reservoir after this step's push.
         - prototypes: (C, D).
-        - output: LIL scalar, LIG scalar, revised tags (B * V,), rectified rows (B * V,) bool, pair count.
+        - output: LIL scalar, LIG scalar, revised tags (B * V,), rectified rows (B * V,) bool, pair count (0-dim).
     """
-    lil, lig, revised, rectified, pairs = [], [], [], [], 0
+    lil, lig, revised, rectified, pairs = [], [], [], [], []
     with normalise_over(groups.scope):
         for j, (q_j, tags_j) in enumerate(zip(q.chunk(groups.chunks), view_tags.chunk(groups.chunks))):
             rows = slice((groups.first + j * groups.size) * views, (groups.first + (j + 1) * groups.size) * views)
@@ -105,18 +105,16 @@ def _contrast_terms(
             lig.append(lig_loss(q_j, prototypes.float(), tags_r, lc.lig_tau))
             revised.append(tags_r)
             rectified.append(rectified_j)
-            pairs += _same_tag_pairs(tags_j, key_tags)
-    return torch.stack(lil).mean(), torch.stack(lig).mean(), torch.cat(revised), torch.cat(rectified), pairs
+            pairs.append(_same_tag_pairs(tags_j, key_tags))
+    return (torch.stack(lil).mean(), torch.stack(lig).mean(), torch.cat(revised), torch.cat(rectified),
+            torch.stack(pairs).sum())
 
 
-def _same_tag_pairs(q_tags: torch.Tensor, key_tags: torch.Tensor) -> int:
+def _same_tag_pairs(q_tags: torch.Tensor, key_tags: torch.Tensor) -> torch.Tensor:
     """The (crop, key) pairs LIL is offered as positives: same tag, the crop's tag certain, before rectification
-    (docs/design.md §3 step 5). Shape: q_tags (N,), key_tags (M,) long, -1..C."""
-    certain = q_tags[q_tags >= 0]
-    if not certain.numel():
-        return 0
-    per_tag = torch.bincount(key_tags[key_tags >= 0], minlength=int(certain.max()) + 1)
-    return int(per_tag[certain].sum())
+    (docs/design.md §3 step 5); a 0-dim tensor on the tags' device, so that counting syncs nothing.
+    Shape: q_tags (N,), key_tags (M,) long, -1..C."""
+    return ((q_tags[:, None] == key_tags[None, :]) & (q_tags >= 0)[:, None]).sum()
 
 
 @dataclass
@@ -168,7 +166,7 @@ def seco_step(
     w = {name: weight_at(step, getattr(lc, name).weight, getattr(lc, name).start) for name in LOSS_TERMS}
     on = {name: times_zero or w[name] > 0 for name in LOSS_TERMS}  # the terms computed this step
     terms: dict[str, torch.Tensor] = {}
-    counts: dict[str, float | None] = dict.fromkeys(COUNT_KEYS)
+    counted: dict[str, torch.Tensor] = {}  # read in one go at the end: one host sync for every count
 
     with timer("student_forward"), autocast():
         # The second global view has x's size: one encoder batch, as the published code batches its globals.
@@ -231,9 +229,9 @@ def seco_step(
             terms["lil"], terms["lig"], revised, rectified, lil_pairs = _contrast_terms(
                 q, view_tags, step_keys, memory, prototypes, lc, groups, views=n + 2,
             )
-            counts.update(crops_rectified=float((revised != view_tags).sum()),
-                          background_rectified=float((rectified & (view_tags == 0)).sum()),
-                          lil_pairs=float(lil_pairs), lig_positives=float((revised > 0).sum()))
+            counted.update(crops_rectified=(revised != view_tags).sum(),
+                           background_rectified=(rectified & (view_tags == 0)).sum(), lil_pairs=lil_pairs,
+                           lig_positives=(revised > 0).sum())
         if on["seg"] or on["reg"]:
             seg_cam = cams if step >= cc.seg_final_cam_from else cams_aux
             valid_cam, _ = cam_to_label(
@@ -257,8 +255,10 @@ def seco_step(
         loss = sum((w[name] * value for name, value in terms.items() if on[name]), x.new_zeros(()))
 
     local = parts.crop_tags
-    counts.update(crops_tagged=float((view_tags >= 0).sum()), local_crops_class=float((local > 0).sum()),
-                  local_crops_background=float((local == 0).sum()), local_crops_uncertain=float((local < 0).sum()))
+    counted.update(crops_tagged=(view_tags >= 0).sum(), local_crops_class=(local > 0).sum(),
+                   local_crops_background=(local == 0).sum(), local_crops_uncertain=(local < 0).sum())
+    counts: dict[str, float | None] = dict.fromkeys(COUNT_KEYS)
+    counts.update(zip(counted, torch.stack([c.long() for c in counted.values()]).tolist()))
     return StepOutput(
         loss=loss,
         terms={name: (float(terms[name].detach()) if name in terms and w[name] > 0 else None) for name in LOSS_TERMS},

@@ -340,6 +340,13 @@ def test_study_tables_the_finished_runs_of_both_sets_with_their_verdicts(digits_
     study_md = (tmp_path / "study.md").read_text()
     assert study_md.startswith(result.output.rstrip("\n")) and "## colours" in study_md and "## context" not in study_md
     assert not (tmp_path / "context").exists()  # --tables-only trained nothing
+    # the same differences from the set's ablation.csv alone (what docs/results keeps)
+    paired = CliRunner().invoke(cooc_cli.cli, ["paired", "--csv", str(tmp_path / "colours" / "ablation.csv")])
+    assert paired.exit_code == 0, paired.output
+    assert (f"| SeCo (full - baseline) | `full` | `baseline` | pseudo-mask mIoU | 1 | {100 * (full - baseline):+.2f} | "
+            in paired.output)
+    md = (tmp_path / "colours" / "ablation.md").read_text()
+    assert paired.output == md[md.index("Paired differences"):]
 
 
 # -- the commands ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .scores import baselines
 from .spec import DEFAULT_BACKBONE_KWARGS, RunSpec
 from .stage1 import pretrain
 from .study import STUDY_SEEDS, STUDY_VARIANTS, study, study_sets
+from .tables import format_paired, paired_differences, read_rows
 
 
 class BenchmarkCommand(click.Command):
@@ -227,6 +228,14 @@ def run_command(out: Path, seed: int, variant: str, **settings) -> None:
 def ablate_command(out: Path, seeds: list[int], variants: list[str], **settings) -> None:
     """The ablation variants over seeds, tabulated (resumable); prints ablation.md."""
     click.echo(ablate(spec_from_options(**settings), out, seeds=seeds, variants=variants))
+
+
+@cli.command("paired")
+@click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An ablation.csv (ablate, study).")
+def paired_command(csv_path: Path) -> None:
+    """The paired differences and verdicts of an ablation's runs, seed by seed; prints the table."""
+    click.echo(format_paired(paired_differences(read_rows(csv_path))), nl=False)
 
 
 @cli.command("study")

@@ -4,6 +4,7 @@ mechanism its verdict."""
 
 from __future__ import annotations
 
+import csv
 import math
 import statistics
 from pathlib import Path
@@ -98,6 +99,18 @@ def format_paired(paired: list[dict]) -> str:
         lines.append(f"| {p['contrast']} | `{p['with']}` | `{p['without']}` | {p['label']} | {p['seeds']} | "
                      f"{per_seed} | {100 * p['mean']:+.2f} ± {se} | {p['verdict']} |")
     return "\n".join(lines) + "\n"
+
+
+def read_rows(csv_path: Path) -> list[dict]:
+    """The rows of an ``ablation.csv`` (:func:`write_ablation`), numbers as numbers and empty cells as None."""
+    def value(v: str) -> object:
+        try:
+            return int(v) if v.lstrip("-").isdigit() else float(v)
+        except ValueError:
+            return v or None
+
+    with open(csv_path, newline="") as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def write_ablation(rows: list[dict], variants: list[str], out: Path) -> str:

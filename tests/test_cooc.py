@@ -347,6 +347,12 @@ def test_study_tables_the_finished_runs_of_both_sets_with_their_verdicts(digits_
             in paired.output)
     md = (tmp_path / "colours" / "ablation.md").read_text()
     assert paired.output == md[md.index("Paired differences"):]
+    # run_missing: each set's ablation in a worker process, its finished runs read, not redone
+    stamp = (out / "seed0" / "result_full.json").stat().st_mtime_ns
+    verdicts = cooc.study({"colours": dataclasses.replace(spec, seg_iters=0)}, tmp_path, seeds=[0],
+                          variants=["baseline", "full"], jobs=1)
+    assert verdicts.splitlines()[2] == "| mechanism | colours |" and "too few seeds" in verdicts
+    assert (out / "seed0" / "result_full.json").stat().st_mtime_ns == stamp
 
 
 # -- the commands ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import math
+import multiprocessing
 from pathlib import Path
 
 from seco_labels.io import atomic_write_text
@@ -41,7 +42,9 @@ def study(sets: dict[str, RunSpec], out: Path, *, seeds: list[int], variants: li
     side by side, then each set's tables. Returns the verdict table."""
     out = Path(out)
     if run_missing:
-        with cf.ProcessPoolExecutor(max_workers=max(1, min(jobs, len(sets)))) as pool:
+        # spawned, not forked: a fork of a process that ran torch may not run torch's threads
+        with cf.ProcessPoolExecutor(max_workers=max(1, min(jobs, len(sets))),
+                                    mp_context=multiprocessing.get_context("spawn")) as pool:
             for future in [pool.submit(ablate, spec, out / name, seeds=seeds, variants=variants)
                            for name, spec in sets.items()]:
                 future.result()

@@ -278,8 +278,8 @@ def group_terms(inputs: dict, groups) -> dict:
     x = {k: inputs[k].clone().requires_grad_() for k in ("tokens", "logits", "q")}
     ptc = _group_mean(groups, ptc_loss, x["tokens"], inputs["affinity"])
     seg = _group_mean(groups, seg_loss, x["logits"], inputs["label"])
-    lil, lig, revised = _contrast_terms(x["q"], inputs["tags"], inputs["keys"], inputs["memory"],
-                                        inputs["prototypes"], LossConfig(), groups, views=12)
+    lil, lig, revised, *_ = _contrast_terms(x["q"], inputs["tags"], inputs["keys"], inputs["memory"],
+                                            inputs["prototypes"], LossConfig(), groups, views=12)
     (ptc + seg + lil + lig).backward()
     return {"terms": torch.stack([ptc, seg, lil, lig]).detach(), "revised": revised,
             **{f"grad_{k}": v.grad for k, v in x.items()}}

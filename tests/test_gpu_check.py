@@ -40,7 +40,8 @@ def test_cpu_tiny_check_prints_every_row(gpu_check, capsys):
         assert all(re.fullmatch(r"\d+\.\d\dx", v) and float(v[:-1]) > 0 for v in ratios), ratios
     assert len([ln for ln in out.splitlines() if "export / per-image fp32 loop" in ln]) == 2
     assert _row(out, "torchrun, 1 process, 3 steps")[0].startswith("ok (gloo")
-    assert re.match(r"loss_\w+ [\d.]+%; crops_\w+ [\d.]+%", _row(out, "bf16 vs fp32")[1])
+    assert re.match(r"loss_\w+ [\d.]+%; (crops_tagged|local_crops_\w+|\w+_rectified|lil_pairs|lig_positives) "
+                    r"[\d.]+%", _row(out, "bf16 vs fp32")[1])
 
 
 def test_peaks_come_from_the_option_or_the_table(gpu_check):

@@ -211,8 +211,8 @@ def _published_group_terms(calls: dict[str, list], groups: int, views: int) -> d
         half = lambda t: t.chunk(groups)[g]  # noqa: E731 - images of group g
         out["ptc"].append(float(ptc_loss(*map(half, ptc_args), **ptc_kw).detach()))
         out["seg"].append(float(seg_loss(*map(half, seg_args[:2]), *seg_args[2:], **seg_kw).detach()))
-        lil, revised = lil_loss(q[own], torch.cat([keys[own], keys[step:]]), q_tags[own],
-                                torch.cat([key_tags[own], key_tags[step:]]), tau, **lil_kw)
+        lil, revised, *_ = lil_loss(q[own], torch.cat([keys[own], keys[step:]]), q_tags[own],
+                                    torch.cat([key_tags[own], key_tags[step:]]), tau, **lil_kw)
         out["lil"].append(float(lil.detach()))
         out["lig"].append(float(lig_loss(q[own], lig_args[1], revised, lig_args[3]).detach()))
     assert rows % views == 0

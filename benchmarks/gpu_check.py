@@ -15,7 +15,10 @@ Rows, each measured with fp32 and with bf16 autocast (``train.amp=off`` / ``bf16
   of the published loop) on the same images;
 - a 1-process ``torchrun`` training run of 3 steps (NCCL on a GPU, gloo on CPU), as a user would launch it;
 - the parity of bf16 against fp32 on one step from the same weights and batch: the largest relative difference
-  of a loss term, and of the number of crops that got a tag.
+  of a loss term, and of the number of crops that got a tag;
+- what one step asks of the device (issue 28): top-level operations (``benchmarks/step_ops.py``'s count), syncs
+  (on a GPU, what ``torch.cuda.set_sync_debug_mode`` reports; else the CPU twin's count), GPU kernels launched,
+  and the 15 kernels with the most GPU time, printed after the table.
 
 Nothing is downloaded: the data is the bundled demo set (seco_labels/demo_data/voc-demo), the weights are random
 (speed does not depend on them). ``--tiny`` swaps in the demo preset (a tiny ViT at 128 px) and fewer steps, so
@@ -31,21 +34,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from seco_labels.runtime.checkpoint import load_seco  # noqa: E402
-from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.export import SCALE_SETS, per_image_loop  # noqa: E402  (1 scale and the published 7)
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.data import build_reader  # noqa: E402
 from seco_labels.inference.export import ExportOptions, export_split  # noqa: E402
-from seco_labels.method.objective import LOSS_TERMS  # noqa: E402
+from seco_labels.method.objective import HOST_KEYS, LOSS_TERMS  # noqa: E402
+from seco_labels.runtime.checkpoint import load_seco  # noqa: E402
+from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from seco_labels.training.trainer import Trainer  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "seco_labels" / "demo_data" / "voc-demo"
@@ -68,6 +72,10 @@ class Column:
     export_ips: dict[str, float] = field(default_factory=dict)
     terms: dict[str, float | None] = field(default_factory=dict)
     counts: dict[str, float | None] = field(default_factory=dict)
+    ops: int = -1  #: top-level operations per step (benchmarks/step_ops.py's count)
+    syncs: int = -1  #: sync-forcing operations per step: the CUDA sync debug mode's on a GPU, else the CPU twin's
+    kernels: int = -1  #: GPU kernels launched per step (-1: not on a GPU)
+    top_kernels: str = ""  #: the 15 kernels with the most GPU time in one step, as torch.profiler's table
 
 
 def subset_root(src: Path, dst: Path, images: int) -> Path:
@@ -112,7 +120,7 @@ def measure_steps(cfg: SecoConfig, run_dir: Path, warmup: int, steps: int) -> tu
     # every term on, the final CAM source for the ROI: the steady state of a run
     trainer.step = max(max(getattr(cfg.loss, t).start for t in LOSS_TERMS), cfg.cam.roi_final_cam_from)
     loader = iter(trainer.train_loader())
-    batch = batch_to_device(next(loader), device)
+    batch = batch_to_device(next(loader), device, HOST_KEYS)
     col = Column()
     out = trainer.train_step(batch)  # the parity step: same weights and batch in both columns
     col.terms, col.counts = dict(out.terms), dict(out.counts)
@@ -121,6 +129,7 @@ def measure_steps(cfg: SecoConfig, run_dir: Path, warmup: int, steps: int) -> tu
     col.flops = float(counter.get_total_flops())
     for _ in range(warmup):
         trainer.train_step(batch)
+    profile_step(trainer, batch, col)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
@@ -131,6 +140,32 @@ def measure_steps(cfg: SecoConfig, run_dir: Path, warmup: int, steps: int) -> tu
     col.step_s = (time.perf_counter() - start) / steps
     col.peak_gib = _peak_memory_gib(device)
     return col, trainer.save()
+
+
+def profile_step(trainer: Trainer, batch: dict, col: Column) -> None:
+    """What one step asks of the device: top-level operations and syncs by ``benchmarks/step_ops.py``; on a GPU also
+    the kernels launched (torch.profiler's CUDA events), the 15 with the most GPU time, and the syncs the CUDA sync
+    debug mode reports (each one warning)."""
+    from benchmarks.step_ops import count_step
+
+    ops = count_step(trainer, batch)
+    col.ops, col.syncs = ops.top_level, ops.syncs
+    if trainer.device.type != "cuda":
+        return
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        trainer.train_step(batch)
+        torch.cuda.synchronize(trainer.device)
+    col.kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    col.top_kernels = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.train_step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    col.syncs = sum(1 for w in caught if "synchroniz" in str(w.message))
 
 
 def measure_export(ckpt: Path, data_root: Path, out: Path, device: str, amp: str) -> dict[str, float]:
@@ -218,7 +253,10 @@ def format_table(cols: dict[str, Column], peaks: tuple[float, float] | None, ite
              f"| peak memory, GiB | {cells(lambda v: f'{v:.2f}', lambda c: c.peak_gib)} |",
              f"| model TFLOP per step | {cells(lambda v: f'{v / 1e12:.2f}', lambda c: c.flops)} |",
              f"| MFU | {mfu(fp32, peaks[1] if peaks else None)} | {mfu(bf16, peaks[0] if peaks else None)} |",
-             f"| {iters} iterations, projected | {cells(lambda v: f'{v * iters / 3600:.1f} h', lambda c: c.step_s)} |"]
+             f"| {iters} iterations, projected | {cells(lambda v: f'{v * iters / 3600:.1f} h', lambda c: c.step_s)} |",
+             f"| top-level operations per step (target <= 1,400) | {cells(lambda v: f'{v:,}', lambda c: c.ops)} |",
+             f"| sync-forcing operations per step (target <= 5) | {cells(lambda v: f'{v:,}', lambda c: c.syncs)} |",
+             f"| GPU kernels per step | {cells(lambda v: f'{v:,}' if v >= 0 else '—', lambda c: c.kernels)} |"]
     for name in fp32.export_ips:
         lines.append(f"| export, {name} + flip, images/s | "
                      f"{cells(lambda v: f'{v:.2f}', lambda c: c.export_ips.get(name, float('nan')))} |")
@@ -270,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         nccl = "skipped" if args.skip_torchrun else torchrun_check(args.tiny, args.device, data_root,
                                                                    work / "torchrun")
     print(format_table(cols, peak_tflops(device, args.peak_tflops), iters, nccl, per_image))
+    for amp, col in cols.items():
+        if col.top_kernels:
+            print(f"\n{amp}: the 15 kernels with the most GPU time in one step\n\n```\n{col.top_kernels}```")
     return 0 if not nccl.startswith("FAILED") else 1
 
 

@@ -38,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from seco_labels.method.objective import HOST_KEYS  # noqa: E402
 from seco_labels.runtime.device import batch_to_device  # noqa: E402
 
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
@@ -154,7 +155,7 @@ def run(name: str, steps: int, device_spec: str, energy_filter: str, baselines: 
     device = trainer.device
     all_on = max(getattr(cfg.loss, t).start for t in ("cls", "aux", "ptc", "lig", "lil", "seg", "reg"))
     trainer.step = max(all_on, cfg.cam.roi_final_cam_from)
-    batch = batch_to_device(one_batch(cfg, 0), device)
+    batch = batch_to_device(one_batch(cfg, 0), device, HOST_KEYS)
 
     trainer.train_step(batch)  # warm-up: allocator, kernels, lazy init
     timer = PhaseTimer(device)

@@ -34,6 +34,10 @@ def test_cpu_tiny_check_prints_every_row(gpu_check, capsys):
     assert all(float(v) > 0 for v in _row(out, "model TFLOP per step"))  # the FLOP counter saw the matmuls
     assert _row(out, "MFU")[0].startswith("—")  # no peak known for a CPU
     assert re.fullmatch(r"[\d.]+ h", _row(out, "300 iterations, projected")[0])
+    for col in range(2):  # the CPU twin's counts (benchmarks/step_ops.py), in each precision
+        assert 0 < int(_row(out, "top-level operations per step")[col].replace(",", "")) < 3000
+        assert int(_row(out, "sync-forcing operations per step")[col]) <= 5
+    assert _row(out, "GPU kernels per step")[:2] == ["—", "—"]
     for scales in ("1 scale", "7 scales"):
         assert all(float(v) > 0 for v in _row(out, f"export, {scales} + flip, images/s"))
         ratios = _row(out, "export / per-image fp32 loop")  # the 1-scale row comes first

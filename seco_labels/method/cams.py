@@ -250,11 +250,12 @@ def _threshold(
     valid_cam = cam * tags[:, :, None, None].to(cam.dtype)  # (B, C, H, W), untagged classes zeroed
     score, label = valid_cam.max(dim=1)  # (B, H, W) top tagged score and its channel
     label = label + 1  # channel c is class c + 1
-    # Published order of assignments, kept so that unusual threshold orders behave the same.
-    label[score <= bkg_thre] = 0
+    # Published order of assignments, kept so that unusual threshold orders behave the same; masked_fill_, not
+    # label[mask] = v, which on a GPU waits for the mask's nonzero count
+    label.masked_fill_(score <= bkg_thre, 0)
     if ignore_mid:
-        label[score <= high_thre] = mid_value  # docs/design.md §4: between the thresholds -> uncertain
-        label[score <= low_thre] = 0
+        label.masked_fill_(score <= high_thre, mid_value)  # docs/design.md §4: between the thresholds -> uncertain
+        label.masked_fill_(score <= low_thre, 0)
     if box is not None:
         label = label.masked_fill(~box_mask(box.to(label.device), label.shape[-2:]), ignore_index)
     return valid_cam, label

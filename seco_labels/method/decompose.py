@@ -33,22 +33,31 @@ class Decomposition:
 
 
 def _sample_tops(
-    roi: torch.Tensor, n: int, cs: int, generator: torch.Generator | None
+    uncertain: torch.Tensor, n: int, cs: int, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """(H, W) ROI of one image -> (n, 2) long top-left corners whose centres (+cs//2) sit on uncertain pixels."""
+    """(H, W) bool uncertain pixels of one image, on the CPU -> (n, 2) long top-left corners, on the CPU, whose
+    centres (+cs//2) sit on uncertain pixels."""
     m = cs // 2
-    h, w = roi.shape
-    inner = roi[m : h - m, m : w - m]  # centres allowed here; index (i, j) <-> top-left corner (i, j)
-    cand = (inner == UNCERTAIN).nonzero()  # (N, 2)
+    h, w = uncertain.shape
+    inner = uncertain[m : h - m, m : w - m]  # centres allowed here; index (i, j) <-> top-left corner (i, j)
+    cand = inner.nonzero()  # (N, 2)
     if cand.shape[0] < n:  # too few uncertain pixels: uniform over the inner region (published fallback)
         hi, wi = inner.shape
         rng = torch.randperm(hi * wi, generator=generator) if hi * wi >= n else None
         if rng is None:  # region smaller than n: with replacement
             rng = torch.randint(hi * wi, (n,), generator=generator)
-        flat = rng[:n].to(roi.device)
+        flat = rng[:n]
         return torch.stack([flat // wi, flat % wi], dim=1)
-    pick = torch.randperm(cand.shape[0], generator=generator)[:n].to(roi.device)  # without replacement
+    pick = torch.randperm(cand.shape[0], generator=generator)[:n]  # without replacement
     return cand[pick]
+
+
+def _one_class(labels: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """The class of ``labels`` over ``dims`` where exactly one class k >= 1 occurs among them, else -1 (uncertain);
+    0 counts as no class. (..., *dims) long -> (...) long."""
+    hi = labels.amax(dim=dims)  # 0 if no class
+    lo = torch.where(labels > 0, labels, torch.iinfo(torch.long).max).amin(dim=dims)
+    return torch.where((hi > 0) & (lo == hi), hi, torch.full_like(hi, UNCERTAIN))
 
 
 def decompose(
@@ -120,20 +129,20 @@ def decompose(
     uncertain = roi == UNCERTAIN  # (B, H, W)
     r = roi.masked_fill(uncertain | (roi == ignore_index), 0)  # confident classes only
 
-    # Global tags and the single-class fill (docs/design.md §3 step 3, "global view").
-    global_tags = torch.full((b,), UNCERTAIN, dtype=torch.long, device=roi.device)
-    for i in range(b):
-        classes = torch.unique(r[i])
-        classes = classes[classes != 0]
-        if classes.numel() == 1:
-            global_tags[i] = classes[0]
+    # Global tags and the single-class fill (docs/design.md §3 step 3, "global view"): one class iff the largest
+    # and the smallest non-zero class agree (as for the crop tags below; no per-image unique, no host sync)
+    global_tags = _one_class(r, dims=(-2, -1))  # (B,)
     single = global_tags > 0  # (B,)
     filled = torch.where(uncertain & single[:, None, None], global_tags[:, None, None], r)  # (B, H, W)
 
     gens = list(generator) if isinstance(generator, Sequence) else [generator] * b
     if len(gens) != b:
         raise ValueError(f"got {len(gens)} generators for a batch of {b} images; pass one per image or a single one")
-    tops = torch.stack([_sample_tops(roi[i], n, cs, gens[i]) for i in range(b)])  # (B, n, 2)
+    # The draws use CPU generators and the count of each image's candidates: one copy of the uncertain pixels to
+    # the host (the step's one sync for the decomposition on a GPU), then the corners go back.
+    uncertain_host = uncertain.cpu()
+    tops = torch.stack([_sample_tops(uncertain_host[i], n, cs, gens[i]) for i in range(b)])  # (B, n, 2)
+    tops = tops.to(roi.device, non_blocking=True)
     offs = torch.arange(cs, device=roi.device)
     rows = (tops[..., 0, None] + offs)[:, :, :, None]  # (B, n, cs, 1)
     cols = (tops[..., 1, None] + offs)[:, :, None, :]  # (B, n, 1, cs)
@@ -151,10 +160,7 @@ def decompose(
         area = (r_c + unc_c.long()).sum(dim=(-2, -1)).float() / (cs * cs)  # published: summed class indices
     else:
         area = ((r_c > 0) | unc_c).float().mean(dim=(-2, -1))  # fraction of fg + uncertain pixels
-    hi_cls = fill_c.amax(dim=(-2, -1))  # (B, n), 0 if no class
-    lo_cls = torch.where(fill_c > 0, fill_c, torch.iinfo(torch.long).max).amin(dim=(-2, -1))
-    one_class = (hi_cls > 0) & (lo_cls == hi_cls)
-    crop_tags = torch.where(one_class, hi_cls, torch.full_like(hi_cls, UNCERTAIN))
+    crop_tags = _one_class(fill_c, dims=(-2, -1))  # (B, n)
     crop_tags = torch.where(area <= bg_fraction, torch.zeros_like(crop_tags), crop_tags)  # docs/design.md §3 step 3
 
     return Decomposition(crops=crops, crop_tags=crop_tags, global_tags=global_tags, centers=tops + cs // 2)

@@ -52,7 +52,7 @@ class PermutohedralLattice:
         self.weights = _barycentric(elevated, rem0, rank)  # (P, d + 1)
         keys = _simplex_vertices(rem0, rank)  # (P, d + 1, d) integer lattice coordinates
         item = torch.arange(b, device=f.device).repeat_interleave(n)  # (P,) batch item of each point
-        coder = _VertexCoder(keys, item, margin=d + 1)
+        coder = _VertexCoder(keys, items=b, margin=d + 1)
         codes = coder.encode(keys, item[:, None].expand(-1, d + 1))  # (P, d + 1)
         self.vertex_codes, inverse = torch.unique(codes.flatten(), sorted=True, return_inverse=True)  # (M,)
         self.num_vertices = int(self.vertex_codes.numel())
@@ -175,11 +175,11 @@ class _VertexCoder:
     """Packs (batch item, d integer coordinates) into one int64, so that ``torch.unique`` and
     ``torch.searchsorted`` on 1-D codes act as the lattice's hash table."""
 
-    def __init__(self, keys: torch.Tensor, item: torch.Tensor, margin: int) -> None:
+    def __init__(self, keys: torch.Tensor, items: int, margin: int) -> None:
         flat = keys.reshape(-1, keys.shape[-1])
         self.low = flat.min(dim=0).values - margin  # (d,) neighbours reach at most `margin` further
         spans = flat.max(dim=0).values + margin - self.low + 1  # (d,)
-        sizes = [int(item.max()) + 1] + spans.tolist()
+        sizes = [items] + spans.tolist()  # the host read that sizes the codes
         bits = sum(max(1, math.ceil(math.log2(s))) for s in sizes)
         if bits > _CODE_BITS:
             raise ValueError(

@@ -302,7 +302,8 @@ def lil_loss(
 
 
 @in_fp32
-def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau: float) -> torch.Tensor:
+def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau: float, *,
+             check_tags: bool = True) -> torch.Tensor:
     """Local-to-global contrast of student crops against class prototypes (LIG, docs/design.md §3 step 4).
 
     Reproduces the published ``LIG_Loss``. With ``l = q @ prototypes.T / tau`` (raw logits: the published code
@@ -320,8 +321,11 @@ def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau:
         - tags: (N,) long, -1..C (use the tags revised by :func:`lil_loss`).
         - output: scalar.
 
+    ``check_tags=False`` skips the tag range check, two host reads (syncs on a GPU): for tags that are in range by
+    construction, such as :func:`lil_loss`'s revised tags in the training step.
+
     Raises:
-        ValueError: on mismatched shapes, a non-positive ``tau`` or a tag outside -1..C.
+        ValueError: on mismatched shapes, a non-positive ``tau`` or (``check_tags``) a tag outside -1..C.
     """
     check_dims("q", q, 2, "(N, D)")
     check_dims("prototypes", prototypes, 2, "(C, D)")
@@ -333,7 +337,7 @@ def lig_loss(q: torch.Tensor, prototypes: torch.Tensor, tags: torch.Tensor, tau:
         raise ValueError(f"tau must be > 0, got {tau}")
     c = prototypes.shape[0]
     tags = tags.long()
-    if tags.numel() and (int(tags.min()) < UNCERTAIN or int(tags.max()) > c):
+    if check_tags and tags.numel() and (int(tags.min()) < UNCERTAIN or int(tags.max()) > c):
         raise ValueError(f"tags must lie in -1..{c} (C = {c} prototypes), got {tags.tolist()}")
 
     logits = torch.matmul(q, prototypes.T) / tau  # (N, C) (docs/design.md §3 step 4)

@@ -27,10 +27,13 @@ from .energy import crf_energy_loss
 from .losses import cls_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
 from .refine import PAR, refine_with_background
 
-__all__ = ["SecoObjective", "StepOutput", "seco_step", "LOSS_TERMS", "COUNT_KEYS", "PhaseTimer"]
+__all__ = ["SecoObjective", "StepOutput", "seco_step", "LOSS_TERMS", "COUNT_KEYS", "HOST_KEYS", "PhaseTimer"]
 
 #: Every term of the objective, in the order they are logged.
 LOSS_TERMS = ("cls", "aux", "ptc", "lig", "lil", "seg", "reg")
+#: The batch's values the step reads on the host (the seeds of the local crops' CPU generators): the trainer leaves
+#: them on the CPU
+HOST_KEYS = ("crop_seed",)
 #: What each step counts of its crops (:class:`StepOutput`), in the order they are logged.
 COUNT_KEYS = ("crops_tagged", "local_crops_class", "local_crops_background", "local_crops_uncertain",
               "crops_rectified", "background_rectified", "lil_pairs", "lig_positives")
@@ -102,7 +105,8 @@ def _contrast_terms(
                                                  rectify_ratio=lc.rectify_ratio, variant=lc.lil_variant,
                                                  return_rectified=True)
             lil.append(loss)
-            lig.append(lig_loss(q_j, prototypes.float(), tags_r, lc.lig_tau))
+            # tags_r is lil_loss's, in range by construction: no range check, which would sync on a GPU
+            lig.append(lig_loss(q_j, prototypes.float(), tags_r, lc.lig_tau, check_tags=False))
             revised.append(tags_r)
             rectified.append(rectified_j)
             pairs.append(_same_tag_pairs(tags_j, key_tags))
@@ -134,6 +138,7 @@ class StepOutput:
       (step 4)."""
 
     loss: torch.Tensor
+    loss_value: float = float("nan")  #: ``loss`` read on the host, with the terms and counts
     terms: dict[str, float | None] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     counts: dict[str, float | None] = field(default_factory=dict)
@@ -153,12 +158,12 @@ def seco_step(
     """The whole SeCo objective for one batch (docs/design.md §3), with the memories updated as a side effect.
 
     ``batch`` holds ``image``/``global2``/``strong`` (B, 3, S, S), ``box`` (B, 4), ``tags`` (B, K-1),
-    ``label_idx`` (B,), ``crop_seed`` (B,), all on the model's device. Terms whose weight is 0 at ``step`` are
-    not computed, unless ``times_zero``: then they are computed and added times 0, as the published loop does
-    (slower; the reference that ``optim.unstarted_grads="zero"`` reproduces without those forward passes). Under
-    torchrun B is this process's share of the global batch; the memories gather every process's keys. PTC, seg,
-    LIL and LIG are normalised per group of ``loss.norm_group_size`` images (:func:`_group_mean`), and each
-    group's crops are keyed by its own step keys then the reservoir.
+    ``label_idx`` (B,) on the model's device, and ``crop_seed`` (B,), best on the CPU (:data:`HOST_KEYS`). Terms
+    whose weight is 0 at ``step`` are not computed, unless ``times_zero``: then they are computed and added times 0,
+    as the published loop does (slower; the reference that ``optim.unstarted_grads="zero"`` reproduces without those
+    forward passes). Under torchrun B is this process's share of the global batch; the memories gather every
+    process's keys. PTC, seg, LIL and LIG are normalised per group of ``loss.norm_group_size`` images
+    (:func:`_group_mean`), and each group's crops are keyed by its own step keys then the reservoir.
     """
     lc, cc, dc = cfg.loss, cfg.cam, cfg.decompose
     x, tags, box = batch["image"], batch["tags"], batch["box"]
@@ -185,7 +190,7 @@ def seco_step(
         parts = decompose(
             [x, batch["strong"]], roi, num_crops=dc.num_local_crops, crop_size=dc.local_crop_size,
             bg_fraction=dc.bg_fraction, area_rule=dc.area_rule,
-            generator=[torch.Generator().manual_seed(int(seed)) for seed in batch["crop_seed"]],
+            generator=[torch.Generator().manual_seed(seed) for seed in batch["crop_seed"].tolist()],
             ignore_index=cfg.data.ignore_index,
         )
         crops_q, crops_k = parts.crops
@@ -257,14 +262,15 @@ def seco_step(
     local = parts.crop_tags
     counted.update(crops_tagged=(view_tags >= 0).sum(), local_crops_class=(local > 0).sum(),
                    local_crops_background=(local == 0).sum(), local_crops_uncertain=(local < 0).sum())
+    # The loss, the active terms and the counts in one host read: on a GPU, one sync for the step's bookkeeping
+    logged = [name for name in LOSS_TERMS if name in terms and w[name] > 0]
+    values = torch.stack([loss.detach().double(), *(terms[name].detach().double() for name in logged),
+                          *(c.double() for c in counted.values())]).tolist()
     counts: dict[str, float | None] = dict.fromkeys(COUNT_KEYS)
-    counts.update(zip(counted, torch.stack([c.long() for c in counted.values()]).tolist()))
-    return StepOutput(
-        loss=loss,
-        terms={name: (float(terms[name].detach()) if name in terms and w[name] > 0 else None) for name in LOSS_TERMS},
-        weights=w,
-        counts=counts,
-    )
+    counts.update(zip(counted, (int(v) for v in values[1 + len(logged):])))
+    term_values: dict[str, float | None] = dict.fromkeys(LOSS_TERMS)
+    term_values.update(zip(logged, values[1:]))
+    return StepOutput(loss=loss, loss_value=values[0], terms=term_values, weights=w, counts=counts)
 
 
 class SecoObjective(nn.Module):

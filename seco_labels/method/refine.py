@@ -29,19 +29,14 @@ NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 
 
 
 def _neighbour_std(diff: torch.Tensor) -> torch.Tensor:
-    """Unbiased std over dim 2 of (B, C, N, h, w) -> (B, C, 1, h, w), by two passes (mean, then squared deviations).
+    """Unbiased std over dim 2 of (B, C, N, ...) -> (B, C, 1, ...), by two passes (mean, then squared deviations).
 
-    ``torch.std`` over a middle dimension runs a strided Welford reduction, 5x slower on a CPU (0.22 vs 0.04 s for
-    the 48 neighbours of two 320x240 images, one thread) and the largest part of PAR's time; the two-pass result
-    differs from it by at most ~3e-7 relative in fp32 (exact in fp64 to ~1e-15).
+    ``torch.std`` over a middle dimension runs a strided Welford reduction, several times slower on a CPU; the
+    two-pass result differs from it by at most ~1e-6 relative in fp32 (exact in fp64 to ~1e-12).
     """
     n = diff.shape[2]
-    mean = diff.mean(dim=2)  # (B, C, h, w)
-    squares, dev = torch.zeros_like(mean), torch.empty_like(mean)
-    for j in range(n):  # per neighbour: (B, C, h, w) buffers, no (B, C, N, h, w) temporary
-        torch.sub(diff[:, :, j], mean, out=dev)
-        squares.addcmul_(dev, dev)
-    return squares.div_(n - 1).sqrt_().unsqueeze(2)
+    dev = diff - diff.mean(dim=2, keepdim=True)
+    return dev.mul_(dev).sum(dim=2, keepdim=True).div_(n - 1).sqrt_()
 
 
 def _first_argmax(x: torch.Tensor) -> torch.Tensor:
@@ -97,37 +92,52 @@ class PAR(nn.Module):
         # Published: float32 [sqrt2, 1, sqrt2, 1, 1, sqrt2, 1, sqrt2] * d for each dilation.
         unit = torch.tensor([math.sqrt(2) if dy and dx else 1.0 for dy, dx in NEIGHBOURS], dtype=torch.float32)
         self.register_buffer("distance", torch.cat([unit * d for d in self.dilations]), persistent=False)  # (N,)
+        self._positional: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._index: dict[tuple[int, int, torch.device], torch.Tensor] = {}  # neighbours' gather index by size
 
     def extra_repr(self) -> str:
         return f"dilations={self.dilations}, num_iter={self.num_iter}, w_rgb={self.w_rgb}, w_pos={self.w_pos}"
 
-    def shifted(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The N dilated 8-neighbour maps of x, replicate-padded at the borders: N views (B, C, h, w), no copies.
+    def neighbours(self, x: torch.Tensor) -> torch.Tensor:
+        """The N dilated 8-neighbours of every pixel of x (B, C, h, w), replicate-padded at the borders:
+        (B, C, N, h * w), ``out[..., j, y * w + x] == x[..., clamp(y + dy_j), clamp(x + dx_j)]``.
 
-        ``shifted(x)[j][..., y, x] == x[..., clamp(y + dy_j), clamp(x + dx_j)]``; one pad by the largest dilation
-        serves every dilation, because replicate padding is index clamping.
+        One pad by the largest dilation serves every dilation (replicate padding is index clamping), and one gather
+        takes all N neighbours: a few operations for any N, instead of one per neighbour.
         """
         h, w = x.shape[-2:]
         p = max(self.dilations)
-        xp = F.pad(x, [p] * 4, mode="replicate")
-        return [xp[..., p + dy : p + dy + h, p + dx : p + dx + w] for dy, dx in self.offsets]
+        return F.pad(x, [p] * 4, mode="replicate").flatten(2)[:, :, self._gather_index(h, w, x.device)]
+
+    def _gather_index(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """(N, h * w) positions in the flattened (h + 2p, w + 2p) padded plane of each pixel's N neighbours."""
+        key = (h, w, device)
+        if key not in self._index:
+            p = max(self.dilations)
+            rows = torch.arange(h, device=device)[:, None] + p
+            cols = torch.arange(w, device=device)[None, :] + p
+            self._index[key] = torch.stack([((rows + dy) * (w + 2 * p) + cols + dx).flatten()
+                                            for dy, dx in self.offsets])
+        return self._index[key]
 
     def affinity(self, images: torch.Tensor) -> torch.Tensor:
         """Propagation weights (B, 1, N, h, w) of images (B, 3, h, w); each pixel's weights sum to 1 + w_pos."""
         b, c, h, w = images.shape
-        nbs = self.shifted(images)
-        # one preallocated buffer updated in place: no stack copy, no full-size temporaries (same ops, same order)
-        diff = images.new_empty(b, c, len(nbs), h, w)  # (B, 3, N, h, w) I_j - I
-        for j, nb in enumerate(nbs):
-            torch.sub(nb, images, out=diff[:, :, j])
+        diff = self.neighbours(images).sub_(images.flatten(2)[:, :, None])  # (B, 3, N, hw) I_j - I
         # std over neighbours is shift-invariant: std_j(I_j - I) = std_j(I_j) (published: std of the neighbours)
-        std = _neighbour_std(diff)  # (B, 3, 1, h, w), unbiased
+        std = _neighbour_std(diff)  # (B, 3, 1, hw), unbiased
         rgb = diff.abs_().div_(std + 1e-8).div_(self.w_rgb).pow_(2).neg_()  # docs/design.md §4 RGB affinity
-        rgb = rgb.mean(dim=1, keepdim=True).softmax(dim=2)  # (B, 1, N, h, w)
-        dist = self.distance.to(images.dtype)  # (N,) pixels
-        # docs/design.md §4: positional affinity
-        pos = (-((dist / (dist.std() + 1e-8) / self.w_rgb) ** 2)).softmax(dim=0)
-        return rgb.add_(self.w_pos * pos[:, None, None])
+        rgb = rgb.mean(dim=1, keepdim=True).softmax(dim=2)  # (B, 1, N, hw)
+        return rgb.add_(self.w_pos * self.positional(images)[:, None]).view(b, 1, -1, h, w)
+
+    def positional(self, like: torch.Tensor) -> torch.Tensor:
+        """The positional affinity (N,) in ``like``'s dtype and device (docs/design.md §4): the same for every
+        pixel and image, so computed once for each dtype and device."""
+        key = (like.dtype, like.device)
+        if key not in self._positional:
+            dist = self.distance.to(like.device, like.dtype)
+            self._positional[key] = (-((dist / (dist.std() + 1e-8) / self.w_rgb) ** 2)).softmax(dim=0)
+        return self._positional[key]
 
     @in_fp32
     def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -145,24 +155,14 @@ class PAR(nn.Module):
                 f"{tuple(masks.shape)}"
             )
         masks = F.interpolate(masks.to(images.dtype), size=images.shape[-2:], mode="bilinear", align_corners=True)
-        aff = self.affinity(images)  # (B, 1, N, h, w)
-        weights = aff.movedim(2, 0).contiguous().unbind(0)  # N x (B, 1, h, w), each contiguous
         if self.num_iter == 0:
             return masks
-        # masks = sum_j a[j] * masks_j, accumulated in place; the padded input and the output buffers are reused by
-        # every iteration: O(B C h w) memory instead of N times that, and no allocation per step
-        h, w = masks.shape[-2:]
-        p = max(self.dilations)
-        padded = F.pad(masks, [p] * 4, mode="replicate")
-        views = [padded[..., p + dy : p + dy + h, p + dx : p + dx + w] for dy, dx in self.offsets]
-        out = torch.empty_like(masks)
-        for step in range(self.num_iter):
-            out.zero_()
-            for nb, a in zip(views, weights):
-                out.addcmul_(nb, a)
-            if step + 1 < self.num_iter:
-                padded.copy_(F.pad(out, [p] * 4, mode="replicate"))
-        return out
+        b, c, h, w = masks.shape
+        weights = self.affinity(images).flatten(3)  # (B, 1, N, hw)
+        # docs/design.md §4: masks = sum_j a[j] * masks_j, all N neighbours in one gather per step
+        for _ in range(self.num_iter):
+            masks = (self.neighbours(masks) * weights).sum(dim=2).view(b, c, h, w)
+        return masks
 
 
 @in_fp32
@@ -209,12 +209,11 @@ def refine_with_background(
     # Channel 0 = background, channel k = class k (cams channel k-1); keys[i] lists image i's kept channels.
     present = torch.cat([torch.ones_like(tags[:, :1], dtype=torch.bool), tags != 0], dim=1)  # (B, K)
     counts = present.sum(1)  # (B,) background + tagged classes
-    kmax = int(counts.max())
-    keys = torch.zeros(b, kmax, dtype=torch.long, device=cams.device)  # padded with 0 (masked out below)
-    for i in range(b):
-        keys[i, : counts[i]] = present[i].nonzero().flatten()
-
+    kmax = int(counts.max())  # the one host read here: PAR's channels
     valid = torch.arange(kmax, device=cams.device) < counts[:, None]  # (B, kmax)
+    # each image's kept channels in ascending order (a stable sort puts the present ones first), padded with 0
+    # (masked out below)
+    keys = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices[:, :kmax].masked_fill(~valid, 0)
     # Only the tagged channels are resized (interpolation is channel-independent, so picking first is exact):
     # [bkg_high, bkg_low, class keys[1:]...]; padded slots repeat channel 0 and are masked out below.
     fg = cams[torch.arange(b, device=cams.device)[:, None], (keys[:, 1:] - 1).clamp(min=0)]  # (B, kmax-1, H, W)

@@ -53,10 +53,11 @@ class KeyReservoir(nn.Module):
                 f"reservoir size {self.size} is not a multiple of the {n} keys pushed per step; "
                 "set model.reservoir_size to a multiple of data.batch_size * (2 + decompose.num_local_crops)"
             )
-        p = int(self.ptr)
-        self.keys[p : p + n] = keys.to(self.keys.dtype)
-        self.tags[p : p + n] = tags
-        self.ptr.fill_((p + n) % self.size)
+        # The pointer stays on the device (no host read): a multiple of n, so the n slots never wrap around.
+        slots = self.ptr + torch.arange(n, device=self.ptr.device)
+        self.keys.index_copy_(0, slots, keys.to(self.keys.dtype))
+        self.tags.index_copy_(0, slots, tags.to(self.tags.dtype))
+        self.ptr.add_(n).remainder_(self.size)
         return keys, tags
 
 
@@ -78,7 +79,10 @@ class ClassPrototypes(nn.Module):
         """embeds (B, dim) class tokens of the global teacher; label_idx (B,) long, class 1..C or -1."""
         embeds, label_idx = self.gather(embeds.detach().float()), self.gather(label_idx.reshape(-1))
         m = self.momentum
-        for feat, label in zip(embeds, label_idx.tolist()):
-            if label > 0:
-                self.vectors[label - 1] = self.vectors[label - 1] * m + (1 - m) * feat
+        # in image order, as published (two images of one class both enter); a multi-label image (-1) writes its
+        # row back unchanged, so the labels are never read on the host
+        for feat, label in zip(embeds, label_idx.long()):
+            row = (label - 1).clamp(min=0).reshape(1)
+            old = self.vectors.index_select(0, row)
+            self.vectors.index_copy_(0, row, torch.where(label > 0, old * m + (1 - m) * feat, old))
         self.vectors.copy_(F.normalize(self.vectors, dim=1))

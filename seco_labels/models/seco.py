@@ -138,14 +138,15 @@ class SeCoNet(nn.Module):
 
     # -- teacher -----------------------------------------------------------------------------------------
     @torch.no_grad()
+    @torch.no_grad()
     def update_teacher(self) -> None:
-        """EMA step of the local teacher toward the student (momentum ``ema_momentum``)."""
+        """EMA step of the local teacher toward the student (momentum ``ema_momentum``): two multi-tensor operations
+        per module, no per-parameter ``detach`` (no_grad makes it unnecessary)."""
         m = self.ema_momentum
         for student, teacher in ((self.encoder, self.teacher["encoder"]), (self.proj_head, self.teacher["proj_head"])):
-            s = [p.detach() for p in student.parameters()]
             t = list(teacher.parameters())
             torch._foreach_mul_(t, m)
-            torch._foreach_add_(t, s, alpha=1.0 - m)
+            torch._foreach_add_(t, list(student.parameters()), alpha=1.0 - m)
 
     @torch.no_grad()
     def teacher_embed(self, x: torch.Tensor) -> torch.Tensor:

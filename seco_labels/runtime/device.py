@@ -48,9 +48,11 @@ def leave_signals_to_main(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move every tensor of a collated batch to ``device``; other values (ids) stay as they are."""
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+def batch_to_device(batch: dict[str, Any], device: torch.device, host_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Move every tensor of a collated batch to ``device``, except those of ``host_keys`` (values the host reads:
+    reading them back from a GPU would cost a sync); other values (ids) stay as they are."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) and k not in host_keys else v)
+            for k, v in batch.items()}
 
 
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):

@@ -27,7 +27,7 @@ from ..config_io import config_to_dict
 from ..data import EvalDataset, TrainDataset, TrainViews, build_reader, check_class_count, dataset_classes
 from ..errors import ConfigError
 from ..method.cams import check_scales
-from ..method.objective import PhaseTimer, SecoObjective, StepOutput, no_timer
+from ..method.objective import HOST_KEYS, PhaseTimer, SecoObjective, StepOutput, no_timer
 from ..method.refine import PAR
 from ..models import SeCoNet, build_seco
 from ..runtime.checkpoint import SECO_ARCH_KEYS, ConfigChange, check_compatible, latest_checkpoint, require_kind
@@ -91,6 +91,16 @@ def memory_digest(model: SeCoNet) -> str:
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
+
+
+def adamw(params: list[dict], **kwargs) -> torch.optim.AdamW:
+    """AdamW as one fused update of every parameter where the device has the fused kernel (CUDA; CPU from torch
+    2.4), else the multi-tensor one: the per-parameter loop costs a dozen operations and a step-count read per
+    parameter (issue 28 in docs/benchmarks.md "Operations per step"). Same update, to float rounding."""
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except RuntimeError:  # no fused kernel for this device in this torch
+        return torch.optim.AdamW(params, foreach=True, **kwargs)
 
 class Trainer:
     """Owns a run folder: builds data, model and optimiser from a resolved config, trains, checkpoints,
@@ -167,7 +177,7 @@ class Trainer:
         groups = self.model.param_groups()
         o = cfg.optim
         lr_mult = {"backbone": 1.0, "backbone_norm": 1.0, "heads": o.head_lr_mult, "decoder": o.head_lr_mult}
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = adamw(
             [{"params": ps, "lr": o.lr * lr_mult[name], "name": name} for name, ps in groups.items()],
             lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=1e-8,
         )
@@ -246,10 +256,10 @@ class Trainer:
         mult = lr_multiplier(self.step, self.cfg.optim, self.cfg.train.iters)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * mult
-        batch = batch_to_device(batch, self.device)
+        batch = batch_to_device(batch, self.device, HOST_KEYS)
         with compile_errors(self.cfg.train.compile):  # the compiled encoder's forward and backward
             out = self.objective(batch, self.step, autocast=self.autocast, timer=timer)
-            self.losses.check(float(out.loss.detach()), out.terms, step=self.step,
+            self.losses.check(out.loss_value, out.terms, step=self.step,
                               lr=self.optimizer.param_groups[0]["lr"])
             with timer("backward"):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -264,7 +274,9 @@ class Trainer:
     def _over_processes(self, out: StepOutput) -> dict[str, float | None]:
         """The step's log fields (``loss``, ``loss_<term>``, crop counts) with the loss and terms averaged and the
         counts summed over processes (one small all-reduce): what one process would log for the global batch."""
-        fields = {"loss": float(out.loss.detach()), **{f"loss_{k}": v for k, v in out.terms.items()}, **out.counts}
+        fields = {"loss": out.loss_value, **{f"loss_{k}": v for k, v in out.terms.items()}, **out.counts}
+        if self.dist.world_size == 1:  # nothing to reduce: no round trip through the device
+            return fields
         active = [k for k, v in fields.items() if v is not None]
         values = torch.tensor([fields[k] for k in active], dtype=torch.float64, device=self.device)
         fields.update(zip(active, all_reduce_mean(values).cpu().tolist()))

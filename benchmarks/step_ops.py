@@ -158,10 +158,19 @@ class _HostTensors(TorchFunctionMode):
         return out
 
 
-def count_step(trainer: Trainer, batch: dict, top: int = 15) -> StepOps:
-    """Profile one :meth:`Trainer.train_step` on ``batch`` and count what it launched and where it synced; the
-    batch's :data:`HOST_KEYS` count as host tensors, as the trainer leaves them on the CPU."""
-    return count_ops(lambda: trainer.train_step(batch), host=[batch[k] for k in HOST_KEYS if k in batch], top=top)
+def count_step(trainer: Trainer, batch: dict, top: int = 15, warmup: int = 0) -> StepOps:
+    """Profile one :meth:`Trainer.train_step` on ``batch`` and count what it launched and where it synced, as a GPU
+    run would: the batch's :data:`HOST_KEYS` count as host tensors (the trainer leaves them on the CPU), and PAR
+    propagates in its gathered form (on a CPU it takes the per-neighbour one, faster there; ``PAR.gather``).
+    ``warmup`` steps run first, in that form, unprofiled: lazy initialisation is not the steady state."""
+    form, trainer.par.gather = trainer.par.gather, True
+    try:
+        for _ in range(warmup):
+            trainer.train_step(batch)
+        return count_ops(lambda: trainer.train_step(batch), host=[batch[k] for k in HOST_KEYS if k in batch],
+                         top=top)
+    finally:
+        trainer.par.gather = form
 
 
 def count_ops(fn: Callable[[], object], host: list[torch.Tensor] = (), top: int = 15) -> StepOps:
@@ -244,8 +253,7 @@ def format_ops(ops: StepOps, title: str) -> str:
 def main(preset: str, crop: int | None, top: int, json_file: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="seco-step-ops-") as tmp:
         trainer, batch = step_trainer(preset, Path(tmp), crop)
-        trainer.train_step(batch)  # warm-up: lazy initialisation is not the steady state
-        ops = count_step(trainer, batch, top)
+        ops = count_step(trainer, batch, top, warmup=1)
     cfg = trainer.cfg
     title = (f"{preset} preset: {cfg.model.backbone} at {cfg.data.crop_size} px, batch {cfg.data.batch_size}, "
              f"step {trainer.step}, torch {torch.__version__}")

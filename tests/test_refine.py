@@ -53,14 +53,28 @@ def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("gather", [False, True], ids=["per-neighbour", "gathered"])
 @pytest.mark.parametrize("dilations,num_iter", [((1, 2, 4, 8, 12, 24), 3), ((1, 3), 2)])
-def test_par_matches_reference(dilations, num_iter) -> None:
+def test_par_matches_reference(dilations, num_iter, gather) -> None:
+    """Both forms of the propagation: the CPU's (one multiply-add per neighbour) and a GPU's (one gather)."""
     imgs = _rand(2, 3, 20, 27)  # smaller than the largest dilation: replicate padding clamps
     masks = _rand(2, 4, 10, 14, seed=1)  # resized to the image size inside
     par = PAR(dilations, num_iter)
+    par.gather = gather
+    assert par.gathers(imgs) is gather
     out = par(imgs, masks)
     assert out.shape == (2, 4, 20, 27) and out.dtype == torch.float64
     torch.testing.assert_close(out, reference_par(imgs, masks, dilations, num_iter), rtol=1e-12, atol=1e-12)
+
+
+def test_par_forms_agree_in_fp32_and_the_cpu_takes_the_per_neighbour_one() -> None:
+    imgs = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(5))
+    masks = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(6)).softmax(1)
+    par = PAR()
+    assert not par.gathers(imgs)  # by device: a CPU tensor
+    loop = par(imgs, masks)
+    par.gather = True
+    torch.testing.assert_close(par(imgs, masks), loop, rtol=1e-5, atol=1e-6)
 
 
 def test_par_mass_per_pixel() -> None:

@@ -157,7 +157,7 @@ def profile_step(trainer: Trainer, batch: dict, col: Column) -> None:
         trainer.train_step(batch)
         torch.cuda.synchronize(trainer.device)
     col.kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-    col.top_kernels = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+    col.top_kernels = prof.key_averages().table(sort_by="device_time_total", row_limit=15)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")

@@ -153,6 +153,7 @@ def test_run_does_one_seed_end_to_end_and_resumes(digits_run):
     assert len(list((seed / "full" / "seed0" / "seg-pseudo" / "pred_val").glob("*.png"))) == len(val_ids) > 0
     assert yaml.safe_load((seed / "seg-gt" / "config.yaml").read_text())["data"]["labels"] == "gt"
     assert result["pretrain"]["steps"] == 2 and json.loads((seed / "pretrain.json").read_text()) == result["pretrain"]
+    assert result["code"] is None or len(result["code"]) >= 7  # the checkout's commit, where there is git
     acted = result["activity"]  # --iters 2 compresses the schedule: LIL/LIG run on the second step only
     assert acted["steps_logged"] == 2 and 0 <= acted["steps_with_rectification"] <= 1
     assert acted["crops_tagged"]["steps"] == 2 and acted["crops_tagged"]["total"] > 0

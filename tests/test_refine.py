@@ -77,6 +77,17 @@ def test_par_forms_agree_in_fp32_and_the_cpu_takes_the_per_neighbour_one() -> No
     torch.testing.assert_close(par(imgs, masks), loop, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_par_on_a_gpu_gathers_and_equals_the_cpu_loop() -> None:
+    imgs = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(5))
+    masks = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(6)).softmax(1)
+    par = PAR()
+    cpu = par(imgs, masks)
+    par = par.cuda()
+    assert par.gathers(imgs.cuda())  # by device
+    torch.testing.assert_close(par(imgs.cuda(), masks.cuda()).cpu(), cpu, rtol=1e-5, atol=1e-6)
+
+
 def test_par_mass_per_pixel() -> None:
     imgs, masks = _rand(1, 3, 24, 24), _rand(1, 3, 24, 24, seed=2).softmax(1)
     out = PAR()(imgs, masks)

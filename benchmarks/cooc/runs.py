@@ -4,6 +4,7 @@ output exists is skipped."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def run(spec: RunSpec, out: Path, *, seed: int = 0, variant: str = "full") -> di
               "activity": activity_counts(folder / "run" / "metrics.jsonl"),
               "mask_miou_over_best_trivial": round(scores["mask_miou"] / trivial["best_trivial"], 3)
               if trivial["best_trivial"] else None,
-              "pretrain": json.loads(stage1_file.read_text()) if stage1_file.is_file() else None}
+              "pretrain": json.loads(stage1_file.read_text()) if stage1_file.is_file() else None,
+              "code": code_version()}
     if spec.context:  # val through the SeCo decoder (run_one's seco segment): no tags to hide A's absence
         result["context"] = context_spread(data, spec.context, open_split(art, "train").masks.load_mask,
                                            lambda i: np.asarray(Image.open(folder / "seg" / "masks_val" / f"{i}.png")))
@@ -106,6 +108,18 @@ def run(spec: RunSpec, out: Path, *, seed: int = 0, variant: str = "full") -> di
                       seg_gt_cooc_confusion_mean=gt["cooc_confusion_mean"])
     atomic_write_text(result_file, json.dumps(result, indent=2))
     return result
+
+
+def code_version() -> str | None:
+    """The commit of the checkout the benchmark runs from (``git describe --always --dirty``), or None outside git:
+    recorded with each result, so that a seed's variants can be checked to share their code (a study spans sessions,
+    and a paired difference between two commits also measures the commits)."""
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
 def ablate(spec: RunSpec, out: Path, *, seeds: list[int], variants: list[str]) -> str:

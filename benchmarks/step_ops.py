@@ -24,6 +24,7 @@ top-level operations and 5 sync-forcing ones per voc-preset step.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -42,6 +43,7 @@ import torch  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils import _pytree as pytree  # noqa: E402
 
+import seco_labels  # noqa: E402
 from benchmarks.gpu_check import DEMO, check_config  # noqa: E402
 from seco_labels.method.objective import HOST_KEYS, LOSS_TERMS  # noqa: E402
 from seco_labels.runtime.device import batch_to_device  # noqa: E402
@@ -56,7 +58,23 @@ CPU_ONLY_READS = frozenset({"aten::_fused_adamw_", "aten::_fused_adam_"})
 #: tensor methods that copy to the host without an aten event on a CPU (on a GPU each is a device-to-host copy)
 HOST_READS = frozenset({"tolist", "numpy", "cpu"})
 BACKWARD_PREFIX = "autograd::engine::evaluate_function: "
-PACKAGE = f"{os.sep}seco_labels{os.sep}"
+#: the package's folder: a frame is the package's when its file lies here (a checkout may itself be named
+#: seco_labels, so the name alone does not tell)
+PACKAGE_DIR = Path(seco_labels.__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=None)
+def _package_file(path: str) -> str | None:
+    """``seco_labels/<file>`` when ``path`` (absolute, or as the profiler shortens it) is a file of the package,
+    else None."""
+    if os.path.isabs(path):
+        p = Path(path).resolve()
+        return f"seco_labels/{p.relative_to(PACKAGE_DIR).as_posix()}" if p.is_relative_to(PACKAGE_DIR) else None
+    cut = path.replace(os.sep, "/").rfind("seco_labels/")
+    if cut < 0:
+        return None
+    rel = path.replace(os.sep, "/")[cut:]
+    return rel if (PACKAGE_DIR.parent / rel).is_file() else None
 
 
 @dataclass
@@ -100,9 +118,12 @@ def _site(event) -> str:
     """The innermost function of the package that ``event`` ran under: its profiler event's name,
     ``seco_labels/<file>(<line of def>): <function>``."""
     parent = event.cpu_parent
-    while parent is not None and PACKAGE not in f"{os.sep}{parent.name}":
+    while parent is not None:
+        file, _, rest = parent.name.partition("(")  # Python frames: "path/to/file.py(line): function"
+        if rest and (where := _package_file(file)):
+            return f"{where}({rest}"
         parent = parent.cpu_parent
-    return parent.name[parent.name.find("seco_labels"):] if parent is not None else "outside seco_labels"
+    return "outside seco_labels"
 
 
 class _HostTensors(TorchFunctionMode):
@@ -132,9 +153,8 @@ class _HostTensors(TorchFunctionMode):
         self.host.add(id(t))
 
     def _where(self) -> str:
-        frames = [f for f in traceback.extract_stack()[:-2] if PACKAGE in f.filename]
-        return f"{frames[-1].filename[frames[-1].filename.find('seco_labels'):]}({frames[-1].lineno})" \
-            if frames else "outside seco_labels"
+        frames = [(where, f.lineno) for f in traceback.extract_stack()[:-2] if (where := _package_file(f.filename))]
+        return f"{frames[-1][0]}({frames[-1][1]})" if frames else "outside seco_labels"
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -214,12 +234,15 @@ def count_ops(fn: Callable[[], object], host: list[torch.Tensor] = (), top: int 
     return ops
 
 
-def step_trainer(preset: str, run_dir: Path, crop: int | None = None) -> tuple[Trainer, dict]:
-    """A trainer of ``preset`` on the demo images (fp32, CPU, random weights) at the step where every term is on,
-    and its first batch."""
+def step_trainer(preset: str, run_dir: Path, crop: int | None = None, depth: int | None = None
+                 ) -> tuple[Trainer, dict]:
+    """A trainer of ``preset`` on the demo images (fp32, CPU, random weights; ``depth``: ViT blocks instead of the
+    preset's, for tests) at the step where every term is on, and its first batch."""
     cfg = check_config(preset == "demo", "cpu", "off", DEMO)
     if crop:
         cfg.data.crop_size = crop
+    if depth:
+        cfg.model.backbone_kwargs = {**cfg.model.backbone_kwargs, "depth": depth}
     torch.manual_seed(0)
     trainer = Trainer(cfg.validate(), run_dir=run_dir, quiet=True)
     trainer.step = max(max(getattr(cfg.loss, t).start for t in LOSS_TERMS), cfg.cam.roi_final_cam_from)

@@ -148,7 +148,7 @@ def profile_step(trainer: Trainer, batch: dict, col: Column) -> None:
     debug mode reports (each one warning)."""
     from benchmarks.step_ops import count_step
 
-    ops = count_step(trainer, batch)
+    ops = count_step(trainer, batch, stack=False)  # the counts alone: no Python frames, a fraction of the cost
     col.ops, col.syncs = ops.top_level, ops.syncs
     if trainer.device.type != "cuda":
         return

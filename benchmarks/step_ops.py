@@ -178,27 +178,31 @@ class _HostTensors(TorchFunctionMode):
         return out
 
 
-def count_step(trainer: Trainer, batch: dict, top: int = 15, warmup: int = 0) -> StepOps:
+def count_step(trainer: Trainer, batch: dict, top: int = 15, warmup: int = 0, stack: bool = True) -> StepOps:
     """Profile one :meth:`Trainer.train_step` on ``batch`` and count what it launched and where it synced, as a GPU
     run would: the batch's :data:`HOST_KEYS` count as host tensors (the trainer leaves them on the CPU), and PAR
     propagates in its gathered form (on a CPU it takes the per-neighbour one, faster there; ``PAR.gather``).
-    ``warmup`` steps run first, in that form, unprofiled: lazy initialisation is not the steady state."""
+    ``warmup`` steps run first, in that form, unprofiled: lazy initialisation is not the steady state. ``stack``:
+    see :func:`count_ops`."""
     form, trainer.par.gather = trainer.par.gather, True
     try:
         for _ in range(warmup):
             trainer.train_step(batch)
         return count_ops(lambda: trainer.train_step(batch), host=[batch[k] for k in HOST_KEYS if k in batch],
-                         top=top)
+                         top=top, stack=stack)
     finally:
         trainer.par.gather = form
 
 
-def count_ops(fn: Callable[[], object], host: list[torch.Tensor] = (), top: int = 15) -> StepOps:
+def count_ops(fn: Callable[[], object], host: list[torch.Tensor] = (), top: int = 15, stack: bool = True
+              ) -> StepOps:
     """Profile one call of ``fn`` and count what it launched and where it synced (the module docstring);
-    ``host``: the tensors it is given that a GPU run keeps on the CPU."""
+    ``host``: the tensors it is given that a GPU run keeps on the CPU. ``stack=False`` profiles without Python
+    frames: the same counts, much cheaper, but the functions behind operations and syncs are not named (host reads
+    keep their lines)."""
     reads = _HostTensors(list(host))
     start = time.perf_counter()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=True) as prof, reads:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=stack) as prof, reads:
         fn()
     seconds = time.perf_counter() - start
     events = prof.events()

@@ -64,5 +64,8 @@ def test_demo_step_holds_the_sync_budget(step_ops, tmp_path):
     assert "aten::addcmul_" not in ops.top_ops  # PAR gathers its neighbours instead of one multiply-add each
     assert ops.optimizer < 20  # the fused AdamW: a few operations for every parameter together
     assert 0 < ops.top_level < 2000 and ops.backward > 0  # 2,638 with the preset's 12 blocks
+    bare = step_ops.count_step(trainer, batch, stack=False)  # gpu_check's cheaper profile: the same counts
+    assert (bare.top_level, bare.syncs, bare.backward, bare.optimizer) == \
+        (ops.top_level, ops.syncs, ops.backward, ops.optimizer)
     table = step_ops.format_ops(ops, "demo")
     assert "| sync-forcing operations (target <= 5) |" in table

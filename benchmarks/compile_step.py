@@ -24,11 +24,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
-from seco_labels.method.objective import HOST_KEYS, LOSS_TERMS, StepOutput  # noqa: E402
+from seco_labels.method.objective import HOST_KEYS, LOSS_TERMS, StepOutput, steady_step  # noqa: E402
+from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from seco_labels.training.trainer import Trainer  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "seco_labels" / "demo_data" / "voc-demo"
@@ -62,7 +62,7 @@ def start_run(cfg: SecoConfig, run_dir: Path) -> tuple[Trainer, dict, StepOutput
     batch, and its first step's output and seconds."""
     torch.manual_seed(0)
     trainer = Trainer(cfg, run_dir, quiet=True)
-    trainer.step = max(max(getattr(cfg.loss, t).start for t in LOSS_TERMS), cfg.cam.roi_final_cam_from)
+    trainer.step = steady_step(cfg)
     batch = batch_to_device(next(iter(trainer.train_loader())), trainer.device, HOST_KEYS)
     return (trainer, batch, *timed_step(trainer, batch))
 

@@ -47,7 +47,7 @@ from benchmarks.export import SCALE_SETS, per_image_loop  # noqa: E402  (1 scale
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.data import build_reader  # noqa: E402
 from seco_labels.inference.export import ExportOptions, export_split  # noqa: E402
-from seco_labels.method.objective import HOST_KEYS, LOSS_TERMS  # noqa: E402
+from seco_labels.method.objective import HOST_KEYS, steady_step  # noqa: E402
 from seco_labels.runtime.checkpoint import load_seco  # noqa: E402
 from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from seco_labels.training.trainer import Trainer  # noqa: E402
@@ -118,7 +118,7 @@ def measure_steps(cfg: SecoConfig, run_dir: Path, warmup: int, steps: int) -> tu
     trainer = Trainer(cfg, run_dir=run_dir, quiet=True)
     device = trainer.device
     # every term on, the final CAM source for the ROI: the steady state of a run
-    trainer.step = max(max(getattr(cfg.loss, t).start for t in LOSS_TERMS), cfg.cam.roi_final_cam_from)
+    trainer.step = steady_step(cfg)
     loader = iter(trainer.train_loader())
     batch = batch_to_device(next(loader), device, HOST_KEYS)
     col = Column()

@@ -45,7 +45,7 @@ from torch.utils import _pytree as pytree  # noqa: E402
 
 import seco_labels  # noqa: E402
 from benchmarks.gpu_check import DEMO, check_config  # noqa: E402
-from seco_labels.method.objective import HOST_KEYS, LOSS_TERMS  # noqa: E402
+from seco_labels.method.objective import HOST_KEYS, steady_step  # noqa: E402
 from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from seco_labels.training.trainer import Trainer  # noqa: E402
 
@@ -249,7 +249,7 @@ def step_trainer(preset: str, run_dir: Path, crop: int | None = None, depth: int
         cfg.model.backbone_kwargs = {**cfg.model.backbone_kwargs, "depth": depth}
     torch.manual_seed(0)
     trainer = Trainer(cfg.validate(), run_dir=run_dir, quiet=True)
-    trainer.step = max(max(getattr(cfg.loss, t).start for t in LOSS_TERMS), cfg.cam.roi_final_cam_from)
+    trainer.step = steady_step(cfg)
     batch = batch_to_device(next(iter(trainer.train_loader())), trainer.device, HOST_KEYS)
     return trainer, batch
 

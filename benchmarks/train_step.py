@@ -38,14 +38,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from seco_labels.method.objective import HOST_KEYS  # noqa: E402
-from seco_labels.runtime.device import batch_to_device  # noqa: E402
 
 from seco_labels.config import SecoConfig, get_preset  # noqa: E402
 from seco_labels.data import TrainDataset, TrainViews, build_reader  # noqa: E402
 from seco_labels.method.cams import multi_scale_cams  # noqa: E402
 from seco_labels.method.energy import GAUSSIAN_FILTERS, energy_features  # noqa: E402
 from seco_labels.method.losses import cls_loss  # noqa: E402
+from seco_labels.method.objective import HOST_KEYS, steady_step  # noqa: E402
+from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from seco_labels.training.trainer import Trainer  # noqa: E402
 
 PHASES = ("cam_inference", "crop_sampling", "student_forward", "teacher_forward", "losses", "backward", "optimizer_step")
@@ -153,8 +153,7 @@ def run(name: str, steps: int, device_spec: str, energy_filter: str, baselines: 
             steps = 1  # ViT-B/16 at 448 with batch 4 takes minutes per step on a CPU
     trainer = Trainer(cfg, run_dir="/tmp/seco-bench-unused", quiet=True)
     device = trainer.device
-    all_on = max(getattr(cfg.loss, t).start for t in ("cls", "aux", "ptc", "lig", "lil", "seg", "reg"))
-    trainer.step = max(all_on, cfg.cam.roi_final_cam_from)
+    trainer.step = steady_step(cfg)
     batch = batch_to_device(one_batch(cfg, 0), device, HOST_KEYS)
 
     trainer.train_step(batch)  # warm-up: allocator, kernels, lazy init

@@ -119,7 +119,7 @@ def code_version() -> str | None:
                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
 
 
 def ablate(spec: RunSpec, out: Path, *, seeds: list[int], variants: list[str]) -> str:

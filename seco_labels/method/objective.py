@@ -27,7 +27,8 @@ from .energy import crf_energy_loss
 from .losses import cls_loss, label_to_affinity, lig_loss, lil_loss, ptc_loss, seg_loss, weight_at
 from .refine import PAR, refine_with_background
 
-__all__ = ["SecoObjective", "StepOutput", "seco_step", "LOSS_TERMS", "COUNT_KEYS", "HOST_KEYS", "PhaseTimer"]
+__all__ = ["SecoObjective", "StepOutput", "seco_step", "steady_step", "LOSS_TERMS", "COUNT_KEYS", "HOST_KEYS",
+           "PhaseTimer"]
 
 #: Every term of the objective, in the order they are logged.
 LOSS_TERMS = ("cls", "aux", "ptc", "lig", "lil", "seg", "reg")
@@ -39,6 +40,11 @@ COUNT_KEYS = ("crops_tagged", "local_crops_class", "local_crops_background", "lo
               "crops_rectified", "background_rectified", "lil_pairs", "lig_positives")
 
 PhaseTimer = Callable[[str], ContextManager[Any]]
+
+
+def steady_step(cfg: SecoConfig) -> int:
+    """The first step of a run's steady state: every loss term on, and the ROI taken from the final CAM."""
+    return max(max(getattr(cfg.loss, t).start for t in LOSS_TERMS), cfg.cam.roi_final_cam_from)
 
 
 def no_timer(name: str) -> ContextManager[Any]:

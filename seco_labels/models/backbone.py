@@ -135,7 +135,6 @@ def load_vit_weights(vit: nn.Module, path: str | Path, name: str) -> None:
     vit.load_state_dict(sd, strict=True)
 
 
-
 def _drop_noop_dropouts(vit: nn.Module) -> None:
     """Replace the ViT's ``p=0`` dropouts by identities: each is still one dispatched operation per block per
     pass (about 200 of a SeCo step's). ``attn_drop`` stays: timm's fused attention reads its ``p``."""
@@ -143,6 +142,7 @@ def _drop_noop_dropouts(vit: nn.Module) -> None:
         for name, child in parent.named_children():
             if isinstance(child, nn.Dropout) and child.p == 0 and name != "attn_drop":
                 setattr(parent, name, nn.Identity())
+
 
 class EncoderOutput(tuple):
     """``(cls_token (B, D), tokens (B, D, h, w), aux_tokens (B, D, h, w))``; h = H // patch, w = W // patch."""

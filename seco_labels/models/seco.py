@@ -138,7 +138,6 @@ class SeCoNet(nn.Module):
 
     # -- teacher -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    @torch.no_grad()
     def update_teacher(self) -> None:
         """EMA step of the local teacher toward the student (momentum ``ema_momentum``): two multi-tensor operations
         per module, no per-parameter ``detach`` (no_grad makes it unnecessary)."""

@@ -92,15 +92,15 @@ def memory_digest(model: SeCoNet) -> str:
     return h.hexdigest()
 
 
-
 def adamw(params: list[dict], **kwargs) -> torch.optim.AdamW:
     """AdamW as one fused update of every parameter where the device has the fused kernel (CUDA; CPU from torch
     2.4), else the multi-tensor one: the per-parameter loop costs a dozen operations and a step-count read per
-    parameter (issue 28 in docs/benchmarks.md "Operations per step"). Same update, to float rounding."""
+    parameter (docs/benchmarks.md "Operations and syncs per step"). Same update, to float rounding."""
     try:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except RuntimeError:  # no fused kernel for this device in this torch
         return torch.optim.AdamW(params, foreach=True, **kwargs)
+
 
 class Trainer:
     """Owns a run folder: builds data, model and optimiser from a resolved config, trains, checkpoints,

@@ -17,8 +17,8 @@ Rows, each measured with fp32 and with bf16 autocast (``train.amp=off`` / ``bf16
 - the parity of bf16 against fp32 on one step from the same weights and batch: the largest relative difference
   of a loss term, and of the number of crops that got a tag;
 - what one step asks of the device (issue 28): top-level operations (``benchmarks/step_ops.py``'s count), syncs
-  (on a GPU, what ``torch.cuda.set_sync_debug_mode`` reports; else the CPU twin's count), GPU kernels launched,
-  and the 15 kernels with the most GPU time, printed after the table.
+  (on a GPU, what ``torch.cuda.set_sync_debug_mode`` reports; else the CPU twin's count), the kernels the twin
+  expects and the GPU kernels launched, and the 15 kernels with the most GPU time, printed after the table.
 
 Nothing is downloaded: the data is the bundled demo set (seco_labels/demo_data/voc-demo), the weights are random
 (speed does not depend on them). ``--tiny`` swaps in the demo preset (a tiny ViT at 128 px) and fewer steps, so
@@ -74,6 +74,8 @@ class Column:
     counts: dict[str, float | None] = field(default_factory=dict)
     ops: int = -1  #: top-level operations per step (benchmarks/step_ops.py's count)
     syncs: int = -1  #: sync-forcing operations per step: the CUDA sync debug mode's on a GPU, else the CPU twin's
+    #: kernels the CPU twin expects per step: forward and backward launches and the optimiser's operations
+    launches: int = -1
     kernels: int = -1  #: GPU kernels launched per step (-1: not on a GPU)
     top_kernels: str = ""  #: the 15 kernels with the most GPU time in one step, as torch.profiler's table
 
@@ -150,6 +152,7 @@ def profile_step(trainer: Trainer, batch: dict, col: Column) -> None:
 
     ops = count_step(trainer, batch, stack=False)  # the counts alone: no Python frames, a fraction of the cost
     col.ops, col.syncs = ops.top_level, ops.syncs
+    col.launches = ops.launches + ops.backward_launches + ops.optimizer
     if trainer.device.type != "cuda":
         return
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -256,6 +259,7 @@ def format_table(cols: dict[str, Column], peaks: tuple[float, float] | None, ite
              f"| {iters} iterations, projected | {cells(lambda v: f'{v * iters / 3600:.1f} h', lambda c: c.step_s)} |",
              f"| top-level operations per step (target <= 1,400) | {cells(lambda v: f'{v:,}', lambda c: c.ops)} |",
              f"| sync-forcing operations per step (target <= 5) | {cells(lambda v: f'{v:,}', lambda c: c.syncs)} |",
+             f"| kernels per step, the CPU twin's estimate | {cells(lambda v: f'{v:,}', lambda c: c.launches)} |",
              f"| GPU kernels per step | {cells(lambda v: f'{v:,}' if v >= 0 else '—', lambda c: c.kernels)} |"]
     for name in fp32.export_ips:
         lines.append(f"| export, {name} + flip, images/s | "

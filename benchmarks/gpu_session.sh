@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared script for a session that is lent a GPU (docs/benchmarks.md, "The first GPU run"): the GPU's
 # name, benchmarks/gpu_check.py's table (step time, MFU, export ratios, operations, kernels and syncs per step,
-# the top kernels) and the tests that need CUDA, each log under $OUT. Run from the repository root:
+# the top kernels), the tests that need CUDA, and what train.compile (the ViT blocks) buys in bf16, each log under
+# $OUT. Run from the repository root:
 #
 #     bash benchmarks/gpu_session.sh            # OUT defaults to /tmp/gpu-session
 #
@@ -19,6 +20,8 @@ fi
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c "import sys, torch; print('torch', torch.__version__, 'python', sys.version.split()[0])"
 } 2>&1 | tee "$OUT/gpu.txt"
-timeout 420 python3 -m benchmarks.gpu_check 2>&1 | tee "$OUT/gpu_check.md"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_lattice.py tests/test_precision.py \
+timeout 360 python3 -m benchmarks.gpu_check 2>&1 | tee "$OUT/gpu_check.md"
+timeout 120 python3 -m pytest -q -p no:cacheprovider -rs tests/test_lattice.py tests/test_precision.py \
     tests/test_refine.py tests/test_step_ops.py 2>&1 | tee "$OUT/cuda_tests.log"
+timeout 180 python3 -m benchmarks.compile_step --preset voc --device cuda --amp bf16 --steps 10 2>&1 \
+    | tee "$OUT/compile_step.md"

@@ -210,7 +210,8 @@ class TrainConfig(LoopConfig):
     """``seco train``'s loop: :class:`LoopConfig` and torch.compile."""
 
     iters: int = 20000  #: the published VOC schedule (each preset sets its own)
-    #: torch.compile the student and teacher ViT encoders (first steps compile for minutes; checkpoints unchanged)
+    #: torch.compile the blocks of the student and teacher ViTs (regional: the first step compiles in seconds to a
+    #: minute; checkpoints unchanged)
     compile: bool = False
 
 

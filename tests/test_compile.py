@@ -1,5 +1,6 @@
-"""``train.compile``: the ViT encoders under torch.compile (inductor, C++ on this CPU) train the same step as eager,
-checkpoints keep eager parameter names, and a machine where torch.compile cannot work gets a ConfigError."""
+"""``train.compile``: the ViT blocks under torch.compile (inductor, C++ on this CPU) train the same step as eager, one
+graph per calling state serves every block, checkpoints keep eager parameter names, and a machine where
+torch.compile cannot work gets a ConfigError."""
 
 from __future__ import annotations
 
@@ -8,20 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
-from seco_labels.runtime.checkpoint import load_checkpoint
 from test_train import tiny_config  # tests/ is on sys.path (pytest prepend mode)
 from torch._dynamo.utils import counters
 
 from seco_labels.errors import ConfigError
 from seco_labels.method.objective import LOSS_TERMS
 from seco_labels.models import build_seco
+from seco_labels.runtime.checkpoint import load_checkpoint
 from seco_labels.training.compiling import compile_errors
 from seco_labels.training.trainer import Trainer
 
 
-def _trainer(voc_root: Path, run_dir: Path, compile: bool, depth: int = 1) -> Trainer:
-    """The tiny test config with a ``depth``-block ViT (compiling on 2 CPU cores: about 100 s for 1 block, 130 s
-    for 2)."""
+def _trainer(voc_root: Path, run_dir: Path, compile: bool, depth: int = 2) -> Trainer:
+    """The tiny test config with a ``depth``-block ViT."""
     cfg = tiny_config(voc_root)
     cfg.model.backbone_kwargs = {"depth": depth}
     cfg.train.compile, cfg.train.device, cfg.data.num_workers = compile, "cpu", 0
@@ -30,13 +30,24 @@ def _trainer(voc_root: Path, run_dir: Path, compile: bool, depth: int = 1) -> Tr
     return trainer
 
 
-def test_compiled_step_matches_eager_and_saves_eager_names(voc_root, tmp_path):
+def test_compiled_step_matches_eager_and_saves_eager_names(voc_root, tmp_path, monkeypatch):
+    from torch._inductor import config as inductor_config
+
+    from benchmarks.step_ops import count_step
+
+    monkeypatch.setattr(inductor_config.cpp, "enable_kernel_profile", True)  # the twin's count below sees kernels
     eager = _trainer(voc_root, tmp_path / "eager", compile=False)
     compiled = _trainer(voc_root, tmp_path / "compiled", compile=True)
+    encoders = (compiled.model.encoder, compiled.model.teacher["encoder"])
+    assert all(b._compiled_call_impl is not None for e in encoders for b in e.vit.blocks)  # regional: the blocks,
+    assert all(e._compiled_call_impl is None for e in encoders)  # not the whole encoder
     batch = next(iter(eager.train_loader()))
+    torch._dynamo.reset()  # count this test's graphs only
     counters.clear()
     out_c = compiled.train_step(batch)
-    assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled the encoder: the compiled path ran
+    # the student with and without gradients, the teacher: one graph each for both blocks (6 if each block had its
+    # own), so the compiled path ran and the blocks share it
+    assert 1 <= counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
     out_e = eager.train_step(batch)
     for name in LOSS_TERMS:
         assert out_c.terms[name] == pytest.approx(out_e.terms[name], rel=1e-4, abs=1e-6), name
@@ -46,6 +57,15 @@ def test_compiled_step_matches_eager_and_saves_eager_names(voc_root, tmp_path):
     for (name, p_c), p_e in zip(compiled.model.named_parameters(), eager.model.parameters()):
         if p_e.grad is not None:
             assert (p_c.grad - p_e.grad).norm() <= 1e-4 * p_e.grad.norm() + 1e-9, name
+    # benchmarks/step_ops.py --compile: the profiled step runs the graphs compiled above (its torch-function mode
+    # would make dynamo compile anew) and counts their generated kernels as launches
+    counters.clear()
+    call = compiled.model.encoder.vit.blocks[0]._compiled_call_impl
+    ops = count_step(compiled, batch)
+    assert counters["stats"]["unique_graphs"] == 0, dict(counters["stats"])  # nothing compiled again
+    assert compiled.model.encoder.vit.blocks[0]._compiled_call_impl is call  # the block's own call is put back
+    assert 0 < ops.compiled < ops.launches <= ops.top_level + ops.compiled
+    assert ops.backward_launches > 0 and ops.syncs <= 5, ops.sync_sites
     state = load_checkpoint(compiled.save())["model"]
     assert not [k for k in state if "_orig_mod" in k]
     fresh = build_seco(compiled.cfg.model, compiled.cfg.data.num_classes)
@@ -58,12 +78,14 @@ def test_torch_compile_failing_on_the_machine_is_a_config_error(voc_root, tmp_pa
     """No working C++ compiler (what inductor needs on a CPU): the first step says to set train.compile=false."""
     import torch._functorch.config
     import torch._inductor.config
+    from torch._inductor.utils import clear_inductor_caches
 
     torch._dynamo.reset()  # compile afresh, not from this process's earlier graphs
+    clear_inductor_caches()  # nor from its kernels already built: every block runs the same code
     monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/g++",))
     monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # nor from the on-disk kernel cache
     monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
-    trainer = _trainer(voc_root, tmp_path / "run", compile=True, depth=2)  # not the graph the test above compiled
+    trainer = _trainer(voc_root, tmp_path / "run", compile=True)
     try:
         with pytest.raises(ConfigError, match=r"train\.compile=true: torch\.compile failed .*C\+\+ compiler.*"
                                               r"set train\.compile=false"):

@@ -37,6 +37,7 @@ def test_cpu_tiny_check_prints_every_row(gpu_check, capsys):
     for col in range(2):  # the CPU twin's counts (benchmarks/step_ops.py), in each precision
         assert 0 < int(_row(out, "top-level operations per step")[col].replace(",", "")) < 3000
         assert int(_row(out, "sync-forcing operations per step")[col]) <= 5
+        assert 0 < int(_row(out, "kernels per step, the CPU twin's estimate")[col].replace(",", "")) < 6000
     assert _row(out, "GPU kernels per step")[:2] == ["—", "—"]
     for scales in ("1 scale", "7 scales"):
         assert all(float(v) > 0 for v in _row(out, f"export, {scales} + flip, images/s"))

@@ -48,6 +48,34 @@ def test_position_embedding_is_frozen_and_aux_layer_is_unnormed(net):
     assert aux.mean(1).abs().max() > tokens.mean(1).abs().max()
 
 
+def test_resampled_position_embedding_is_kept_per_grid_and_redone_when_the_embedding_changes():
+    """The cache of resampled embeddings gives what resampling gives, holds a few grids, and is not read after an
+    in-place change (a loaded checkpoint, the teacher's EMA) or for an embedding a caller unfroze."""
+    from seco_labels.models.backbone import POS_CACHE_SIZE
+
+    torch.manual_seed(0)
+    enc = ViTEncoder("vit_tiny_patch16_224", aux_layer=0, depth=1)
+    pos = enc.vit.pos_embed
+    first = enc._pos_embed(5, 7)
+    torch.testing.assert_close(first, enc._resample(pos, 5, 7), rtol=0, atol=0)
+    assert first.shape == (1, 1 + 5 * 7, 192)
+    assert enc._pos_embed(5, 7) is first  # the same grid again: no resampling
+    x = torch.randn(1, 3, 80, 112)
+    before = enc(x).tokens
+    with torch.no_grad():
+        pos.mul_(2.0)  # in place, as load_state_dict and the EMA write
+    again = enc._pos_embed(5, 7)
+    assert again is not first
+    torch.testing.assert_close(again, enc._resample(pos, 5, 7), rtol=0, atol=0)
+    assert not torch.allclose(enc(x).tokens, before)  # the forward sees the new embedding
+    for side in range(1, POS_CACHE_SIZE + 3):
+        enc._pos_embed(side, side)
+    assert len(enc._pos_cache) == POS_CACHE_SIZE  # the oldest grids are dropped
+    pos.requires_grad_(True)
+    grads = enc._pos_embed(5, 7)
+    assert grads.requires_grad and grads is not enc._pos_embed(5, 7)  # learnt: resampled in the graph each call
+
+
 def test_every_trainable_parameter_gets_a_gradient(net):
     out = net(torch.randn(2, 3, 64, 64))
     q = net.proj_head(out.cls_token)

@@ -50,6 +50,21 @@ def test_work_on_host_tensors_is_not_a_sync(step_ops):
     assert list(ops.sync_sites) == ["outside seco_labels (cpu)"]
 
 
+def test_views_run_no_kernel_and_copies_do(step_ops):
+    """``launches`` counts the top-level operations that run a kernel: a view runs none, a reshape that has to copy
+    and a dtype conversion run one through the operation they call."""
+    x = torch.arange(12.0).reshape(3, 4)
+
+    def work():
+        x.view(4, 3), x.t(), x[0], x.unsqueeze(0)  # views: 4 operations, no kernel
+        x.t().reshape(12)  # a view, then a reshape that copies
+        x + 1
+        x.to(torch.float64)
+
+    ops = step_ops.count_ops(work)
+    assert (ops.top_level, ops.launches, ops.compiled) == (8, 3, 0), ops.top_ops
+
+
 def test_demo_step_holds_the_sync_budget(step_ops, tmp_path):
     """One demo-preset step with every term on: the five host reads it is allowed, each at its known place, and
     the per-parameter work (dropout at p=0, the teacher's detach, PAR's per-neighbour loop) gone."""
@@ -64,8 +79,10 @@ def test_demo_step_holds_the_sync_budget(step_ops, tmp_path):
     assert "aten::addcmul_" not in ops.top_ops  # PAR gathers its neighbours instead of one multiply-add each
     assert ops.optimizer < 20  # the fused AdamW: a few operations for every parameter together
     assert 0 < ops.top_level < 2000 and ops.backward > 0  # 2,638 with the preset's 12 blocks
+    assert 0 < ops.launches < ops.top_level and ops.compiled == 0  # eager: views launch nothing
+    assert ops.backward_launches <= ops.backward
     bare = step_ops.count_step(trainer, batch, stack=False)  # gpu_check's cheaper profile: the same counts
-    assert (bare.top_level, bare.syncs, bare.backward, bare.optimizer) == \
-        (ops.top_level, ops.syncs, ops.backward, ops.optimizer)
+    assert (bare.top_level, bare.launches, bare.syncs, bare.backward, bare.optimizer) == \
+        (ops.top_level, ops.launches, ops.syncs, ops.backward, ops.optimizer)
     table = step_ops.format_ops(ops, "demo")
     assert "| sync-forcing operations (target <= 5) |" in table

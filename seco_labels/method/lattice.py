@@ -19,6 +19,7 @@ published loss strength includes that bias, which is why this is the default fil
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -62,16 +63,18 @@ class PermutohedralLattice:
         vertex_keys[inverse] = keys.reshape(-1, d)  # any occurrence of a vertex has its coordinates
         vertex_item = item.new_empty(self.num_vertices)
         vertex_item[inverse] = item[:, None].expand(-1, d + 1).flatten()
-        self.neighbours = [
-            tuple(self._lookup(coder, _step(vertex_keys, axis, sign), vertex_item) for sign in (-1, 1))
-            for axis in range(d + 1)
-        ]  # per axis: (M + 1,) slots of the two neighbours along it, slot 0 for a vertex that is not there
+        # Every vertex's 2 (d + 1) neighbours looked up at once: a few operations for all axes, not a few per axis
+        slots = self._lookup(coder, vertex_keys + _steps(d, keys.device)[:, None, :], vertex_item)  # (2(d+1), M+1)
+        self.neighbours = [(slots[2 * axis], slots[2 * axis + 1]) for axis in range(d + 1)]
+        # per axis: (M + 1,) slots of the two neighbours along it (-, +), slot 0 for a vertex that is not there
 
     def _lookup(self, coder: _VertexCoder, keys: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        codes = coder.encode(keys, item)  # (M,)
-        pos = torch.searchsorted(self.vertex_codes, codes).clamp(max=self.num_vertices - 1)
+        """The value-table slots (S, M + 1) of vertices ``keys`` (S, M, d) of batch items ``item`` (M,), slot 0 where
+        a vertex is not in the lattice; column 0 is the zero vertex's own (itself)."""
+        codes = coder.encode(keys, item)  # (S, M)
+        pos = torch.searchsorted(self.vertex_codes, codes.flatten()).clamp(max=self.num_vertices - 1).view_as(codes)
         slots = torch.where(self.vertex_codes[pos] == codes, pos + 1, torch.zeros_like(pos))
-        return torch.cat([slots.new_zeros(1), slots])  # the zero vertex's neighbours are itself
+        return torch.cat([slots.new_zeros(slots.shape[0], 1), slots], dim=1)
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
         """Splat, blur and slice ``values`` (B, K, N) -> (B, K, N) in float32 (differentiable in ``values``)."""
@@ -160,15 +163,15 @@ def _simplex_vertices(rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
     return rem0[:, None, :d].long() + corner
 
 
-def _step(keys: torch.Tensor, axis: int, sign: int) -> torch.Tensor:
-    """The neighbours of vertices ``keys`` (M, d) along lattice axis ``axis``: every coordinate moves by
-    ``sign`` except coordinate ``axis``, which moves by ``-sign * d`` (for ``axis == d``, the implied last
-    coordinate, all d stored coordinates move by ``sign``)."""
-    d = keys.shape[1]
-    out = keys + sign
-    if axis < d:
-        out[:, axis] -= sign * (d + 1)
-    return out
+@functools.lru_cache(maxsize=8)
+def _steps(d: int, device: torch.device) -> torch.Tensor:
+    """The moves (2 (d + 1), d) from a vertex to its neighbours, along lattice axes 0..d, each by -1 then +1:
+    along axis ``a`` every coordinate moves by ``sign`` except coordinate ``a``, which moves by ``-sign * d`` (for
+    ``a == d``, the implied last coordinate, all d stored coordinates move by ``sign``)."""
+    sign = torch.tensor([-1, 1], device=device).repeat(d + 1)  # (2 (d + 1),)
+    axis = torch.arange(d + 1, device=device).repeat_interleave(2)
+    along = axis[:, None] == torch.arange(d, device=device)  # (2 (d + 1), d) the coordinate of the axis, if stored
+    return sign[:, None] * (1 - (d + 1) * along.long())
 
 
 class _VertexCoder:

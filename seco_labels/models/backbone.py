@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import pickle
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import timm
@@ -157,6 +158,10 @@ class EncoderOutput(tuple):
     aux_tokens = property(lambda self: self[2])
 
 
+#: resampled positional embeddings :class:`ViTEncoder` keeps (grids a training step or an export asks for again)
+POS_CACHE_SIZE = 8
+
+
 class ViTEncoder(nn.Module):
     """Plain ViT from timm with a frozen positional embedding interpolated to the input grid.
 
@@ -218,12 +223,33 @@ class ViTEncoder(nn.Module):
         self.embed_dim: int = vit.embed_dim
         self.patch_size: int = vit.patch_embed.patch_size[0]
         self.grid_size: tuple[int, int] = tuple(vit.patch_embed.grid_size)
+        # Resampled embeddings by grid and by the embedding's storage and version (see _pos_embed); not state
+        self._pos_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
+        """The positional embedding resampled to an h x w grid, (1, prefix + h * w, D) or (1, h * w, D).
+
+        The embedding is frozen, so a resampled one is kept for the last :data:`POS_CACHE_SIZE` grids: a training
+        step asks for the same few grids (the batch, the CAM scales, the local crops) at every step, and resampling
+        is ~10 operations per encoder call. The key holds the embedding's storage and in-place version, so a moved,
+        loaded or EMA-updated embedding is resampled anew."""
+        pos = self.vit.pos_embed
+        if pos.requires_grad:  # unfrozen by a caller: resample in the autograd graph, every call
+            return self._resample(pos, h, w)
+        key = (h, w, pos.data_ptr(), pos._version, pos.dtype, pos.device)
+        cached = self._pos_cache.get(key)
+        if cached is None:
+            cached = self._pos_cache[key] = self._resample(pos, h, w)
+            while len(self._pos_cache) > POS_CACHE_SIZE:
+                self._pos_cache.popitem(last=False)
+        else:
+            self._pos_cache.move_to_end(key)
+        return cached
+
+    def _resample(self, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
         # Bicubic without antialiasing, as the published encoder does at every input size.
         return resample_abs_pos_embed(
-            self.vit.pos_embed, new_size=(h, w), old_size=self.grid_size, num_prefix_tokens=self.pos_prefix_tokens,
-            antialias=False,
+            pos, new_size=(h, w), old_size=self.grid_size, num_prefix_tokens=self.pos_prefix_tokens, antialias=False,
         )
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:

@@ -1,4 +1,4 @@
-"""What ``train.compile`` (torch.compile of the ViT encoders) does to a SeCo training step: compile time, step time
+"""What ``train.compile`` (regional torch.compile of the ViT blocks) does to a SeCo training step: compile time, step
 against eager, and the loss terms of one step from the same weights and batch.
 
     python -m benchmarks.compile_step                                  # demo preset (tiny ViT, 128 px) on CPU

@@ -15,8 +15,8 @@ used CAM's every class upsampled to the original size and multiplied by the tags
 thresholds (:func:`seco_labels.method.refine.refine_with_background`); the mask written as a PNG. Nothing overlaps,
 nothing is batched across images. Its masks are compared with the export's (``same masks``).
 
-**Export**: :func:`seco_labels.inference.export.export_split` with its defaults (HDF5 + PNG, batch 4, 2 DataLoader workers)
-unless ``--batch-size``/``--workers``/``--formats`` say otherwise. Seconds exclude loading the model (both).
+**Export**: :func:`seco_labels.inference.export.export_split` with its defaults (HDF5 + PNG, batch 4, 2 DataLoader
+workers) unless ``--batch-size``/``--workers``/``--formats`` say otherwise. Seconds exclude loading the model (both).
 
 Every measured run is a fresh subprocess (warm-up on one image first, not timed), so that its peak resident
 memory (``ru_maxrss``; on CUDA also the peak allocated GPU memory) is its own. Baseline and export runs are
@@ -49,11 +49,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
-from seco_labels.runtime.checkpoint import (
-    load_seco,  # noqa: E402
-    save_checkpoint,  # noqa: E402
-)
-from seco_labels.runtime.device import resolve_device  # noqa: E402
 
 from seco_labels.artifacts import save_mask_png  # noqa: E402
 from seco_labels.config import get_preset  # noqa: E402
@@ -62,6 +57,8 @@ from seco_labels.data import build_reader, normalize  # noqa: E402
 from seco_labels.inference.export import SCALE_PRESETS, ExportOptions, export_split  # noqa: E402
 from seco_labels.method.refine import PAR, refine_with_background  # noqa: E402
 from seco_labels.models import build_seco  # noqa: E402
+from seco_labels.runtime.checkpoint import load_seco, save_checkpoint  # noqa: E402
+from seco_labels.runtime.device import resolve_device  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-mini"
 SPLIT = "bench"

@@ -48,7 +48,8 @@ from seco_labels.method.objective import HOST_KEYS, steady_step  # noqa: E402
 from seco_labels.runtime.device import batch_to_device  # noqa: E402
 from seco_labels.training.trainer import Trainer  # noqa: E402
 
-PHASES = ("cam_inference", "crop_sampling", "student_forward", "teacher_forward", "losses", "backward", "optimizer_step")
+PHASES = ("cam_inference", "crop_sampling", "student_forward", "teacher_forward", "losses", "backward",
+          "optimizer_step")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-mini"
 DEMO = Path(__file__).resolve().parents[1] / "seco_labels" / "demo_data" / "voc-demo"
 FILTER_CROPS = (224, 448, 672)  #: crop sizes of the filter section; the energy sees them at half resolution

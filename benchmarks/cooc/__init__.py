@@ -29,10 +29,9 @@ per-seed paired differences and each mechanism's verdict. ``study --source DIR -
 
 The stages are modules, each usable alone: :mod:`.instances` (cut-outs and backgrounds), :mod:`.dataset`
 (``generate``: how a dataset is made), :mod:`.stage1` (``pretrain``), :mod:`.scores` (baselines, CAM ROC-AUC,
-co-occurrence confusion, context spread), :mod:`.segmenters` (the segmenter step), :mod:`.spec` (:class:`RunSpec`, the settings of
-``run`` and ``ablate``), :mod:`.runs` (``run``, ``ablate``), :mod:`.tables` (the ablation tables, paired
-differences and verdicts), :mod:`.study` (the mechanism study) and :mod:`.cli`
-(the commands).
+co-occurrence confusion, context spread), :mod:`.segmenters` (the segmenter step), :mod:`.spec` (:class:`RunSpec`,
+the settings of ``run`` and ``ablate``), :mod:`.runs` (``run``, ``ablate``), :mod:`.tables` (the ablation tables,
+paired differences and verdicts), :mod:`.study` (the mechanism study) and :mod:`.cli` (the commands).
 """
 
 from .dataset import DatasetError, cooccurrence, generate, load_split, mirrors, val_photos

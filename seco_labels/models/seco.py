@@ -84,7 +84,8 @@ class SeCoNet(nn.Module):
         self.decoder = ASPPHead(dim, num_classes, aspp_rates)
         self.proj_head = ProjectionHead(dim, proj_hidden, dim)
         # The local teacher is an EMA copy of encoder + projection head, never trained by gradient.
-        self.teacher = nn.ModuleDict({"encoder": copy.deepcopy(self.encoder), "proj_head": copy.deepcopy(self.proj_head)})
+        self.teacher = nn.ModuleDict({"encoder": copy.deepcopy(self.encoder),
+                                      "proj_head": copy.deepcopy(self.proj_head)})
         self.teacher.requires_grad_(False)
         self.ema_momentum = ema_momentum
         self.reservoir = KeyReservoir(reservoir_size, dim)

@@ -2,8 +2,8 @@
 
 ``metrics.jsonl`` is always written: resume, ``seco compare`` and the finished-run summaries read it. ``train.log``
 chooses an extra sink: ``jsonl`` (none) or ``tensorboard`` (event files in ``RUN_DIR/tensorboard/``, needs the
-``[tensorboard]`` extra). :class:`seco_labels.training.run_folder.RunFolder` sends every record it logs to the sink (rank 0
-only) and, after each validation, a few pictures of validation images (:meth:`LogSink.add_images`).
+``[tensorboard]`` extra). :class:`seco_labels.training.run_folder.RunFolder` sends every record it logs to the sink
+(rank 0 only) and, after each validation, a few pictures of validation images (:meth:`LogSink.add_images`).
 """
 
 from __future__ import annotations

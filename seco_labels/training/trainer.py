@@ -1,8 +1,8 @@
 """SeCo training: the trainer of a run, its optimiser step, validation, checkpoints and resume (docs/design.md §3, §6).
 
 The objective of one step is :mod:`seco_labels.method.objective` (``seco_step``), validation on the val split
-:mod:`seco_labels.training.validation`, ``train.compile`` support :mod:`seco_labels.training.compiling`. What the trainer shares
-with ``seco fit-segmenter`` and the inference commands is in :mod:`seco_labels.runtime.device` (device, batches, the
+:mod:`seco_labels.training.validation`, ``train.compile`` support :mod:`seco_labels.training.compiling`. What the
+trainer shares with ``seco fit-segmenter`` and the inference commands is in :mod:`seco_labels.runtime.device` (device, batches, the
 batch sampler) and the parts of a run in :mod:`seco_labels.training`: the run folder (:mod:`~.run_folder`: lock,
 config.yaml, log, checkpoint), the starting weights (:mod:`~.start_weights`), resume (:mod:`~.resume`), the loss
 checks (:mod:`~.loss_monitor`) and the training loop (:mod:`~.loop`: progress, validation, signals).
@@ -49,8 +49,8 @@ __all__ = ["Trainer", "memory_digest", "zero_missing_grads", "resolve_backbone_w
 
 
 def resolve_backbone_weights(m: ModelConfig) -> Weights:
-    """``m.backbone_weights`` as a local file (:func:`seco_labels.runtime.pretrained.resolve_weights`), refused when its source
-    names another architecture than ``m.backbone`` (before a strict load would fail on every shape).
+    """``m.backbone_weights`` as a local file (:func:`seco_labels.runtime.pretrained.resolve_weights`), refused when its
+    source names another architecture than ``m.backbone`` (before a strict load would fail on every shape).
 
     Raises:
         ConfigError: unknown weights, or weights of another architecture.
@@ -310,7 +310,8 @@ class Trainer:
             )
 
     def validation_images(self) -> list[tuple[str, np.ndarray]]:
-        """Strips of the first val images (:func:`seco_labels.training.validation.validation_images`) for the log sink."""
+        """Strips of the first val images (:func:`seco_labels.training.validation.validation_images`) for the log
+        sink."""
         loader = self.val_loader()
         if loader is None:
             return []
@@ -322,7 +323,8 @@ class Trainer:
             )
 
     def checkpoint(self) -> Path:
-        """The periodic checkpoint of :func:`run_loop`: :meth:`save`; under torchrun first checks and logs that every process holds the same memories."""
+        """The periodic checkpoint of :func:`run_loop`: :meth:`save`; under torchrun first checks and logs that every
+        process holds the same memories."""
         if self.dist.distributed:
             self.folder.log({"step": self.step - 1, "memory_digests": self.check_memories()})
         return self.save()

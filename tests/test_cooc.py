@@ -323,6 +323,32 @@ def test_ablate_shares_data_and_stage_one_per_seed_and_tabulates(digits_run):
         assert not f.attrs["flip"]
 
 
+def test_no_rectify_is_not_trained_again_when_full_never_rectified(digits_run, tmp_path):
+    """A full run whose rectification acted in no step is the no_rectify run (same data, stage 1, seed and losses):
+    ablate writes full's result as no_rectify's, saying so, and trains it only when rectification acted."""
+    from benchmarks.cooc.runs import ablation_rows, same_as_full
+
+    spec, out, _ = digits_run
+    full = json.loads((out / "seed0" / "result_full.json").read_text())
+    folder = tmp_path / "seed0"
+    folder.mkdir()
+    assert same_as_full(folder, spec) is None  # full has not finished here
+    full["activity"]["crops_rectified"]["steps"] = 7  # LIL ran in 7 steps
+    for acted, expected in ((2, None), (0, "full: rectification acted in none of its 7 LIL steps")):
+        full["activity"]["steps_with_rectification"] = acted
+        (folder / "result_full.json").write_text(json.dumps(full))
+        derived = same_as_full(folder, spec)
+        assert (derived or {}).get("same_run_as") == expected
+    assert derived["variant"] == "no_rectify" and derived["mask_miou"] == full["mask_miou"]
+    assert json.loads((folder / "result_no_rectify.json").read_text()) == derived
+    rows = ablation_rows(tmp_path, [0], ["no_rectify", "full"])
+    assert [r["variant"] for r in rows] == ["no_rectify", "full"] and rows[0]["mask_miou"] == rows[1]["mask_miou"]
+    full["activity"]["crops_rectified"]["steps"] = 0  # LIL never ran: nothing says rectification was inert
+    (folder / "result_no_rectify.json").unlink()
+    (folder / "result_full.json").write_text(json.dumps(full))
+    assert same_as_full(folder, spec) is None and not (folder / "result_no_rectify.json").exists()
+
+
 @pytest.mark.slow
 def test_study_tables_the_finished_runs_of_both_sets_with_their_verdicts(digits_run, tmp_path):
     spec, out, _ = digits_run

@@ -48,6 +48,11 @@ def activity_counts(metrics_log: Path) -> dict:
 RESULT_KEYS = ("activity",)
 
 
+def _wanted_keys(spec: RunSpec) -> tuple[str, ...]:
+    """The keys a finished result of ``spec`` holds (:data:`RESULT_KEYS` and those of its optional steps)."""
+    return (*RESULT_KEYS, *(["seg_val_miou"] if spec.seg_iters else []), *(["context"] if spec.context else []))
+
+
 def run(spec: RunSpec, out: Path, *, seed: int = 0, variant: str = "full") -> dict:
     """One seed end to end, resumable (each stage is skipped when its output exists): generate ``OUT/data`` (or
     use ``spec.data``), stage 1 ``OUT/weights.pt``, SeCo ``variant`` from those weights and its export of the train
@@ -63,8 +68,7 @@ def run(spec: RunSpec, out: Path, *, seed: int = 0, variant: str = "full") -> di
     result_file = out / f"result_{variant}.json"
     if result_file.is_file():
         done = json.loads(result_file.read_text())
-        wanted = (*RESULT_KEYS, *(["seg_val_miou"] if spec.seg_iters else []), *(["context"] if spec.context else []))
-        if all(k in done for k in wanted):
+        if all(k in done for k in _wanted_keys(spec)):
             return done
     data, weights = spec.data or out / "data", out / "weights.pt"
     if not (data / "cooc.json").is_file():
@@ -126,14 +130,39 @@ def ablate(spec: RunSpec, out: Path, *, seeds: list[int], variants: list[str]) -
     """SeCo's ablation on the generated data: for each seed, one dataset and one stage 1 shared by every variant
     (``OUT/seed<S>/``, through :func:`run`, resumable), then the tables of
     :func:`~benchmarks.cooc.tables.write_ablation` (``OUT/ablation.md``, ``.csv``, ``.png``, ``paired.csv``).
-    Returns the markdown."""
+    ``full`` runs before ``no_rectify``, which is not trained when ``full``'s rectification never acted
+    (:func:`same_as_full`). Returns the markdown."""
     out = Path(out)
+    order = sorted(variants, key=lambda v: v == "no_rectify")  # full first: no_rectify may be the same run
     for seed in seeds:
-        for variant in variants:
-            r = run(spec, out / f"seed{seed}", seed=seed, variant=variant)
+        for variant in order:
+            folder = out / f"seed{seed}"
+            r = (variant == "no_rectify" and same_as_full(folder, spec)) or run(spec, folder, seed=seed,
+                                                                                 variant=variant)
             print(f"{variant} seed {seed}: mask {100 * r['mask_miou']:.2f}, ratio {r['mask_miou_over_best_trivial']}, "
                   f"confusion {r['cooc_confusion_mean']}", file=sys.stderr, flush=True)
     return write_ablation(ablation_rows(out, seeds, variants), variants, out)
+
+
+def same_as_full(folder: Path, spec: RunSpec) -> dict | None:
+    """``no_rectify``'s result as ``full``'s, written to ``FOLDER/result_no_rectify.json``, when ``full`` has
+    finished and its rectification never acted: no step changed a crop's tag or dropped a background crop's
+    positives (``activity["steps_with_rectification"] == 0``) while LIL ran. Then rectification left every loss
+    as it would be without it, and the runs (same data, stage 1, seed and deterministic steps) are the same run:
+    on the study's seed 0 both sets gave every figure equal to the last digit (docs/benchmarks.md). None, and
+    nothing written, otherwise: ``no_rectify`` is then trained."""
+    full_file = folder / "result_full.json"
+    if not full_file.is_file() or (folder / "result_no_rectify.json").is_file():  # a no_rectify result stays
+        return None
+    full = json.loads(full_file.read_text())
+    activity = full.get("activity") or {}
+    lil_steps = (activity.get("crops_rectified") or {}).get("steps", 0)
+    if activity.get("steps_with_rectification") != 0 or not lil_steps or not all(k in full for k in _wanted_keys(spec)):
+        return None
+    result = {**full, "variant": "no_rectify",
+              "same_run_as": f"full: rectification acted in none of its {lil_steps} LIL steps"}
+    atomic_write_text(folder / "result_no_rectify.json", json.dumps(result, indent=2))
+    return result
 
 
 def ablation_rows(out: Path, seeds: list[int], variants: list[str]) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import timm
 import torch
@@ -50,7 +52,8 @@ def test_position_embedding_is_frozen_and_aux_layer_is_unnormed(net):
 
 def test_resampled_position_embedding_is_kept_per_grid_and_redone_when_the_embedding_changes():
     """The cache of resampled embeddings gives what resampling gives, holds a few grids, and is not read after an
-    in-place change (a loaded checkpoint, the teacher's EMA) or for an embedding a caller unfroze."""
+    in-place change (a loaded checkpoint, the teacher's EMA), for a replaced embedding, or for one a caller
+    unfroze."""
     from seco_labels.models.backbone import POS_CACHE_SIZE
 
     torch.manual_seed(0)
@@ -71,6 +74,14 @@ def test_resampled_position_embedding_is_kept_per_grid_and_redone_when_the_embed
     for side in range(1, POS_CACHE_SIZE + 3):
         enc._pos_embed(side, side)
     assert len(enc._pos_cache) == POS_CACHE_SIZE  # the oldest grids are dropped
+    enc.vit.pos_embed = torch.nn.Parameter(pos.detach() * 3.0, requires_grad=False)  # replaced, not written
+    torch.testing.assert_close(enc._pos_embed(5, 7), enc._resample(enc.vit.pos_embed, 5, 7), rtol=0, atol=0)
+    assert len(enc._pos_cache) == 1  # the old embedding's grids are gone
+    assert [n for n, _ in enc.named_parameters() if "pos" in n] == ["vit.pos_embed"]  # the cache adds no state
+    twin = pickle.loads(pickle.dumps(enc))  # a whole module still pickles, and its copy resamples its own embedding
+    torch.testing.assert_close(twin._pos_embed(5, 7), enc._pos_embed(5, 7), rtol=0, atol=0)
+    assert twin._pos_source is twin.vit.pos_embed
+    pos = enc.vit.pos_embed
     pos.requires_grad_(True)
     grads = enc._pos_embed(5, 7)
     assert grads.requires_grad and grads is not enc._pos_embed(5, 7)  # learnt: resampled in the graph each call

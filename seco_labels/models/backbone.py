@@ -225,17 +225,23 @@ class ViTEncoder(nn.Module):
         self.grid_size: tuple[int, int] = tuple(vit.patch_embed.grid_size)
         # Resampled embeddings by grid and by the embedding's storage and version (see _pos_embed); not state
         self._pos_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        # the embedding the cache was resampled from, kept out of the module's parameters (see _pos_embed)
+        object.__setattr__(self, "_pos_source", vit.pos_embed)
 
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
         """The positional embedding resampled to an h x w grid, (1, prefix + h * w, D) or (1, h * w, D).
 
         The embedding is frozen, so a resampled one is kept for the last :data:`POS_CACHE_SIZE` grids: a training
         step asks for the same few grids (the batch, the CAM scales, the local crops) at every step, and resampling
-        is ~10 operations per encoder call. The key holds the embedding's storage and in-place version, so a moved,
-        loaded or EMA-updated embedding is resampled anew."""
+        is ~10 operations per encoder call. The key holds the embedding's storage and in-place version, and a replaced
+        embedding empties the cache, so a moved, loaded, replaced or EMA-updated embedding is resampled anew (an
+        in-place write through ``.data``, which bumps no version, is not seen)."""
         pos = self.vit.pos_embed
         if pos.requires_grad:  # unfrozen by a caller: resample in the autograd graph, every call
             return self._resample(pos, h, w)
+        if self._pos_source is not pos:  # a replaced embedding: its storage may reuse the old one's address
+            self._pos_cache.clear()
+            object.__setattr__(self, "_pos_source", pos)  # not nn.Module's: it would register a Parameter
         key = (h, w, pos.data_ptr(), pos._version, pos.dtype, pos.device)
         cached = self._pos_cache.get(key)
         if cached is None:

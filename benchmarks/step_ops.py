@@ -351,7 +351,7 @@ def format_ops(ops: StepOps, title: str) -> str:
 def main(preset: str, crop: int | None, top: int, compile_: bool, json_file: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="seco-step-ops-") as tmp:
         trainer, batch = step_trainer(preset, Path(tmp), crop, compile=compile_)
-        ops = count_step(trainer, batch, top, warmup=2 if compile_ else 1)  # compiled in the warm-up: every state
+        ops = count_step(trainer, batch, top, warmup=1)  # the warm-up step compiles every calling state
     cfg = trainer.cfg
     title = (f"{preset} preset: {cfg.model.backbone} at {cfg.data.crop_size} px, batch {cfg.data.batch_size}, "
              f"step {trainer.step}, train.compile={str(compile_).lower()}, torch {torch.__version__}")

@@ -135,10 +135,10 @@ def ablate(spec: RunSpec, out: Path, *, seeds: list[int], variants: list[str]) -
     out = Path(out)
     order = sorted(variants, key=lambda v: v == "no_rectify")  # full first: no_rectify may be the same run
     for seed in seeds:
+        folder = out / f"seed{seed}"
         for variant in order:
-            folder = out / f"seed{seed}"
-            r = (variant == "no_rectify" and same_as_full(folder, spec)) or run(spec, folder, seed=seed,
-                                                                                 variant=variant)
+            r = same_as_full(folder, spec) if variant == "no_rectify" else None
+            r = r or run(spec, folder, seed=seed, variant=variant)
             print(f"{variant} seed {seed}: mask {100 * r['mask_miou']:.2f}, ratio {r['mask_miou_over_best_trivial']}, "
                   f"confusion {r['cooc_confusion_mean']}", file=sys.stderr, flush=True)
     return write_ablation(ablation_rows(out, seeds, variants), variants, out)
